@@ -1,0 +1,144 @@
+"""Cost of one observe + plan cycle, without the network.
+
+Builds a synthetic master /json/ body and backend listing with N workers
+(60 % idle, 30 % busy, 10 % retiring, 20 apps), then times what a cycle does
+with them: parse the JSON, join with the backend, classify, plan. Each size
+runs in a fresh subprocess so its peak RSS is its own.
+
+    python benchmarks/cycle_cost.py            # all sizes, updates benchmarks/RESULTS.md
+    python benchmarks/cycle_cost.py --one 1000 # one size, prints JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZES = (10, 100, 1_000, 10_000)
+REPEATS = 21
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from jhub_spark_scaler.model import BackendWorker, Executor, WorkerStatus  # noqa: E402
+from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, join  # noqa: E402
+from jhub_spark_scaler.policy import History, PolicySettings, plan  # noqa: E402
+from jhub_spark_scaler.spark import parse_master  # noqa: E402
+
+NOW = 1_800_000_000.0
+
+
+def host(i: int) -> str:
+    return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+
+
+def synthetic(n: int):
+    workers, backend, statuses = [], [], {}
+    for i in range(n):
+        kind = i % 10
+        retiring = kind == 9
+        busy = kind in (6, 7, 8)
+        workers.append({
+            "id": f"worker-20261125141434-{host(i)}-7078", "host": host(i), "port": 7078,
+            "webuiaddress": f"http://{host(i)}:8081", "cores": 2, "coresused": 1 if busy else 0,
+            "coresfree": 1, "memory": 4096, "memoryused": 512 if busy else 0, "memoryfree": 3584,
+            "resources": {}, "resourcesused": {}, "resourcesfree": {},
+            "state": "DECOMMISSIONED" if retiring else "ALIVE", "lastheartbeat": 1795616135208,
+        })
+        backend.append(BackendWorker(
+            handle=f"w-{i}", host=host(i), port=7078, created_at=NOW - 600,
+            webui_url=f"http://{host(i)}:8081", retiring_since=NOW - 5 if retiring else None,
+        ))
+        if retiring:
+            executors = (Executor("app-1", i, "x"),) if i % 20 == 9 else ()
+            statuses[f"w-{i}"] = WorkerStatus(f"worker-{i}", executors)
+    apps = [{"id": f"app-{a}", "name": f"app {a}", "cores": 3, "user": "u", "state": "RUNNING",
+             "starttime": 1795616127734} for a in range(20)]
+    body = json.dumps({"url": "spark://m:7077", "workers": workers, "activeapps": apps,
+                       "status": "ALIVE"}).encode()
+    return body, backend, statuses
+
+
+def one_cycle(body, backend, statuses, policy, settings, history):
+    master = parse_master(json.loads(body))
+    snapshot = build_snapshot(
+        now=NOW, master=master, joined=join(master.workers, backend),
+        worker_statuses=statuses, settings=settings,
+    )
+    return plan(snapshot, policy, history)
+
+
+def measure(n: int) -> dict:
+    body, backend, statuses = synthetic(n)
+    policy = PolicySettings(max_workers=2 * n, scale_down_delay=60)
+    settings, history = ObserveSettings(), History()
+    samples = []
+    for _ in range(REPEATS):
+        start = time.process_time()
+        history = one_cycle(body, backend, statuses, policy, settings, history).history
+        samples.append((time.process_time() - start) * 1000)
+    return {
+        "workers": n,
+        "json_bytes": len(body),
+        "median_cpu_ms": round(statistics.median(samples), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def write_results(rows: list[dict]) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find("## Cycle cost")
+    if start != -1:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + (text[end + 1:] if end != -1 else "")
+    lines = [
+        "## Cycle cost (observe + plan, no network)",
+        "",
+        f"`python benchmarks/cycle_cost.py` on {time.strftime('%Y-%m-%d')}, "
+        f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}. "
+        f"Median of {REPEATS} cycles: parse the master JSON, join with the backend listing, "
+        "classify, plan. Peak RSS of the whole process (interpreter included).",
+        "",
+        "| workers | master JSON | median CPU per cycle | per worker | peak RSS |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        per = r["median_cpu_ms"] * 1000 / r["workers"]
+        lines.append(
+            f"| {r['workers']:,} | {r['json_bytes'] / 1024:,.0f} KiB | {r['median_cpu_ms']} ms "
+            f"| {per:.1f} µs | {r['peak_rss_mb']} MB |"
+        )
+    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n")
+
+
+def _cpus() -> str:
+    import os
+
+    return str(os.cpu_count())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one", type=int, help="measure one size in this process, print JSON")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    rows = []
+    for n in SIZES:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True,
+                             capture_output=True, text=True).stdout
+        rows.append(json.loads(out))
+        print(rows[-1])
+    write_results(rows)
+
+
+if __name__ == "__main__":
+    main()

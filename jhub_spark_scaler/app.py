@@ -1,0 +1,230 @@
+"""The `jhub-spark-scaler` command: a traitlets Application that wires the parts.
+
+Like jupyterhub-idle-culler, the Application is only a config adapter: traits
+with help, validated at start-up; `run()` builds plain objects (backend, Spark
+client, Reconciler) and drives `Reconciler.cycle` every `poll_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+
+from tornado.ioloop import PeriodicCallback
+from tornado.log import LogFormatter
+from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
+from traitlets.config import Application
+from traitlets.config.loader import ArgumentError
+
+from . import __version__
+from .backends import Backend, BackendError
+from .backends.local import LocalBackend
+from .model import Snapshot
+from .observe import ObserveSettings
+from .policy import PolicySettings
+from .reconciler import Reconciler
+from .spark import SparkClient
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it."""
+
+
+def _at_least(minimum: float):
+    """A trait validator: the value must be >= minimum."""
+
+    def check(self, proposal):
+        if proposal.value < minimum:
+            name = proposal.trait.name
+            raise TraitError(f"{name} must be >= {minimum}, got {proposal.value}")
+        return proposal.value
+
+    return check
+
+
+class SparkScalerApp(Application):
+    name = "jhub-spark-scaler"
+    version = __version__
+    description = """Keep a Spark standalone worker pool at A + I workers (A in use, I idle),
+    retiring workers only after Spark has drained them."""
+
+    aliases = {
+        "config": "SparkScalerApp.config_file",
+        "max-workers": "SparkScalerApp.max_workers",
+        "min-workers": "SparkScalerApp.min_workers",
+        "idle-workers": "SparkScalerApp.idle_workers",
+        "max-surge": "SparkScalerApp.max_surge",
+        "scale-down-delay": "SparkScalerApp.scale_down_delay",
+        "start-timeout": "SparkScalerApp.start_timeout",
+        "held-after": "SparkScalerApp.held_after",
+        "poll-interval": "SparkScalerApp.poll_interval",
+        "master-ui-url": "SparkScalerApp.master_ui_url",
+        "backend": "SparkScalerApp.backend_class",
+        "log-level": "Application.log_level",
+        "state-dir": "LocalBackend.state_dir",
+        "worker-cores": "LocalBackend.worker_cores",
+        "worker-memory": "LocalBackend.worker_memory",
+    }
+    flags = {
+        "generate-config": (
+            {"SparkScalerApp": {"generate_config": True}},
+            "Write a commented config file (config_file) with every setting and exit.",
+        ),
+    }
+    classes = [LocalBackend]
+
+    config_file = Unicode("jhub_spark_scaler_config.py", help="The config file to load.").tag(config=True)
+    generate_config = Bool(False, help="Write the default config file and exit.").tag(config=True)
+
+    max_workers = Int(
+        None, allow_none=True,
+        help="Most workers the scaler will run at once (required): the bound on runaway scale-out.",
+    ).tag(config=True)
+    min_workers = Int(0, help="Fewest workers to keep, even with no demand.").tag(config=True)
+    idle_workers = Int(1, help="Idle workers to keep ready beyond those in use (I in A + I).").tag(config=True)
+    max_surge = Int(10, help="Most workers started in one cycle.").tag(config=True)
+    scale_down_delay = Float(
+        60.0, help="Seconds a surplus must last before workers are retired (stops flapping)."
+    ).tag(config=True)
+    start_timeout = Float(
+        120.0,
+        help="Seconds a new worker may take to register with the master before it is removed "
+        "as unschedulable; scale-up then pauses for as long.",
+    ).tag(config=True)
+    held_after = Float(
+        30.0,
+        help="Seconds after decommission that a worker still running executors is shown as held "
+        "(its app does not release them; the scaler keeps waiting).",
+    ).tag(config=True)
+    poll_interval = Float(2.0, help="Seconds between reconcile cycles.").tag(config=True)
+    http_timeout = Float(5.0, help="Seconds before a request to the master or a worker gives up.").tag(config=True)
+    decision_log_size = Int(500, help="Decisions kept in memory for display.").tag(config=True)
+    master_ui_url = Unicode(
+        "", help="The Spark master web UI (http://host:8080). Default: the backend's master."
+    ).tag(config=True)
+    backend_class = Type(
+        LocalBackend, klass=Backend, help="Where workers run: a Backend subclass or its import path."
+    ).tag(config=True)
+
+    _validate_min_workers = validate("min_workers", "idle_workers")(_at_least(0))
+    _validate_max_surge = validate("max_surge")(_at_least(1))
+    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
+    _validate_intervals = validate("poll_interval", "http_timeout")(_at_least(0.05))
+
+    @default("log_format")
+    def _log_format_default(self):
+        return "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d]%(end_color)s %(message)s"
+
+    @default("log_datefmt")
+    def _log_datefmt_default(self):
+        return "%Y-%m-%d %H:%M:%S"
+
+    _log_formatter_cls = LogFormatter
+
+    def initialize(self, argv=None):
+        # Application.initialize logs bad settings with a traceback-like banner and
+        # exits 1; call the undecorated parser so main() can print one line instead.
+        Application.parse_command_line.__wrapped__(self, argv)
+        if self.generate_config:
+            return
+        explicit = "config_file" in self.config.get("SparkScalerApp", {})
+        if explicit and not os.path.isfile(self.config_file):
+            raise ConfigError(f"config file {self.config_file!r} not found (--config)")
+        self.load_config_file(self.config_file)
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Settings that depend on each other; single traits validate themselves."""
+        if self.max_workers is None:
+            raise ConfigError("max_workers is required (--max-workers=N): the most workers to run")
+        if self.max_workers < 1:
+            raise ConfigError(f"max_workers must be >= 1, got {self.max_workers}")
+        if self.min_workers > self.max_workers:
+            raise ConfigError(f"min_workers ({self.min_workers}) > max_workers ({self.max_workers})")
+
+    def policy_settings(self) -> PolicySettings:
+        return PolicySettings(
+            max_workers=self.max_workers,
+            min_workers=self.min_workers,
+            idle_workers=self.idle_workers,
+            max_surge=self.max_surge,
+            scale_down_delay=self.scale_down_delay,
+            unschedulable_backoff=self.start_timeout,
+        )
+
+    def start(self):
+        if self.generate_config:
+            self.write_default_config()
+            return
+        asyncio.run(self.run())
+
+    def write_default_config(self) -> None:
+        with open(self.config_file, "w", encoding="utf-8") as f:
+            f.write(self.generate_config_file())
+        print(f"wrote {self.config_file}")
+
+    async def run(self) -> None:
+        """Set up the backend, reconcile until SIGTERM/SIGINT, then clean up."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Our own handlers: a service started by a backgrounded hub inherits SIGINT ignored.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        backend = self.backend_class(parent=self, log=self.log)
+        try:
+            await backend.setup()
+            self.reconciler = Reconciler(
+                backend=backend,
+                spark=SparkClient(self.master_ui_url or backend.master_ui_url, timeout=self.http_timeout),
+                policy=self.policy_settings(),
+                observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after),
+                log=self.log,
+                decision_log_size=self.decision_log_size,
+            )
+            self.log.info("Spark master %s, UI %s", backend.master_url, self.reconciler.spark.master_ui_url)
+            await self.reconcile()
+            ticker = PeriodicCallback(self.reconcile, self.poll_interval * 1000)
+            ticker.start()
+            await stopping.wait()
+            ticker.stop()
+            self.log.info("stopping")
+        finally:
+            await backend.shutdown()
+
+    async def reconcile(self) -> None:
+        """One cycle; errors are logged and the loop goes on."""
+        try:
+            await self.reconciler.cycle()
+        except Exception:
+            self.log.exception("reconcile cycle failed")
+            return
+        self.log_pool(self.reconciler.last_snapshot)
+
+    _last_pool_line = ""
+
+    def log_pool(self, snapshot: Snapshot | None) -> None:
+        """Log the pool when it changes: counts by state, and why a worker is held."""
+        if snapshot is None:
+            return
+        counts = Counter(w.state.value for w in snapshot.workers)
+        parts = [f"{n} {state}" for state, n in sorted(counts.items())] or ["no workers"]
+        line = f"pool: {', '.join(parts)}; target {self.reconciler.last_plan.demand.target}"
+        details = [f"{w.handle} {w.state.value}: {w.why}" for w in snapshot.workers if w.why and w.ours]
+        line += "".join(f"\n    {d}" for d in details)
+        if line != self._last_pool_line:
+            self.log.info("%s", line)
+            self._last_pool_line = line
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = SparkScalerApp()
+    try:
+        app.initialize(argv)
+        app.start()
+    except (ConfigError, TraitError, ArgumentError, BackendError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{app.name}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,182 @@
+"""One cycle: observe, plan, act. Owns the retirement state machine.
+
+    idle --decommission--> draining --(worker's own executors empty)--> drained --stop--> gone
+                                 \\--(executors stay: app without decommission)--> held (waited on)
+
+No state of its own survives a restart: the backend persists which workers are
+retiring, the master and workers say the rest, so a new process resumes drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import clock
+from .backends import Backend
+from .model import BackendWorker, MasterStatus, Snapshot, WorkerState, WorkerStatus
+from .observe import ObserveSettings, build_snapshot, is_retiring, join
+from .policy import History, Plan, PolicySettings, plan
+from .spark import SparkClient, SparkError
+
+#: how many worker /json/ reads run at once
+WORKER_READ_CONCURRENCY = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One entry of the decision log: what was done (or seen), when and why."""
+
+    at: float
+    action: str  # start, retire, stop, blind, seeing, error
+    detail: str
+    reasons: tuple[str, ...] = ()
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        spark: SparkClient,
+        policy: PolicySettings,
+        observe: ObserveSettings,
+        log: logging.Logger,
+        prewarm_credit: Callable[[], int] = lambda: 0,
+        decision_log_size: int = 500,
+    ):
+        self.backend = backend
+        self.spark = spark
+        self.policy = policy
+        self.observe_settings = observe
+        self.log = log
+        self.prewarm_credit = prewarm_credit
+        self.history = History()
+        self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
+        self.last_snapshot: Snapshot | None = None
+        self.last_plan: Plan | None = None
+        self._lock = asyncio.Lock()
+        self._blind_reason = ""
+
+    async def cycle(self) -> Plan | None:
+        """Run one pass; None if a pass is already running (passes never overlap)."""
+        if self._lock.locked():
+            return None
+        async with self._lock:
+            snapshot = await self.observe()
+            decided = plan(snapshot, self.policy, self.history)
+            self.history = decided.history
+            self.last_snapshot, self.last_plan = snapshot, decided
+            await self.act(decided, snapshot)
+            return decided
+
+    # -- observe -------------------------------------------------------------
+
+    async def observe(self) -> Snapshot:
+        master_error = backend_error = ""
+        master: MasterStatus | None = None
+        backend_workers: list[BackendWorker] = []
+        try:
+            master = await self.spark.master()
+        except SparkError as e:
+            master_error = str(e)
+        try:
+            backend_workers = await self.backend.list()
+        except Exception as e:  # any failure to list means we are blind
+            backend_error = f"cannot list workers: {e}"
+        joined = join(master.workers if master else (), backend_workers)
+        statuses = {}
+        if master is not None:
+            retiring = [(b, m) for b, m in joined[0] if b.running and is_retiring(b, m)]
+            statuses = await self._read_workers(retiring)
+        return build_snapshot(
+            now=clock.now(),
+            master=master,
+            joined=joined,
+            worker_statuses=statuses,
+            settings=self.observe_settings,
+            prewarm_credit=self.prewarm_credit(),
+            master_error=master_error,
+            backend_error=backend_error,
+        )
+
+    async def _read_workers(self, pairs) -> dict[str, WorkerStatus | str]:
+        limit = asyncio.Semaphore(WORKER_READ_CONCURRENCY)
+
+        async def read(b: BackendWorker, url: str) -> WorkerStatus | str:
+            if not url:
+                return "no web UI address known"
+            async with limit:
+                try:
+                    return await self.spark.worker(url)
+                except SparkError as e:
+                    return str(e)
+
+        handles = [b.handle for b, _ in pairs]
+        urls = [b.webui_url or (m.webui_address if m else "") for b, m in pairs]
+        results = await asyncio.gather(*(read(b, u) for (b, _), u in zip(pairs, urls)))
+        return dict(zip(handles, results))
+
+    # -- act -----------------------------------------------------------------
+
+    def record(self, action: str, detail: str, reasons: tuple[str, ...] = ()) -> None:
+        self.decisions.append(Decision(clock.now(), action, detail, reasons))
+        self.log.info("%s: %s", action, detail)
+
+    def _note_blindness(self, snapshot: Snapshot) -> None:
+        reason = snapshot.master_error or snapshot.backend_error
+        if reason and not self._blind_reason:
+            self.record("blind", f"retiring nothing until the pool can be seen again: {reason}")
+            self.log.warning("blind: %s", reason)
+        elif not reason and self._blind_reason:
+            self.record("seeing", "master and backend readable again")
+        self._blind_reason = reason
+
+    async def act(self, decided: Plan, snapshot: Snapshot) -> None:
+        self._note_blindness(snapshot)
+        if snapshot.blind:
+            return
+        by_handle = {w.handle: w for w in snapshot.workers}
+        reasons = decided.reasons
+        await self._each("stop", decided.stop, lambda h: self.backend.stop(by_handle[h].backend), reasons)
+        await self._each("retire", decided.retire, lambda h: self._decommission(by_handle[h].backend), reasons)
+        # A retiring worker the master still calls ALIVE never got (or lost) its
+        # decommission, e.g. the scaler died between marking and signalling: resend.
+        unacknowledged = [
+            w.handle for w in snapshot.workers
+            if w.state is WorkerState.DRAINING and w.master is not None and w.master.state == "ALIVE"
+        ]
+        await self._each("", unacknowledged, lambda h: self._decommission(by_handle[h].backend))
+        if decided.start:
+            try:
+                started = await self.backend.start(decided.start)
+            except Exception as e:
+                self.record("error", f"starting {decided.start} workers failed: {e}")
+            else:
+                names = ", ".join(b.handle for b in started)
+                self.record("start", f"started {len(started)} ({names})", decided.reasons)
+        if decided.retire or decided.stop:
+            self.log.debug("plan: %s", "; ".join(decided.reasons))
+
+    async def _decommission(self, worker: BackendWorker) -> None:
+        await self.backend.decommission(worker)  # marks it retiring first: survives our death
+        if self.backend.decommission_via_master:
+            await self.spark.decommission_host(worker.host)
+
+    async def _each(self, action: str, handles, call, reasons: tuple[str, ...] = ()) -> None:
+        """Run `call(handle)` for each handle concurrently; one failure never stops the rest."""
+
+        async def one(handle: str) -> None:
+            try:
+                await call(handle)
+            except Exception as e:
+                self.log.exception("%s %s failed", action or "redecommission", handle)
+                self.record("error", f"{action or 'decommission'} {handle} failed: {e}")
+            else:
+                if action:
+                    self.record(action, handle, tuple(r for r in reasons if f" {handle}:" in r))
+
+        await asyncio.gather(*(one(h) for h in handles))

@@ -1,0 +1,138 @@
+"""The `jhub-spark-scaler` command as a process: settings errors, and surviving SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jhub_spark_scaler.spark import SparkClient
+
+from .conftest import until
+
+SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-workers=5", "--max-workers=2"], "min_workers (5) > max_workers (2)"),
+        ([], "max_workers is required"),
+        (["--max-workers=abc"], "max_workers"),
+        (["--max-workers=3", "--poll-interval=-1"], "poll_interval must be >= 0.05"),
+        (["--max-workers=3", "--idle-workers=-2"], "idle_workers must be >= 0"),
+        (["--max-workers=3", "--config=/nonexistent/scaler_config.py"], "/nonexistent/scaler_config.py"),
+        (["--max-workers=3", "--worker-memory=lots"], "worker_memory"),
+        (["--max-workers=3", "--LocalBackend.java=/nonexistent/java"], "LocalBackend.java"),
+    ],
+)
+def test_bad_setting_is_one_line_naming_it(args, message, tmp_path):
+    done = subprocess.run(
+        [*SCALER, f"--state-dir={tmp_path}", *args], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("jhub-spark-scaler: error: ") and message in lines[0]
+
+
+def test_generate_config_lists_settings(tmp_path):
+    subprocess.run([*SCALER, "--generate-config"], check=True, cwd=tmp_path, timeout=60,
+                   capture_output=True)
+    text = (tmp_path / "jhub_spark_scaler_config.py").read_text()
+    for setting in ("c.SparkScalerApp.max_workers", "c.SparkScalerApp.scale_down_delay",
+                    "c.LocalBackend.worker_cores"):
+        assert setting in text
+
+
+class Scaler:
+    """The scaler as a child process, attached to the session's master."""
+
+    def __init__(self, master, state_dir: Path, log: Path, *args: str):
+        self.log = open(log, "w")
+        self.process = subprocess.Popen(
+            [*SCALER, "--max-workers=3", "--LocalBackend.start_master=False",
+             f"--LocalBackend.master_url={master.master_url}",
+             f"--LocalBackend.master_ui_url={master.master_ui_url}",
+             f"--state-dir={state_dir}", *args],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, sig=signal.SIGKILL) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        self.log.close()
+        return code
+
+
+def worker_pids(state_dir: Path) -> dict[str, int]:
+    pids = {}
+    for path in state_dir.glob("workers/*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue
+        pids[record["host"]] = record["pid"]
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
+    state = tmp_path / "state"
+    master = SparkClient(spark_master.master_ui_url)
+    scalers = []
+
+    async def our_workers():
+        hosts = set(worker_pids(state))
+        return {m.host: m.state for m in (await master.master()).workers
+                if m.host in hosts and m.state != "DEAD"}
+
+    try:
+        first = Scaler(spark_master, state, tmp_path / "first.log", "--idle-workers=2", "--poll-interval=0.5")
+        scalers.append(first)
+        await until(lambda: _states(our_workers, ["ALIVE", "ALIVE"]), timeout=90, what="2 ALIVE workers")
+        pids = worker_pids(state)
+        first.kill()
+        assert all(alive(p) for p in pids.values()), "workers outlive a SIGKILLed scaler"
+
+        # Retire both at its first cycle, then sleep a minute: killed mid-drain.
+        second = Scaler(spark_master, state, tmp_path / "second.log", "--idle-workers=0",
+                        "--scale-down-delay=0", "--poll-interval=60")
+        scalers.append(second)
+        await until(lambda: _states(our_workers, ["DECOMMISSIONED", "DECOMMISSIONED"]),
+                    timeout=60, what="both workers decommissioned")
+        second.kill()
+        assert worker_pids(state) == pids, "adopted, not replaced: no duplicates"
+        assert all(alive(p) for p in pids.values())
+
+        third = Scaler(spark_master, state, tmp_path / "third.log", "--idle-workers=0",
+                       "--poll-interval=0.5")
+        scalers.append(third)
+        await until(lambda: not worker_pids(state) and not any(alive(p) for p in pids.values()),
+                    timeout=60, what="the new scaler to stop the drained workers")
+        assert third.kill(signal.SIGTERM) == 0
+        log = (tmp_path / "third.log").read_text()
+        assert log.count("stop: ") == 2 and "start: " not in log
+    finally:
+        for scaler in scalers:
+            scaler.kill()
+        for pid in worker_pids(state).values():
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _states(our_workers, expected):
+    return sorted((await our_workers()).values()) == expected

@@ -1,0 +1,225 @@
+"""The scaler on a real Spark cluster: a real master (one per session), workers
+started by the code under test, and real pyspark drivers reporting what they saw.
+
+Each test drives the Reconciler in-process, so it can change the policy between
+cycles and, for the race tests, put a driver's demand between a plan and its
+execution: the exact window in which a naive autoscaler kills a busy worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from jhub_spark_scaler.backends.local import LocalBackend
+from jhub_spark_scaler.model import WorkerState
+from jhub_spark_scaler.observe import ObserveSettings
+from jhub_spark_scaler.policy import PolicySettings, plan
+from jhub_spark_scaler.reconciler import Reconciler
+from jhub_spark_scaler.spark import SparkClient
+
+from .conftest import lost_executors, until
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+async def make_scaler(spark_master, tmp_path):
+    """`await make_scaler(idle_workers=2, ...)`: a Reconciler with its own local backend."""
+    backends = []
+
+    async def make(*, held_after: float = 60.0, **policy) -> Reconciler:
+        backend = LocalBackend(
+            start_master=False,
+            master_url=spark_master.master_url,
+            master_ui_url=spark_master.master_ui_url,
+            state_dir=str(tmp_path / f"scaler-{len(backends)}"),
+            stop_timeout=5,
+        )
+        backends.append(backend)
+        await backend.setup()
+        policy.setdefault("max_workers", 6)
+        policy.setdefault("scale_down_delay", 0)
+        return Reconciler(
+            backend=backend,
+            spark=SparkClient(spark_master.master_ui_url),
+            policy=PolicySettings(**policy),
+            observe=ObserveSettings(start_timeout=120, held_after=held_after),
+            log=logging.getLogger("test.scaler"),
+        )
+
+    yield make
+    for backend in backends:
+        await backend.shutdown()
+
+
+def counts(r: Reconciler) -> dict[WorkerState, int]:
+    snapshot = r.last_snapshot
+    return {s: snapshot.count(s) for s in WorkerState} if snapshot else {}
+
+
+async def cycles_until(r: Reconciler, predicate, *, timeout: float, what: str):
+    async def cycle():
+        await r.cycle()
+        return predicate(r.last_snapshot)
+
+    try:
+        return await until(cycle, timeout=timeout, what=what, interval=0.3)
+    except AssertionError as e:
+        pool = [(w.handle, w.state.value, w.why) for w in r.last_snapshot.workers]
+        raise AssertionError(f"{e}; pool: {pool}") from None
+
+
+def idle_and_busy(idle: int, busy: int):
+    return lambda s: s.count(WorkerState.IDLE) == idle and s.count(WorkerState.BUSY) == busy \
+        and s.count(WorkerState.STARTING) == 0
+
+
+def with_policy(r: Reconciler, **changes) -> None:
+    r.policy = dataclasses.replace(r.policy, **changes)
+
+
+async def test_pool_reaches_idle_target_then_a_plus_i(make_scaler, drivers):
+    r = await make_scaler(idle_workers=2)
+    await cycles_until(r, idle_and_busy(2, 0), timeout=90, what="2 idle workers")
+    master = await r.spark.master()
+    ours = {w.host for w in r.last_snapshot.workers}
+    assert sorted(m.state for m in master.workers if m.host in ours) == ["ALIVE", "ALIVE"]
+    assert len(ours) == 2, "each worker has a loopback address of its own"
+
+    app = drivers("a-plus-i", "--cores-max", "1", "--task-seconds", "1")
+    await app.started()
+    await cycles_until(r, idle_and_busy(2, 1), timeout=120, what="A + I = 1 busy + 2 idle")
+    assert [d.action for d in r.decisions].count("start") >= 2
+    assert not lost_executors(await app.result())
+
+
+async def race_rounds(r: Reconciler, burst_driver, rounds: int, kill) -> list[str]:
+    """Grow the pool to 2 idle workers, plan their retirement, let a driver's burst
+    take them, then carry the plan out with `kill(reconciler, plan, snapshot)`.
+    Returns the handles retired."""
+    retired = []
+    for n in range(1, rounds + 1):
+        with_policy(r, idle_workers=2)
+        await cycles_until(r, idle_and_busy(2, 1), timeout=120, what=f"round {n}: 2 idle workers")
+        snapshot = await r.observe()
+        decided = plan(snapshot, dataclasses.replace(r.policy, idle_workers=0), r.history)
+        assert len(decided.retire) == 2, decided.reasons
+        chosen = {w.handle: w.backend.host for w in snapshot.workers if w.handle in decided.retire}
+
+        burst_driver.burst(n)
+
+        async def taken():
+            busy = {m.host for m in (await r.spark.master()).workers if m.cores_used and m.state == "ALIVE"}
+            return set(chosen.values()) <= busy
+
+        await until(taken, timeout=90, what=f"round {n}: the burst to take the chosen workers")
+        with_policy(r, idle_workers=0)
+        await kill(r, decided, snapshot)
+        await cycles_until(
+            r, lambda s: not set(chosen) & {w.handle for w in s.workers},
+            timeout=120, what=f"round {n}: the chosen workers to be gone",
+        )
+        await burst_driver.jobs_done(n)
+        retired += list(chosen)
+    return retired
+
+
+async def test_scale_in_never_loses_an_executor(make_scaler, drivers):
+    """The guarantee: 10 retirements of workers that a driver took after the plan
+    was made, while another driver runs jobs throughout; no executor lost, no task failed."""
+    r = await make_scaler(idle_workers=1)
+    steady = drivers("steady", "--cores-max", "1", "--task-seconds", "1")
+    bursty = drivers("bursty", "--bursts", "--dynamic", "--cores-max", "2", "--tasks", "2",
+                     "--task-seconds", "3")
+    await steady.started()
+    await bursty.started()
+
+    async def carry_out(r, decided, snapshot):
+        await r.act(decided, snapshot)
+
+    retired = await race_rounds(r, bursty, rounds=5, kill=carry_out)
+    assert len(retired) == 10
+    assert [d.action for d in r.decisions].count("retire") >= 10
+    for result in (await steady.result(), await bursty.result()):
+        assert result["jobs"] > 0
+        assert lost_executors(result) == []
+        assert result["tasks_failed"] == 0 and result["jobs_failed"] == 0
+
+
+async def test_naive_scale_in_loses_executors(make_scaler, drivers):
+    """Same scenario, but the plan is carried out the way the original autoscaler
+    did: kill workers that had coresused == 0. The test above would see this."""
+    r = await make_scaler(idle_workers=1)
+    steady = drivers("steady-naive", "--cores-max", "1", "--task-seconds", "1")
+    bursty = drivers("bursty-naive", "--bursts", "--dynamic", "--cores-max", "2", "--tasks", "2",
+                     "--task-seconds", "3")
+    await steady.started()
+    await bursty.started()
+
+    async def naive_kill(r, decided, snapshot):
+        for w in snapshot.workers:
+            if w.master is not None and w.master.cores_used == 0 and w.ours:
+                await r.backend.stop(w.backend)
+
+    await race_rounds(r, bursty, rounds=1, kill=naive_kill)
+    result = await bursty.result()
+    assert lost_executors(result), result
+    assert result["tasks_failed"] > 0
+    assert lost_executors(await steady.result()) == [], "the naive kill spared the busy worker"
+
+
+async def test_worker_of_app_without_decommission_is_held(make_scaler, drivers):
+    r = await make_scaler(idle_workers=1, held_after=2.0)
+    await cycles_until(r, idle_and_busy(1, 0), timeout=90, what="1 idle worker")
+    snapshot = await r.observe()
+    decided = plan(snapshot, dataclasses.replace(r.policy, idle_workers=0), r.history)
+    (handle,) = decided.retire
+    host = next(w.host for w in snapshot.workers if w.handle == handle)
+
+    app = drivers("no-decommission", "--no-decommission", "--cores-max", "1", "--task-seconds", "1")
+    await app.started()
+
+    async def taken():
+        return any(m.host == host and m.cores_used for m in (await r.spark.master()).workers)
+
+    await until(taken, timeout=90, what="the app to take the chosen worker")
+    with_policy(r, idle_workers=0)
+    await r.act(decided, snapshot)
+
+    def held(s):
+        return any(w.handle == handle and w.state is WorkerState.HELD for w in s.workers)
+
+    await cycles_until(r, held, timeout=60, what="the worker to be held")
+    held_worker = next(w for w in r.last_snapshot.workers if w.handle == handle)
+    app_id = (await app.started())["app_id"]
+    assert app_id in held_worker.why
+    for _ in range(5):  # it stays held, never stopped, while the app runs
+        await r.cycle()
+        assert held(r.last_snapshot)
+        assert any(b.handle == handle and b.running for b in await r.backend.list())
+
+    result = await app.result()
+    assert lost_executors(result) == [] and result["tasks_failed"] == 0
+    await cycles_until(r, lambda s: handle not in {w.handle for w in s.workers},
+                       timeout=90, what="the held worker to be stopped once its app ended")
+
+
+async def test_master_unreachable_retires_nothing(make_scaler):
+    r = await make_scaler(idle_workers=2)
+    await cycles_until(r, idle_and_busy(2, 0), timeout=90, what="2 idle workers")
+    with_policy(r, idle_workers=0)
+    real_url = r.spark.master_ui_url
+    r.spark.master_ui_url = "http://127.0.0.1:9"  # discard port: nothing listens
+    for _ in range(3):
+        decided = await r.cycle()
+        assert not decided.acts and r.last_snapshot.blind
+    assert "blind" in [d.action for d in r.decisions]
+    assert sum(b.running for b in await r.backend.list()) == 2
+
+    r.spark.master_ui_url = real_url
+    await cycles_until(r, lambda s: not s.workers, timeout=60, what="scale-in after the master returns")
+    assert "seeing" in [d.action for d in r.decisions]
+    assert [d.action for d in r.decisions].count("retire") == 2
