@@ -49,7 +49,7 @@ def launcher_command(b: LocalBackend) -> list[str]:
         [b.java, "-Xmx128m", "-cp", b._classpath(), "org.apache.spark.launcher.Main", WORKER_CLASS],
         env=env, capture_output=True, check=True,
     ).stdout
-    return [a.decode() for a in out.split(b"\0") if a]
+    return [a.decode().strip() for a in out.split(b"\0") if a.strip()]
 
 
 class Raw:
@@ -62,9 +62,10 @@ class Raw:
         self.n += 1
         host, work = f"127.0.{self.net}.{self.n}", os.path.join(self.tmp, f"raw-{self.net}-{self.n}")
         port, ui = _free_port(host), _free_port("0.0.0.0")
-        args = ["--host", host, "--port", str(port), "--webui-port", str(ui), "--cores", "1", "--memory", "1g",
-                "--work-dir", work, self.b.master_url]
-        env = {**os.environ, "SPARK_HOME": self.b.spark_home, "SPARK_LOCAL_IP": host, "SPARK_SCALA_VERSION": self.b._scala}
+        args = ["--host", host, "--port", str(port), "--webui-port", str(ui), "--cores", "1",
+                "--memory", "1g", "--work-dir", work, self.b.master_url]
+        env = {**os.environ, "SPARK_HOME": self.b.spark_home, "SPARK_LOCAL_IP": host,
+               "SPARK_SCALA_VERSION": self.b._scala}
         t0 = time.perf_counter()
         proc = subprocess.Popen([*self.prefix, *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

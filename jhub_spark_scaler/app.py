@@ -114,6 +114,10 @@ class SparkScalerApp(Application):
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout")(_at_least(0.05))
 
+    @default("log_level")
+    def _log_level_default(self):
+        return "INFO"
+
     @default("log_format")
     def _log_format_default(self):
         return "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d]%(end_color)s %(message)s"

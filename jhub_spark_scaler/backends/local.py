@@ -31,7 +31,7 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
+import sys
 import time
 import urllib.request
 from urllib.parse import urlsplit
@@ -122,14 +122,29 @@ def _free_port(host: str, *, avoid=()) -> int:
             return port
 
 
-def _port_free(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> str:
+    """Why a daemon could not listen on host:port ("" if it can)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM: TIME_WAIT is no obstacle
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as e:
+            return e.strerror or str(e)
+    return ""
+
+
+def _listening_hosts() -> set[str]:
+    """IPv4 addresses something listens on (TCP, also as IPv4-mapped IPv6, as the JVM binds)."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:  # "sl local_address:port rem_address:port st ..."
+                address, state = line.split()[1].split(":")[0], line.split()[3]
+                words = [int(address[i:i + 8], 16).to_bytes(4, sys.byteorder)  # words in host byte order
+                         for i in range(0, len(address), 8)]
+                if state == "0A" and (len(words) == 1 or words[:3] == [bytes(4), bytes(4), b"\0\0\xff\xff"]):
+                    hosts.add(socket.inet_ntoa(words[-1]))  # LISTEN, IPv4 or ::ffff:a.b.c.d
+    return hosts
 
 
 def _get_json(url: str) -> dict:
@@ -238,7 +253,7 @@ class LocalBackend(Backend):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._children: dict[int, subprocess.Popen] = {}  # what we spawned, polled so no zombies stay
+        self._children: set[int] = set()  # pids we spawned and have not reaped
         self._master: dict | None = None  # the master we started or adopted
         self._scala = ""
 
@@ -255,11 +270,11 @@ class LocalBackend(Backend):
     def _records(self) -> list[dict]:
         records = []
         for path in glob.glob(self._path("workers", "local-*.json")):
-            rec = _read_json(path)
-            if rec is None or not _REQUIRED <= rec.keys():
+            rec, handle = _read_json(path), os.path.basename(path)[: -len(".json")]
+            if rec is None or not _REQUIRED <= rec.keys() or not _HANDLE.fullmatch(handle):
                 self.log.warning("LocalBackend: ignoring unreadable state file %s", path)
             else:
-                records.append({**rec, "handle": os.path.basename(path)[: -len(".json")]})
+                records.append({**rec, "handle": handle})
         return sorted(records, key=lambda r: int(r["handle"][len("local-"):]))
 
     def _next_handle(self) -> str:
@@ -277,10 +292,15 @@ class LocalBackend(Backend):
     def _classpath(self) -> str:
         return os.path.join(self.spark_home, "jars", "*")
 
-    def _reap(self) -> None:
-        for pid, proc in list(self._children.items()):
-            if proc.poll() is not None:
-                del self._children[pid]
+    def _reap(self, *pids: int) -> None:
+        """Collect our children that exited (and `pids`, if children of this process): no zombies."""
+        for pid in self._children | set(pids):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:
+                done = True
+            if done:
+                self._children.discard(pid)
 
     # -- processes -------------------------------------------------------------
 
@@ -304,19 +324,23 @@ class LocalBackend(Backend):
                *[f"-D{k}={v}" for k, v in self.spark_conf.items()], *args]
         env = {**os.environ, "SPARK_HOME": self.spark_home, "SPARK_SCALA_VERSION": self._scala}
         env["SPARK_LOCAL_IP"] = host
-        with open(self._path("logs", log_name), "ab") as log:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                cwd=self.state_dir, start_new_session=True,
-            )
-        self._children[proc.pid] = proc
-        return {"pid": proc.pid, "start_time": _start_time(proc.pid), "created_at": time.time(), "host": host}
+        log = os.open(self._path("logs", log_name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:  # a plain pid, not a Popen: nothing warns when a scaler leaves its workers running
+            pid = os.posix_spawn(self.java, cmd, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
+            ])
+        finally:
+            os.close(log)
+        self._children.add(pid)
+        return {"pid": pid, "start_time": _start_time(pid), "created_at": time.time(), "host": host}
 
     async def _wait_gone(self, rec: dict, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
-            self._reap()
-            if not _alive(rec):
+            gone = not _alive(rec)  # a zombie counts as gone: reap it now
+            self._reap(rec["pid"])  # (another backend in this process may have spawned it)
+            if gone:
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -369,10 +393,10 @@ class LocalBackend(Backend):
     def _start_master(self) -> dict:
         host, ports = self.master_host, []
         for name in ("master_port", "master_webui_port"):
-            port = getattr(self, name) or _free_port(host, avoid=ports)
-            if not _port_free(host, port):
-                raise BackendError(f"LocalBackend.{name}: {host}:{port} is in use; pick another port, or 0")
-            ports.append(port)
+            port = getattr(self, name)
+            if error := _bind_error(host, port):
+                raise BackendError(f"LocalBackend.{name}: cannot listen on {host}:{port}: {error}")
+            ports.append(port or _free_port(host, avoid=ports))
         args = ["-Xmx256m", "-Dspark.master.rest.enabled=false", "-cp", self._classpath(), MASTER_CLASS,
                 "--host", host, "--port", str(ports[0]), "--webui-port", str(ports[1])]
         rec = {**self._spawn(args, host=host, log_name="master.log"), "port": ports[0]}
@@ -417,7 +441,8 @@ class LocalBackend(Backend):
 
     def _pick_host(self, used: set[str]) -> str:
         first, last = _parse_range(self.host_range)
-        taken = used | {self.master_host, urlsplit(self.master_url).hostname or ""}
+        # skip addresses others listen on too: workers of another state dir, on the same master maybe
+        taken = used | {self.master_host, urlsplit(self.master_url).hostname or ""} | _listening_hosts()
         for n in range(first, last + 1):
             if str(ipaddress.IPv4Address(n)) not in taken:
                 return str(ipaddress.IPv4Address(n))
@@ -425,12 +450,14 @@ class LocalBackend(Backend):
                            f"({len(used)} workers hold one); widen it")
 
     async def start(self, n: int) -> list[BackendWorker]:
-        if not self.master_url:
+        if not self._scala:
             raise BackendError("LocalBackend: setup() must run before start()")
         records = self._records()
         for _ in range(n):
             ports = {r[k] for r in records for k in ("port", "webui_port")}
             host = self._pick_host({r["host"] for r in records})
+            if error := _bind_error(host, 0):
+                raise BackendError(f"LocalBackend.host_range: cannot listen on {host}: {error}")
             port = _free_port(host, avoid=ports)
             ui = _free_port("0.0.0.0", avoid=ports | {port})  # free on all addresses: UI ports stay distinct
             records.append(self._start_worker(host=host, port=port, ui=ui, records=records))

@@ -1,0 +1,184 @@
+"""LocalBackend against real Spark processes, no mocks: start, decommission, stop, adopt.
+
+Every wait polls with a deadline; every process started is stopped by the
+backend, and the fixture kills whatever a state file still names afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from traitlets import TraitError
+
+from jhub_spark_scaler.backends import BackendError
+from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBackend, _catches, _is_ours
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
+
+
+def backend(state_dir: str, **kwargs) -> LocalBackend:
+    settings = dict(master_port=0, master_webui_port=0, worker_memory="512m", stop_timeout=5,
+                    class_data_sharing=False)
+    return LocalBackend(state_dir=state_dir, **{**settings, **kwargs})
+
+
+def records(state_dir: str) -> list[dict]:
+    paths = glob.glob(os.path.join(state_dir, "master.json"))
+    paths += glob.glob(os.path.join(state_dir, "workers", "*.json"))
+    out = []
+    for path in paths:
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def running(rec: dict) -> bool:
+    return _is_ours(rec, MASTER_CLASS) or _is_ours(rec, WORKER_CLASS)
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    path = str(tmp_path / "state")
+    try:
+        yield path
+    finally:  # the backend should have stopped everything; make sure, by pid and start time
+        for rec in records(path):
+            if running(rec):
+                os.killpg(rec["pid"], signal.SIGKILL)
+
+
+async def get_json(url: str) -> dict:
+    def get():
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.load(r)
+
+    return await asyncio.to_thread(get)
+
+
+async def master_states(b: LocalBackend) -> dict[str, str]:
+    workers = (await get_json(f"{b.master_ui_url}/json/"))["workers"]
+    return {w["host"]: w["state"] for w in workers if w["state"] != "DEAD"}
+
+
+async def eventually(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_start_decommission_stop(state_dir):
+    b = backend(state_dir, class_data_sharing=True)
+    try:
+        await b.setup()
+        assert b.master_url.startswith("spark://127.0.0.1:")
+        started = await b.start(2)
+        hosts = [w.host for w in started]
+        assert len(set(hosts)) == 2 and "127.0.0.1" not in hosts and all(w.running for w in started)
+
+        async def both_alive():
+            return (await master_states(b)) == {h: "ALIVE" for h in hosts}
+
+        await eventually(both_alive, 60, "both workers ALIVE at the master")
+        first, second = started
+        assert (await get_json(f"{first.webui_url}/json/"))["id"].startswith("worker-")
+
+        await b.decommission(first)
+        assert (await b.list())[0].retiring_since is not None
+
+        async def decommissioned():
+            return (await master_states(b)).get(first.host) == "DECOMMISSIONED"
+
+        await eventually(decommissioned, 20, "the master sees the decommission")
+        await b.decommission(first)  # again: harmless, the retirement mark stays
+        [rec] = [r for r in records(state_dir) if r.get("host") == first.host]
+        await b.stop(first)
+        assert not running(rec)
+        assert [w.handle for w in await b.list()] == [second.handle]
+        assert not os.path.exists(os.path.join(state_dir, "work", first.handle))
+        # the first worker dumped its classes when it stopped: later workers start from the archive
+        assert glob.glob(os.path.join(state_dir, "cds", "worker-*.jsa"))
+        await b.stop(first)  # idempotent
+    finally:
+        before = records(state_dir)
+        await b.shutdown()
+    assert before and not any(running(r) for r in before)
+    assert records(state_dir) == []
+
+
+async def test_adopts_master_and_workers(state_dir):
+    a = backend(state_dir, stop_on_exit=False)
+    try:
+        await a.setup()
+        [worker] = await a.start(1)
+    finally:
+        await a.shutdown()  # leaves both running
+    pids = {r["pid"] for r in records(state_dir)}
+    with subprocess.Popen(["true"]) as gone:
+        gone.wait()
+    with open(os.path.join(state_dir, "workers", "local-7.json"), "w") as f:
+        json.dump({"pid": gone.pid, "start_time": 1, "host": "127.0.0.99", "port": 1, "webui_port": 2,
+                   "created_at": time.time(), "retiring_since": None}, f)
+
+    b = backend(state_dir)
+    try:
+        await b.setup()
+        assert b.master_url == a.master_url and b.master_ui_url == a.master_ui_url
+        listed = {w.handle: w for w in await b.list()}
+        assert listed[worker.handle] == worker
+        assert {r["pid"] for r in records(state_dir) if running(r)} == pids
+        assert not listed["local-7"].running
+        await b.stop(listed["local-7"])
+        assert sorted(listed) == sorted([worker.handle, "local-7"])
+        assert [w.handle for w in await b.list()] == [worker.handle]
+        [new] = await b.start(1)
+        assert new.handle not in listed and new.host not in (worker.host, "127.0.0.1")
+        # retired at once: a SIGPWR before Spark's handler is installed would kill the JVM, so none is sent
+        await b.decommission(new)
+        [rec] = [r for r in records(state_dir) if r["host"] == new.host]
+
+        async def handler_installed():
+            return _catches(rec["pid"], signal.SIGPWR)
+
+        await eventually(handler_installed, 30, "Spark's SIGPWR handler")
+        assert running(rec) and rec["retiring_since"] is not None
+    finally:
+        await b.shutdown()
+    assert not any(running(r) for r in records(state_dir))
+
+
+async def test_bad_settings_are_one_clear_line(state_dir, tmp_path):
+    with pytest.raises(BackendError, match=r"^LocalBackend\.java: .*no-java") as e:
+        await backend(state_dir, java=str(tmp_path / "no-java")).setup()
+    assert "\n" not in str(e.value)
+    with pytest.raises(BackendError, match=r"^LocalBackend\.spark_home: "):
+        await backend(state_dir, spark_home=str(tmp_path)).setup()
+    with pytest.raises(TraitError, match=r"^LocalBackend\.worker_memory: 'lots' is not a size"):
+        backend(state_dir, worker_memory="lots")
+    with pytest.raises(TraitError, match=r"^LocalBackend\.host_range: "):
+        backend(state_dir, host_range="10.0.0.1-10.0.0.9")
+
+    # two addresses for workers, someone else listening on the first, and a master that never answers
+    b = backend(state_dir, start_master=False, master_url="spark://127.0.0.1:9",
+                host_range="127.0.9.2-127.0.9.3")
+    try:
+        with socket.create_server(("127.0.9.2", 0)):
+            await b.setup()
+            [worker] = await b.start(1)
+            assert worker.host == "127.0.9.3"
+            with pytest.raises(BackendError, match=r"^LocalBackend\.host_range: no address left"):
+                await b.start(1)
+    finally:
+        await b.shutdown()
