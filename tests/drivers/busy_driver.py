@@ -27,6 +27,7 @@ def parse_args():
     p.add_argument("--task-seconds", type=float, default=1.0)
     p.add_argument("--no-decommission", action="store_true")
     p.add_argument("--dynamic", action="store_true", help="dynamic allocation: executors come and go")
+    p.add_argument("--min-executors", type=int, default=0, help="with --dynamic")
     p.add_argument("--bursts", action="store_true", help="run a job per DIR/burst-N file")
     p.add_argument("--max-seconds", type=float, default=900)
     return p.parse_args()
@@ -56,10 +57,10 @@ def session(args):
         builder = (
             builder.config("spark.dynamicAllocation.enabled", "true")
             .config("spark.dynamicAllocation.shuffleTracking.enabled", "true")
-            .config("spark.dynamicAllocation.minExecutors", "0")
+            .config("spark.dynamicAllocation.minExecutors", str(args.min_executors))
             .config("spark.dynamicAllocation.maxExecutors", str(args.cores_max))
             .config("spark.dynamicAllocation.executorIdleTimeout", "1s")
-            .config("spark.dynamicAllocation.schedulerBacklogTimeout", "100ms")
+            .config("spark.dynamicAllocation.schedulerBacklogTimeout", "1s")
         )
     return builder.getOrCreate()
 
