@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,11 +24,13 @@ SIZES = (10, 100, 1_000, 10_000)
 REPEATS = 21
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from jhub_spark_scaler.model import BackendWorker, Executor, WorkerStatus  # noqa: E402
 from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, join  # noqa: E402
 from jhub_spark_scaler.policy import History, PolicySettings, plan  # noqa: E402
 from jhub_spark_scaler.spark import parse_master  # noqa: E402
+from results import machine, write_section  # noqa: E402
 
 NOW = 1_800_000_000.0
 
@@ -65,13 +66,24 @@ def synthetic(n: int):
     return body, backend, statuses
 
 
-def one_cycle(body, backend, statuses, policy, settings, history):
-    master = parse_master(json.loads(body))
-    snapshot = build_snapshot(
-        now=NOW, master=master, joined=join(master.workers, backend),
-        worker_statuses=statuses, settings=settings,
-    )
-    return plan(snapshot, policy, history)
+def one_cycle(body, backend, statuses, policy, settings, history, clock=time.process_time):
+    """One cycle's CPU work; returns the plan and the CPU seconds of each phase."""
+    t0 = clock()
+    doc = json.loads(body)
+    t1 = clock()
+    master = parse_master(doc)
+    t2 = clock()
+    joined = join(master.workers, backend)
+    t3 = clock()
+    snapshot = build_snapshot(now=NOW, master=master, joined=joined, worker_statuses=statuses,
+                              settings=settings)
+    t4 = clock()
+    decided = plan(snapshot, policy, history)
+    t5 = clock()
+    return decided, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+
+
+PHASES = ("json.loads", "parse", "join", "classify", "plan")
 
 
 def measure(n: int) -> dict:
@@ -80,48 +92,39 @@ def measure(n: int) -> dict:
     settings, history = ObserveSettings(), History()
     samples = []
     for _ in range(REPEATS):
-        start = time.process_time()
-        history = one_cycle(body, backend, statuses, policy, settings, history).history
-        samples.append((time.process_time() - start) * 1000)
+        decided, phases = one_cycle(body, backend, statuses, policy, settings, history)
+        history = decided.history
+        samples.append(phases)
+    totals = sorted(samples, key=sum)
+    median = totals[len(totals) // 2]
     return {
         "workers": n,
         "json_bytes": len(body),
-        "median_cpu_ms": round(statistics.median(samples), 2),
+        "median_cpu_ms": round(sum(median) * 1000, 2),
+        "phases_ms": {name: round(t * 1000, 2) for name, t in zip(PHASES, median)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
 def write_results(rows: list[dict]) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("## Cycle cost")
-    if start != -1:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + (text[end + 1:] if end != -1 else "")
-    lines = [
-        "## Cycle cost (observe + plan, no network)",
-        "",
-        f"`python benchmarks/cycle_cost.py` on {time.strftime('%Y-%m-%d')}, "
-        f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}. "
-        f"Median of {REPEATS} cycles: parse the master JSON, join with the backend listing, "
-        "classify, plan. Peak RSS of the whole process (interpreter included).",
-        "",
-        "| workers | master JSON | median CPU per cycle | per worker | peak RSS |",
-        "|---:|---:|---:|---:|---:|",
+    table = [
+        "| workers | master JSON | median CPU per cycle | per worker | "
+        + " | ".join(PHASES) + " | peak RSS |",
+        "|---:|---:|---:|---:|" + "---:|" * len(PHASES) + "---:|",
     ]
     for r in rows:
         per = r["median_cpu_ms"] * 1000 / r["workers"]
-        lines.append(
+        table.append(
             f"| {r['workers']:,} | {r['json_bytes'] / 1024:,.0f} KiB | {r['median_cpu_ms']} ms "
-            f"| {per:.1f} µs | {r['peak_rss_mb']} MB |"
+            f"| {per:.1f} µs | " + " | ".join(f"{r['phases_ms'][p]}" for p in PHASES)
+            + f" | {r['peak_rss_mb']} MB |"
         )
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n")
-
-
-def _cpus() -> str:
-    import os
-
-    return str(os.cpu_count())
+    write_section("Cycle cost (observe + plan, no network)", [
+        f"`python benchmarks/cycle_cost.py` on {machine()}. Median CPU time of {REPEATS} cycles: "
+        "parse the master JSON, join it with the backend listing, classify, plan "
+        "(phases in ms, of the median cycle). Peak RSS of the whole process, interpreter "
+        "included.", "", *table,
+    ])
 
 
 def main() -> None:

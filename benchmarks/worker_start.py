@@ -4,8 +4,9 @@
 
 Starts a master with LocalBackend (free ports, a temporary state dir), then
 starts and stops one worker at a time, the variants taking turns, and polls the
-master's /json/ every 50 ms. Prints a markdown table and nothing else;
-everything it started is stopped and its temporary directory removed.
+master's /json/ every 50 ms. Prints a markdown table and writes it to
+benchmarks/RESULTS.md; everything it started is stopped and its temporary
+directory removed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend, _free_port  # noqa: E402
+from results import machine, write_section  # noqa: E402
 
 
 def alive(master_ui_url: str, host: str, port: int) -> bool:
@@ -119,10 +121,14 @@ async def main(runs: int) -> None:
                     times[name].append(await variant.run())
         finally:
             await b.shutdown()
-    print(f"| variant (spawn -> ALIVE at the master, {os.cpu_count()} CPUs) | median s | min s | max s |")
-    print("|---|---:|---:|---:|")
-    for name, ts in times.items():
-        print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    table = ["| variant | median s | min s | max s |", "|---|---:|---:|---:|"]
+    table += [f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |"
+              for name, ts in times.items()]
+    print("\n".join(table))
+    write_section("Worker start time", [
+        f"`python benchmarks/worker_start.py --runs {runs}` on {machine()}. From spawning a worker "
+        "to the master listing it ALIVE (polled every 50 ms), variants taking turns.", "", *table,
+    ])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ records (`spark.py` builds them), what a backend knows of its workers, and the
 per-cycle `Snapshot` that joins the two (`observe.py` builds it). `policy.plan`
 reads a Snapshot and nothing else.
 
+Records made once per worker per cycle (`MasterWorker`, `BackendWorker`,
+`Worker`) are NamedTuples: as immutable as frozen dataclasses, and about five
+times cheaper to build, which matters at 10,000 workers a cycle.
+
 Times are wall-clock seconds since the epoch (`clock.now()`), because some of
 them (when a retirement began) are persisted by backends and must survive a
 restart of the scaler.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class WorkerState(str, enum.Enum):
@@ -35,8 +40,7 @@ CAPACITY_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState
 PROTECTED_STATES = frozenset({WorkerState.BUSY, WorkerState.DRAINING, WorkerState.HELD})
 
 
-@dataclass(frozen=True, slots=True)
-class MasterWorker:
+class MasterWorker(NamedTuple):
     """One entry of the master's `/json/` `workers[]`."""
 
     id: str
@@ -94,8 +98,7 @@ class WorkerStatus:
     executors: tuple[Executor, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class BackendWorker:
+class BackendWorker(NamedTuple):
     """What a backend knows of one worker it runs (a process or a pod)."""
 
     handle: str  # stable backend key: "local-3", a pod name
@@ -108,8 +111,7 @@ class BackendWorker:
     problem: str = ""  # a backend-known reason it cannot start (image pull error, ...)
 
 
-@dataclass(frozen=True, slots=True)
-class Worker:
+class Worker(NamedTuple):
     """One worker as this cycle sees it: backend and master joined."""
 
     handle: str  # the backend handle, or "master:<worker id>" for a foreign worker

@@ -45,28 +45,29 @@ def join(
 ) -> Joined:
     """Pair each backend worker with its master entry; also return the unpaired
     master entries that are not DEAD (workers someone else runs)."""
-    by_address: dict[tuple[str, int], list[MasterWorker]] = {}
     by_host: dict[str, list[MasterWorker]] = {}
     for m in master_workers:
-        for index, key in ((by_address, (m.host, m.port)), (by_host, m.host)):
-            if key in index:
-                index[key].append(m)
-            else:
-                index[key] = [m]
-    paired, used = [], set()
+        entries = by_host.get(m.host)
+        if entries is None:
+            by_host[m.host] = [m]
+        else:
+            entries.append(m)
+    paired = []
     for b in backend_workers:
-        if not b.host:
-            paired.append((b, None))
-            continue
-        candidates = by_address.get((b.host, b.port), ()) if b.port else by_host.get(b.host, ())
-        m = candidates[0] if len(candidates) == 1 else _newest(candidates)
+        entries = by_host.get(b.host) if b.host else None
+        if not entries:
+            m = None
+        elif len(entries) == 1:  # the common case, kept cheap
+            m = entries[0] if not b.port or entries[0].port == b.port else None
+        else:
+            m = _newest(e for e in entries if not b.port or e.port == b.port)
         if m is not None and m.state == DEAD and m.last_heartbeat < b.created_at * 1000:
             # Addresses are reused (pod IPs, 127.0.0.N): a DEAD entry last heard of
             # before this worker was created is an earlier worker's, not this one's.
             m = None
         paired.append((b, m))
-        used.update(map(id, candidates))
-    foreign = [m for ms in by_host.values() for m in ms if m.state != DEAD and id(m) not in used]
+    matched = {id(m) for _, m in paired if m is not None}
+    foreign = [m for ms in by_host.values() for m in ms if m.state != DEAD and id(m) not in matched]
     return paired, foreign
 
 

@@ -77,16 +77,16 @@ class Reconciler:
 
     async def observe(self) -> Snapshot:
         master_error = backend_error = ""
-        master: MasterStatus | None = None
-        backend_workers: list[BackendWorker] = []
-        try:
-            master = await self.spark.master()
-        except SparkError as e:
-            master_error = str(e)
-        try:
-            backend_workers = await self.backend.list()
-        except Exception as e:  # any failure to list means we are blind
-            backend_error = f"cannot list workers: {e}"
+        master, listed = await asyncio.gather(self.spark.master(), self.backend.list(), return_exceptions=True)
+        if isinstance(master, BaseException):
+            if not isinstance(master, SparkError):
+                raise master
+            master_error, master = str(master), None
+        if isinstance(listed, BaseException):  # any failure to list means we are blind
+            if isinstance(listed, asyncio.CancelledError):
+                raise listed
+            backend_error, listed = f"cannot list workers: {listed}", []
+        backend_workers: list[BackendWorker] = listed
         joined = join(master.workers if master else (), backend_workers)
         statuses = {}
         if master is not None:

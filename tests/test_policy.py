@@ -413,7 +413,7 @@ def test_property_respects_max_workers_and_moves_capacity_toward_target(case):
 def test_property_plan_is_deterministic(case):
     s, pol, history = case
     # equal but separately built inputs
-    s2 = Snapshot(s.taken_at, tuple(replace(w) for w in s.workers), tuple(replace(a) for a in s.apps),
+    s2 = Snapshot(s.taken_at, tuple(w._replace() for w in s.workers), tuple(replace(a) for a in s.apps),
                   s.prewarm_credit, s.master_error, s.backend_error)
     h2 = History(history.surplus_since, dict(history.idle_since), history.scale_up_paused_until)
     p1, p2 = plan(s, pol, history), plan(s2, replace(pol), h2)

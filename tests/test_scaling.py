@@ -30,8 +30,9 @@ async def make_scaler(spark_master, tmp_path):
     """`await make_scaler(idle_workers=2, ...)`: a Reconciler with its own local backend."""
     backends = []
 
-    async def make(*, held_after: float = 60.0, **policy) -> Reconciler:
+    async def make(*, held_after: float = 60.0, decommission_method="signal", **policy) -> Reconciler:
         backend = LocalBackend(
+            decommission_method=decommission_method,
             start_master=False,
             master_url=spark_master.master_url,
             master_ui_url=spark_master.master_ui_url,
@@ -232,3 +233,19 @@ async def test_master_unreachable_retires_nothing(make_scaler):
     await cycles_until(r, lambda s: not s.workers, timeout=60, what="scale-in after the master returns")
     assert "seeing" in [d.action for d in r.decisions]
     assert [d.action for d in r.decisions].count("retire") == 2
+
+
+async def test_decommission_through_the_master(make_scaler):
+    r = await make_scaler(idle_workers=2, decommission_method="master")
+    await cycles_until(r, idle_and_busy(2, 0), timeout=90, what="2 idle workers")
+    hosts = {w.host for w in r.last_snapshot.workers}
+    with_policy(r, idle_workers=0)
+    await r.cycle()
+    assert len(r.last_plan.retire) == 2
+
+    async def decommissioned():
+        states = [m.state for m in (await r.spark.master()).workers if m.host in hosts]
+        return "DECOMMISSIONED" in states or "DEAD" in states
+
+    await until(decommissioned, timeout=30, what="the master to decommission the workers")
+    await cycles_until(r, lambda s: not s.workers, timeout=60, what="the drained workers to be stopped")

@@ -36,7 +36,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..model import BackendWorker
 from . import Backend, BackendError
@@ -225,9 +225,19 @@ class LocalBackend(Backend):
     spark_conf = Dict(
         value_trait=Unicode(), key_trait=Unicode(), help="Spark properties: -Dkey=value to master, workers."
     ).tag(config=True)
+    decommission_method = Enum(
+        ["signal", "master"], "signal",
+        help="How a worker is decommissioned: 'signal' sends SIGPWR to its JVM; 'master' asks the "
+        "master (POST /workers/kill/?host=), which needs spark.master.ui.decommission.allow.mode "
+        "ALLOW unless the master UI is reached over loopback.",
+    ).tag(config=True)
     class_data_sharing = Bool(
         True, help="Start workers from an AppCDS archive in state_dir (the first worker writes it on stop)."
     ).tag(config=True)
+
+    @property
+    def decommission_via_master(self) -> bool:
+        return self.decommission_method == "master"
 
     @default("spark_home")
     def _default_spark_home(self) -> str:
@@ -527,8 +537,8 @@ class LocalBackend(Backend):
         if rec.get("retiring_since") is None:
             rec["retiring_since"] = time.time()
             _write_json(path, rec)
-        if not _is_ours(rec, WORKER_CLASS):
-            return
+        if not _is_ours(rec, WORKER_CLASS) or self.decommission_via_master:
+            return  # with "master", the reconciler asks the master after this
         if _catches(rec["pid"], signal.SIGPWR):
             os.kill(rec["pid"], signal.SIGPWR)
             self.log.info("LocalBackend: sent SIGPWR to worker %s (pid %d)", worker.handle, rec["pid"])
