@@ -32,10 +32,15 @@ SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
     ],
 )
 def test_bad_setting_is_one_line_naming_it(args, message, tmp_path):
-    done = subprocess.run(
-        [*SCALER, f"--state-dir={tmp_path}", *args], capture_output=True, text=True, timeout=60,
-        cwd=tmp_path,
-    )
+    try:
+        done = subprocess.run(
+            [*SCALER, f"--state-dir={tmp_path}", *args], capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+        )
+    finally:  # had the scaler started despite the bad setting, end what it started
+        for pid in [*worker_pids(tmp_path).values(), _master_pid(tmp_path)]:
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -81,6 +86,13 @@ def worker_pids(state_dir: Path) -> dict[str, int]:
             continue
         pids[record["host"]] = record["pid"]
     return pids
+
+
+def _master_pid(state_dir: Path) -> int | None:
+    try:
+        return json.loads((state_dir / "master.json").read_text())["pid"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
 
 
 def alive(pid: int) -> bool:
@@ -136,3 +148,46 @@ async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
 
 async def _states(our_workers, expected):
     return sorted((await our_workers()).values()) == expected
+
+
+async def test_embedded_default_cleans_up_on_sigterm(tmp_path):
+    """The demo's shape: the scaler starts its own master and workers; SIGTERM (or
+    Ctrl-C) ends every process it started."""
+    state = tmp_path / "state"
+    log = open(tmp_path / "scaler.log", "w")
+    scaler = subprocess.Popen(
+        [*SCALER, "--max-workers=2", "--idle-workers=1", "--poll-interval=0.5", f"--state-dir={state}",
+         "--LocalBackend.master_port=0", "--LocalBackend.master_webui_port=0"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    pids = []
+    try:
+        def master_record():
+            try:
+                return json.loads((state / "master.json").read_text())
+            except (FileNotFoundError, ValueError):
+                return None
+
+        master = await until(master_record, timeout=60, what="the master to be started")
+        client = SparkClient(f"http://127.0.0.1:{master['webui_port']}")
+
+        async def one_alive_worker():
+            try:
+                return [w for w in (await client.master()).workers if w.state == "ALIVE"]
+            except Exception:
+                return None
+
+        await until(one_alive_worker, timeout=90, what="a worker ALIVE at the scaler's own master")
+        pids = [master["pid"], *worker_pids(state).values()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        scaler.send_signal(signal.SIGTERM)
+        assert scaler.wait(timeout=60) == 0
+        assert not any(alive(p) for p in pids), "SIGTERM leaves no Spark process behind"
+    finally:
+        if scaler.poll() is None:
+            scaler.kill()
+            scaler.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
