@@ -3,16 +3,22 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-job test bench clean
+.PHONY: setup demo scaler-demo demo-job test bench clean
 
 setup:
 	./scripts/setup.sh $(VENV)
+	./scripts/install-proxy.sh
 
-## Run the scaler on the embedded default: a local Spark master and worker processes.
+## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup
+	$(VENV)/bin/pip install -q -e ".[demo]"
+	VENV=$(VENV) ./scripts/demo.sh
+
+## The scaler alone on the embedded default: a local Spark master and worker processes.
+scaler-demo: setup
 	$(VENV)/bin/jhub-spark-scaler --max-workers=4 --idle-workers=1 --scale-down-delay=10 --poll-interval=1
 
-## In a second terminal while `make demo` runs: a Spark job that makes the pool grow, then shrink.
+## In a second terminal while a demo runs: a Spark job that makes the pool grow, then shrink.
 demo-job:
 	$(PY) examples/spark_job.py
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections import Counter
 
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.log import LogFormatter
 from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 from traitlets.config import Application
@@ -22,15 +22,13 @@ from traitlets.config.loader import ArgumentError
 from . import __version__
 from .backends import Backend, BackendError
 from .backends.local import LocalBackend
+from .errors import ConfigError
 from .model import Snapshot
 from .observe import ObserveSettings
 from .policy import PolicySettings
 from .reconciler import Reconciler
+from .service import HubService
 from .spark import SparkClient
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message names it."""
 
 
 def _at_least(minimum: float):
@@ -95,7 +93,7 @@ class SparkScalerApp(Application):
         "as unschedulable; scale-up then pauses for as long.",
     ).tag(config=True)
     held_after = Float(
-        30.0,
+        120.0,
         help="Seconds after decommission that a worker still running executors is shown as held "
         "(its app does not release them; the scaler keeps waiting).",
     ).tag(config=True)
@@ -109,10 +107,56 @@ class SparkScalerApp(Application):
         LocalBackend, klass=Backend, help="Where workers run: a Backend subclass or its import path."
     ).tag(config=True)
 
-    _validate_min_workers = validate("min_workers", "idle_workers")(_at_least(0))
+    hub_api_url = Unicode(
+        help="The hub's REST API (http://hub:8081/hub/api). Set: run as a hub service, with "
+        "pre-warm. Default: $JUPYTERHUB_API_URL, which the hub sets for a managed service."
+    ).tag(config=True)
+    hub_api_token = Unicode(
+        help="Token for the hub API; hooks authenticate to the service with it too. "
+        "Default: $JUPYTERHUB_API_TOKEN."
+    ).tag(config=True)
+    service_url = Unicode(
+        help="Where the service listens. Default: $JUPYTERHUB_SERVICE_URL, else http://127.0.0.1:10101."
+    ).tag(config=True)
+    service_prefix = Unicode(
+        help="URL prefix of the service's endpoints. Default: $JUPYTERHUB_SERVICE_PREFIX, else /."
+    ).tag(config=True)
+    hub_poll_interval = Float(
+        10.0, help="Seconds between polls of the hub's users API (the truth; events only speed it up)."
+    ).tag(config=True)
+    hub_stale_after = Float(
+        300.0, help="Seconds without a good hub poll after which the known servers are forgotten "
+        "(their pre-warm credit ends)."
+    ).tag(config=True)
+    prewarm_window = Float(
+        600.0, help="Seconds after a notebook server starts during which it pre-warms workers."
+    ).tag(config=True)
+    prewarm_workers_per_server = Int(
+        1, help="Idle workers added to the idle target for each notebook server started within "
+        "prewarm_window and still running."
+    ).tag(config=True)
+
+    @default("hub_api_url")
+    def _hub_api_url_default(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "")
+
+    @default("hub_api_token")
+    def _hub_api_token_default(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @default("service_url")
+    def _service_url_default(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    @default("service_prefix")
+    def _service_prefix_default(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    _validate_min_workers = validate("min_workers", "idle_workers", "prewarm_workers_per_server")(_at_least(0))
     _validate_max_surge = validate("max_surge")(_at_least(1))
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
-    _validate_intervals = validate("poll_interval", "http_timeout")(_at_least(0.05))
+    _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(_at_least(0.05))
+    _validate_windows = validate("prewarm_window", "hub_stale_after")(_at_least(0))
 
     @default("log_level")
     def _log_level_default(self):
@@ -148,6 +192,8 @@ class SparkScalerApp(Application):
             raise ConfigError(f"max_workers must be >= 1, got {self.max_workers}")
         if self.min_workers > self.max_workers:
             raise ConfigError(f"min_workers ({self.min_workers}) > max_workers ({self.max_workers})")
+        if self.hub_api_url and not self.hub_api_token:
+            raise ConfigError("hub_api_token (or $JUPYTERHUB_API_TOKEN) is required with hub_api_url")
 
     def policy_settings(self) -> PolicySettings:
         return PolicySettings(
@@ -178,14 +224,18 @@ class SparkScalerApp(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         backend = self.backend_class(parent=self, log=self.log)
+        self.hub = self.make_hub_service() if self.hub_api_url else None
         try:
             await backend.setup()
+            if self.hub:
+                await self.hub.start()
             self.reconciler = Reconciler(
                 backend=backend,
                 spark=SparkClient(self.master_ui_url or backend.master_ui_url, timeout=self.http_timeout),
                 policy=self.policy_settings(),
                 observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after),
                 log=self.log,
+                prewarm_credit=self.hub.credit if self.hub else lambda: 0,
                 decision_log_size=self.decision_log_size,
             )
             self.log.info("Spark master %s, UI %s", backend.master_url, self.reconciler.spark.master_ui_url)
@@ -196,7 +246,28 @@ class SparkScalerApp(Application):
             ticker.stop()
             self.log.info("stopping")
         finally:
+            if self.hub:
+                self.hub.stop()
             await backend.shutdown()
+
+    def make_hub_service(self) -> HubService:
+        return HubService(
+            api_url=self.hub_api_url,
+            api_token=self.hub_api_token,
+            service_url=self.service_url,
+            prefix=self.service_prefix,
+            poll_interval=self.hub_poll_interval,
+            stale_after=self.hub_stale_after,
+            prewarm_window=self.prewarm_window,
+            prewarm_per_server=self.prewarm_workers_per_server,
+            on_change=self.reconcile_soon,
+            log=self.log,
+        )
+
+    def reconcile_soon(self) -> None:
+        """A cycle now, not at the next tick (a notebook server just started, say)."""
+        if getattr(self, "reconciler", None) is not None:
+            IOLoop.current().add_callback(self.reconcile)
 
     async def reconcile(self) -> None:
         """One cycle; errors are logged and the loop goes on."""

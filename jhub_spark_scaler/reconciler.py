@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import clock
 from .backends import Backend
-from .model import BackendWorker, MasterStatus, Snapshot, WorkerState, WorkerStatus
+from .model import BackendWorker, MasterStatus, MasterWorker, Snapshot, WorkerState, WorkerStatus
 from .observe import ObserveSettings, build_snapshot, is_retiring, join
 from .policy import History, Plan, PolicySettings, plan
 from .spark import SparkClient, SparkError
@@ -59,18 +59,25 @@ class Reconciler:
         self.last_snapshot: Snapshot | None = None
         self.last_plan: Plan | None = None
         self._lock = asyncio.Lock()
+        self._again = False
         self._blind_reason = ""
 
     async def cycle(self) -> Plan | None:
-        """Run one pass; None if a pass is already running (passes never overlap)."""
+        """Run one pass. Passes never overlap: asked for during one, it returns None
+        and the running pass goes round once more, so no request (a pushed hub
+        event, say) waits for the next poll."""
         if self._lock.locked():
+            self._again = True
             return None
         async with self._lock:
-            snapshot = await self.observe()
-            decided = plan(snapshot, self.policy, self.history)
-            self.history = decided.history
-            self.last_snapshot, self.last_plan = snapshot, decided
-            await self.act(decided, snapshot)
+            self._again = True
+            while self._again:
+                self._again = False
+                snapshot = await self.observe()
+                decided = plan(snapshot, self.policy, self.history)
+                self.history = decided.history
+                self.last_snapshot, self.last_plan = snapshot, decided
+                await self.act(decided, snapshot)
             return decided
 
     # -- observe -------------------------------------------------------------
@@ -104,9 +111,11 @@ class Reconciler:
         )
 
     async def _read_workers(self, pairs) -> dict[str, WorkerStatus | str]:
+        """Each retiring worker's own /json/ (or the error reading it), a few at a time."""
         limit = asyncio.Semaphore(WORKER_READ_CONCURRENCY)
 
-        async def read(b: BackendWorker, url: str) -> WorkerStatus | str:
+        async def read(b: BackendWorker, m: MasterWorker | None) -> WorkerStatus | str:
+            url = b.webui_url or (m.webui_address if m else "")
             if not url:
                 return "no web UI address known"
             async with limit:
@@ -115,10 +124,8 @@ class Reconciler:
                 except SparkError as e:
                     return str(e)
 
-        handles = [b.handle for b, _ in pairs]
-        urls = [b.webui_url or (m.webui_address if m else "") for b, m in pairs]
-        results = await asyncio.gather(*(read(b, u) for (b, _), u in zip(pairs, urls)))
-        return dict(zip(handles, results))
+        results = await asyncio.gather(*(read(b, m) for b, m in pairs))
+        return {b.handle: result for (b, _), result in zip(pairs, results)}
 
     # -- act -----------------------------------------------------------------
 
@@ -149,7 +156,8 @@ class Reconciler:
             w.handle for w in snapshot.workers
             if w.state is WorkerState.DRAINING and w.master is not None and w.master.state == "ALIVE"
         ]
-        await self._each("", unacknowledged, lambda h: self._decommission(by_handle[h].backend))
+        await self._each("redecommission", unacknowledged, lambda h: self._decommission(by_handle[h].backend),
+                         quiet=True)
         if decided.start:
             try:
                 started = await self.backend.start(decided.start)
@@ -158,25 +166,24 @@ class Reconciler:
             else:
                 names = ", ".join(b.handle for b in started)
                 self.record("start", f"started {len(started)} ({names})", decided.reasons)
-        if decided.retire or decided.stop:
-            self.log.debug("plan: %s", "; ".join(decided.reasons))
 
     async def _decommission(self, worker: BackendWorker) -> None:
         await self.backend.decommission(worker)  # marks it retiring first: survives our death
         if self.backend.decommission_via_master:
             await self.spark.decommission_host(worker.host)
 
-    async def _each(self, action: str, handles, call, reasons: tuple[str, ...] = ()) -> None:
-        """Run `call(handle)` for each handle concurrently; one failure never stops the rest."""
+    async def _each(self, action: str, handles, call, reasons: tuple[str, ...] = (), *, quiet=False) -> None:
+        """Run `call(handle)` for each handle concurrently; one failure never stops the rest.
+        Successes go to the decision log unless `quiet`."""
 
         async def one(handle: str) -> None:
             try:
                 await call(handle)
             except Exception as e:
-                self.log.exception("%s %s failed", action or "redecommission", handle)
-                self.record("error", f"{action or 'decommission'} {handle} failed: {e}")
+                self.log.exception("%s %s failed", action, handle)
+                self.record("error", f"{action} {handle} failed: {e}")
             else:
-                if action:
+                if not quiet:
                     self.record(action, handle, tuple(r for r in reasons if f" {handle}:" in r))
 
         await asyncio.gather(*(one(h) for h in handles))

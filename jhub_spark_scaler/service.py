@@ -1,0 +1,80 @@
+"""The scaler as a JupyterHub managed service: hub activity in, pushed events in.
+
+The hub's users API is polled as the source of truth (it also rebuilds
+everything after a restart); hooks in the hub push spawn and stop events to
+`<prefix>events` so a new server gets its pre-warm workers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+from tornado.web import Application
+
+from .activity import HubActivity
+from .errors import ConfigError
+from .events import make_events_route
+
+
+class HubService:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        api_token: str,
+        service_url: str,
+        prefix: str,
+        poll_interval: float,
+        stale_after: float,
+        prewarm_window: float,
+        prewarm_per_server: int,
+        on_change: Callable[[], None],
+        log: logging.Logger,
+    ):
+        self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
+        self.service_url = service_url
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.poll_interval = poll_interval
+        self.prewarm_window = prewarm_window
+        self.prewarm_per_server = prewarm_per_server
+        self.on_change = on_change
+        self.log = log
+        self._token = api_token
+        self._ticker: PeriodicCallback | None = None
+        self._server: HTTPServer | None = None
+
+    def credit(self) -> int:
+        """Extra idle workers for recently started, still running notebook servers."""
+        return self.activity.credit(window=self.prewarm_window, per_server=self.prewarm_per_server)
+
+    def _on_event(self, action: str, user: str, server: str) -> None:
+        self.activity.on_event(action, user, server)
+        self.log.info("hub event: %s %s/%s", action, user, server)
+        self.on_change()
+
+    async def _poll(self) -> None:
+        await self.activity.poll()
+        self.on_change()
+
+    async def start(self) -> None:
+        """First poll at once (a restarted service recovers its state), then serve."""
+        await self.activity.poll()
+        self._ticker = PeriodicCallback(self._poll, self.poll_interval * 1000)
+        self._ticker.start()
+        web = Application([make_events_route(self.prefix, token=self._token, on_event=self._on_event)])
+        url = urlsplit(self.service_url)
+        try:
+            self._server = web.listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
+        except OSError as e:
+            raise ConfigError(f"service_url {self.service_url}: cannot listen: {e.strerror or e}") from None
+        self.log.info("serving %s%s", self.service_url.rstrip("/"), self.prefix)
+
+    def stop(self) -> None:
+        if self._ticker:
+            self._ticker.stop()
+        if self._server:
+            self._server.stop()
