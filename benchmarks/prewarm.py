@@ -487,7 +487,6 @@ def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete
         lines += ["Breakdown: " + "; ".join(extra) + ".", ""]
     if "a" in med and "b" in med and "c" in med:
         sess = statistics.median(r["session_s"] for m in MODES for r in by[m])
-        share = sess / med["c"]
         why = []
         if med["b"] / med["a"] < 2:
             sess_a = statistics.median(r["session_s"] for r in by["a"])

@@ -11,7 +11,6 @@ The pure part (`Server`, `prewarm_credit`, `apply_event`, `merge_poll`,
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlencode
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from . import clock
+from .httpjson import fetch_json
 
 #: A server's key: (user name, server name); the default server's name is "".
 Key = tuple[str, str]
@@ -280,21 +280,7 @@ class HubActivity:
         request = HTTPRequest(
             url, headers=self._headers, connect_timeout=self.timeout, request_timeout=self.timeout
         )
-        try:
-            response = await AsyncHTTPClient().fetch(request)
-        except HTTPClientError as e:
-            if e.code == 599:  # tornado's code for "no HTTP answer": a timeout
-                raise HubError(f"cannot reach the hub API at {url}: {e.message}") from None
-            if e.code in (401, 403):
-                raise HubError(
-                    f"hub API refused {url} (HTTP {e.code}): check hub_api_token and that the "
-                    "service's role has the scopes list:users and read:servers"
-                ) from None
-            raise HubError(f"hub API at {url} answered HTTP {e.code}") from None
-        except Exception as e:  # connection refused, DNS
-            raise HubError(f"cannot reach the hub API at {url}: {e}") from None
-        try:
-            return json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
-            start = response.body[:40].decode("utf-8", "replace")
-            raise HubError(f"hub API at {url} did not answer JSON (starts {start!r})") from None
+        advice = "check hub_api_token and that the service's role has the scopes list:users and read:servers"
+        return await fetch_json(
+            AsyncHTTPClient(), request, what="the hub API", error=HubError, advice={401: advice, 403: advice}
+        )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import clock
 from .backends import Backend
-from .model import BackendWorker, MasterStatus, MasterWorker, Snapshot, WorkerState, WorkerStatus
+from .model import BackendWorker, MasterWorker, Snapshot, WorkerState, WorkerStatus
 from .observe import ObserveSettings, build_snapshot, is_retiring, join
 from .policy import History, Plan, PolicySettings, plan
 from .spark import SparkClient, SparkError

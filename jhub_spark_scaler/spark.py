@@ -8,12 +8,12 @@ fields are a `SparkError` naming the field.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .httpjson import fetch_json
 from .model import Executor, MasterApp, MasterStatus, MasterWorker, WorkerStatus
 
 #: /json/ of a master with 10,000 workers is ~5 MB; anything far larger is not a master.
@@ -130,19 +130,7 @@ class SparkClient:
 
     async def _get_json(self, url: str, what: str) -> Any:
         request = HTTPRequest(url, connect_timeout=self.timeout, request_timeout=self.timeout)
-        try:
-            response = await self._http.fetch(request)
-        except HTTPClientError as e:
-            if e.code == 599:  # tornado's code for "no HTTP answer": a timeout
-                raise SparkError(f"cannot reach {what} at {url}: {e.message}") from None
-            raise SparkError(f"{what} at {url} answered HTTP {e.code}") from None
-        except Exception as e:  # connection refused, DNS, body too large
-            raise SparkError(f"cannot reach {what} at {url}: {e}") from None
-        try:
-            return json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
-            start = response.body[:40].decode("utf-8", "replace")
-            raise SparkError(f"{what} at {url} did not answer JSON (starts {start!r})") from None
+        return await fetch_json(self._http, request, what=what, error=SparkError)
 
     async def master(self) -> MasterStatus:
         """The master's state. Raises SparkError if unreachable, malformed or not ALIVE."""

@@ -299,7 +299,7 @@ async def test_never_reachable_hub(fake_clock):
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
-        (403, "{}", "refused .* \\(HTTP 403\\): check hub_api_token .* list:users and read:servers"),
+        (403, "{}", "answered HTTP 403: check hub_api_token .* list:users and read:servers"),
         (500, "{}", "answered HTTP 500"),
         (200, "<html>", "did not answer JSON \\(starts '<html>'\\)"),
         (200, "[1]", "expected an object with an 'items' list"),
