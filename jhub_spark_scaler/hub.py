@@ -21,6 +21,7 @@ For admins who prefer to write it out, the call is equivalent to:
                     "--SparkScalerApp.idle_workers=2", "--LocalBackend.worker_cores=4"],
         "display": True,
         "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:spark-scaler:admin"],  # the admin page's tokens
         "api_token": token,  # the hub hands it to the service as JUPYTERHUB_API_TOKEN
     })
     c.JupyterHub.load_roles.append({
@@ -157,6 +158,9 @@ def configure(
                     *(_flag(key, value) for key, value in settings.items())],
         "display": True,
         "oauth_no_confirm": True,
+        # the admin page's OAuth tokens carry the admin scope of users who hold it
+        # (the hub drops it for those who do not)
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE] if admin_scope else [],
         "api_token": secrets.token_hex(32),
     }
     c.JupyterHub.services = [*services, service]
