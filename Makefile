@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 setup:
 	./scripts/setup.sh $(VENV)
 	./scripts/install-proxy.sh
+	./scripts/install-browser.sh
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup

@@ -26,8 +26,10 @@ from .errors import ConfigError
 from .model import Snapshot
 from .observe import ObserveSettings
 from .policy import PolicySettings
-from .reconciler import Reconciler
+from .metrics import ScalerMetrics
+from .reconciler import CycleReport, Reconciler
 from .service import HubService
+from .web.history import PoolHistory
 from .spark import SparkClient
 
 
@@ -131,6 +133,10 @@ class SparkScalerApp(Application):
     prewarm_window = Float(
         600.0, help="Seconds after a notebook server starts during which it pre-warms workers."
     ).tag(config=True)
+    authenticate_prometheus = Bool(
+        True, help="Require a hub admin, or a token with custom:spark-scaler:admin, for /metrics "
+        "(like JupyterHub.authenticate_prometheus)."
+    ).tag(config=True)
     prewarm_workers_per_server = Int(
         1, help="Idle workers added to the idle target for each notebook server started within "
         "prewarm_window and still running."
@@ -224,6 +230,8 @@ class SparkScalerApp(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         backend = self.backend_class(parent=self, log=self.log)
+        self.metrics = ScalerMetrics()
+        self.pool_history = PoolHistory(interval=self.poll_interval)
         self.hub = self.make_hub_service() if self.hub_api_url else None
         try:
             await backend.setup()
@@ -237,7 +245,10 @@ class SparkScalerApp(Application):
                 log=self.log,
                 prewarm_credit=self.hub.credit if self.hub else lambda: 0,
                 decision_log_size=self.decision_log_size,
+                on_cycle=self.observe_cycle,
             )
+            if self.hub:
+                self.hub.pool.attach(self.reconciler)
             self.log.info("Spark master %s, UI %s", backend.master_url, self.reconciler.spark.master_ui_url)
             await self.reconcile()
             ticker = PeriodicCallback(self.reconcile, self.poll_interval * 1000)
@@ -262,7 +273,25 @@ class SparkScalerApp(Application):
             prewarm_per_server=self.prewarm_workers_per_server,
             on_change=self.reconcile_soon,
             log=self.log,
+            cycle_interval=self.poll_interval,
+            metrics=self.metrics,
+            pool_history=self.pool_history,
+            authenticate_prometheus=self.authenticate_prometheus,
         )
+
+    def observe_cycle(self, report: CycleReport) -> None:
+        """After each pass: metrics and the pool history for the admin page's chart."""
+        done = report.decisions
+        self.metrics.observe_cycle(
+            snapshot=report.snapshot, plan=report.plan, duration=report.duration,
+            started=report.started,
+            retired=sum(d.action == "retire" for d in done),
+            stopped=[d.detail for d in done if d.action == "stop"],
+            action_errors=sum(d.action == "error" for d in done),
+            hub_healthy=self.hub.activity.healthy if self.hub else None,
+            paused=self.reconciler.paused,
+        )
+        self.pool_history.add(report.snapshot.taken_at, report.snapshot)
 
     def reconcile_soon(self) -> None:
         """A cycle now, not at the next tick (a notebook server just started, say)."""

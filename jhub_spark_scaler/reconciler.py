@@ -36,6 +36,17 @@ class Decision:
     reasons: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class CycleReport:
+    """What one pass saw, decided and did: for metrics and the pool history."""
+
+    snapshot: Snapshot
+    plan: Plan
+    duration: float  # seconds
+    started: int  # workers started
+    decisions: tuple[Decision, ...]  # recorded during the pass
+
+
 class Reconciler:
     def __init__(
         self,
@@ -47,6 +58,7 @@ class Reconciler:
         log: logging.Logger,
         prewarm_credit: Callable[[], int] = lambda: 0,
         decision_log_size: int = 500,
+        on_cycle: Callable[[CycleReport], None] = lambda report: None,
     ):
         self.backend = backend
         self.spark = spark
@@ -54,6 +66,9 @@ class Reconciler:
         self.observe_settings = observe
         self.log = log
         self.prewarm_credit = prewarm_credit
+        self.on_cycle = on_cycle
+        self._pass: list[Decision] = []  # decisions of the running pass
+        self._started = 0
         self.history = History()
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self.last_snapshot: Snapshot | None = None
@@ -61,6 +76,8 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self._again = False
         self._blind_reason = ""
+        #: set by the admin page: observe and plan go on, act starts/retires/stops nothing
+        self.paused = False
 
     async def cycle(self) -> Plan | None:
         """Run one pass. Passes never overlap: asked for during one, it returns None
@@ -73,11 +90,14 @@ class Reconciler:
             self._again = True
             while self._again:
                 self._again = False
+                self._pass, self._started, began = [], 0, clock.now()
                 snapshot = await self.observe()
                 decided = plan(snapshot, self.policy, self.history)
                 self.history = decided.history
                 self.last_snapshot, self.last_plan = snapshot, decided
                 await self.act(decided, snapshot)
+                self.on_cycle(CycleReport(snapshot, decided, clock.now() - began, self._started,
+                                          tuple(self._pass)))
             return decided
 
     # -- observe -------------------------------------------------------------
@@ -130,7 +150,9 @@ class Reconciler:
     # -- act -----------------------------------------------------------------
 
     def record(self, action: str, detail: str, reasons: tuple[str, ...] = ()) -> None:
-        self.decisions.append(Decision(clock.now(), action, detail, reasons))
+        decision = Decision(clock.now(), action, detail, reasons)
+        self.decisions.append(decision)
+        self._pass.append(decision)
         self.log.info("%s: %s", action, detail)
 
     def _note_blindness(self, snapshot: Snapshot) -> None:
@@ -144,7 +166,7 @@ class Reconciler:
 
     async def act(self, decided: Plan, snapshot: Snapshot) -> None:
         self._note_blindness(snapshot)
-        if snapshot.blind:
+        if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}
         reasons = decided.reasons
@@ -164,6 +186,7 @@ class Reconciler:
             except Exception as e:
                 self.record("error", f"starting {decided.start} workers failed: {e}")
             else:
+                self._started = len(started)
                 names = ", ".join(b.handle for b in started)
                 self.record("start", f"started {len(started)} ({names})", decided.reasons)
 

@@ -2,12 +2,14 @@
 
 The hub's users API is polled as the source of truth (it also rebuilds
 everything after a restart); hooks in the hub push spawn and stop events to
-`<prefix>events` so a new server gets its pre-warm workers at once.
+`<prefix>events` so a new server gets its pre-warm workers at once. The admin
+page (`jhub_spark_scaler.web`) is served beside it, behind the hub's OAuth.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -18,6 +20,9 @@ from tornado.web import Application
 from .activity import HubActivity
 from .errors import ConfigError
 from .events import make_events_route
+from .metrics import ScalerMetrics
+from .web.handlers import PoolState, admin_routes, admin_settings
+from .web.history import PoolHistory
 
 
 class HubService:
@@ -34,8 +39,24 @@ class HubService:
         prewarm_per_server: int,
         on_change: Callable[[], None],
         log: logging.Logger,
+        metrics: ScalerMetrics,
+        pool_history: PoolHistory,
+        cycle_interval: float = 2.0,
+        authenticate_prometheus: bool = True,
     ):
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
+        self.api_url = api_url
+        #: what the admin page reads and changes; the app attaches its Reconciler
+        self.pool = PoolState(
+            activity=self.activity,
+            prewarm_window=prewarm_window,
+            prewarm_per_server=prewarm_per_server,
+            poll_interval=cycle_interval,
+            on_change=on_change,
+            metrics=metrics,
+            history=pool_history,
+        )
+        self.authenticate_prometheus = authenticate_prometheus
         self.service_url = service_url
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.poll_interval = poll_interval
@@ -65,13 +86,26 @@ class HubService:
         await self.activity.poll()
         self._ticker = PeriodicCallback(self._poll, self.poll_interval * 1000)
         self._ticker.start()
-        web = Application([make_events_route(self.prefix, token=self._token, on_event=self._on_event)])
+        web = self.make_application()
         url = urlsplit(self.service_url)
         try:
             self._server = web.listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
         except OSError as e:
             raise ConfigError(f"service_url {self.service_url}: cannot listen: {e.strerror or e}") from None
         self.log.info("serving %s%s", self.service_url.rstrip("/"), self.prefix)
+
+    def make_application(self) -> Application:
+        """The events route, plus the admin page when the hub gave us an OAuth client."""
+        routes: list = [make_events_route(self.prefix, token=self._token, on_event=self._on_event)]
+        settings: dict = {}
+        if os.environ.get("JUPYTERHUB_CLIENT_ID"):
+            routes += admin_routes(self.prefix, authenticate_prometheus=self.authenticate_prometheus)
+            settings = admin_settings(
+                pool=self.pool, api_url=self.api_url, api_token=self._token, prefix=self.prefix
+            )
+        else:
+            self.log.warning("admin page off: no OAuth client ($JUPYTERHUB_CLIENT_ID); run as a hub service")
+        return Application(routes, **settings)
 
     def stop(self) -> None:
         if self._ticker:

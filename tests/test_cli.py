@@ -187,7 +187,8 @@ async def test_embedded_default_cleans_up_on_sigterm(tmp_path):
         if scaler.poll() is None:
             scaler.kill()
             scaler.wait()
-        for pid in pids:
-            if alive(pid):
+        # pids the test saw, and any the state dir names (a wait that timed out saw none)
+        for pid in {*pids, *worker_pids(state).values(), _master_pid(state)}:
+            if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
         log.close()

@@ -548,7 +548,9 @@ class LocalBackend(Backend):
     async def stop(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
         rec = _read_json(path) or {}
-        ours = _is_ours(rec, WORKER_CLASS)
+        # pid + start time name one process for good: stop it even if its command line
+        # cannot be read right now (a JVM still starting was seen to slip through)
+        ours = bool(rec) and _alive(rec)
         exited = await self._terminate(rec, f"worker {worker.handle}") if ours else False
         self._finish_cds(worker.handle, rec, exited)
         log = self._path("logs", f"{worker.handle}.log")

@@ -1,0 +1,206 @@
+"""Prometheus metrics of the scaler, on a registry of their own.
+
+`ScalerMetrics` owns a dedicated `CollectorRegistry` (not prometheus_client's
+global one), so tests and several scalers in one process never collide. It is
+fed plain values once per cycle (`observe_cycle`) and serialised by `render()`
+for the `/metrics` handler. It imports the model only: the reconciler and the
+app call it, never the other way round.
+
+Exported (with the default namespace `spark_scaler`):
+
+    spark_scaler_workers{state}                      gauge, our workers by state (every state, 0 included)
+    spark_scaler_target_workers                      gauge, workers of ours the policy wants
+    spark_scaler_prewarm_credit_workers              gauge, extra idle workers asked for by new servers
+    spark_scaler_paused                              gauge, 1 while paused from the admin page
+    spark_scaler_scale_up_paused                     gauge, 1 while scale-up waits (unschedulable workers)
+    spark_scaler_reachable{part}                     gauge, 1 when master / backend / hub was readable
+    spark_scaler_workers_started_total               counter
+    spark_scaler_workers_retired_total               counter, workers decommissioned
+    spark_scaler_workers_stopped_total               counter
+    spark_scaler_errors_total{kind}                  counter, kind = master, backend, hub, action
+    spark_scaler_cycle_duration_seconds              histogram, one observe-plan-act pass
+    spark_scaler_decommission_to_stop_seconds        histogram, retiring_since to stop, per worker
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+)
+
+from .model import Snapshot, WorkerState
+
+if TYPE_CHECKING:  # only for annotations: metrics sits below the reconciler
+    from .policy import Plan
+
+#: the kinds of errors counted
+ERROR_KINDS = ("master", "backend", "hub", "action")
+
+# A cycle is milliseconds with a few workers, seconds at 10,000 workers or a slow master.
+CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A drain is seconds for an idle worker, up to hours behind a long job.
+DRAIN_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+
+
+class ScalerMetrics:
+    """The scaler's metrics. Call `observe_cycle` once per cycle, `render` per scrape.
+
+    Wiring in `Reconciler` (the lead's call): give it `metrics: ScalerMetrics | None`
+    and `hub_healthy: Callable[[], bool | None]` (`lambda: activity.healthy`, or
+    `lambda: None` without a hub); have `record()` also append each Decision to a
+    per-pass list `self._pass`, and `act()` keep `self._started = len(started)`.
+    Then, in `cycle()`'s loop, around observe/plan/act::
+
+        self._pass, self._started = [], 0
+        began = clock.now()
+        snapshot = await self.observe()
+        ...                                   # plan, act as now
+        if self.metrics is not None:
+            done = self._pass
+            self.metrics.observe_cycle(
+                snapshot=snapshot,
+                plan=decided,
+                duration=clock.now() - began,
+                started=self._started,
+                retired=sum(d.action == "retire" for d in done),
+                stopped=[d.detail for d in done if d.action == "stop"],  # detail is the handle
+                action_errors=sum(d.action == "error" for d in done),
+                hub_healthy=self.hub_healthy(),
+                paused=self.paused,
+                now=clock.now(),
+            )
+
+    "redecommission" resends are not retirements (they are quiet: no Decision).
+    Call it for blind cycles too: that is how master/backend errors are counted.
+    """
+
+    def __init__(self, *, namespace: str = "spark_scaler", registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        common = {"namespace": namespace, "registry": self.registry}
+        self.workers = Gauge("workers", "Workers of this scaler by state.", ["state"], **common)
+        self.target = Gauge("target_workers", "Workers of ours the policy wants.", **common)
+        self.prewarm_credit = Gauge(
+            "prewarm_credit_workers", "Extra idle workers asked for by recently started notebook servers.",
+            **common,
+        )
+        self.paused = Gauge(
+            "paused", "1 while the scaler is paused (starts, retires, stops nothing), else 0.", **common
+        )
+        self.scale_up_paused = Gauge(
+            "scale_up_paused", "1 while scale-up waits after workers failed to register, else 0.", **common
+        )
+        self.reachable = Gauge(
+            "reachable", "1 when the part (master, backend, hub) was readable at the last cycle, else 0.",
+            ["part"], **common,
+        )
+        self.started = Counter("workers_started", "Workers started (scale-ups).", **common)
+        self.retired = Counter("workers_retired", "Workers decommissioned (scale-downs).", **common)
+        self.stopped = Counter(
+            "workers_stopped", "Workers stopped: drained, lost, unschedulable or surplus.", **common
+        )
+        self.errors = Counter(
+            "errors",
+            "Cycles in which the master, the backend or the hub (its last poll) could not be read, "
+            "and failed actions (kind=action).",
+            ["kind"], **common,
+        )
+        self.cycle_duration = Histogram(
+            "cycle_duration_seconds", "Duration of one observe-plan-act cycle.",
+            buckets=CYCLE_BUCKETS, **common,
+        )
+        self.drain_duration = Histogram(
+            "decommission_to_stop_seconds",
+            "Time from a worker's decommission (retiring_since) to its stop.",
+            buckets=DRAIN_BUCKETS, **common,
+        )
+        # Export every label value from the start, so a series never appears out of nowhere.
+        for state in WorkerState:
+            self.workers.labels(state.value).set(0)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        # reachability is exported from the first cycle on: before it, nothing is known
+        self._hub_exported = False  # the hub series exists only once a hub health was given
+
+    def observe_cycle(
+        self,
+        *,
+        snapshot: Snapshot,
+        plan: Plan,
+        duration: float,
+        started: int = 0,
+        retired: int = 0,
+        stopped: Collection[str] = (),
+        action_errors: int = 0,
+        hub_healthy: bool | None = None,
+        paused: bool = False,
+        now: float | None = None,
+    ) -> None:
+        """Record one cycle.
+
+        `started` / `retired`: workers actually started / decommissioned this cycle.
+        `stopped`: handles of the workers actually stopped; those with a
+        `retiring_since` in `snapshot` feed the decommission-to-stop histogram,
+        measured up to `now` (default `snapshot.taken_at`).
+        `action_errors`: failed start / retire / stop calls.
+        `hub_healthy`: `HubActivity.healthy`; None when no hub is configured (the
+        hub reachability series is then not exported).
+        Workers by state keep their last values through a blind cycle.
+        `paused`: the admin pause (`Reconciler.paused`). Whether scale-up waits
+        after unschedulable workers is read from the plan.
+        """
+        counts = dict.fromkeys(WorkerState, 0)
+        retiring_since: dict[str, float] = {}
+        for w in snapshot.workers:
+            if w.backend is None:
+                continue
+            counts[w.state] += 1
+            if w.backend.retiring_since is not None:
+                retiring_since[w.handle] = w.backend.retiring_since
+        if not snapshot.blind:  # a pool seen in part would read as workers gone: keep the last counts
+            for state, n in counts.items():
+                self.workers.labels(state.value).set(n)
+        self.target.set(plan.demand.target)
+        self.prewarm_credit.set(snapshot.prewarm_credit)
+        self.paused.set(1 if paused else 0)
+        self.scale_up_paused.set(1 if plan.history.scale_up_paused_until > snapshot.taken_at else 0)
+
+        self._observe_health(snapshot, hub_healthy, action_errors)
+
+        if started:
+            self.started.inc(started)
+        if retired:
+            self.retired.inc(retired)
+        if stopped:
+            self.stopped.inc(len(stopped))
+        end = snapshot.taken_at if now is None else now
+        for handle in stopped:
+            since = retiring_since.get(handle)
+            if since is not None:
+                self.drain_duration.observe(max(0.0, end - since))
+        self.cycle_duration.observe(max(0.0, duration))
+
+    def _observe_health(self, snapshot: Snapshot, hub_healthy: bool | None, action_errors: int) -> None:
+        """Reachability gauges and error counters."""
+        self.reachable.labels("master").set(0 if snapshot.master_error else 1)
+        self.reachable.labels("backend").set(0 if snapshot.backend_error else 1)
+        if hub_healthy is None:
+            if self._hub_exported:
+                self.reachable.remove("hub")
+        else:
+            self.reachable.labels("hub").set(1 if hub_healthy else 0)
+        self._hub_exported = hub_healthy is not None
+        if snapshot.master_error:
+            self.errors.labels("master").inc()
+        if snapshot.backend_error:
+            self.errors.labels("backend").inc()
+        if hub_healthy is False:
+            self.errors.labels("hub").inc()
+        if action_errors:
+            self.errors.labels("action").inc(action_errors)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type, for the `/metrics` handler."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,355 @@
+"""The admin page and its JSON API, behind the hub's OAuth.
+
+    GET  <prefix>                  the page (anonymous browsers go to the hub's login)
+    GET  <prefix>api/pool          the page's data as JSON (`view.pool_view`)
+    POST <prefix>api/pause         stop acting (observe and plan go on, shown as "would")
+    POST <prefix>api/resume
+    POST <prefix>api/idle-target   idle_workers=N overrides the configured value; empty clears it
+    GET  <prefix>metrics           Prometheus metrics (same rule, unless authenticate_prometheus is off)
+    GET  <prefix>oauth_callback    the end of the hub's OAuth dance
+
+Who may: hub admins (whose token may access this service), and holders of
+`custom:spark-scaler:admin`. The hub only lets users who may access the
+service (`access:services!service=<name>`) log in to it at all.
+
+Authentication runs in `prepare`, asynchronously (HubAuthenticated's own
+`get_current_user` would block the event loop on a thread). A request with an
+`Authorization: token ...` header is token-authenticated and needs no XSRF
+token; a cookie-authenticated POST (or script GET) must carry the `_xsrf`
+value, as JupyterHub's own handlers require.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+    check_scopes,
+)
+from tornado import web
+
+from .. import clock
+from ..activity import HubActivity
+from ..hub import ADMIN_SCOPE
+from ..policy import PolicySettings
+from ..reconciler import Reconciler
+from ..metrics import ScalerMetrics
+from .chart import render_svg
+from .history import PoolHistory
+from .view import pool_view
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+
+
+class PoolState:
+    """What the handlers read and change: the reconciler (attached once it exists),
+    the hub's activity, and the admin's overrides."""
+
+    def __init__(
+        self,
+        *,
+        activity: HubActivity,
+        prewarm_window: float,
+        prewarm_per_server: int,
+        metrics: ScalerMetrics,
+        history: PoolHistory,
+        poll_interval: float = 2.0,
+        on_change: Callable[[], None] = lambda: None,
+    ):
+        self.metrics = metrics
+        self.history = history
+        self.activity = activity
+        self.prewarm_window = prewarm_window
+        self.prewarm_per_server = prewarm_per_server
+        self.poll_interval = poll_interval
+        self.on_change = on_change
+        self.reconciler: Reconciler | None = None
+        #: the policy as configured; an idle override replaces idle_workers in a copy
+        self.configured: PolicySettings | None = None
+        self.idle_override: int | None = None
+
+    def attach(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.configured = reconciler.policy
+
+    def view(self) -> dict[str, Any]:
+        r = self.reconciler
+        assert r is not None and self.configured is not None
+        return pool_view(
+            snapshot=r.last_snapshot,
+            plan=r.last_plan,
+            decisions=r.decisions,
+            servers=self.activity.servers,
+            hub_healthy=self.activity.healthy,
+            hub_error=self.activity.last_error,
+            paused=r.paused,
+            idle_override=self.idle_override,
+            settings={
+                "max_workers": self.configured.max_workers,
+                "min_workers": self.configured.min_workers,
+                "idle_workers": self.configured.idle_workers,
+                "prewarm_window": self.prewarm_window,
+                "prewarm_per_server": self.prewarm_per_server,
+            },
+            now=clock.now(),
+        )
+
+    def chart(self) -> Markup:
+        """The pool size by state over the last hour, as inline SVG (numbers only)."""
+        now = clock.now()
+        return Markup(render_svg(self.history.samples(now), now=now))
+
+    def pause(self, user: str) -> None:
+        assert self.reconciler is not None
+        self.reconciler.paused = True
+        self.reconciler.record("pause", f"by {user}: observing and planning, starting and retiring nothing")
+
+    def resume(self, user: str) -> None:
+        assert self.reconciler is not None
+        self.reconciler.paused = False
+        self.reconciler.record("resume", f"by {user}")
+        self.on_change()
+
+    def set_idle_override(self, value: int | None, user: str) -> None:
+        assert self.reconciler is not None and self.configured is not None
+        self.idle_override = value
+        if value is None:
+            self.reconciler.policy = self.configured
+            detail = f"idle_workers back to the configured {self.configured.idle_workers}"
+        else:
+            self.reconciler.policy = dataclasses.replace(self.configured, idle_workers=value)
+            detail = f"idle_workers {value} (override; configured {self.configured.idle_workers})"
+        self.reconciler.record("idle-target", f"{detail}, by {user}")
+        self.on_change()
+
+
+class AdminHandler(HubOAuthenticated, web.RequestHandler):
+    """Base: hub OAuth, admins or ADMIN_SCOPE holders; `self.user` is the model."""
+
+    #: the scope that admits a user, service or token; admins are admitted too (check_hub_user)
+    hub_scopes = {ADMIN_SCOPE}
+    #: anonymous GET: True redirects to the hub's login, False answers 403 (APIs)
+    login_redirect = False
+
+    @property
+    def hub_auth(self) -> HubOAuth:
+        return self.settings["hub_auth"]
+
+    @property
+    def pool(self) -> PoolState:
+        return self.settings["pool"]
+
+    def check_hub_user(self, model: dict) -> dict:
+        scopes = set(model.get("scopes", ()))
+        if check_scopes(self.hub_scopes, scopes):
+            return model
+        # Hub admins do not hold custom scopes; admit them when the token used may
+        # access this service (their OAuth tokens for it, or their full API tokens),
+        # not with any narrowly scoped token an admin happens to own.
+        access = self.hub_auth.access_scopes
+        if model.get("kind", "user") == "user" and model.get("admin") and access and check_scopes(access, scopes):
+            return model
+        raise UserNotAllowed(model)
+
+    def check_xsrf_cookie(self) -> None:
+        # tornado calls this before prepare, when we cannot tell a token-authenticated
+        # request from a cookie one; HubOAuth calls it again during authentication.
+        if getattr(self, "_authenticating", False):
+            super().check_xsrf_cookie()
+
+    async def prepare(self) -> None:
+        self._authenticating = True
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        finally:
+            self._authenticating = False
+        if model is None:
+            self.current_user = None
+            self.refuse_anonymous()
+            return
+        try:
+            self.current_user = self.check_hub_user(model)
+        except UserNotAllowed:
+            kind = model.get("kind", "user")
+            raise web.HTTPError(
+                403, "%s %s may not use the Spark scaler: it needs to be a hub admin or hold the scope %s",
+                kind, model.get("name"), ADMIN_SCOPE,
+            ) from None
+        if self.pool.reconciler is None:
+            raise web.HTTPError(503, "the scaler is starting: no pool observed yet")
+
+    def refuse_anonymous(self) -> None:
+        if self.request.method in ("GET", "HEAD") and self.login_redirect:
+            self.redirect(self.get_login_url())
+            return
+        if self.hub_auth._get_token_cookie(self) and self.request.method not in ("GET", "HEAD"):
+            raise web.HTTPError(403, "the '_xsrf' value is missing or wrong: reload the page and try again")
+        if self.hub_auth._get_token_cookie(self):
+            raise web.HTTPError(403, "a script's request needs the X-XSRFToken header")
+        raise web.HTTPError(403, "not logged in: log in at the hub, or send 'Authorization: token <hub API token>'")
+
+    @property
+    def user_name(self) -> str:
+        return self.current_user["name"]
+
+    def wants_html(self) -> bool:
+        """A browser's form post (no script) is answered by going back to the page."""
+        return "text/html" in self.request.headers.get("Accept", "")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, web.HTTPError) and error.log_message:
+            message = error.log_message % error.args
+        else:
+            message = self._reason
+        if self.wants_html() and self.request.method in ("GET", "HEAD"):
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(render(self, "error.html", status=status_code, reason=self._reason, message=message))
+        else:
+            self.finish({"error": message})
+
+    def render_page(self, name: str, **values: Any) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(render(self, name, **values))
+
+    def acted(self) -> None:
+        if self.wants_html():
+            self.redirect(self.hub_auth.base_url, status=303)
+        else:
+            self.finish(self.pool.view())
+
+
+def render(handler: AdminHandler, name: str, **values: Any) -> str:
+    env: jinja2.Environment = handler.settings["jinja2_env"]
+    user = handler.current_user if getattr(handler, "_current_user", None) else None
+    return env.get_template(name).render(
+        hub_prefix=handler.hub_auth.hub_prefix,
+        prefix=handler.hub_auth.base_url,
+        user=user["name"] if user else None,
+        **values,
+    )
+
+
+class PageHandler(AdminHandler):
+    login_redirect = True
+
+    def get(self) -> None:
+        self.render_page(
+            "pool.html",
+            pool=self.pool.view(),
+            chart=self.pool.chart(),
+            xsrf=self.xsrf_token.decode("ascii"),
+            poll_ms=int(max(self.pool.poll_interval, 1.0) * 1000),
+        )
+
+
+class PoolAPIHandler(AdminHandler):
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.finish(self.pool.view())
+
+
+class PauseHandler(AdminHandler):
+    def post(self) -> None:
+        self.pool.pause(self.user_name)
+        self.acted()
+
+
+class ResumeHandler(AdminHandler):
+    def post(self) -> None:
+        self.pool.resume(self.user_name)
+        self.acted()
+
+
+class IdleTargetHandler(AdminHandler):
+    def post(self) -> None:
+        raw = self.idle_argument()
+        if raw == "":
+            self.pool.set_idle_override(None, self.user_name)
+            return self.acted()
+        maximum = self.pool.configured.max_workers
+        try:
+            value = int(raw)
+        except ValueError:
+            raise web.HTTPError(400, "idle_workers must be a whole number, got %r", raw[:40]) from None
+        if not 0 <= value <= maximum:
+            raise web.HTTPError(400, "idle_workers must be between 0 and max_workers (%d)", maximum)
+        self.pool.set_idle_override(value, self.user_name)
+        self.acted()
+
+    def idle_argument(self) -> str:
+        """`idle_workers` from a form, a query or a JSON body; "" when absent (clear)."""
+        if self.request.headers.get("Content-Type", "").startswith("application/json") and self.request.body:
+            try:
+                value = json.loads(self.request.body).get("idle_workers")
+            except (ValueError, AttributeError):
+                raise web.HTTPError(400, "body is not a JSON object") from None
+            return "" if value is None else str(value).strip()
+        return self.get_argument("idle_workers", "").strip()
+
+
+class MetricsHandler(AdminHandler):
+    """Prometheus metrics, for admins or holders of the admin scope (the default)."""
+
+    def get(self) -> None:
+        body, content_type = self.pool.metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class OpenMetricsHandler(web.RequestHandler):
+    """Prometheus metrics for anyone who reaches the service (authenticate_prometheus False)."""
+
+    def get(self) -> None:
+        body, content_type = self.settings["pool"].metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class CallbackHandler(HubOAuthCallbackHandler):
+    @property
+    def hub_auth(self) -> HubOAuth:
+        return self.settings["hub_auth"]
+
+
+def admin_routes(prefix: str, *, authenticate_prometheus: bool = True) -> list[tuple[str, type]]:
+    """The tornado routes under the service's prefix (JUPYTERHUB_SERVICE_PREFIX)."""
+    p = re.escape(prefix.rstrip("/"))
+    return [
+        (p + "/metrics", MetricsHandler if authenticate_prometheus else OpenMetricsHandler),
+        (p + "/?", PageHandler),
+        (p + "/api/pool", PoolAPIHandler),
+        (p + "/api/pause", PauseHandler),
+        (p + "/api/resume", ResumeHandler),
+        (p + "/api/idle-target", IdleTargetHandler),
+        (p + "/oauth_callback", CallbackHandler),
+    ]
+
+
+def admin_settings(*, pool: PoolState, api_url: str, api_token: str, prefix: str) -> dict[str, Any]:
+    """tornado Application settings for the admin routes. The OAuth client id, callback URL,
+    access scopes and the hub's prefix come from the JUPYTERHUB_* variables the hub sets."""
+    hub_auth = HubOAuth(api_url=api_url, api_token=api_token, base_url=prefix, cache_max_age=60)
+    return {
+        "pool": pool,
+        "hub_auth": hub_auth,
+        # signs the OAuth state and token cookies; a new one per process only means
+        # admins log in again (silently, through the hub) after a restart
+        "cookie_secret": os.urandom(32),
+        "xsrf_cookies": True,
+        "template_path": TEMPLATES,
+        "jinja2_env": jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+        ),
+    }
