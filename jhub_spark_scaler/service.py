@@ -60,8 +60,6 @@ class HubService:
         self.service_url = service_url
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.poll_interval = poll_interval
-        self.prewarm_window = prewarm_window
-        self.prewarm_per_server = prewarm_per_server
         self.on_change = on_change
         self.log = log
         self._token = api_token
@@ -70,7 +68,7 @@ class HubService:
 
     def credit(self) -> int:
         """Extra idle workers for recently started, still running notebook servers."""
-        return self.activity.credit(window=self.prewarm_window, per_server=self.prewarm_per_server)
+        return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server)
 
     def _on_event(self, action: str, user: str, server: str) -> None:
         self.activity.on_event(action, user, server)

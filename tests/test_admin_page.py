@@ -5,9 +5,7 @@ redirects as a browser would follow them), on the session's real Spark master.""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 from urllib.parse import urlsplit
 
 import pytest
@@ -15,10 +13,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from traitlets.config import Config
 
-from jhub_spark_scaler.hub import ADMIN_SCOPE, configure
+from jhub_spark_scaler.hub import ADMIN_SCOPE
 
 from .conftest import until
-from .test_hub_service import ADMIN_TOKEN, PROXY, alive_workers, free_port, hub_api, start_server, worker_records
+from .test_hub_service import (
+    ADMIN_TOKEN, PROXY, alive_workers, configure_scaler, hub_api, start_server, stop_scaler, worker_records,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -51,27 +51,14 @@ async def hub(hub_app, spark_master, tmp_path):
         {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
         {"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
     ]
-    configure(
-        c, max_workers=3, port=free_port(), idle_workers=0, scale_down_delay=1, poll_interval=0.5,
-        hub_poll_interval=60,
-        LocalBackend__start_master=False,
-        LocalBackend__master_url=spark_master.master_url,
-        LocalBackend__master_ui_url=spark_master.master_ui_url,
-        LocalBackend__state_dir=str(state),
-        LocalBackend__stop_timeout=5,
-    )
+    configure_scaler(c, spark_master, state)
     app = await hub_app(c)
     await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
     base = app.proxy.public_url.rstrip("/") + "/"
     try:
         yield app, state, base + "services/spark-scaler/"
     finally:
-        await app._service_map["spark-scaler"].stop()
-        for record in worker_records(state).values():
-            try:
-                os.kill(record["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        await stop_scaler(app, state)
 
 
 class Browser:

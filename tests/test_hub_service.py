@@ -63,7 +63,19 @@ async def hub(hub_app, spark_master, tmp_path):
     c.JupyterHub.services = [{"name": "test-admin", "api_token": ADMIN_TOKEN}]
     c.JupyterHub.load_roles = [{"name": "test-admin", "services": ["test-admin"],
                                 "scopes": ["admin:users", "admin:servers"]}]
-    service = configure(
+    service = configure_scaler(c, spark_master, state)
+    app = await hub_app(c)
+    await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
+    try:
+        yield app, service, state
+    finally:
+        await stop_scaler(app, state)
+
+
+def configure_scaler(c: Config, spark_master, state: Path) -> dict:
+    """The real scaler as the hub's managed service, on the session's master: fast
+    cycles, the hub polled only every minute (so reactions within seconds are the hooks')."""
+    return configure(
         c, max_workers=3, port=free_port(), idle_workers=0, scale_down_delay=1, poll_interval=0.5,
         hub_poll_interval=60,
         LocalBackend__start_master=False,
@@ -72,18 +84,17 @@ async def hub(hub_app, spark_master, tmp_path):
         LocalBackend__state_dir=str(state),
         LocalBackend__stop_timeout=5,
     )
-    app = await hub_app(c)
-    await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
-    try:
-        yield app, service, state
-    finally:
-        # as at hub shutdown: the hub interrupts its managed service, which stops its workers
-        await app._service_map["spark-scaler"].stop()
-        for record in worker_records(state).values():  # had the service not cleaned up
-            try:
-                os.kill(record["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+
+async def stop_scaler(app, state: Path) -> None:
+    """As at hub shutdown: the hub interrupts its managed service, which stops its
+    workers; any the service left behind are killed."""
+    await app._service_map["spark-scaler"].stop()
+    for record in worker_records(state).values():
+        try:
+            os.kill(record["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 async def hub_api(app, method: str, path: str, body=None):
