@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from traitlets.config import Config
 
 from jhub_spark_scaler.hub import ADMIN_SCOPE
 
 from .conftest import until
 from .test_hub_service import (
-    ADMIN_TOKEN, PROXY, alive_workers, configure_scaler, hub_api, start_server, stop_scaler, worker_records,
+    ADMIN_TOKEN, alive_workers, configure_scaler, hub_api, hub_config, start_server, stop_scaler, worker_records,
 )
 
 pytestmark = pytest.mark.spark
@@ -31,15 +30,8 @@ async def hub(hub_app, spark_master, tmp_path):
     """A hub with the scaler and: `operator` holding the admin scope, `viewer` allowed
     to access services but without the scope, a service `monitor` with the scope.
     Yields (app, state dir, the service's public URL)."""
-    if not PROXY.exists():
-        pytest.fail(f"{PROXY} is missing: run scripts/install-proxy.sh")
     state = tmp_path / "scaler"
-    c = Config()
-    c.ConfigurableHTTPProxy.command = [str(PROXY)]
-    c.ConfigurableHTTPProxy.pid_file = str(tmp_path / "proxy.pid")
-    c.JupyterHub.cookie_secret_file = str(tmp_path / "cookie_secret")
-    c.SimpleLocalProcessSpawner.home_dir_template = str(tmp_path / "home" / "{username}")
-    c.Spawner.poll_interval = 1
+    c = hub_config(tmp_path)
     c.JupyterHub.services = [
         {"name": "test-admin", "api_token": ADMIN_TOKEN},
         {"name": "monitor", "api_token": MONITOR_TOKEN},

@@ -51,15 +51,8 @@ def worker_records(state: Path) -> dict[str, dict]:
 @pytest.fixture
 async def hub(hub_app, spark_master, tmp_path):
     """A hub with the real scaler as its managed service; yields (app, service, state dir)."""
-    if not PROXY.exists():
-        pytest.fail(f"{PROXY} is missing: run scripts/install-proxy.sh")
     state = tmp_path / "scaler"
-    c = Config()
-    c.ConfigurableHTTPProxy.command = [str(PROXY)]
-    c.ConfigurableHTTPProxy.pid_file = str(tmp_path / "proxy.pid")
-    c.JupyterHub.cookie_secret_file = str(tmp_path / "cookie_secret")
-    c.SimpleLocalProcessSpawner.home_dir_template = str(tmp_path / "home" / "{username}")
-    c.Spawner.poll_interval = 1  # notice a crashed server or service within a second
+    c = hub_config(tmp_path)
     c.JupyterHub.services = [{"name": "test-admin", "api_token": ADMIN_TOKEN}]
     c.JupyterHub.load_roles = [{"name": "test-admin", "services": ["test-admin"],
                                 "scopes": ["admin:users", "admin:servers"]}]
@@ -70,6 +63,20 @@ async def hub(hub_app, spark_master, tmp_path):
         yield app, service, state
     finally:
         await stop_scaler(app, state)
+
+
+def hub_config(tmp_path: Path) -> Config:
+    """A MockHub config that keeps every file in tmp_path and notices a crashed
+    server or service within a second."""
+    if not PROXY.exists():
+        pytest.fail(f"{PROXY} is missing: run scripts/install-proxy.sh")
+    c = Config()
+    c.ConfigurableHTTPProxy.command = [str(PROXY)]
+    c.ConfigurableHTTPProxy.pid_file = str(tmp_path / "proxy.pid")
+    c.JupyterHub.cookie_secret_file = str(tmp_path / "cookie_secret")
+    c.SimpleLocalProcessSpawner.home_dir_template = str(tmp_path / "home" / "{username}")
+    c.Spawner.poll_interval = 1
+    return c
 
 
 def configure_scaler(c: Config, spark_master, state: Path) -> dict:
