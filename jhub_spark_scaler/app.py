@@ -233,6 +233,7 @@ class SparkScalerApp(Application):
         self.metrics = ScalerMetrics()
         self.pool_history = PoolHistory(interval=self.poll_interval)
         self.hub = self.make_hub_service() if self.hub_api_url else None
+        self.reconciler: Reconciler | None = None  # events may arrive before it exists
         try:
             await backend.setup()
             if self.hub:
@@ -295,7 +296,7 @@ class SparkScalerApp(Application):
 
     def reconcile_soon(self) -> None:
         """A cycle now, not at the next tick (a notebook server just started, say)."""
-        if getattr(self, "reconciler", None) is not None:
+        if self.reconciler is not None:
             IOLoop.current().add_callback(self.reconcile)
 
     async def reconcile(self) -> None:
