@@ -3,12 +3,17 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo scaler-demo demo-job test bench clean
+.PHONY: setup test-setup demo scaler-demo demo-job test bench clean
 
 setup:
 	./scripts/setup.sh $(VENV)
 	./scripts/install-proxy.sh
 	./scripts/install-browser.sh
+
+## What only the tests need: a kube-apiserver + etcd built from Debian's sources
+## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes).
+test-setup: setup
+	./scripts/install-kube-apiserver.sh
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup
@@ -23,8 +28,8 @@ scaler-demo: setup
 demo-job:
 	$(PY) examples/spark_job.py
 
-## The whole test suite: real Spark master and workers, real drivers.
-test: setup
+## The whole test suite: real Spark, real hub, real browser, real kube-apiserver.
+test: test-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Cycle-cost benchmark; writes benchmarks/RESULTS.md.

@@ -109,6 +109,7 @@ class BackendWorker(NamedTuple):
     webui_url: str = ""  # the worker's own UI, "" where unknown
     retiring_since: float | None = None  # when the scaler decommissioned it (persisted)
     problem: str = ""  # a backend-known reason it cannot start (image pull error, ...)
+    stopping: bool = False  # already being stopped (a terminating pod): nothing more to do
 
 
 class Worker(NamedTuple):

@@ -106,7 +106,7 @@ def classify(
         # the common case, kept short: it runs for every worker every cycle
         return Worker(b.handle, b.host, WorkerState.BUSY if m.cores_used else WorkerState.IDLE, b, m)
     if not b.running:
-        state, why = WorkerState.LOST, "its process or pod is gone"
+        state, why = WorkerState.LOST, "stopping" if b.stopping else "its process or pod is gone"
     elif m is not None and m.state == DEAD:
         state, why = WorkerState.LOST, "the master declared it DEAD"
     elif is_retiring(b, m):

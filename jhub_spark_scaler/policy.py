@@ -109,7 +109,7 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
     idle_since = MappingProxyType(
         {w.handle: history.idle_since.get(w.handle, now) for w in ours if w.state is WorkerState.IDLE}
     )
-    stop = [w for w in ours if w.state in STOP_STATES]
+    stop = [w for w in ours if w.state in STOP_STATES and not w.backend.stopping]
     for w in stop:
         reasons.append(f"stopping {w.handle}: {w.state.value}" + (f" ({w.why})" if w.why else ""))
     paused_until = history.scale_up_paused_until

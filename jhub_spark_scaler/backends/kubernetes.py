@@ -1,0 +1,293 @@
+"""Spark workers as Kubernetes pods: the production backend.
+
+Reading the pool costs no API request: a watch keeps a cache of this scaler's
+pods (`pod_cache.py`). Starting creates pods, retiring marks a pod with an
+annotation (so a restarted scaler resumes the drain) and the reconciler then
+decommissions it through the master (`/workers/kill/?host=<pod IP>`), stopping
+deletes the pod with a grace period. Pods carry labels that tell this scaler's
+pool apart from everything else, and an owner reference (by default to the
+master Deployment) so that uninstalling garbage-collects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, default, validate
+
+from ..clock import now
+from ..errors import ConfigError
+from ..model import BackendWorker
+from . import Backend, BackendError
+from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
+from .master_manifests import master_deployment, master_services, master_ui_url, master_url
+from .pod_cache import PodCache
+from .worker_pod import (
+    ANNOTATION_RETIRING,
+    WorkerPodTemplate,
+    owner_reference,
+    pod_selector_error,
+    pod_worker,
+    pool_selector,
+    worker_pod,
+    worker_resources,
+)
+
+#: (verb, API group, resource) the backend needs in its namespace; see helm-values/rbac.yaml
+WORKER_PERMISSIONS = [
+    ("list", "", "pods"), ("watch", "", "pods"), ("create", "", "pods"),
+    ("patch", "", "pods"), ("delete", "", "pods"),
+]
+MASTER_PERMISSIONS = [("get", "apps", "deployments"), ("create", "apps", "deployments"),
+                      ("get", "", "services"), ("create", "", "services")]
+OWNER_RESOURCES = {"Deployment": ("apps", "deployments"), "StatefulSet": ("apps", "statefulsets"),
+                   "Service": ("", "services"), "ConfigMap": ("", "configmaps"), "Pod": ("", "pods")}
+
+
+class KubernetesBackend(Backend):
+    """Workers as pods in one namespace, found again by their labels after a restart."""
+
+    decommission_via_master = True
+
+    namespace = Unicode(help="Namespace of the worker pods. Default: the scaler's own, else 'default'.").tag(
+        config=True)
+    pool = Unicode(
+        "default", help="Name of this worker pool: a label value that tells its pods apart from other pools'."
+    ).tag(config=True)
+    kubeconfig = Unicode(
+        "", help="Kubeconfig file. Default: the pod's service account in a cluster, else $KUBECONFIG."
+    ).tag(config=True)
+    context = Unicode("", help="Kubeconfig context. Default: the current one.").tag(config=True)
+
+    image = Unicode("apache/spark:4.3.0", help="Image of the workers (and of the managed master).").tag(
+        config=True)
+    image_pull_policy = Unicode("IfNotPresent").tag(config=True)
+    image_pull_secrets = List(Unicode(), help="Names of image pull secrets for the worker pods.").tag(config=True)
+    cpu_limit = Unicode("1", help="CPU limit of a worker pod; Spark's --cores is derived from it.").tag(
+        config=True)
+    cpu_guarantee = Unicode("", help="CPU request of a worker pod. Default: the limit.").tag(config=True)
+    memory_limit = Unicode(
+        "2Gi", help="Memory limit of a worker pod; Spark's --memory is derived from it so the JVMs fit."
+    ).tag(config=True)
+    memory_guarantee = Unicode("", help="Memory request of a worker pod. Default: the limit.").tag(config=True)
+    worker_cores = Int(0, help="Spark --cores. Default (0): the CPU limit, rounded down, at least 1.").tag(
+        config=True)
+    worker_memory = Unicode(
+        "", help="Spark --memory (like 1g). Default: what fits memory_limit after the daemon and JVM overhead."
+    ).tag(config=True)
+    daemon_memory = Unicode("256m", help="Heap of the worker daemon JVM (SPARK_DAEMON_MEMORY).").tag(config=True)
+    jvm_overhead = Float(
+        0.25, help="Executor JVM memory beyond its heap, as a fraction of the heap, reserved in the limit."
+    ).tag(config=True)
+    spark_conf = Dict(
+        help="Extra Spark settings for the workers (SPARK_WORKER_OPTS); decommission is always enabled."
+    ).tag(config=True)
+    extra_env = Dict(help="Extra environment variables of the worker container.").tag(config=True)
+    extra_labels = Dict(help="Extra labels of the worker pods.").tag(config=True)
+    extra_annotations = Dict(help="Extra annotations of the worker pods.").tag(config=True)
+    node_selector = Dict(help="nodeSelector of the worker pods.").tag(config=True)
+    tolerations = List(help="tolerations of the worker pods.").tag(config=True)
+    affinity = Dict(help="affinity of the worker pods.").tag(config=True)
+    volumes = List(help="Extra volumes of the worker pods.").tag(config=True)
+    volume_mounts = List(help="Extra volumeMounts of the worker container.").tag(config=True)
+    service_account = Unicode(
+        "", help="Service account of the worker pods. Default: none mounted (workers need no API access)."
+    ).tag(config=True)
+    modify_pod_hook = Callable(
+        None, allow_none=True,
+        help="Called as hook(backend, pod) with each new worker pod manifest (a dict); returns the pod "
+        "to create (may be a coroutine). For anything the settings do not cover.",
+    ).tag(config=True)
+    owner = Unicode(
+        help="'Kind/name' of the object in the namespace that owns the worker pods (deleting it deletes "
+        "them), or '' for none. Default: the master Deployment, Deployment/<master_name>.",
+    ).tag(config=True)
+    stop_grace_period = Int(30, help="Seconds a stopped worker pod gets to exit (deletion grace period).").tag(
+        config=True)
+
+    master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(config=True)
+    manage_master = Bool(
+        False, help="Create the Spark master Deployment and Services if missing (existing ones are adopted)."
+    ).tag(config=True)
+    master_memory = Unicode("1Gi", help="Memory of the managed master's pod.").tag(config=True)
+    master_url = Unicode(help="The master workers register with. Default: the master Service's DNS name.").tag(
+        config=True)
+    master_ui_url = Unicode(help="The master's web UI. Default: the master UI Service's DNS name.").tag(
+        config=True)
+
+    watch_timeout = Int(300, help="Seconds before a pod watch is renewed.").tag(config=True)
+    setup_timeout = Float(30.0, help="Seconds to wait at start for the first list of pods.").tag(config=True)
+    api_timeout = Float(30.0, help="Seconds before a Kubernetes API request gives up.").tag(config=True)
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return default_namespace()
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        return f"Deployment/{self.master_name}"
+
+    @default("master_url")
+    def _default_master_url(self) -> str:
+        return master_url(self.master_name, self.namespace)
+
+    @default("master_ui_url")
+    def _default_master_ui_url(self) -> str:
+        return master_ui_url(self.master_name, self.namespace)
+
+    @validate("pool")
+    def _valid_pool(self, proposal):
+        error = pod_selector_error(proposal.value)
+        if error:
+            raise ConfigError(f"KubernetesBackend.pool {proposal.value!r}: {error}")
+        return proposal.value
+
+    @validate("owner")
+    def _valid_owner(self, proposal):
+        kind, _, name = proposal.value.partition("/")
+        if proposal.value and (kind not in OWNER_RESOURCES or not name):
+            raise ConfigError(
+                f"KubernetesBackend.owner {proposal.value!r} is not 'Kind/name' with Kind one of "
+                f"{', '.join(OWNER_RESOURCES)} (or '' for no owner)"
+            )
+        return proposal.value
+
+    # -- setup ---------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        try:
+            self._resources = worker_resources(
+                cpu_limit=self.cpu_limit, cpu_request=self.cpu_guarantee, memory_limit=self.memory_limit,
+                memory_request=self.memory_guarantee, cores=self.worker_cores, memory=self.worker_memory,
+                daemon_memory=self.daemon_memory, jvm_overhead=self.jvm_overhead,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self._api_client = await make_api_client(self.kubeconfig, self.context)
+        self.api = KubeApi(self._api_client, self.namespace, timeout=self.api_timeout)
+        try:
+            await self._check_permissions()
+            if self.manage_master:
+                await self._ensure_master()
+            self._owner = await self._resolve_owner()
+            self.cache = PodCache(self.api, pool_selector(self.pool), pod_worker, self.log,
+                                  watch_timeout=self.watch_timeout)
+            self.cache.start()
+            await self.cache.wait_listed(self.setup_timeout)
+        except BaseException:
+            await self.shutdown()
+            raise
+        self.log.info("Kubernetes backend: pool %r in namespace %r, %d pods adopted", self.pool,
+                      self.namespace, len(self.cache.items))
+
+    def _needed_permissions(self) -> list[tuple[str, str, str]]:
+        needed = list(WORKER_PERMISSIONS)
+        if self.manage_master:
+            needed += MASTER_PERMISSIONS
+        if self.owner:
+            group, resource = OWNER_RESOURCES[self.owner.partition("/")[0]]
+            if ("get", group, resource) not in needed:
+                needed.append(("get", group, resource))
+        return needed
+
+    async def _check_permissions(self) -> None:
+        missing = await self.api.missing_permissions(self._needed_permissions())
+        if missing:
+            raise BackendError(
+                f"missing RBAC permissions in namespace {self.namespace!r}: {', '.join(missing)}; "
+                "grant them to the scaler's service account (helm-values/rbac.yaml)"
+            )
+
+    async def _ensure_master(self) -> None:
+        """Create what is missing of the master Deployment and Services; adopt what exists."""
+        manifests = [
+            master_deployment(name=self.master_name, namespace=self.namespace, image=self.image,
+                              image_pull_policy=self.image_pull_policy, memory=self.master_memory),
+            *master_services(name=self.master_name, namespace=self.namespace),
+        ]
+        for manifest in manifests:
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            try:
+                await self.api.create(manifest)
+                self.log.info("created %s %s", kind, name)
+            except Conflict:
+                self.log.info("adopted the existing %s %s", kind, name)
+
+    async def _resolve_owner(self) -> dict | None:
+        if not self.owner:
+            return None
+        kind, _, name = self.owner.partition("/")
+        try:
+            return owner_reference(await self.api.read(kind, name))
+        except NotFound:
+            raise BackendError(
+                f"the owner {self.owner} of the worker pods does not exist in namespace {self.namespace!r}: "
+                "set KubernetesBackend.owner to an existing 'Kind/name', or '' for none"
+            ) from None
+
+    async def shutdown(self) -> None:
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            await cache.stop()
+        api_client = getattr(self, "_api_client", None)
+        if api_client is not None:
+            await api_client.close()
+
+    # -- the Backend interface -------------------------------------------------------
+
+    def template(self) -> WorkerPodTemplate:
+        return WorkerPodTemplate(
+            namespace=self.namespace, pool=self.pool, image=self.image, master_url=self.master_url,
+            resources=self._resources, image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=tuple(self.image_pull_secrets), daemon_memory=self.daemon_memory,
+            spark_conf=dict(self.spark_conf), env=dict(self.extra_env), labels=dict(self.extra_labels),
+            annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
+            tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),
+            volume_mounts=tuple(self.volume_mounts), service_account=self.service_account,
+            termination_grace_period=self.stop_grace_period, owner=self._owner,
+        )
+
+    async def new_pod(self) -> dict:
+        """The manifest of the next worker pod, after `modify_pod_hook`."""
+        pod = worker_pod(self.template())
+        if self.modify_pod_hook is not None:
+            pod = self.modify_pod_hook(self, pod)
+            if inspect.isawaitable(pod):
+                pod = await pod
+        return pod
+
+    async def list(self) -> list[BackendWorker]:
+        return self.cache.values()
+
+    async def start(self, n: int) -> list[BackendWorker]:
+        pods = [await self.new_pod() for _ in range(n)]
+        results = await asyncio.gather(*(self.api.create_pod(p) for p in pods), return_exceptions=True)
+        started = []
+        for result in results:
+            if isinstance(result, dict):
+                self.cache.put(result)
+                started.append(pod_worker(result))
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise BackendError(f"created {len(started)} of {n} worker pods: {errors[0]}")
+        return started
+
+    async def decommission(self, worker: BackendWorker) -> None:
+        if worker.retiring_since is not None:
+            return  # marked already (the reconciler re-sends the master's decommission itself)
+        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{now():.3f}"})
+        self.cache.put(pod)
+
+    async def stop(self, worker: BackendWorker) -> None:
+        if worker.stopping:
+            return
+        try:
+            pod = await self.api.delete_pod(worker.handle, self.stop_grace_period)
+        except NotFound:
+            self.cache.remove(worker.handle)
+            return
+        if pod.get("kind") == "Pod":
+            self.cache.put(pod)
+        else:  # a Status: deleted at once
+            self.cache.remove(worker.handle)

@@ -1,0 +1,149 @@
+"""A watch-backed cache of the scaler's pods: reading the pool costs no API request.
+
+List, then watch from the list's resourceVersion; on "410 Gone" (the version
+was compacted away) list again; on any other failure retry with exponential
+backoff (0.1 s doubling to `backoff_max`) and report the failure in `error`
+until a list succeeds, so the reconciler knows it is blind. The backend also
+`put()`s the objects its own create/patch/delete calls return, so a pod it just
+created is counted before its watch event arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from . import BackendError
+from .kube_api import KubeApi
+
+T = TypeVar("T")
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old: list again."""
+
+
+def _version(obj: dict) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:  # opaque in principle; numeric on every apiserver backed by etcd
+        return 0
+
+
+class PodCache(Generic[T]):
+    """Pods matching a label selector, each kept as `convert(pod)`, keyed by name."""
+
+    def __init__(
+        self, api: KubeApi, selector: str, convert: Callable[[dict], T], log: logging.Logger,
+        watch_timeout: int = 300, backoff_max: float = 30.0,
+    ):
+        self.api, self.selector, self.convert, self.log = api, selector, convert, log
+        self.watch_timeout, self.backoff_max = watch_timeout, backoff_max
+        self.items: dict[str, T] = {}
+        self._versions: dict[str, int] = {}
+        self.resource_version = ""
+        #: non-empty while the cache may be stale: the last failure to list or watch
+        self.error = "not listed yet"
+        self.listed = asyncio.Event()
+        self.stats = {"lists": 0, "watches": 0, "events": 0, "gone": 0, "failures": 0}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"pod-cache {self.selector}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def wait_listed(self, timeout: float) -> None:
+        """Until the first list succeeded; BackendError with the reason if it did not in time."""
+        try:
+            await asyncio.wait_for(self.listed.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise BackendError(f"cannot list pods: {self.error}") from None
+
+    def values(self) -> list[T]:
+        """The cached pods; BackendError while the cache cannot be trusted."""
+        if self.error:
+            raise BackendError(self.error)
+        return list(self.items.values())
+
+    def put(self, pod: dict) -> None:
+        """Record an object newer than what the cache has (ignored when older)."""
+        name, version = pod["metadata"]["name"], _version(pod)
+        if version and version < self._versions.get(name, 0):
+            return
+        self._versions[name] = version
+        self.items[name] = self.convert(pod)
+
+    def remove(self, name: str) -> None:
+        self.items.pop(name, None)
+        self._versions.pop(name, None)
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._list()
+                delay = 0.1
+                while True:
+                    await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                self.stats["gone"] += 1
+                self.log.info("pod watch expired (410 Gone): listing again")
+            except Exception as e:  # any failure: report it, back off, list again
+                self.stats["failures"] += 1
+                error = str(e) or type(e).__name__
+                if error != self.error:
+                    self.log.error("pod cache: %s; retrying (the scaler retires nothing meanwhile)", error)
+                self.error = error
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    async def _list(self) -> None:
+        self.stats["lists"] += 1
+        answer = await self.api.list_pods(self.selector)
+        self.items = {}
+        self._versions = {}
+        for pod in answer.get("items") or ():
+            self.put(pod)
+        self.resource_version = answer["metadata"]["resourceVersion"]
+        if self.error:
+            self.log.info("pod cache: %d pods listed", len(self.items))
+        self.error = ""
+        self.listed.set()
+
+    async def _watch(self) -> None:
+        """One watch request until the server ends it; raises on failure or 410."""
+        self.stats["watches"] += 1
+        response = await self.api.watch_pods(self.selector, self.resource_version, self.watch_timeout)
+        try:
+            async for line in response.content:
+                if line.strip():
+                    self._apply(json.loads(line))
+        finally:
+            response.release()
+
+    def _apply(self, event: dict) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone()
+            raise BackendError(f"pod watch failed: {obj.get('message', obj)}")
+        self.stats["events"] += 1
+        self.resource_version = obj["metadata"]["resourceVersion"]
+        if kind == "DELETED":
+            self.remove(obj["metadata"]["name"])
+        elif kind in ("ADDED", "MODIFIED"):
+            self.put(obj)

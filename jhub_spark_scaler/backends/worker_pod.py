@@ -1,0 +1,284 @@
+"""Worker pods as plain manifests, and pods read back as `BackendWorker`s. Pure.
+
+The pod runs the worker JVM as the container's process (`spark-class` execs
+java, no shell wrapper left to swallow SIGTERM) with `--host` = the pod IP from
+the downward API, so the master's `host` for a worker is its pod's IP.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..model import BackendWorker
+
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+CONTAINER = "spark-worker"
+WORKER_PORT = 7078
+WORKER_UI_PORT = 8081
+WORK_DIR = "/spark-work"
+
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_POOL = "jhub-spark-scaler/pool"
+MANAGED_BY = "jhub-spark-scaler"
+#: set when the scaler decommissions the worker: the drain survives a restart of the scaler
+ANNOTATION_RETIRING = "jhub-spark-scaler/retiring-since"
+
+_SUFFIXES = {
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([-+]?[0-9]+))?(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SPARK_SIZE = re.compile(r"^([0-9]+)([kmgt]?)b?$", re.IGNORECASE)
+
+
+def parse_quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity ("1500m", "2Gi", "0.5") as a number; ValueError if malformed."""
+    match = _QUANTITY.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (like 2, 500m, 4Gi)")
+    number, exponent, suffix = match.groups()
+    return float(number) * (10 ** int(exponent) if exponent else 1) * _SUFFIXES[suffix or ""]
+
+
+def spark_size_mib(text: str) -> int:
+    """A Spark/JVM size ("512m", "2g") in MiB; ValueError if malformed."""
+    match = _SPARK_SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a Spark memory size (like 512m, 2g)")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return {"": number // 2**20, "k": number // 1024, "m": number, "g": number * 1024, "t": number * 2**20}[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResources:
+    """What Spark is told (`--cores`, `--memory`) and what the container gets."""
+
+    cores: int
+    memory_mib: int
+    cpu_limit: str
+    cpu_request: str
+    memory_limit: str
+    memory_request: str
+
+
+def worker_resources(
+    *, cpu_limit: str, cpu_request: str, memory_limit: str, memory_request: str,
+    cores: int, memory: str, daemon_memory: str, jvm_overhead: float,
+) -> WorkerResources:
+    """Derive Spark's `--cores`/`--memory` from the container resources, or check
+    the configured ones against them, so that the worker and its executors fit the
+    memory limit: limit >= daemon heap + 256 MiB daemon overhead + memory * (1 + jvm_overhead).
+
+    Raises ValueError naming the KubernetesBackend setting to change.
+    """
+    try:
+        cpu = parse_quantity(cpu_limit)
+        limit_mib = parse_quantity(memory_limit) / 2**20
+        parse_quantity(cpu_request or cpu_limit)
+        parse_quantity(memory_request or memory_limit)
+    except ValueError as e:
+        raise ValueError(f"KubernetesBackend cpu/memory limit or guarantee: {e}") from None
+    try:
+        daemon_mib = spark_size_mib(daemon_memory)
+    except ValueError as e:
+        raise ValueError(f"KubernetesBackend.daemon_memory: {e}") from None
+    fits_mib = math.floor((limit_mib - daemon_mib - 256) / (1 + jvm_overhead))
+    if fits_mib < 256:
+        raise ValueError(
+            f"KubernetesBackend.memory_limit {memory_limit} leaves {max(fits_mib, 0)} MiB for executors "
+            f"after the worker daemon ({daemon_memory} heap + 256 MiB): raise memory_limit"
+        )
+    if memory:
+        try:
+            memory_mib = spark_size_mib(memory)
+        except ValueError as e:
+            raise ValueError(f"KubernetesBackend.worker_memory: {e}") from None
+        if memory_mib > fits_mib:
+            raise ValueError(
+                f"KubernetesBackend.worker_memory {memory} does not fit memory_limit {memory_limit} "
+                f"(at most {fits_mib}m after the worker daemon and JVM overhead): "
+                "raise memory_limit or lower worker_memory"
+            )
+    else:
+        memory_mib = fits_mib
+    if cores and cores > math.ceil(cpu):
+        raise ValueError(
+            f"KubernetesBackend.worker_cores {cores} exceeds cpu_limit {cpu_limit}: "
+            "raise cpu_limit or lower worker_cores"
+        )
+    return WorkerResources(
+        cores=cores or max(1, math.floor(cpu)),
+        memory_mib=memory_mib,
+        cpu_limit=cpu_limit,
+        cpu_request=cpu_request or cpu_limit,
+        memory_limit=memory_limit,
+        memory_request=memory_request or memory_limit,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerPodTemplate:
+    """Everything a worker pod is made from (KubernetesBackend's settings)."""
+
+    namespace: str
+    pool: str
+    image: str
+    master_url: str
+    resources: WorkerResources
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    daemon_memory: str = "256m"
+    spark_conf: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
+    node_selector: dict = field(default_factory=dict)
+    tolerations: tuple = ()
+    affinity: dict = field(default_factory=dict)
+    volumes: tuple = ()
+    volume_mounts: tuple = ()
+    service_account: str = ""
+    termination_grace_period: int = 30
+    owner: dict | None = None  # an ownerReference
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def pod_selector_error(pool: str) -> str:
+    """Why `pool` cannot name a pool ("" if it can): it is a label value and part of pod names."""
+    if not _DNS_LABEL.match(pool) or len(pool) > 40:
+        return "use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+    return ""
+
+
+def pool_labels(pool: str) -> dict[str, str]:
+    """The labels that make a pod one of this scaler's workers (and nobody else's)."""
+    return {LABEL_APP: "spark-worker", LABEL_MANAGED_BY: MANAGED_BY, LABEL_POOL: pool}
+
+
+def pool_selector(pool: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in pool_labels(pool).items())
+
+
+def _java_options(conf: dict) -> str:
+    options = {"spark.decommission.enabled": "true", **conf}
+    return " ".join(f"-D{key}={value}" for key, value in options.items())
+
+
+def worker_pod(t: WorkerPodTemplate) -> dict:
+    """The manifest of one new worker pod (the apiserver names it: generateName)."""
+    env = [
+        {"name": "SPARK_WORKER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "SPARK_LOCAL_IP", "value": "$(SPARK_WORKER_HOST)"},
+        {"name": "SPARK_WORKER_DIR", "value": WORK_DIR},
+        {"name": "SPARK_DAEMON_MEMORY", "value": t.daemon_memory},
+        {"name": "SPARK_WORKER_OPTS", "value": _java_options(t.spark_conf)},
+        *({"name": k, "value": str(v)} for k, v in sorted(t.env.items())),
+    ]
+    r = t.resources
+    container = {
+        "name": CONTAINER,
+        "image": t.image,
+        "imagePullPolicy": t.image_pull_policy,
+        "command": [
+            "/opt/spark/bin/spark-class", WORKER_CLASS,
+            "--host", "$(SPARK_WORKER_HOST)", "--port", str(WORKER_PORT),
+            "--webui-port", str(WORKER_UI_PORT),
+            "--cores", str(r.cores), "--memory", f"{r.memory_mib}m",
+            t.master_url,
+        ],
+        "env": env,
+        "ports": [
+            {"name": "worker", "containerPort": WORKER_PORT},
+            {"name": "worker-ui", "containerPort": WORKER_UI_PORT},
+        ],
+        "resources": {
+            "requests": {"cpu": r.cpu_request, "memory": r.memory_request},
+            "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit},
+        },
+        "volumeMounts": [{"name": "spark-work", "mountPath": WORK_DIR}, *t.volume_mounts],
+    }
+    spec = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": t.termination_grace_period,
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [{"name": "spark-work", "emptyDir": {}}, *t.volumes],
+    }
+    if t.service_account:
+        spec["serviceAccountName"] = t.service_account
+    if t.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in t.image_pull_secrets]
+    if t.node_selector:
+        spec["nodeSelector"] = dict(t.node_selector)
+    if t.tolerations:
+        spec["tolerations"] = list(t.tolerations)
+    if t.affinity:
+        spec["affinity"] = dict(t.affinity)
+    metadata = {
+        "generateName": f"spark-worker-{t.pool}-",
+        "namespace": t.namespace,
+        "labels": {**t.labels, **pool_labels(t.pool)},
+    }
+    if t.annotations:
+        metadata["annotations"] = dict(t.annotations)
+    if t.owner:
+        metadata["ownerReferences"] = [t.owner]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def owner_reference(obj: dict) -> dict:
+    """An ownerReference to `obj` (as read from the apiserver): deleting it deletes the pods."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+    }
+
+
+def _timestamp(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def pod_problem(pod: dict) -> str:
+    """Why a pending pod does not run, in the pod's own words ("" when nothing is wrong)."""
+    status = pod.get("status") or {}
+    for c in status.get("containerStatuses") or ():
+        waiting = (c.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
+    if status.get("phase") == "Failed":
+        return f"pod failed: {status.get('reason') or status.get('message') or 'container exited'}"
+    return ""
+
+
+def pod_worker(pod: dict) -> BackendWorker:
+    """One of our pods as the reconciler sees it. Terminating and finished pods are
+    not running; the retiring mark comes from the pod's annotation."""
+    metadata, status = pod["metadata"], pod.get("status") or {}
+    host = status.get("podIP") or ""
+    retiring = (metadata.get("annotations") or {}).get(ANNOTATION_RETIRING)
+    deleting = bool(metadata.get("deletionTimestamp"))
+    ui_host = f"[{host}]" if ":" in host else host  # IPv6 pod IPs
+    return BackendWorker(
+        handle=metadata["name"],
+        host=host,
+        created_at=_timestamp(metadata.get("creationTimestamp")),
+        running=status.get("phase") not in ("Succeeded", "Failed") and not deleting,
+        port=WORKER_PORT,
+        webui_url=f"http://{ui_host}:{WORKER_UI_PORT}" if host else "",
+        retiring_since=float(retiring) if retiring else None,
+        problem=pod_problem(pod),
+        stopping=deleting,
+    )
