@@ -21,6 +21,7 @@ from traitlets.config.loader import ArgumentError
 
 from . import __version__
 from .backends import Backend, BackendError
+from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .errors import ConfigError
 from .model import Snapshot
@@ -43,6 +44,15 @@ def _at_least(minimum: float):
         return proposal.value
 
     return check
+
+
+class BackendType(Type):
+    """A Backend class, by short name ("local", "kubernetes") or import path."""
+
+    short_names = {"local": LocalBackend, "kubernetes": KubernetesBackend}
+
+    def _resolve_string(self, string):
+        return self.short_names.get(string) or super()._resolve_string(string)
 
 
 class SparkScalerApp(Application):
@@ -74,7 +84,7 @@ class SparkScalerApp(Application):
             "Write a commented config file (config_file) with every setting and exit.",
         ),
     }
-    classes = [LocalBackend]
+    classes = [LocalBackend, KubernetesBackend]
 
     config_file = Unicode("jhub_spark_scaler_config.py", help="The config file to load.").tag(config=True)
     generate_config = Bool(False, help="Write the default config file and exit.").tag(config=True)
@@ -105,8 +115,10 @@ class SparkScalerApp(Application):
     master_ui_url = Unicode(
         "", help="The Spark master web UI (http://host:8080). Default: the backend's master."
     ).tag(config=True)
-    backend_class = Type(
-        LocalBackend, klass=Backend, help="Where workers run: a Backend subclass or its import path."
+    backend_class = BackendType(
+        LocalBackend, klass=Backend,
+        help="Where workers run: 'local' (processes on this machine), 'kubernetes' (pods), "
+        "or the import path of a Backend subclass.",
     ).tag(config=True)
 
     hub_api_url = Unicode(

@@ -33,6 +33,8 @@ class Conflict(BackendError):
 async def make_api_client(kubeconfig: str = "", context: str = "") -> client.ApiClient:
     """In the cluster: the pod's service account. Outside: a kubeconfig file."""
     configuration = client.Configuration()
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        raise BackendError(f"KubernetesBackend.kubeconfig {kubeconfig!r} is not a file")
     try:
         if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
@@ -169,15 +171,17 @@ class KubeApi:
         kwargs = {"dry_run": "All"} if dry_run else {}
         return await self._call("create", resource, method, self.namespace, manifest, **kwargs)
 
-    async def missing_permissions(self, needed: list[tuple[str, str, str]]) -> list[str]:
-        """Of (verb, API group, resource), the ones the credentials lack, as "verb resource"."""
+    async def missing_permissions(self, needed: list[tuple[str, str, str, str]]) -> list[str]:
+        """Of (verb, API group, resource, name or ""), the ones the credentials lack,
+        as "verb resource[/name]"."""
 
-        async def allowed(verb: str, group: str, resource: str) -> bool:
+        async def allowed(verb: str, group: str, resource: str, name: str) -> bool:
             review = {
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
                 "spec": {"resourceAttributes": {
                     "namespace": self.namespace, "verb": verb, "group": group, "resource": resource,
+                    "name": name,
                 }},
             }
             answer = await self._call("create", "selfsubjectaccessreviews",
@@ -185,4 +189,7 @@ class KubeApi:
             return bool(answer.get("status", {}).get("allowed"))
 
         answers = await asyncio.gather(*(allowed(*n) for n in needed))
-        return [f"{verb} {resource}" for (verb, _, resource), ok in zip(needed, answers) if not ok]
+        return [
+            f"{verb} {resource}" + (f"/{name}" if name else "")
+            for (verb, _, resource, name), ok in zip(needed, answers) if not ok
+        ]

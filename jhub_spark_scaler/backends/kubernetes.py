@@ -34,13 +34,14 @@ from .worker_pod import (
     worker_resources,
 )
 
-#: (verb, API group, resource) the backend needs in its namespace; see helm-values/rbac.yaml
+#: (verb, API group, resource, name) the backend needs in its namespace; see helm-values/rbac.yaml
 WORKER_PERMISSIONS = [
-    ("list", "", "pods"), ("watch", "", "pods"), ("create", "", "pods"),
-    ("patch", "", "pods"), ("delete", "", "pods"),
+    ("list", "", "pods", ""), ("watch", "", "pods", ""), ("create", "", "pods", ""),
+    ("patch", "", "pods", ""), ("delete", "", "pods", ""),
 ]
-MASTER_PERMISSIONS = [("get", "apps", "deployments"), ("create", "apps", "deployments"),
-                      ("get", "", "services"), ("create", "", "services")]
+#: with manage_master; see helm-values/rbac-manage-master.yaml
+MASTER_PERMISSIONS = [("get", "apps", "deployments", ""), ("create", "apps", "deployments", ""),
+                      ("get", "", "services", ""), ("create", "", "services", "")]
 OWNER_RESOURCES = {"Deployment": ("apps", "deployments"), "StatefulSet": ("apps", "statefulsets"),
                    "Service": ("", "services"), "ConfigMap": ("", "configmaps"), "Pod": ("", "pods")}
 
@@ -181,14 +182,13 @@ class KubernetesBackend(Backend):
         self.log.info("Kubernetes backend: pool %r in namespace %r, %d pods adopted", self.pool,
                       self.namespace, len(self.cache.items))
 
-    def _needed_permissions(self) -> list[tuple[str, str, str]]:
+    def _needed_permissions(self) -> list[tuple[str, str, str, str]]:
         needed = list(WORKER_PERMISSIONS)
         if self.manage_master:
             needed += MASTER_PERMISSIONS
         if self.owner:
-            group, resource = OWNER_RESOURCES[self.owner.partition("/")[0]]
-            if ("get", group, resource) not in needed:
-                needed.append(("get", group, resource))
+            kind, _, name = self.owner.partition("/")
+            needed.append(("get", *OWNER_RESOURCES[kind], name))
         return needed
 
     async def _check_permissions(self) -> None:

@@ -1,0 +1,185 @@
+"""Worker pod manifests and pods read back: pure, no cluster needed."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+
+import kubernetes_validate
+import pytest
+
+from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services
+from jhub_spark_scaler.backends.worker_pod import (
+    ANNOTATION_RETIRING,
+    WorkerPodTemplate,
+    parse_quantity,
+    pod_selector_error,
+    pod_worker,
+    pool_selector,
+    spark_size_mib,
+    worker_pod,
+    worker_resources,
+)
+
+KUBERNETES_VERSION = "1.30"
+
+
+def resources(**overrides):
+    settings = dict(cpu_limit="2", cpu_request="", memory_limit="4Gi", memory_request="", cores=0, memory="",
+                    daemon_memory="256m", jvm_overhead=0.25)
+    settings.update(overrides)
+    return worker_resources(**settings)
+
+
+def template(**overrides) -> WorkerPodTemplate:
+    settings = dict(namespace="spark", pool="default", image="apache/spark:4.3.0",
+                    master_url="spark://spark-master.spark.svc:7077", resources=resources())
+    settings.update(overrides)
+    return WorkerPodTemplate(**settings)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1", 1), ("500m", 0.5), ("1.5", 1.5), ("2Gi", 2 * 2**30), ("100M", 1e8), ("1e3", 1000), ("64Ki", 65536),
+])
+def test_parse_quantity(text, value):
+    assert parse_quantity(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "Gi", "1.2.3", "2GB", "-1", "1 Gi"])
+def test_parse_quantity_rejects(text):
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_quantity(text)
+
+
+def test_spark_sizes():
+    assert spark_size_mib("512m") == 512
+    assert spark_size_mib("2g") == 2048
+    with pytest.raises(ValueError, match="not a Spark memory size"):
+        spark_size_mib("2 GiB")
+
+
+def test_resources_derived_so_the_jvms_fit_the_limit():
+    r = resources()
+    assert r.cores == 2
+    # (4096 - 256 daemon heap - 256 daemon overhead) / 1.25
+    assert r.memory_mib == 2867
+    assert 256 + 256 + r.memory_mib * 1.25 <= 4096
+    assert (r.cpu_request, r.memory_request) == ("2", "4Gi")
+    assert resources(cpu_limit="500m").cores == 1  # Spark needs at least one core
+
+
+def test_resources_checked_against_the_limit():
+    assert resources(memory="2g", cores=2).memory_mib == 2048
+    with pytest.raises(ValueError, match="worker_memory 3g does not fit memory_limit 4Gi"):
+        resources(memory="3g")
+    with pytest.raises(ValueError, match="worker_cores 3 exceeds cpu_limit 2"):
+        resources(cores=3)
+    with pytest.raises(ValueError, match="memory_limit 600Mi leaves"):
+        resources(memory_limit="600Mi")
+    with pytest.raises(ValueError, match="cpu/memory limit or guarantee"):
+        resources(cpu_limit="two")
+
+
+def test_pool_names():
+    assert pod_selector_error("default") == ""
+    assert pod_selector_error("Team_A")
+    assert pod_selector_error("x" * 41)
+
+
+def test_worker_pod_runs_the_jvm_with_the_pod_ip_as_host():
+    pod = worker_pod(template())
+    container = pod["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["/opt/spark/bin/spark-class", "org.apache.spark.deploy.worker.Worker"]
+    assert command[command.index("--host") + 1] == "$(SPARK_WORKER_HOST)"
+    assert command[command.index("--cores") + 1] == "2"
+    assert command[command.index("--memory") + 1] == "2867m"
+    assert command[-1] == "spark://spark-master.spark.svc:7077"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SPARK_WORKER_HOST"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert "-Dspark.decommission.enabled=true" in env["SPARK_WORKER_OPTS"]["value"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    labels = pod["metadata"]["labels"]
+    for term in pool_selector("default").split(","):
+        key, value = term.split("=")
+        assert labels[key] == value
+
+
+def test_worker_pod_template_settings():
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "spark-master", "uid": "u-1"}
+    pod = worker_pod(template(
+        image_pull_secrets=("regcred",), node_selector={"pool": "spark"},
+        tolerations=({"key": "spark", "operator": "Exists", "effect": "NoSchedule"},),
+        affinity={"nodeAffinity": {}}, env={"EXTRA": 1}, labels={"team": "a"}, annotations={"note": "x"},
+        volumes=({"name": "data", "emptyDir": {}},), volume_mounts=({"name": "data", "mountPath": "/data"},),
+        service_account="spark", spark_conf={"spark.worker.cleanup.enabled": "true"}, owner=owner,
+    ))
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["nodeSelector"] == {"pool": "spark"}
+    assert spec["serviceAccountName"] == "spark"
+    assert {"name": "EXTRA", "value": "1"} in container["env"]
+    assert pod["metadata"]["labels"]["team"] == "a"
+    assert pod["metadata"]["ownerReferences"] == [owner]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    opts = next(e["value"] for e in container["env"] if e["name"] == "SPARK_WORKER_OPTS")
+    assert "-Dspark.worker.cleanup.enabled=true" in opts
+
+
+def manifests():
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "spark-master", "uid": "u-1"}
+    yield worker_pod(template())
+    yield worker_pod(template(owner=owner, service_account="spark", image_pull_secrets=("regcred",),
+                              tolerations=({"key": "spark", "operator": "Exists"},)))
+    yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0")
+    yield from master_services(name="spark-master", namespace="spark")
+
+
+@pytest.mark.parametrize("manifest", list(manifests()), ids=lambda m: f"{m['kind']}")
+def test_manifests_validate_strictly(manifest):
+    manifest = copy.deepcopy(manifest)
+    if "generateName" in manifest["metadata"]:
+        manifest["metadata"]["name"] = manifest["metadata"]["generateName"] + "abcde"
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def pod(**changes) -> dict:
+    base = {
+        "metadata": {"name": "spark-worker-default-x1", "creationTimestamp": "2026-11-25T10:00:00Z",
+                     "resourceVersion": "10"},
+        "status": {"phase": "Running", "podIP": "10.1.2.3"},
+    }
+    for key, value in changes.items():
+        base[key].update(value)
+    return base
+
+
+def test_pod_worker():
+    w = pod_worker(pod())
+    assert (w.handle, w.host, w.port, w.running, w.stopping) == ("spark-worker-default-x1", "10.1.2.3", 7078,
+                                                                 True, False)
+    assert w.webui_url == "http://10.1.2.3:8081"
+    assert w.created_at == datetime(2026, 11, 25, 10, tzinfo=timezone.utc).timestamp()
+    assert w.retiring_since is None
+    retiring = pod_worker(pod(metadata={"annotations": {ANNOTATION_RETIRING: "1795604500.5"}}))
+    assert retiring.retiring_since == 1795604500.5
+    deleting = pod_worker(pod(metadata={"deletionTimestamp": "2026-11-25T10:05:00Z"}))
+    assert (deleting.running, deleting.stopping) == (False, True)
+    assert pod_worker(pod(status={"phase": "Failed"})).running is False
+    assert pod_worker(pod(status={"podIP": "fd00::1"})).webui_url == "http://[fd00::1]:8081"
+
+
+def test_pending_pods_carry_their_reason():
+    unschedulable = pod(status={"phase": "Pending", "podIP": None, "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient cpu."}]})
+    w = pod_worker(unschedulable)
+    assert w.host == "" and w.webui_url == ""
+    assert w.problem == "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+    pull = pod(status={"phase": "Pending", "containerStatuses": [
+        {"name": "spark-worker", "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]})
+    assert pod_worker(pull).problem == "ErrImagePull: no such image"
+    creating = pod(status={"phase": "Pending", "containerStatuses": [
+        {"name": "spark-worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]})
+    assert pod_worker(creating).problem == ""
