@@ -133,3 +133,50 @@ def lost_executors(result: dict) -> list[dict]:
         e for e in result["executors"]
         if e["reason"] and not any(g in e["reason"].lower() for g in graceful)
     ]
+
+
+# ---- Kubernetes test infrastructure: a real kube-apiserver and a test kubelet -----------------
+# (tests/kube_cluster.py, tests/kubelet.py)
+
+from kubernetes_asyncio import client as kube_client  # noqa: E402
+
+from .kube_cluster import INSTALL_SCRIPT, KubeCluster, binaries_installed  # noqa: E402
+from .kubelet import TestKubelet  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+async def kube_cluster(tmp_path_factory):
+    """etcd + kube-apiserver v1.20.2 (RBAC, token users "admin", "spark-scaler", "hub"; namespace
+    "spark") for the whole session. Builds the binaries first if they are missing (once per
+    machine: minutes)."""
+    if not binaries_installed():
+        built = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=1200)
+        if built.returncode != 0:
+            pytest.fail(f"{INSTALL_SCRIPT} failed with {built.returncode}:\n"
+                        f"{built.stdout[-2000:]}\n{built.stderr[-4000:]}")
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"))
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def kubelet(kube_cluster, tmp_path):
+    """A TestKubelet running the pods of the "spark" namespace, per test: each test starts in
+    mode "run" with no pods. At teardown it ends every process it started, restarts the
+    apiserver if the test left it stopped, force-deletes all pods of the namespace, and fails
+    the test if anything went wrong inside the kubelet (`kubelet.errors`)."""
+    kubelet = TestKubelet(kube_cluster, tmp_path / "kubelet")
+    await kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        await kubelet.stop()
+        if kube_cluster.apiserver is None:
+            await kube_cluster.start_apiserver()
+        async with await kube_cluster.api_client("admin") as api:
+            await kube_client.CoreV1Api(api).delete_collection_namespaced_pod(
+                kube_cluster.namespace, grace_period_seconds=0)
+    assert not kubelet.errors, f"the test kubelet failed: {kubelet.errors}"
