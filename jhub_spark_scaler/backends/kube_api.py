@@ -117,9 +117,13 @@ class KubeApi:
 
     # -- pods ------------------------------------------------------------------
 
-    async def list_pods(self, selector: str) -> dict:
+    async def list_pods(self, selector: str, limit: int = 0, continue_from: str = "") -> dict:
+        """One page of pods (all of them when `limit` is 0)."""
+        kwargs = {"limit": limit} if limit else {}
+        if continue_from:
+            kwargs["_continue"] = continue_from
         return await self._call("list", "pods", self.core.list_namespaced_pod, self.namespace,
-                                label_selector=selector)
+                                label_selector=selector, **kwargs)
 
     async def watch_pods(self, selector: str, resource_version: str, timeout: int):
         """The open watch response (newline-delimited JSON events); the caller closes it."""
@@ -139,8 +143,9 @@ class KubeApi:
                                 {"metadata": {"annotations": annotations}})
 
     async def delete_pod(self, name: str, grace_period: int) -> dict:
+        # in the body: the apiserver ignores query parameters when a delete has a body
         return await self._call("delete", "pods", self.core.delete_namespaced_pod, name, self.namespace,
-                                grace_period_seconds=grace_period)
+                                body={"gracePeriodSeconds": grace_period})
 
     # -- other objects ---------------------------------------------------------
 

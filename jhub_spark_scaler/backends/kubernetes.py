@@ -26,6 +26,7 @@ from .pod_cache import PodCache
 from .worker_pod import (
     ANNOTATION_RETIRING,
     WorkerPodTemplate,
+    WorkerResources,
     owner_reference,
     pod_selector_error,
     pod_worker,
@@ -156,15 +157,22 @@ class KubernetesBackend(Backend):
 
     # -- setup ---------------------------------------------------------------------
 
-    async def setup(self) -> None:
+    #: an ownerReference for the worker pods, resolved from `owner` by setup()
+    _owner: dict | None = None
+
+    def resources(self) -> WorkerResources:
+        """Spark's --cores/--memory and the container's resources; ConfigError if they do not fit."""
         try:
-            self._resources = worker_resources(
+            return worker_resources(
                 cpu_limit=self.cpu_limit, cpu_request=self.cpu_guarantee, memory_limit=self.memory_limit,
                 memory_request=self.memory_guarantee, cores=self.worker_cores, memory=self.worker_memory,
                 daemon_memory=self.daemon_memory, jvm_overhead=self.jvm_overhead,
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+    async def setup(self) -> None:
+        self.resources()
         self._api_client = await make_api_client(self.kubeconfig, self.context)
         self.api = KubeApi(self._api_client, self.namespace, timeout=self.api_timeout)
         try:
@@ -239,7 +247,7 @@ class KubernetesBackend(Backend):
     def template(self) -> WorkerPodTemplate:
         return WorkerPodTemplate(
             namespace=self.namespace, pool=self.pool, image=self.image, master_url=self.master_url,
-            resources=self._resources, image_pull_policy=self.image_pull_policy,
+            resources=self.resources(), image_pull_policy=self.image_pull_policy,
             image_pull_secrets=tuple(self.image_pull_secrets), daemon_memory=self.daemon_memory,
             spark_conf=dict(self.spark_conf), env=dict(self.extra_env), labels=dict(self.extra_labels),
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),

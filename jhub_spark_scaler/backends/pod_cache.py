@@ -1,9 +1,10 @@
 """A watch-backed cache of the scaler's pods: reading the pool costs no API request.
 
 List, then watch from the list's resourceVersion; on "410 Gone" (the version
-was compacted away) list again; on any other failure retry with exponential
-backoff (0.1 s doubling to `backoff_max`) and report the failure in `error`
-until a list succeeds, so the reconciler knows it is blind. The backend also
+was compacted away) list again; on any other failure watch again from the same
+resourceVersion (list again after three failures in a row) with exponential
+backoff (0.1 s doubling to `backoff_max`), and report the failure in `error`
+until a watch is open again, so the reconciler knows it is blind. The backend also
 `put()`s the objects its own create/patch/delete calls return, so a pod it just
 created is counted before its watch event arrives.
 """
@@ -38,10 +39,10 @@ class PodCache(Generic[T]):
 
     def __init__(
         self, api: KubeApi, selector: str, convert: Callable[[dict], T], log: logging.Logger,
-        watch_timeout: int = 300, backoff_max: float = 30.0,
+        watch_timeout: int = 300, backoff_max: float = 30.0, page_size: int = 500,
     ):
         self.api, self.selector, self.convert, self.log = api, selector, convert, log
-        self.watch_timeout, self.backoff_max = watch_timeout, backoff_max
+        self.watch_timeout, self.backoff_max, self.page_size = watch_timeout, backoff_max, page_size
         self.items: dict[str, T] = {}
         self._versions: dict[str, int] = {}
         self.resource_version = ""
@@ -90,20 +91,24 @@ class PodCache(Generic[T]):
     # -- the loop ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = 0.1
+        delay, failures, need_list = 0.1, 0, True
         while True:
             try:
-                await self._list()
-                delay = 0.1
-                while True:
-                    await self._watch()
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                delay, failures = 0.1, 0
             except asyncio.CancelledError:
                 raise
             except Gone:
                 self.stats["gone"] += 1
                 self.log.info("pod watch expired (410 Gone): listing again")
-            except Exception as e:  # any failure: report it, back off, list again
+                need_list = True
+            except Exception as e:  # report it, back off, watch again from where we were
                 self.stats["failures"] += 1
+                failures += 1
+                need_list = need_list or failures >= 3  # a watch that keeps failing: start over
                 error = str(e) or type(e).__name__
                 if error != self.error:
                     self.log.error("pod cache: %s; retrying (the scaler retires nothing meanwhile)", error)
@@ -112,12 +117,18 @@ class PodCache(Generic[T]):
                 delay = min(delay * 2, self.backoff_max)
 
     async def _list(self) -> None:
+        """All pods, a page at a time: memory stays bounded by a page, not the pool."""
         self.stats["lists"] += 1
-        answer = await self.api.list_pods(self.selector)
-        self.items = {}
-        self._versions = {}
-        for pod in answer.get("items") or ():
-            self.put(pod)
+        self.items, self._versions = {}, {}
+        continue_from = ""
+        while True:
+            answer = await self.api.list_pods(self.selector, self.page_size, continue_from)
+            for pod in answer.get("items") or ():
+                self.put(pod)
+            continue_from = answer["metadata"].get("continue") or ""
+            if not continue_from:
+                break
+        # the last page's version is the list's: the one the first page was read at
         self.resource_version = answer["metadata"]["resourceVersion"]
         if self.error:
             self.log.info("pod cache: %d pods listed", len(self.items))
@@ -128,6 +139,9 @@ class PodCache(Generic[T]):
         """One watch request until the server ends it; raises on failure or 410."""
         self.stats["watches"] += 1
         response = await self.api.watch_pods(self.selector, self.resource_version, self.watch_timeout)
+        if self.error:  # the watch replays every change since resource_version: current again
+            self.log.info("pod cache: watching again")
+            self.error = ""
         try:
             async for line in response.content:
                 if line.strip():
