@@ -109,11 +109,14 @@ async def make_kube_scaler(kube_cluster, kube_rbac, kubelet, spark_master):
     await until(all_gone, timeout=60, what="the test's pods to be removed")
 
 
-async def test_scale_out_to_a_plus_i_then_in(make_kube_scaler, kube_cluster, kube_rbac, drivers):
+async def test_scale_out_to_a_plus_i_then_in(make_kube_scaler, kube_cluster, kube_rbac, kubelet, drivers):
     r = await make_kube_scaler(idle_workers=2)
     await cycles_until(r, idle_and_busy(2, 0), timeout=90, what="2 idle worker pods")
     pods = await pods_of(kube_cluster, r.backend.pool)
     assert len(pods) == 2
+    for pod in pods:  # the container's process is the JVM itself: no shell left to swallow SIGTERM
+        pid = kubelet.pid(pod["metadata"]["name"])
+        assert Path(f"/proc/{pid}/exe").resolve().name == "java"
     master = await r.spark.master()
     alive = {m.host for m in master.workers if m.state == "ALIVE"}
     for pod in pods:
