@@ -36,6 +36,23 @@ For admins who prefer to write it out, the call is equivalent to:
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
     c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", then=None)
 
+On Kubernetes (zero-to-jupyterhub) the proxy runs in another pod: it reaches the
+service through the hub's Service (`url="http://hub:10101"`), so the service must
+listen on all addresses (`listen="0.0.0.0"`); the hooks, in the hub's own process,
+still post to the loopback address. The chart defines the service itself from
+`hub.services.spark-scaler` (with an `api_token` it generates and keeps in its
+Secret) and its role from `hub.loadRoles`; `existing_service=True` completes that
+entry instead of adding a second one:
+
+    from z2jh import get_config
+    configure(c, existing_service=True, listen="0.0.0.0", max_workers=20,
+              pass_env=["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"],
+              backend_class="kubernetes", KubernetesBackend__namespace="spark")
+
+(helm-values/values.yaml does this with the settings read from `custom.sparkScaler`.)
+A managed service does not inherit the hub's environment; `pass_env` names the
+variables it needs anyway, such as the in-cluster address of the Kubernetes API.
+
 The hooks run in the hub. They only schedule a POST of
 `{"action": "start"|"stop", "user": ..., "server": ...}` to the service's
 `<prefix>events` (see `jhub_spark_scaler.events`) and return at once; a
@@ -47,10 +64,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
@@ -142,20 +161,82 @@ def configure(
     port: int = 10101,
     max_workers: int,
     admin_scope: bool = True,
+    url: str | None = None,
+    listen: str = "127.0.0.1",
+    existing_service: bool = False,
+    pass_env: Iterable[str] = (),
     **settings: Any,
 ) -> dict:
     """Add the scaler to a hub's config `c`: managed service, its role, the admin
     scope and the spawn hooks (composed with any the admin had set). Returns the
-    service entry; its `api_token` is fresh on every call."""
+    service entry; its `api_token` is fresh on every call unless the entry existed.
+
+    `url` is where the hub and its proxy reach the service (default
+    `http://127.0.0.1:<port>`); the service listens on `listen`:`port`. The hooks
+    post to `listen` (to loopback when it is a wildcard address).
+
+    `existing_service=True`: `c.JupyterHub.services` already has the entry `name`
+    (z2jh's `hub.services`): complete it (command, and the url, display and OAuth
+    settings it lacks) and keep its `api_token`; the service's role is added only
+    if no role in `c.JupyterHub.load_roles` names the service yet, and one that does
+    must grant it the scopes the scaler needs. Without it, an entry `name` is an error.
+
+    `pass_env`: names of the hub's environment variables to hand to the service
+    (those that are set), e.g. KUBERNETES_SERVICE_HOST/PORT for in-cluster access.
+    """
     services = _current(c.JupyterHub, "services", [])
-    if any(service.get("name") == name for service in services):
+    existing = [service for service in services if service.get("name") == name]
+    if existing and not existing_service:
         raise ValueError(f"configure: c.JupyterHub.services already has a service named {name!r}")
-    url = f"http://127.0.0.1:{port}"
+    if existing_service and not existing:
+        raise ValueError(
+            f"configure: existing_service=True, but c.JupyterHub.services has no service named {name!r} "
+            f"(on z2jh: hub.services.{name} in the Helm values)"
+        )
+    service = _service_entry(
+        existing[0] if existing else {"name": name}, url=url, port=port, listen=listen,
+        flags=[f"--max-workers={max_workers}", *(_flag(key, value) for key, value in settings.items())],
+        admin_scope=admin_scope, environment={key: os.environ[key] for key in pass_env if key in os.environ},
+    )
+    if existing:
+        c.JupyterHub.services = [service if s.get("name") == name else s for s in services]
+    else:
+        c.JupyterHub.services = [*services, service]
+    roles = _current(c.JupyterHub, "load_roles", [])
+    if not (existing_service and _has_service_role(roles, name)):
+        role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
+        c.JupyterHub.load_roles = [*roles, role]
+    if admin_scope:
+        custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
+        c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
+    # the hooks run in the hub's process, beside the service: loopback unless it listens elsewhere
+    wildcard = listen.strip("[]") in ("0.0.0.0", "::", "")
+    notify_host = ("[::1]" if ":" in listen else "127.0.0.1") if wildcard else _host(listen)
+    notifier = Notifier(name=name, url=f"http://{notify_host}:{port}", token=service["api_token"])
+    c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", _current(c.Spawner, "pre_spawn_hook", None))
+    c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", _current(c.Spawner, "post_stop_hook", None))
+    return service
+
+
+def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flags: list[str],
+                   admin_scope: bool, environment: dict[str, str]) -> dict:
+    """The service's entry: `entry`'s keys (an existing entry, or just the name), the
+    command, and the defaults for what `entry` lacks."""
+    name = entry["name"]
+    if "command" in entry:
+        raise ValueError(f"configure: service {name!r} already has a command: it would be defined twice")
+    if url is not None and entry.get("url", url) != url:
+        raise ValueError(f"configure: service {name!r} has url {entry['url']!r}, not {url!r}")
+    url = entry.get("url") or url or f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "jhub_spark_scaler", flags[0]]
+    where = urlsplit(url)
+    if (where.hostname, where.port) != (listen.strip("[]"), port):
+        # the hub hands the service `url` as JUPYTERHUB_SERVICE_URL: listen elsewhere
+        command.append(f"--SparkScalerApp.service_url=http://{_host(listen)}:{port}")
     service = {
         "name": name,
         "url": url,
-        "command": [sys.executable, "-m", "jhub_spark_scaler", f"--max-workers={max_workers}",
-                    *(_flag(key, value) for key, value in settings.items())],
+        "command": [*command, *flags[1:]],
         "display": True,
         "oauth_no_confirm": True,
         # the admin page's OAuth tokens carry the admin scope of users who hold it
@@ -163,16 +244,34 @@ def configure(
         "oauth_client_allowed_scopes": [ADMIN_SCOPE] if admin_scope else [],
         "api_token": secrets.token_hex(32),
     }
-    c.JupyterHub.services = [*services, service]
-    role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
-    c.JupyterHub.load_roles = [*_current(c.JupyterHub, "load_roles", []), role]
-    if admin_scope:
-        custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
-        c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
-    notifier = Notifier(name=name, url=url, token=service["api_token"])
-    c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", _current(c.Spawner, "pre_spawn_hook", None))
-    c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", _current(c.Spawner, "post_stop_hook", None))
+    service.update({key: value for key, value in entry.items() if key != "environment"})
+    service["url"] = url
+    if environment or "environment" in entry:
+        service["environment"] = {**environment, **entry.get("environment", {})}
     return service
+
+
+def _host(address: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
+    address = address.strip("[]")
+    return f"[{address}]" if ":" in address else address
+
+
+def _has_service_role(roles: list, name: str) -> bool:
+    """Whether a role already names service `name`; ValueError if together they
+    miss scopes the scaler needs."""
+    theirs = [role for role in roles if name in role.get("services", [])]
+    if not theirs:
+        return False
+    granted = {scope for role in theirs for scope in role.get("scopes", [])}
+    missing = [scope for scope in SERVICE_SCOPES if scope not in granted]
+    if missing:
+        names = ", ".join(role.get("name", "?") for role in theirs)
+        raise ValueError(
+            f"configure: the roles of service {name!r} ({names}) lack the scopes {', '.join(missing)} "
+            "(on z2jh: hub.loadRoles)"
+        )
+    return True
 
 
 def _flag(key: str, value: Any) -> str:
