@@ -10,7 +10,6 @@ tests never see each other's pods.
 from __future__ import annotations
 
 import itertools
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +23,10 @@ from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services
 from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_labels, pool_selector
 from jhub_spark_scaler.model import WorkerState
-from jhub_spark_scaler.observe import ObserveSettings
-from jhub_spark_scaler.policy import PolicySettings
 from jhub_spark_scaler.reconciler import Reconciler
-from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import lost_executors, until
-from .test_scaling import BURSTY, cycles_until, idle_and_busy, race_rounds, with_policy
+from .test_scaling import cycles_until, idle_and_busy, never_loses_an_executor, make_reconciler, with_policy
 
 pytestmark = pytest.mark.spark
 
@@ -83,15 +79,7 @@ async def make_kube_scaler(kube_cluster, kube_rbac, kubelet, spark_master):
         )
         await backend.setup()
         backends.append(backend)
-        policy.setdefault("max_workers", 6)
-        policy.setdefault("scale_down_delay", 0)
-        return Reconciler(
-            backend=backend,
-            spark=SparkClient(spark_master.master_ui_url),
-            policy=PolicySettings(**policy),
-            observe=ObserveSettings(start_timeout=start_timeout, held_after=60),
-            log=logging.getLogger("test.kube-scaler"),
-        )
+        return make_reconciler(backend, spark_master, start_timeout=start_timeout, **policy)
 
     yield make
     async with await kube_cluster.api_client("admin") as admin:
@@ -122,8 +110,8 @@ async def test_scale_out_to_a_plus_i_then_in(make_kube_scaler, kube_cluster, kub
     for pod in pods:
         assert pod["status"]["podIP"] in alive, "the master's host of a worker is its pod IP"
         (owner,) = pod["metadata"]["ownerReferences"]
-        assert (owner["kind"], owner["name"], owner["uid"]) == ("Deployment", "spark-master",
-                                                                 kube_rbac.metadata.uid)
+        expected = ("Deployment", "spark-master", kube_rbac.metadata.uid)
+        assert (owner["kind"], owner["name"], owner["uid"]) == expected
 
     app = drivers("kube-a-plus-i", "--cores-max", "1", "--task-seconds", "1")
     await app.started()
@@ -137,26 +125,8 @@ async def test_scale_out_to_a_plus_i_then_in(make_kube_scaler, kube_cluster, kub
 
 
 async def test_scale_in_never_loses_an_executor(make_kube_scaler, drivers):
-    """The guarantee on Kubernetes: 10 retirements of worker pods that a driver took
-    after the plan was made, while another driver runs jobs throughout."""
-    r = await make_kube_scaler(idle_workers=1)
-    steady = drivers("kube-steady", "--cores-max", "1", "--task-seconds", "1")
-    bursty = drivers("kube-bursty", *BURSTY)
-    await steady.started()
-    await bursty.started()
-
-    async def carry_out(r, decided, snapshot):
-        await r.act(decided, snapshot)
-
-    retired = await race_rounds(r, bursty, rounds=5, kill=carry_out)
-    assert len(retired) == 10
-    steady_result, bursty_result = await steady.result(), await bursty.result()
-    drained = [e for e in bursty_result["executors"] if "decommission" in e["reason"].lower()]
-    assert len(drained) >= 10
-    for result in (steady_result, bursty_result):
-        assert result["jobs"] > 0
-        assert lost_executors(result) == []
-        assert result["tasks_failed"] == 0 and result["jobs_failed"] == 0
+    """The guarantee on Kubernetes: the same scenario as on the local backend."""
+    await never_loses_an_executor(await make_kube_scaler(idle_workers=1), drivers, "kube")
 
 
 async def test_restart_adopts_its_pods_only_and_resumes_drains(make_kube_scaler, kube_cluster, kubelet):

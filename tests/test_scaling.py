@@ -25,6 +25,20 @@ from .conftest import lost_executors, until
 pytestmark = pytest.mark.spark
 
 
+def make_reconciler(backend, spark_master, *, start_timeout: float = 120, held_after: float = 60,
+                    **policy) -> Reconciler:
+    """A Reconciler for tests: at most 6 workers, no scale-down delay unless given."""
+    policy.setdefault("max_workers", 6)
+    policy.setdefault("scale_down_delay", 0)
+    return Reconciler(
+        backend=backend,
+        spark=SparkClient(spark_master.master_ui_url),
+        policy=PolicySettings(**policy),
+        observe=ObserveSettings(start_timeout=start_timeout, held_after=held_after),
+        log=logging.getLogger("test.scaler"),
+    )
+
+
 @pytest.fixture
 async def make_scaler(spark_master, tmp_path):
     """`await make_scaler(idle_workers=2, ...)`: a Reconciler with its own local backend."""
@@ -41,15 +55,7 @@ async def make_scaler(spark_master, tmp_path):
         )
         backends.append(backend)
         await backend.setup()
-        policy.setdefault("max_workers", 6)
-        policy.setdefault("scale_down_delay", 0)
-        return Reconciler(
-            backend=backend,
-            spark=SparkClient(spark_master.master_ui_url),
-            policy=PolicySettings(**policy),
-            observe=ObserveSettings(start_timeout=120, held_after=held_after),
-            log=logging.getLogger("test.scaler"),
-        )
+        return make_reconciler(backend, spark_master, held_after=held_after, **policy)
 
     yield make
     for backend in backends:
@@ -136,12 +142,12 @@ async def race_rounds(r: Reconciler, burst_driver, rounds: int, kill) -> list[st
     return retired
 
 
-async def test_scale_in_never_loses_an_executor(make_scaler, drivers):
-    """The guarantee: 10 retirements of workers that a driver took after the plan
-    was made, while another driver runs jobs throughout; no executor lost, no task failed."""
-    r = await make_scaler(idle_workers=1)
-    steady = drivers("steady", "--cores-max", "1", "--task-seconds", "1")
-    bursty = drivers("bursty", *BURSTY)
+async def never_loses_an_executor(r: Reconciler, drivers, name: str) -> None:
+    """The guarantee scenario, on any backend: 10 retirements of workers that a driver
+    took after the plan was made, while another driver runs jobs throughout; no
+    executor lost, no task failed."""
+    steady = drivers(f"{name}-steady", "--cores-max", "1", "--task-seconds", "1")
+    bursty = drivers(f"{name}-bursty", *BURSTY)
     await steady.started()
     await bursty.started()
 
@@ -158,6 +164,10 @@ async def test_scale_in_never_loses_an_executor(make_scaler, drivers):
         assert result["jobs"] > 0
         assert lost_executors(result) == []
         assert result["tasks_failed"] == 0 and result["jobs_failed"] == 0
+
+
+async def test_scale_in_never_loses_an_executor(make_scaler, drivers):
+    await never_loses_an_executor(await make_scaler(idle_workers=1), drivers, "local")
 
 
 async def test_naive_scale_in_loses_executors(make_scaler, drivers):
