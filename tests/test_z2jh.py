@@ -650,6 +650,8 @@ def dropped_fields(sent, stored, path: str = "") -> list[str]:
     if isinstance(sent, dict):
         missing = []
         for key, value in sent.items():
+            if value in ([], {}):
+                continue  # the apiserver leaves empty lists and maps out of its answer
             if not isinstance(stored, dict) or key not in stored:
                 missing.append(f"{path}.{key}")
             else:
@@ -808,9 +810,8 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
         await outsider.login("someone")
         assert (await outsider.page()).status_code == 403
 
-        # two notebook servers: the hooks pre-warm a second worker within seconds
+        # a notebook server: the hook pre-warms a second worker within seconds
         await start_server(app, "alice")
-        await start_server(app, "bob")
         await until(lambda: _count(pool_pods(), 2), timeout=5, what="a pre-warm pod within seconds (hooks)")
         await until(lambda: alive(2), timeout=90, what="two ALIVE worker pods")
 
@@ -845,7 +846,7 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
         properties = dict((await get_json(f"{api}/environment"))["sparkProperties"])
         assert properties["spark.decommission.enabled"] == "true"
         assert properties["spark.driver.port"] == "7777"
-        # A + I: the busy worker, and two idle ones for the two servers
+        # A + I: the busy worker, and the idle one plus alice's pre-warm one
         await until(lambda: alive(3), timeout=90, what="three ALIVE pods: 1 busy + 2 idle")
 
         # all stops: back to idle_workers, through decommission and pod deletion
@@ -853,7 +854,6 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
         await asyncio.to_thread(driver.wait, 60)
         assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
         await hub_api(app, "DELETE", "users/alice/server")
-        await hub_api(app, "DELETE", "users/bob/server")
         await until(lambda: alive(1), timeout=120, what="scale-in to the one idle worker")
     finally:
         if driver is not None and driver.poll() is None:
