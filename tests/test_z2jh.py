@@ -637,10 +637,33 @@ def _creator(api: client.ApiClient, doc: dict):
     }[doc["kind"]]
 
 
+def _replacer(api: client.ApiClient, doc: dict):
+    return {
+        "Role": client.RbacAuthorizationV1Api(api).replace_namespaced_role,
+        "RoleBinding": client.RbacAuthorizationV1Api(api).replace_namespaced_role_binding,
+        "NetworkPolicy": client.NetworkingV1Api(api).replace_namespaced_network_policy,
+        "Deployment": client.AppsV1Api(api).replace_namespaced_deployment,
+        "Service": client.CoreV1Api(api).replace_namespaced_service,
+        "Pod": client.CoreV1Api(api).replace_namespaced_pod,
+    }[doc["kind"]]
+
+
 async def create(api: client.ApiClient, doc: dict, *, dry_run: bool = False) -> tuple[int, dict]:
     """Create `doc` in its namespace; the HTTP status and the answer."""
     kwargs = {"dry_run": "All"} if dry_run else {}
     response = await _creator(api, doc)(doc["metadata"]["namespace"], doc, _preload_content=False, **kwargs)
+    async with response:
+        return response.status, json.loads(await response.read())
+
+
+async def dry_run_apply(api: client.ApiClient, doc: dict) -> tuple[int, dict]:
+    """`kubectl apply --dry-run=server`: a dry-run create, or, for an object that exists
+    (another test of the session made it), a dry-run replace."""
+    status, answer = await create(api, doc, dry_run=True)
+    if status != 409:
+        return status, answer
+    name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]
+    response = await _replacer(api, doc)(name, namespace, doc, dry_run="All", _preload_content=False)
     async with response:
         return response.status, json.loads(await response.read())
 
@@ -668,14 +691,20 @@ async def test_manifests_pass_server_side_dry_run(kube_cluster):
         # NetworkPolicy `endPort` came in 1.21 (alpha), GA in 1.25: older apiservers drop it
         old = (int(version.major), int(re.match(r"\d+", version.minor).group())) < (1, 21)
         for where, doc in all_manifests():
-            status, answer = await create(api, doc, dry_run=True)
-            assert status == 201, f"{where}: {doc['kind']} {doc['metadata']['name']}: {answer.get('message')}"
+            status, answer = await dry_run_apply(api, doc)
+            what = f"{where}: {doc['kind']} {doc['metadata']['name']}"
+            assert status in (200, 201), f"{what}: {answer.get('message')}"
             assert (answer["kind"], answer["metadata"]["name"]) == (doc["kind"], doc["metadata"]["name"])
             dropped = dropped_fields(doc, answer)
             assert dropped == [d for d in dropped if old and d.endswith(".endPort")], (where, dropped)
         # a dry run created nothing
         listed = await client.NetworkingV1Api(api).list_namespaced_network_policy(SPARK_NAMESPACE)
         assert listed.items == []
+        # and the apiserver does check: a port out of range is refused
+        (policy, *_) = load_all(HELM / "networkpolicy.yaml")
+        policy["spec"]["ingress"][0]["ports"][0]["port"] = 70000
+        status, answer = await dry_run_apply(api, policy)
+        assert status == 422 and "65535" in answer["message"], answer
 
 
 # ---- on a real hub ---------------------------------------------------------------------------
@@ -787,6 +816,7 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
         ok = len(pods) == n and all(p["status"].get("podIP") in hosts for p in pods)
         return pods if ok else None
 
+    await assert_hub_holds_only_the_guides_role(kube_cluster)
     app = await hub_app(c)
     service = app._service_map["spark-scaler"]
     try:
@@ -860,6 +890,28 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
             os.killpg(driver.pid, 9)
             driver.wait()
         await service.stop()
+
+
+async def assert_hub_holds_only_the_guides_role(kube_cluster) -> None:
+    """Whatever the session's other tests bound: the hub's service account holds exactly
+    helm-values/rbac.yaml's Role, and no cluster-wide binding names it."""
+    role_doc, binding_doc = load_all(HELM / "rbac.yaml")
+    sa = {"kind": "ServiceAccount", "name": "hub", "namespace": HUB_NAMESPACE}
+    async with await kube_cluster.api_client("admin") as api:
+        rbac = client.RbacAuthorizationV1Api(api)
+
+        def names_hub(binding) -> bool:
+            return any({"kind": s.kind, "name": s.name, "namespace": s.namespace} == sa
+                       for s in binding.subjects or [])
+
+        bindings = [b for b in (await rbac.list_role_binding_for_all_namespaces()).items if names_hub(b)]
+        assert [(b.metadata.namespace, b.role_ref.kind, b.role_ref.name) for b in bindings] == [
+            (SPARK_NAMESPACE, "Role", role_doc["metadata"]["name"])]
+        assert bindings[0].metadata.name == binding_doc["metadata"]["name"]
+        role = await rbac.read_namespaced_role(role_doc["metadata"]["name"], SPARK_NAMESPACE)
+        role = api.sanitize_for_serialization(role)
+        assert role["rules"] == role_doc["rules"]
+        assert not [b for b in (await rbac.list_cluster_role_binding()).items if names_hub(b)]
 
 
 async def _count(pods, n: int) -> bool:
