@@ -8,17 +8,21 @@ client, Reconciler) and drives `Reconciler.cycle` every `poll_interval`.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import gc
+import logging
 import os
+import re
 import signal
 import sys
 from collections import Counter
+from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.log import LogFormatter
 from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
-from traitlets.config import Application
-from traitlets.config.loader import ArgumentError
+from traitlets.config import Application, Config, Configurable
+from traitlets.config.loader import ArgumentError, KVArgParseConfigLoader
 
 from . import __version__
 from .backends import Backend, BackendError
@@ -47,6 +51,32 @@ def _at_least(minimum: float):
     return check
 
 
+def _url_problem(url: str) -> str:
+    """Why `url` is not an http(s) URL with a host ("" if it is one)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as e:
+        return f"is not a URL ({e})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http:// or https:// URL with a host"
+    return ""
+
+
+def _check_url(*, empty_ok: bool = True):
+    """A trait validator: the value is an http(s) URL (or, if `empty_ok`, "")."""
+
+    def check(self, proposal):
+        value = proposal.value
+        if value or not empty_ok:
+            problem = _url_problem(value)
+            if problem:
+                raise TraitError(f"{proposal.trait.name}: {value!r} {problem}")
+        return value
+
+    return check
+
+
 class BackendType(Type):
     """A Backend class, by short name ("local", "kubernetes") or import path."""
 
@@ -54,6 +84,31 @@ class BackendType(Type):
 
     def _resolve_string(self, string):
         return self.short_names.get(string) or super()._resolve_string(string)
+
+    def validate(self, obj, value):
+        if isinstance(value, str) and value not in self.short_names:
+            try:
+                value = self._resolve_string(value)
+            except Exception as e:  # traitlets' own message shows the object's repr
+                raise TraitError(
+                    f"{self.name}: {value!r} is not 'local', 'kubernetes' or the import path of a "
+                    f"Backend subclass ({type(e).__name__}: {e})"
+                ) from None
+        return super().validate(obj, value)
+
+
+class _OneLineArgParser(KVArgParseConfigLoader.parser_class):
+    """argparse prints its usage and exits on a mistake; main() prints one line instead."""
+
+    def error(self, message):
+        raise ArgumentError(message)
+
+
+class _ArgLoader(KVArgParseConfigLoader):
+    parser_class = _OneLineArgParser
+
+    def _handle_unrecognized_alias(self, arg: str) -> None:
+        raise ArgumentError(f"unknown option --{arg} (see --help)")
 
 
 class SparkScalerApp(Application):
@@ -86,6 +141,8 @@ class SparkScalerApp(Application):
         ),
     }
     classes = [LocalBackend, KubernetesBackend]
+    #: a config file that fails to load stops the command (traitlets would log it and go on)
+    raise_config_file_errors = True
 
     config_file = Unicode("jhub_spark_scaler_config.py", help="The config file to load.").tag(config=True)
     generate_config = Bool(False, help="Write the default config file and exit.").tag(config=True)
@@ -176,6 +233,36 @@ class SparkScalerApp(Application):
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(_at_least(0.05))
     _validate_windows = validate("prewarm_window", "hub_stale_after")(_at_least(0))
+    _validate_log_size = validate("decision_log_size")(_at_least(0))
+    _validate_urls = validate("master_ui_url", "hub_api_url")(_check_url())
+    _validate_service_url = validate("service_url")(_check_url(empty_ok=False))
+
+    @validate("service_prefix")
+    def _validate_service_prefix(self, proposal):
+        if not proposal.value.startswith("/"):
+            raise TraitError(f"service_prefix: {proposal.value!r} must start with '/' (like /services/spark-scaler/)")
+        return proposal.value
+
+    @validate("hub_api_token")
+    def _validate_hub_api_token(self, proposal):
+        # it goes into an HTTP header: no spaces, control or non-ASCII characters
+        if not re.fullmatch(r"[\x21-\x7e]*", proposal.value):
+            raise TraitError("hub_api_token: contains a space, control or non-ASCII character")
+        return proposal.value
+
+    @validate("log_format", "log_datefmt")
+    def _validate_log_format(self, proposal):
+        """A format that cannot format a record would print a traceback for every log line."""
+        name = proposal.trait.name
+        fmt = proposal.value if name == "log_format" else self.log_format
+        datefmt = proposal.value if name == "log_datefmt" else self.log_datefmt
+        record = logging.LogRecord(self.name, logging.INFO, __file__, 1, "message", None, None)
+        try:
+            self._log_formatter_cls(fmt=fmt, datefmt=datefmt).format(record)
+        except (ValueError, TypeError, KeyError) as e:
+            raise TraitError(f"{name}: {proposal.value!r} cannot format a log line "
+                             f"({type(e).__name__}: {e})") from None
+        return proposal.value
 
     @default("log_level")
     def _log_level_default(self):
@@ -191,20 +278,69 @@ class SparkScalerApp(Application):
 
     _log_formatter_cls = LogFormatter
 
+    def _configure_logging(self):
+        try:
+            super()._configure_logging()
+        except (ValueError, TypeError, AttributeError, KeyError, ImportError) as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"logging_config: {message}") from None
+
+    def _create_loader(self, argv, aliases, flags, classes):
+        return _ArgLoader(argv, aliases, flags, classes=classes, log=self.log, subcommands=self.subcommands)
+
     def initialize(self, argv=None):
         # Application.initialize logs bad settings with a traceback-like banner and
-        # exits 1; call the undecorated parser so main() can print one line instead.
+        # exits 1; call the undecorated methods so main() can print one line instead.
         Application.parse_command_line.__wrapped__(self, argv)
+        if self.extra_args:
+            raise ConfigError(f"unexpected argument {self.extra_args[0]!r}: settings are --name=value")
         if self.generate_config:
             return
         explicit = "config_file" in self.config.get("SparkScalerApp", {})
         if explicit and not os.path.isfile(self.config_file):
             raise ConfigError(f"config file {self.config_file!r} not found (--config)")
-        self.load_config_file(self.config_file)
+        if explicit and not self.config_file.endswith((".py", ".json")):
+            raise ConfigError(f"config file {self.config_file!r}: must be a .py or .json file (--config)")
+        try:
+            Application.load_config_file.__wrapped__(self, self.config_file)
+        except (ConfigError, TraitError):
+            raise
+        except Exception as e:  # raise_config_file_errors: the file's own error (SyntaxError, ...)
+            message = str(e).splitlines()[0] if str(e) else ""
+            raise ConfigError(f"config file {self.config_file}: {type(e).__name__}: {message}") from None
         self.check_settings()
+
+    def update_config(self, config: Config) -> None:
+        """A misspelt setting would only be warned about and ignored: refuse it first."""
+        self.check_setting_names(config)
+        super().update_config(config)
+
+    def check_setting_names(self, config: Config) -> None:
+        classes = {cls.__name__: cls for cls in self._classes_inc_parents()}
+        backend = config.get("SparkScalerApp", {}).get("backend_class")
+        if isinstance(backend, type) and issubclass(backend, Configurable):
+            classes.update((cls.__name__, cls) for cls in backend.mro() if issubclass(cls, Configurable))
+        # a Backend given by import path: its settings are checked when it is made
+        custom = backend.rsplit(".", 1)[-1] if isinstance(backend, str) and "." in backend else None
+        for section, values in config.items():
+            if section == custom:
+                continue
+            cls = classes.get(section)
+            if cls is None or not isinstance(values, dict):
+                raise ConfigError(f"unknown setting {section!r}: settings are Class.name with Class "
+                                  "SparkScalerApp, LocalBackend or KubernetesBackend")
+            traits = cls.class_traits(config=True)
+            for name in values:
+                if name not in traits:
+                    close = difflib.get_close_matches(name, traits, n=1)
+                    hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+                    raise ConfigError(f"unknown setting {section}.{name}{hint}")
 
     def check_settings(self) -> None:
         """Settings that depend on each other; single traits validate themselves."""
+        # traitlets does not validate a configured value equal to the trait's static default ('')
+        for name in ("service_url", "service_prefix"):
+            setattr(self, name, getattr(self, name))
         if self.max_workers is None:
             raise ConfigError("max_workers is required (--max-workers=N): the most workers to run")
         if self.max_workers < 1:

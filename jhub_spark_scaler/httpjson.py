@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+
+def _limit(request: HTTPRequest, max_bytes: int, chunks: list[bytes]) -> Callable[[], bool]:
+    """Collect the body into `chunks` up to `max_bytes`; the returned function says whether the
+    answer declared or sent more. (What stops the reading is the client's `max_body_size`, set
+    a little higher: tornado itself reports only "Connection closed".)"""
+    size = [0, False]  # bytes received, over the limit
+
+    def header(line: str) -> None:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length" and value.strip().isdigit() and int(value) > max_bytes:
+            size[1] = True
+
+    def chunk(data: bytes) -> None:
+        size[0] += len(data)
+        size[1] = size[1] or size[0] > max_bytes
+        if not size[1]:
+            chunks.append(data)
+
+    request.header_callback, request.streaming_callback = header, chunk
+    return lambda: size[1]
 
 
 async def fetch_json(
@@ -16,21 +37,34 @@ async def fetch_json(
     what: str,
     error: type[Exception],
     advice: Mapping[int, str] = {},
+    max_bytes: int | None = None,
 ) -> Any:
     """The decoded body of `request`, or `error` saying what went wrong with `what`
-    (e.g. "Spark master"); `advice` adds a hint for some HTTP status codes."""
+    (e.g. "Spark master"); `advice` adds a hint for some HTTP status codes; an answer
+    over `max_bytes` is refused, and not kept in memory."""
     url = request.url
+    chunks: list[bytes] = []
+    too_large = _limit(request, max_bytes, chunks) if max_bytes is not None else lambda: False
     try:
         response = await client.fetch(request)
     except HTTPClientError as e:
+        if too_large():
+            raise error(f"{what} at {url} answered more than {max_bytes / 2**20:g} MiB") from None
         if e.code == 599:  # tornado's code for "no HTTP answer": a timeout
             raise error(f"cannot reach {what} at {url}: {e.message}") from None
         hint = f": {advice[e.code]}" if e.code in advice else ""
         raise error(f"{what} at {url} answered HTTP {e.code}{hint}") from None
     except Exception as e:  # connection refused, DNS, body too large
+        if too_large():
+            raise error(f"{what} at {url} answered more than {max_bytes / 2**20:g} MiB") from None
         raise error(f"cannot reach {what} at {url}: {e}") from None
+    if too_large():
+        raise error(f"{what} at {url} answered more than {max_bytes / 2**20:g} MiB") from None
+    body = b"".join(chunks) if max_bytes is not None else response.body
     try:
-        return json.loads(response.body)
+        return json.loads(body)
+    except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
+        raise error(f"{what} at {url} answered JSON nested too deeply to read") from None
     except (ValueError, UnicodeDecodeError):
-        start = response.body[:40].decode("utf-8", "replace")
+        start = body[:40].decode("utf-8", "replace")
         raise error(f"{what} at {url} did not answer JSON (starts {start!r})") from None

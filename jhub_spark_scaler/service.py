@@ -25,6 +25,11 @@ from .web.handlers import PoolState, admin_routes, admin_settings
 from .web.history import PoolHistory
 
 
+#: Bodies are read before a request is authenticated: nothing the service takes (an event, a
+#: form) is near this; tornado's default would buffer 100 MB for anyone.
+MAX_REQUEST_BODY = 64 * 1024
+
+
 class HubService:
     def __init__(
         self,
@@ -87,7 +92,9 @@ class HubService:
         web = self.make_application()
         url = urlsplit(self.service_url)
         try:
-            self._server = web.listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
+            self._server = web.listen(
+                url.port or 80, url.hostname or "127.0.0.1", xheaders=True, max_body_size=MAX_REQUEST_BODY
+            )
         except OSError as e:
             raise ConfigError(f"service_url {self.service_url}: cannot listen: {e.strerror or e}") from None
         self.log.info("serving %s%s", self.service_url.rstrip("/"), self.prefix)

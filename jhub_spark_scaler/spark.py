@@ -126,11 +126,13 @@ class SparkClient:
     def __init__(self, master_ui_url: str, *, timeout: float = 5.0):
         self.master_ui_url = master_ui_url.rstrip("/")
         self.timeout = timeout
-        self._http = AsyncHTTPClient(max_body_size=MAX_BODY_BYTES)
+        # Its own client: the limit of the shared one is whatever its first user set. The
+        # client stops reading a little over the limit, fetch_json says why.
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_BODY_BYTES + 2**20)
 
     async def _get_json(self, url: str, what: str) -> Any:
         request = HTTPRequest(url, connect_timeout=self.timeout, request_timeout=self.timeout)
-        return await fetch_json(self._http, request, what=what, error=SparkError)
+        return await fetch_json(self._http, request, what=what, error=SparkError, max_bytes=MAX_BODY_BYTES)
 
     async def master(self) -> MasterStatus:
         """The master's state. Raises SparkError if unreachable, malformed or not ALIVE."""

@@ -35,8 +35,17 @@ async def make_api_client(kubeconfig: str = "", context: str = "") -> client.Api
     configuration = client.Configuration()
     if kubeconfig and not os.path.isfile(kubeconfig):
         raise BackendError(f"KubernetesBackend.kubeconfig {kubeconfig!r} is not a file")
+    in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+    default = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if not kubeconfig and not in_cluster and not any(
+        os.path.exists(os.path.expanduser(p)) for p in default.split(os.pathsep) if p
+    ):  # the client would log a warning of its own before failing: one line instead
+        raise BackendError(
+            f"no Kubernetes credentials: not in a cluster and no kubeconfig at {default}; "
+            "set KubernetesBackend.kubeconfig"
+        )
     try:
-        if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if in_cluster:
             config.load_incluster_config(client_configuration=configuration)
         else:
             await config.load_kube_config(
@@ -44,6 +53,7 @@ async def make_api_client(kubeconfig: str = "", context: str = "") -> client.Api
             )
     except (config.ConfigException, OSError, TypeError, ValueError) as e:
         where = kubeconfig or "$KUBECONFIG / ~/.kube/config"
+        where += f", KubernetesBackend.context {context!r}" if context else ""
         raise BackendError(f"cannot load Kubernetes credentials ({where}): {e}") from None
     return client.ApiClient(configuration)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 
-from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, default, validate
+from traitlets import Bool, Callable, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..clock import now
 from ..errors import ConfigError
@@ -28,9 +29,11 @@ from .worker_pod import (
     WorkerPodTemplate,
     WorkerResources,
     owner_reference,
+    parse_quantity,
     pod_selector_error,
     pod_worker,
     pool_selector,
+    spark_size_mib,
     worker_pod,
     worker_resources,
 )
@@ -45,6 +48,47 @@ MASTER_PERMISSIONS = [("get", "apps", "deployments", ""), ("create", "apps", "de
                       ("get", "", "services", ""), ("create", "", "services", "")]
 OWNER_RESOURCES = {"Deployment": ("apps", "deployments"), "StatefulSet": ("apps", "statefulsets"),
                    "Service": ("", "services"), "ConfigMap": ("", "configmaps"), "Pod": ("", "pods")}
+
+
+def _parses(parse, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*"
+_QUANTITY = (lambda v: _parses(parse_quantity, v) and parse_quantity(v) > 0,
+             "is not a Kubernetes quantity like 2, 500m, 4Gi")
+#: trait name -> (is the value valid, what is wrong otherwise); checked when the backend is made,
+#: so that a wrong value stops the command before anything is created or any API is called
+_CHECKS = {
+    "namespace": (lambda v: len(v) <= 63 and re.fullmatch(_LABEL, v), "is not a namespace name"),
+    "master_name": (lambda v: len(v) <= 60 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", v),
+                    "is not a Service name (lowercase letters, digits, '-'; at most 60)"),
+    "service_account": (lambda v: not v or re.fullmatch(_SUBDOMAIN, v), "is not a ServiceAccount name"),
+    "image_pull_secrets": (lambda v: all(re.fullmatch(_SUBDOMAIN, n) for n in v), "are not all Secret names"),
+    "image": (lambda v: re.fullmatch(r"\S+", v), "is not an image reference"),
+    "image_pull_policy": (lambda v: v in ("Always", "IfNotPresent", "Never"),
+                          "is not Always, IfNotPresent or Never"),
+    "cpu_limit": _QUANTITY,
+    "memory_limit": _QUANTITY,
+    "master_memory": _QUANTITY,
+    "cpu_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
+    "memory_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
+    "daemon_memory": (lambda v: _parses(spark_size_mib, v), "is not a Spark memory size like 512m, 2g"),
+    "worker_memory": (lambda v: not v or _parses(spark_size_mib, v), "is not a Spark memory size like 512m, 2g"),
+    "worker_cores": (lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
+    "jvm_overhead": (lambda v: v >= 0, "must not be negative"),
+    "stop_grace_period": (lambda v: v >= 0, "must not be negative"),
+    "watch_timeout": (lambda v: v >= 1, "must be at least 1"),
+    "setup_timeout": (lambda v: v > 0, "must be positive"),
+    "api_timeout": (lambda v: v > 0, "must be positive"),
+    "master_url": (lambda v: re.fullmatch(r"spark://[^/:]+:\d+/?", v), "is not spark://host:port"),
+    "master_ui_url": (lambda v: re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v), "is not http://host:port"),
+}
 
 
 class KubernetesBackend(Backend):
@@ -137,6 +181,19 @@ class KubernetesBackend(Backend):
     @default("master_ui_url")
     def _default_master_ui_url(self) -> str:
         return master_ui_url(self.master_name, self.namespace)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # traitlets does not validate a configured value equal to the trait's static default ('')
+        for name in _CHECKS:
+            setattr(self, name, getattr(self, name))
+
+    @validate(*_CHECKS)
+    def _check(self, proposal):
+        ok, problem = _CHECKS[proposal.trait.name]
+        if not ok(proposal.value):
+            raise TraitError(f"KubernetesBackend.{proposal.trait.name}: {proposal.value!r} {problem}")
+        return proposal.value
 
     @validate("pool")
     def _valid_pool(self, proposal):

@@ -180,6 +180,11 @@ _CHECKS = {
     "master_start_timeout": (lambda v: v > 0, "must be positive"),
     "host_range": (_range_ok, "is not 'FIRST-LAST' (or one address) of 127.x.x.x addresses, FIRST <= LAST"),
     "master_url": (lambda v: not v or re.fullmatch(r"spark://[^/:]+:\d+/?", v), "is not spark://host:port"),
+    "master_ui_url": (lambda v: not v or re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v),
+                      "is not http://host:port"),
+    # anything else would be taken for the JVM's main class
+    "extra_java_options": (lambda v: all(o.startswith("-") for o in v), "are not all JVM options (-X...)"),
+    "state_dir": (lambda v: v.strip(), "must not be empty"),
 }
 
 
@@ -263,6 +268,9 @@ class LocalBackend(Backend):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        # traitlets does not validate a configured value equal to the trait's static default ('')
+        for name in _CHECKS:
+            setattr(self, name, getattr(self, name))
         self._children: set[int] = set()  # pids we spawned and have not reaped
         self._master: dict | None = None  # the master we started or adopted
         self._scala = ""
@@ -377,7 +385,12 @@ class LocalBackend(Backend):
     async def setup(self) -> None:
         self._check_environment()
         for sub in ("workers", "logs", "work", "cds"):
-            os.makedirs(self._path(sub), exist_ok=True)
+            try:
+                os.makedirs(self._path(sub), exist_ok=True)
+            except OSError as e:
+                raise BackendError(
+                    f"LocalBackend.state_dir: cannot create {self._path(sub)}: {e.strerror}"
+                ) from None
         if self.start_master:
             await self._setup_master()
         elif not self.master_url:
@@ -402,6 +415,8 @@ class LocalBackend(Backend):
 
     def _start_master(self) -> dict:
         host, ports = self.master_host, []
+        if error := _bind_error(host, 0):
+            raise BackendError(f"LocalBackend.master_host: cannot listen on {host}: {error}")
         for name in ("master_port", "master_webui_port"):
             port = getattr(self, name)
             if error := _bind_error(host, port):

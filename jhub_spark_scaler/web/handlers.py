@@ -230,7 +230,9 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
             self.finish(self.pool.view())
 
 
-def render(handler: AdminHandler, name: str, **values: Any) -> str:
+def render(handler: AdminHandler, name: str, **values: Any) -> bytes:
+    """The page as UTF-8. A name from Spark or the hub may hold a lone surrogate ("\\ud800" in
+    JSON), which UTF-8 cannot encode: it becomes "?" instead of failing the page."""
     env: jinja2.Environment = handler.settings["jinja2_env"]
     user = handler.current_user if getattr(handler, "_current_user", None) else None
     return env.get_template(name).render(
@@ -238,7 +240,7 @@ def render(handler: AdminHandler, name: str, **values: Any) -> str:
         prefix=handler.hub_auth.base_url,
         user=user["name"] if user else None,
         **values,
-    )
+    ).encode("utf-8", "replace")
 
 
 class PageHandler(AdminHandler):
