@@ -183,3 +183,13 @@ def test_pending_pods_carry_their_reason():
     creating = pod(status={"phase": "Pending", "containerStatuses": [
         {"name": "spark-worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]})
     assert pod_worker(creating).problem == ""
+
+
+def test_standby_masters_are_a_valid_master_url():
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+    from traitlets import TraitError
+
+    url = "spark://spark-master-0.spark:7077,spark-master-1.spark:7077"
+    assert KubernetesBackend(namespace="spark", master_url=url).master_url == url
+    with pytest.raises(TraitError, match="is not spark://host:port"):
+        KubernetesBackend(namespace="spark", master_url="spark://a:7077,b")

@@ -86,7 +86,8 @@ _CHECKS = {
     "watch_timeout": (lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": (lambda v: v > 0, "must be positive"),
     "api_timeout": (lambda v: v > 0, "must be positive"),
-    "master_url": (lambda v: re.fullmatch(r"spark://[^/:]+:\d+/?", v), "is not spark://host:port"),
+    "master_url": (lambda v: re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
+                   "is not spark://host:port (or spark://host1:port1,host2:port2 for standby masters)"),
     "master_ui_url": (lambda v: re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v), "is not http://host:port"),
 }
 

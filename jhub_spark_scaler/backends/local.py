@@ -179,7 +179,8 @@ _CHECKS = {
     "stop_timeout": (lambda v: v >= 0, "must not be negative"),
     "master_start_timeout": (lambda v: v > 0, "must be positive"),
     "host_range": (_range_ok, "is not 'FIRST-LAST' (or one address) of 127.x.x.x addresses, FIRST <= LAST"),
-    "master_url": (lambda v: not v or re.fullmatch(r"spark://[^/:]+:\d+/?", v), "is not spark://host:port"),
+    "master_url": (lambda v: not v or re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
+                   "is not spark://host:port (or spark://host1:port1,host2:port2 for standby masters)"),
     "master_ui_url": (lambda v: not v or re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v),
                       "is not http://host:port"),
     # anything else would be taken for the JVM's main class
