@@ -168,7 +168,8 @@ class SparkClient:
                 raise SparkError(f"cannot reach Spark master at {self.master_ui_url}: {e.message}") from None
             if e.code == 404:  # Spark: no worker registered on that host
                 raise SparkError(
-                    f"Spark master found no worker to decommission on host {host} (HTTP 404)"
+                    f"Spark master found no worker to decommission on host {host} (HTTP 404: it is gone, "
+                    "or the master runs without spark.decommission.enabled=true)"
                 ) from None
             raise SparkError(
                 f"Spark master refused to decommission host {host} (HTTP {e.code}): "
