@@ -78,9 +78,13 @@ def free_port() -> int:
 
 async def send(url: str, body=GOOD, *, auth: str | None = f"token {TOKEN}", method="POST", **kwargs):
     headers = {} if auth is None else {"Authorization": auth}
-    return await AsyncHTTPClient().fetch(
-        url, method=method, headers=headers, body=body, raise_error=False, **kwargs
-    )
+    # a client of its own: the session loop's shared client may still be busy with
+    # requests that earlier tests' hubs left behind (their proxy retries)
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        return await client.fetch(url, method=method, headers=headers, body=body, raise_error=False, **kwargs)
+    finally:
+        client.close()
 
 
 def error_of(response) -> str:
