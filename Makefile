@@ -29,12 +29,8 @@ demo-job:
 	$(PY) examples/spark_job.py
 
 ## The whole test suite: real Spark, real hub, real browser, real kube-apiserver.
-## tests/test_bad_input.py runs in a pytest process of its own: run in the same session,
-## something it leaves in the shared event loop made test_hub_integration time out
-## (not yet found; see the issue 7 note).
 test: test-setup
-	$(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_bad_input.py
-	$(PY) -m pytest $(PYTEST_ARGS) tests/test_bad_input.py
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Cycle-cost benchmark; writes benchmarks/RESULTS.md.
 bench: setup

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
@@ -200,12 +201,18 @@ current-context: ctx
 
 
 @pytest.fixture
-def command(tmp_path, monkeypatch, capsys):
+async def command(tmp_path, monkeypatch, capsys):
     """`command(settings, config=..., args=...)` runs `main()` in-process with `settings`
     ({(class, trait): command-line string or Py(value for the config file)}) over a base
     that would otherwise start the scaler, and returns the lines it wrote to stderr after
     checking it exited 2. Starting a Spark process, calling the Kubernetes API, making the
-    reconciler or starting the hub service raises Trapped instead."""
+    reconciler or starting the hub service raises Trapped instead.
+
+    main() ends in asyncio.run(), which leaves the thread with no current event loop: `run`
+    makes the session's loop (this fixture runs in it) current again, or a server started
+    later outside a coroutine (tornado's IOLoop.current()) would listen on a new loop that
+    nothing runs."""
+    session_loop = asyncio.get_running_loop()
 
     def trap(what: str):
         def reached(*args, **kwargs):
@@ -233,13 +240,24 @@ def command(tmp_path, monkeypatch, capsys):
         lines = [f"c.{cls}.{name} = {value.value!r}" for (cls, name), value in chosen.items() if isinstance(value, Py)]
         (tmp_path / "jhub_spark_scaler_config.py").write_text("\n".join([config, *lines]) + "\n")
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            main([*argv, *args])
+        try:
+            with pytest.raises(SystemExit) as exited:
+                main([*argv, *args])
+        finally:
+            asyncio.set_event_loop(session_loop)
         stderr = capsys.readouterr().err
         assert exited.value.code == 2, stderr
         return stderr.splitlines()
 
     return run
+
+
+def test_main_in_process_leaves_the_sessions_event_loop_current(command):
+    """A setting refused inside asyncio.run() (the backend's setup), then the thread's
+    current loop is still the one the tests run in."""
+    before = IOLoop.current()
+    one_line_naming(command({("LocalBackend", "java"): "/nonexistent/java"}), "java")
+    assert IOLoop.current() is before
 
 
 def one_line_naming(lines: list[str], *names: str) -> str:

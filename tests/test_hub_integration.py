@@ -64,8 +64,9 @@ async def serve_events():
 
 
 @pytest.fixture
-def events(serve_events):
-    """An events endpoint expecting TOKEN: (url, received)."""
+async def events(serve_events):
+    """An events endpoint expecting TOKEN: (url, received). Async, so that the server
+    listens on the loop the tests run in, whatever the thread's current loop is."""
     sock, port = bind_unused_port()
     return f"http://127.0.0.1:{port}{PREFIX}events", serve_events(TOKEN, sock)
 
@@ -78,13 +79,9 @@ def free_port() -> int:
 
 async def send(url: str, body=GOOD, *, auth: str | None = f"token {TOKEN}", method="POST", **kwargs):
     headers = {} if auth is None else {"Authorization": auth}
-    # a client of its own: the session loop's shared client may still be busy with
-    # requests that earlier tests' hubs left behind (their proxy retries)
-    client = AsyncHTTPClient(force_instance=True)
-    try:
-        return await client.fetch(url, method=method, headers=headers, body=body, raise_error=False, **kwargs)
-    finally:
-        client.close()
+    return await AsyncHTTPClient().fetch(
+        url, method=method, headers=headers, body=body, raise_error=False, **kwargs
+    )
 
 
 def error_of(response) -> str:
