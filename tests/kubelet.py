@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("run", "unschedulable", "image-pull-error")
 IMAGE_SPARK_HOME = "/opt/spark"  # SPARK_HOME in the apache/spark images
-IP_POOL = [f"127.0.2.{i}" for i in range(1, 255)]
+IP_PREFIX = "127.0.2."  # pod IPs: IP_PREFIX + 1..254
 HOST_IP = "127.0.0.1"
 _REFERENCE = re.compile(r"\$(\$|\(([^)]*)\))")
 _RETRYABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -120,8 +120,9 @@ class TestKubelet:
     __test__ = False  # not a test class, whatever its name
 
     def __init__(self, cluster, workdir: Path, *, namespace: str | None = None,
-                 node_name: str = "test-node", spark_home: str | None = None):
+                 node_name: str = "test-node", spark_home: str | None = None, ip_prefix: str = IP_PREFIX):
         self.cluster = cluster
+        self.ip_pool = [f"{ip_prefix}{i}" for i in range(1, 255)]
         self.namespace = namespace or cluster.namespace
         self.workdir = Path(workdir)
         self.node_name = node_name
@@ -348,9 +349,9 @@ class TestKubelet:
         """The next address of the pool that no pod holds (round-robin: a freed address is
         reused as late as possible, as the Spark master may still remember it)."""
         taken = {p.ip for p in self.pods.values() if p.ip and not (p.gone.is_set() and p.task.done())}
-        for _ in IP_POOL:
-            ip = IP_POOL[self._next_ip]
-            self._next_ip = (self._next_ip + 1) % len(IP_POOL)
+        for _ in self.ip_pool:
+            ip = self.ip_pool[self._next_ip]
+            self._next_ip = (self._next_ip + 1) % len(self.ip_pool)
             if ip not in taken:
                 return ip
         raise RuntimeError("TestKubelet: all pod IPs are taken")

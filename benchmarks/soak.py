@@ -1,0 +1,168 @@
+"""Soak: simulated hub users on a real hub, real pyspark drivers with shuffles, the
+scaler against a static pool and the original autoscaler's policy, with chaos.
+
+    python benchmarks/soak.py [--minutes 20] [--users 4] [--environments local,kubernetes]
+                              [--strategies scaler,static,original] [--scaler-kills 12]
+
+For each environment (local backend; Kubernetes backend on a real kube-apiserver with
+the tests' kubelet running worker pods as real processes) and each strategy in turn:
+a fresh Spark master (FILESYSTEM recovery), a real JupyterHub (jupyterhub-singleuser
+servers), the same simulated users (seeded) for --minutes:
+
+  scaler    the scaler as the hub's managed service (idle_workers=1, pre-warm hooks);
+            with --scaler-kills N > 0 the chaos of soaklib/chaos.py: the scaler
+            SIGKILLed N times (the hub restarts it), the master restarted once, the
+            apiserver restarted once (Kubernetes), a busy worker SIGKILLed
+  static    a pool sized for the peak (users x cores.max / worker cores), no scaler
+  original  k8s-spark-autoscale's policy (soaklib/strategies.py), in this process
+
+Counts from the drivers (executors lost, tasks and jobs failed, time to first
+executor), from the pool (worker JVMs on the soak's addresses, busy per the master):
+scale-ups, retirements, idle worker-seconds, peak. Writes the section "Soak" of
+benchmarks/RESULTS.md and the raw numbers to benchmarks/soak-latest.json. Every
+process it starts is stopped at the end, also on failure or Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from results import machine, write_section  # noqa: E402
+from soaklib.analysis import summarize  # noqa: E402
+from soaklib.environments import WORKER_CORES, KubeEnv, LocalEnv  # noqa: E402
+from soaklib.run import STRATEGIES, RunConfig, run_strategy  # noqa: E402
+from soaklib.users import Behaviour  # noqa: E402
+
+TITLE = "Soak: users, drivers and chaos"
+ENVIRONMENTS = {"local": LocalEnv, "kubernetes": KubeEnv}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=20)
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--environments", default="local,kubernetes")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--scaler-kills", type=int, default=12)
+    p.add_argument("--think", type=float, default=20.0, help="mean seconds between a user's sessions")
+    p.add_argument("--scale-down-delay", type=float, default=10.0)
+    p.add_argument("--spread-out", action="store_true",
+                   help="the master's spark.deploy.spreadOut=true (Spark's default; the soak packs)")
+    p.add_argument("--workdir", help="keep every log here (default: a temporary directory, removed)")
+    p.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    args = p.parse_args(argv)
+    for name, allowed in (("environments", ENVIRONMENTS), ("strategies", STRATEGIES)):
+        bad = [x for x in getattr(args, name).split(",") if x not in allowed]
+        if bad:
+            p.error(f"--{name}: {', '.join(bad)} not one of {', '.join(allowed)}")
+    return args
+
+
+async def soak(args, workdir: Path) -> list[dict]:
+    summaries = []
+    for env_name in args.environments.split(","):
+        env = ENVIRONMENTS[env_name](workdir)
+        await env.start()
+        try:
+            for strategy in args.strategies.split(","):
+                config = RunConfig(strategy=strategy, minutes=args.minutes, users=args.users, seed=args.seed,
+                                   behaviour=Behaviour(think=args.think),
+                                   scale_down_delay=args.scale_down_delay,
+                                   scaler_kills=args.scaler_kills, spread_out=args.spread_out)
+                logging.info("soak: %s / %s for %.1f min", env_name, strategy, args.minutes)
+                result = await run_strategy(env, config, workdir)
+                summaries.append(summarize(result))
+                logging.info("soak: %s", json.dumps(summaries[-1]))
+        finally:
+            await env.stop()
+    return summaries
+
+
+def table(summaries: list[dict]) -> list[str]:
+    columns = [
+        ("environment", "environment"), ("strategy", "strategy"), ("minutes", "min"),
+        ("sessions", "sessions"), ("jobs", "jobs"), ("executors_lost", "executors lost"),
+        ("tasks_failed", "tasks failed"), ("jobs_failed", "jobs failed"),
+        ("executors_lost_by_test", "lost by chaos kill"),
+        ("tasks_failed_by_test", "tasks failed by chaos kill"),
+        ("ttfe_median", "first executor median s"), ("ttfe_p90", "p90 s"), ("ttfe_mean", "mean s"),
+        ("scale_ups", "scale-ups"), ("retirements", "retirements / kills"),
+        ("idle_worker_seconds", "idle worker-s"), ("worker_seconds", "worker-s"), ("peak_workers", "peak"),
+    ]
+    lines = ["| " + " | ".join(title for _, title in columns) + " |",
+             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
+    for s in summaries:
+        lines.append("| " + " | ".join("–" if s[key] is None else str(s[key]) for key, _ in columns) + " |")
+    return lines
+
+
+def faults_lines(summaries: list[dict]) -> list[str]:
+    lines = []
+    for s in summaries:
+        if not s["faults"]:
+            continue
+        kinds: dict[str, list] = {}
+        for f in s["faults"]:
+            kinds.setdefault(f["kind"], []).append(f)
+        parts = []
+        for kind, faults in kinds.items():
+            times = [f["converged_s"] for f in faults if f["converged_s"] is not None]
+            failed = [f["error"] for f in faults if f["error"]]
+            parts.append(f"{kind} x{len(faults)}: converged in {', '.join(map(str, times)) or '–'} s"
+                         + (f" (NOT converged: {'; '.join(failed)})" if failed else ""))
+        blind = "; ".join(f"{b['fault']} blind {b['seconds']} s, workers stopped meanwhile: "
+                          f"{len(b['departures'])}" for b in s["blind"])
+        settled = s["settled"]
+        error = f" ({settled['error']})" if settled.get("error") else ""
+        lines.append(f"- {s['environment']}: " + "; ".join(parts) + f". {blind}. After the users left the "
+                     f"pool settled at {settled.get('workers')} worker(s) in {settled.get('seconds')} s"
+                     f"{error}; "
+                     f"pods without a worker: {len(settled.get('pods_without_worker', []))}.")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        summaries = asyncio.run(soak(args, workdir))
+    if not args.no_write:
+        (HERE / "soak-latest.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    body = [
+        f"`python benchmarks/soak.py --minutes {args.minutes:g} --users {args.users} --seed {args.seed} "
+        f"--scaler-kills {args.scaler_kills} --think {args.think:g}` started {started}; {machine()}.",
+        "",
+        f"Each strategy in turn, the same {args.users} seeded users (sessions: server start, a driver with "
+        f"cores.max=2 running 2-4 shuffle jobs, stop; mean think time {args.think:g} s), workers of "
+        f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed are counted apart. Raw numbers: "
+        "benchmarks/soak-latest.json.",
+        "",
+        *table(summaries),
+        "",
+        *faults_lines(summaries),
+    ]
+    print("\n".join(body))
+    if not args.no_write:
+        write_section(TITLE, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

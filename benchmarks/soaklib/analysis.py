@@ -1,0 +1,114 @@
+"""From a run's raw records to the soak's numbers. Losses on a worker the chaos
+killed (from the kill on) are the test's own and counted apart."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from datetime import datetime
+
+GRACEFUL = ("executor decommission", "killed by driver")
+OWN_DEPARTURE_WINDOW = 60.0  # s after a chaos kill in which that host's departure is the kill's
+
+
+def _lost(executor: dict) -> bool:
+    reason = (executor.get("reason") or "").lower()
+    return bool(reason) and not any(g in reason for g in GRACEFUL)
+
+
+def _caused_by(task: dict, killed_executors: set[str]) -> bool:
+    """A task that failed on an executor the chaos killed, or fetching shuffle output
+    that was on one (FetchFailed(BlockManagerId(<executor id>, host, port, ...)))."""
+    if task["executor"] in killed_executors:
+        return True
+    fetch = re.search(r"BlockManagerId\((\w+),", task["error"])
+    return bool(fetch) and fetch.group(1) in killed_executors
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(result) -> dict:
+    killed = {f.detail: f.at for f in result.faults if f.kind == "kill-busy-worker" and f.detail}
+    lost = lost_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
+    ttfe, reasons, errors = [], [], []
+    for s in result.sessions:
+        if s.error:
+            errors.append(f"{s.user}#{s.n}: {s.error}")
+        r = s.result
+        if not r:
+            continue
+        jobs += r.get("jobs", 0)
+        jobs_failed += r.get("jobs_failed", 0)
+        if "first_executor_s" in r:
+            ttfe.append(r["first_executor_s"])
+        else:
+            errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
+        killed_executors = {e["id"] for e in r.get("executors", [])
+                            if e["host"] in killed and _epoch(e.get("added")) <= killed[e["host"]]}
+        by_test_failed = sum(1 for t in r.get("failed_tasks", []) if _caused_by(t, killed_executors))
+        reasons += [f"task on executor {t['executor']}: {t['error']}" for t in r.get("failed_tasks", [])
+                    if not _caused_by(t, killed_executors)]
+        for e in r.get("executors", []):
+            by_test = e["id"] in killed_executors
+            if _lost(e):
+                if by_test:
+                    lost_by_test += 1
+                else:
+                    lost += 1
+                    reasons.append(f"{e['host']}: {e['reason']}")
+        tasks_failed_by_test += by_test_failed
+        tasks_failed += r.get("tasks_failed", 0) - by_test_failed
+    pool = result.pool
+    retirements = [
+        (at, host) for at, host in pool.departures
+        if not (host in killed and 0 <= at - killed[host] <= OWN_DEPARTURE_WINDOW)
+    ]
+    blind = []
+    for f in result.faults:
+        if f.blind_until is not None:
+            gone = [host for at, host in pool.departures if f.at <= at <= f.blind_until]
+            blind.append({"fault": f.kind, "seconds": round(f.blind_until - f.at, 1), "departures": gone})
+    return {
+        "strategy": result.strategy,
+        "environment": result.environment,
+        "minutes": round(result.seconds / 60, 1),
+        "sessions": len(result.sessions),
+        "jobs": jobs,
+        "session_errors": errors,
+        "executors_lost": lost,
+        "failure_reasons": reasons[:10],  # of the losses and failed tasks not caused by the test
+        "tasks_failed": tasks_failed,
+        "jobs_failed": jobs_failed,
+        "executors_lost_by_test": lost_by_test,
+        "tasks_failed_by_test": tasks_failed_by_test,
+        "ttfe_median": _round(statistics.median(ttfe) if ttfe else None),
+        "ttfe_p90": _round(_percentile(ttfe, 0.9)),
+        "ttfe_mean": _round(statistics.fmean(ttfe) if ttfe else None),
+        "ttfe_max": _round(max(ttfe) if ttfe else None),
+        "scale_ups": pool.scale_ups,
+        "retirements": len(retirements),
+        "idle_worker_seconds": round(pool.idle_worker_seconds),
+        "worker_seconds": round(pool.worker_seconds),
+        "peak_workers": pool.peak_workers,
+        "faults": [{"kind": f.kind, "detail": f.detail, "converged_s": f.converged_s, "error": f.error}
+                   for f in result.faults],
+        "blind": blind,
+        "settled": result.settled,
+        "baseline": result.baseline,
+    }
+
+
+def _epoch(stamp: str | None) -> float:
+    """Spark REST's "2026-11-25T21:00:00.123GMT" as epoch seconds (inf if missing)."""
+    if not stamp:
+        return float("inf")
+    return datetime.strptime(stamp.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

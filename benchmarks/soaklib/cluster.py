@@ -1,0 +1,117 @@
+"""The soak's Spark master (a process it owns, so it can restart it) and what it
+needs to find processes: Spark workers on an address range, the scaler service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyspark
+
+from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, MASTER_CLASS, WORKER_CLASS, _free_port
+
+SPARK_HOME = os.path.dirname(pyspark.__file__)
+
+
+def master_json(ui: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(f"{ui}/json/", timeout=timeout) as r:
+        return json.load(r)
+
+
+class SoakMaster:
+    """A standalone master with FILESYSTEM recovery: killed and started again on the
+    same ports, it recovers its apps and workers (without recovery a new master kills
+    every executor it does not know), as a production master must. `spread_out`:
+    Spark's spark.deploy.spreadOut (Spark's default is True: an app's executors go to
+    as many workers as possible, which leaves many workers partly used)."""
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", *, spread_out: bool = False):
+        self.workdir = Path(workdir)
+        self.spread_out = spread_out
+        self.host = host
+        self.port = _free_port(host)
+        self.webui_port = _free_port(host, avoid={self.port})
+        self.url = f"spark://{host}:{self.port}"
+        self.ui = f"http://{host}:{self.webui_port}"
+        self.process: subprocess.Popen | None = None
+        self.recovery = self.workdir / "recovery"
+
+    def start(self, timeout: float = 120) -> None:
+        self.recovery.mkdir(parents=True, exist_ok=True)
+        java = shutil.which("java")
+        cmd = [java, *FAST_JVM_OPTIONS, "-Xmx256m", "-Dspark.decommission.enabled=true",
+               "-Dspark.master.rest.enabled=false", "-Dspark.deploy.recoveryMode=FILESYSTEM",
+               f"-Dspark.deploy.recoveryDirectory={self.recovery}",
+               # False packs an app's executors onto as few workers as will hold them
+               f"-Dspark.deploy.spreadOut={str(self.spread_out).lower()}",
+               "-cp", os.path.join(SPARK_HOME, "jars", "*"), MASTER_CLASS,
+               "--host", self.host, "--port", str(self.port), "--webui-port", str(self.webui_port)]
+        log = open(self.workdir / "master.log", "a")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, "SPARK_HOME": SPARK_HOME})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Spark master exited with {self.process.returncode}; see {log.name}")
+            try:
+                if master_json(self.ui, 2).get("status") == "ALIVE":
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Spark master was not ALIVE within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def worker_processes(host_prefix: str) -> dict[int, str]:
+    """Spark worker JVMs whose --host starts with `host_prefix`: {pid: host}."""
+    found = {}
+    for pid in pids():
+        cmd = _cmdline(pid)
+        if WORKER_CLASS in cmd and "--host" in cmd:
+            host = cmd[cmd.index("--host") + 1]
+            if host.startswith(host_prefix):
+                found[pid] = host
+    return found
+
+
+def service_pids(hub_pid: int) -> list[int]:
+    """The hub's managed scaler service: children of the hub running jhub_spark_scaler."""
+    return [pid for pid in pids() if _ppid(pid) == hub_pid and "jhub_spark_scaler" in _cmdline(pid)]
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,185 @@
+"""Where the soak's workers run: the local backend (worker processes on 127.0.6.x
+by default) or the Kubernetes backend (a real kube-apiserver and the tests' kubelet,
+which runs each pod as a real worker process on 127.0.7.x by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from jhub_spark_scaler.backends import Backend
+from jhub_spark_scaler.backends.local import LocalBackend
+
+from .cluster import kill_quietly, worker_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_CORES = 2
+
+
+class LocalEnv:
+    name = "local"
+    apiserver = False
+
+    def __init__(self, workdir: Path, host_prefix: str = "127.0.6."):
+        self.workdir, self.host_prefix = Path(workdir), host_prefix
+
+    async def start(self) -> None:
+        pass
+
+    def _settings(self, master, strategy: str) -> dict:
+        return {"start_master": False, "master_url": master.url, "master_ui_url": master.ui,
+                "state_dir": str(self.workdir / f"{strategy}-workers"), "worker_cores": WORKER_CORES,
+                "worker_memory": "1g", "host_range": f"{self.host_prefix}2-{self.host_prefix}254",
+                "stop_timeout": 10}
+
+    def scaler_flags(self, master, strategy: str) -> dict:
+        return {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}
+
+    async def backend(self, master, strategy: str) -> Backend:
+        backend = LocalBackend(**self._settings(master, strategy))
+        await backend.setup()
+        return backend
+
+    def kill_worker(self, host: str) -> bool:
+        """SIGKILL the worker JVM on `host` behind the scaler's back."""
+        for pid, on in worker_processes(self.host_prefix).items():
+            if on == host:
+                kill_quietly(pid)
+                return True
+        return False
+
+    async def leftovers(self, strategy: str) -> list[str]:
+        return []  # processes are what the sampler counts already
+
+    async def cleanup(self, strategy: str) -> None:
+        for pid in worker_processes(self.host_prefix):
+            kill_quietly(pid)
+
+    async def stop(self) -> None:
+        pass
+
+
+class KubeEnv:
+    """One apiserver and kubelet for the whole soak; each strategy has a pool of its own.
+    Given a running `cluster` and `kubelet` (the tests' session ones), it uses those
+    (and the kubelet's pod IPs) and leaves them running at the end."""
+
+    name = "kubernetes"
+    apiserver = True
+    namespace = "spark"
+
+    def __init__(self, workdir: Path, host_prefix: str = "127.0.7.", *, cluster=None, kubelet=None):
+        self.workdir, self.host_prefix = Path(workdir), host_prefix
+        self.cluster, self.kubelet = cluster, kubelet
+        self.owned = cluster is None
+        if kubelet is not None:
+            self.host_prefix = kubelet.ip_pool[0].rpartition(".")[0] + "."
+
+    async def start(self) -> None:
+        if not self.owned:
+            await self._apply_rbac()
+            return
+        sys.path.insert(0, str(ROOT))
+        from tests.kube_cluster import KubeCluster, binaries_installed
+        from tests.kubelet import TestKubelet
+
+        if not binaries_installed():
+            raise RuntimeError("kube-apiserver/etcd are missing: run scripts/install-kube-apiserver.sh")
+        self.cluster = KubeCluster(self.workdir / "kube")
+        await self.cluster.start()
+        await self._apply_rbac()
+        self.kubelet = TestKubelet(self.cluster, self.workdir / "kubelet", ip_prefix=self.host_prefix)
+        await self.kubelet.start()
+
+    async def _apply_rbac(self) -> None:
+        """helm-values/rbac.yaml as is, and the master Deployment that owns the worker pods
+        (what exists already is kept)."""
+        import yaml
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        from jhub_spark_scaler.backends.master_manifests import master_deployment
+
+        async with await self.cluster.api_client("admin") as admin:
+            rbac = client.RbacAuthorizationV1Api(admin)
+            rbac_docs = yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text())
+            creates = [(rbac.create_namespaced_role if doc["kind"] == "Role"
+                        else rbac.create_namespaced_role_binding, doc) for doc in rbac_docs]
+            deployment = master_deployment(name="spark-master", namespace=self.namespace,
+                                           image="apache/spark:4.3.0")
+            creates.append((client.AppsV1Api(admin).create_namespaced_deployment, deployment))
+            for create, doc in creates:
+                try:
+                    await create(self.namespace, doc)
+                except ApiException as e:
+                    if e.status != 409:
+                        raise
+
+    def _settings(self, master, strategy: str) -> dict:
+        # the scaler is z2jh's hub service account, holding only helm-values/rbac.yaml's Role
+        return {"kubeconfig": str(self.cluster.kubeconfig("hub")), "namespace": self.namespace,
+                "pool": f"soak-{strategy}", "master_url": master.url, "master_ui_url": master.ui,
+                "cpu_limit": str(WORKER_CORES), "memory_limit": "2Gi", "worker_memory": "1g",
+                "stop_grace_period": 30}
+
+    def scaler_flags(self, master, strategy: str) -> dict:
+        settings = self._settings(master, strategy)
+        flags = {f"KubernetesBackend__{key}": value for key, value in settings.items()}
+        return {"backend_class": "kubernetes", **flags}
+
+    async def backend(self, master, strategy: str) -> Backend:
+        from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+
+        backend = KubernetesBackend(**self._settings(master, strategy))
+        await backend.setup()
+        return backend
+
+    def kill_worker(self, host: str) -> bool:
+        for pod in list(self.kubelet.pods.values()):
+            if pod.ip == host and pod.running:
+                self.kubelet.kill(pod.name)
+                return True
+        return False
+
+    async def restart_apiserver(self, down_seconds: float) -> None:
+        self.cluster.stop_apiserver()
+        await asyncio.sleep(down_seconds)
+        await self.cluster.start_apiserver()
+
+    async def _pods(self, strategy: str) -> list[dict]:
+        from kubernetes_asyncio import client
+
+        from jhub_spark_scaler.backends.worker_pod import pool_selector
+
+        async with await self.cluster.api_client("admin") as api:
+            listed = await client.CoreV1Api(api).list_namespaced_pod(
+                self.namespace, label_selector=pool_selector(f"soak-{strategy}"))
+            return [p.metadata.name for p in listed.items]
+
+    async def leftovers(self, strategy: str) -> list[str]:
+        """Pods of the pool without a worker process (a process without a pod is counted
+        by the sampler)."""
+        running = {p.name for p in self.kubelet.pods.values() if p.running}
+        return [name for name in await self._pods(strategy) if name not in running]
+
+    async def cleanup(self, strategy: str) -> None:
+        from kubernetes_asyncio import client
+
+        from jhub_spark_scaler.backends.worker_pod import pool_selector
+
+        if self.cluster.apiserver is None:
+            await self.cluster.start_apiserver()
+        async with await self.cluster.api_client("admin") as api:
+            await client.CoreV1Api(api).delete_collection_namespaced_pod(
+                self.namespace, label_selector=pool_selector(f"soak-{strategy}"), grace_period_seconds=0)
+        for pid in worker_processes(self.host_prefix):
+            kill_quietly(pid)
+
+    async def stop(self) -> None:
+        if not self.owned:
+            return
+        if self.kubelet is not None:
+            await self.kubelet.stop()
+        if self.cluster is not None:
+            self.cluster.stop()

@@ -1,0 +1,62 @@
+"""What the soak measures on the pool, the same way for every strategy: the worker
+JVMs on the soak's addresses (processes, so a killed scaler or a blind apiserver
+cannot hide one), joined with the master's view of which are busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from .cluster import master_json, worker_processes
+
+
+@dataclass
+class PoolStats:
+    worker_seconds: float = 0.0
+    idle_worker_seconds: float = 0.0
+    peak_workers: int = 0
+    scale_ups: int = 0
+    departures: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (wall time, workers, busy)
+
+
+class PoolSampler:
+    """Samples every `interval` s until stopped: worker processes on `host_prefix`,
+    busy = the master shows the worker ALIVE or DECOMMISSIONED with cores in use."""
+
+    def __init__(self, host_prefix: str, master_ui: str, interval: float = 1.0):
+        self.host_prefix, self.master_ui, self.interval = host_prefix, master_ui, interval
+        self.stats = PoolStats()
+        self.members: dict[int, str] = {}
+        self.busy: set[str] = set()
+        self.master_seen = 0.0  # wall time the master last answered
+
+    def sample(self) -> None:
+        now = time.time()
+        members = worker_processes(self.host_prefix)
+        try:
+            doc = master_json(self.master_ui, 2)
+            self.busy = {w["host"] for w in doc.get("workers", [])
+                         if w.get("state") in ("ALIVE", "DECOMMISSIONED") and w.get("coresused", 0) > 0}
+            self.master_seen = now
+        except (OSError, ValueError):
+            pass  # the master is down: the last busy set stands
+        stats = self.stats
+        stats.scale_ups += len(members.keys() - self.members.keys())
+        stats.departures += [(now, host) for pid, host in self.members.items() if pid not in members]
+        self.members = members
+        stats.peak_workers = max(stats.peak_workers, len(members))
+        busy = sum(1 for host in members.values() if host in self.busy)
+        stats.worker_seconds += self.interval * len(members)
+        stats.idle_worker_seconds += self.interval * (len(members) - busy)
+        stats.timeline.append((round(now, 1), len(members), busy))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            await asyncio.to_thread(self.sample)
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, self.interval - (time.monotonic() - started)))
+            except asyncio.TimeoutError:
+                pass

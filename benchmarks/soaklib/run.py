@@ -1,0 +1,159 @@
+"""One strategy's soak run on one environment: a fresh Spark master, a real hub,
+simulated users for `minutes`, the pool sampled throughout, chaos if asked; then the
+pool must settle with no orphan, and everything started is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .chaos import Chaos, schedule
+from .cluster import SoakMaster, master_json, worker_processes
+from .hub import Hub
+from .pool import PoolSampler
+from .strategies import OriginalAutoscaler, StaticPool
+from .users import Behaviour, SimulatedUser
+from .environments import WORKER_CORES
+
+log = logging.getLogger("soak")
+STRATEGIES = ("scaler", "static", "original")
+
+
+@dataclass
+class RunConfig:
+    strategy: str
+    minutes: float
+    users: int
+    seed: int = 1
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    idle_workers: int = 1
+    max_workers: int = 8
+    scale_down_delay: float = 10.0
+    static_size: int | None = None  # default: enough for every user's driver at once
+    scaler_kills: int = 0  # > 0: chaos (also a master restart, a busy worker killed, an apiserver restart)
+    hub_poll_interval: float = 10.0
+    settle_timeout: float = 240.0
+    spread_out: bool = False  # the master's spark.deploy.spreadOut
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    environment: str
+    seconds: float
+    sessions: list = field(default_factory=list)  # users.Session
+    pool: object = None  # pool.PoolStats
+    faults: list = field(default_factory=list)  # chaos.Fault
+    settled: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+
+
+async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
+    workdir = Path(workdir) / f"{env.name}-{config.strategy}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    master = SoakMaster(workdir / "master", spread_out=config.spread_out)
+    hub = baseline = strategy_task = None
+    stop = asyncio.Event()
+    await asyncio.to_thread(master.start)
+    try:
+        scaler = None
+        if config.strategy == "scaler":
+            scaler = {"max_workers": config.max_workers, "idle_workers": config.idle_workers,
+                      "scale_down_delay": config.scale_down_delay, "poll_interval": 1,
+                      **env.scaler_flags(master, config.strategy)}
+        hub = Hub(workdir / "hub", scaler=scaler, poll_interval=config.hub_poll_interval)
+        await hub.start()
+        sampler = PoolSampler(env.host_prefix, master.ui)
+        if config.strategy == "static":
+            size = config.static_size or config.users * config.behaviour.cores_max // WORKER_CORES
+            baseline = StaticPool(await env.backend(master, config.strategy), size)
+            strategy_task = asyncio.create_task(baseline.run(stop))
+            await _until(lambda: _members(env) >= size and _alive(master) >= size, 300, "the static pool")
+        else:
+            if config.strategy == "original":
+                backend = await env.backend(master, config.strategy)
+                baseline = OriginalAutoscaler(backend, worker_cores=WORKER_CORES, extra=config.idle_workers,
+                                              max_workers=config.max_workers)
+                strategy_task = asyncio.create_task(baseline.run(stop))
+            await _until(lambda: _alive(master) >= config.idle_workers, 300, "the idle workers at rest")
+        users = [SimulatedUser(f"user{i}", hub=hub, master_url=master.url, workdir=workdir / "users",
+                               seed=config.seed * 1000 + i, behaviour=config.behaviour)
+                 for i in range(1, config.users + 1)]
+        sampler_task = asyncio.create_task(sampler.run(stop))
+        started, t0 = time.monotonic(), time.time()
+        deadline = started + config.minutes * 60
+        chaos = chaos_task = None
+        if config.scaler_kills and config.strategy == "scaler":
+            chaos = Chaos(hub=hub, master=master, env=env, sampler=sampler, token=hub.admin_token,
+                          pool_url=f"http://127.0.0.1:{hub.scaler_port}/services/spark-scaler/api/pool")
+            kinds = ["kill-scaler"] * config.scaler_kills + ["restart-master", "kill-busy-worker"]
+            kinds += ["restart-apiserver"] if env.apiserver else []
+            plan = schedule(random.Random(config.seed), duration=config.minutes * 60, kinds=kinds)
+            chaos_task = asyncio.create_task(chaos.run(plan, started))
+        try:
+            await asyncio.gather(*(u.run(deadline) for u in users))
+            if chaos_task:
+                await chaos_task
+        finally:
+            for user in users:
+                user.kill_driver()
+            if chaos_task and not chaos_task.done():
+                chaos_task.cancel()
+        seconds = time.time() - t0
+        stop.set()
+        await sampler_task
+        result = RunResult(config.strategy, env.name, seconds, [s for u in users for s in u.sessions],
+                           sampler.stats, chaos.log.faults if chaos else [])
+        if config.strategy == "scaler":
+            result.settled = await _settle(env, config)
+        if isinstance(baseline, OriginalAutoscaler):
+            result.baseline = {"starts": baseline.starts, "kills": baseline.kills}
+        return result
+    finally:
+        stop.set()
+        if strategy_task:
+            strategy_task.cancel()
+            await asyncio.gather(strategy_task, return_exceptions=True)
+        if hub:
+            await hub.stop()
+        if baseline:
+            await baseline.backend.shutdown()
+        await env.cleanup(config.strategy)
+        await asyncio.to_thread(master.kill)
+
+
+async def _settle(env, config: RunConfig) -> dict:
+    """After the users left: the pool shrinks to `idle_workers`, and no pod lacks its
+    worker (nor, counted by the sampler, a worker its pod)."""
+    t0 = time.monotonic()
+    try:
+        await _until(lambda: _members(env) == config.idle_workers,
+                     config.settle_timeout, f"the pool to settle at {config.idle_workers} worker(s)")
+        error = ""
+    except TimeoutError as e:
+        error = str(e)
+    return {"seconds": round(time.monotonic() - t0, 1), "workers": _members(env), "error": error,
+            "pods_without_worker": await env.leftovers(config.strategy)}
+
+
+def _members(env) -> int:
+    return len(worker_processes(env.host_prefix))
+
+
+def _alive(master: SoakMaster) -> int:
+    try:
+        return sum(1 for w in master_json(master.ui, 2)["workers"] if w["state"] == "ALIVE")
+    except (OSError, ValueError):
+        return 0
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.5)

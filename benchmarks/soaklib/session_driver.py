@@ -1,0 +1,130 @@
+"""One notebook session's Spark driver in the soak: a real pyspark driver with
+decommission enabled that runs jobs with a shuffle, with think times between them.
+
+    python session_driver.py --master spark://... --name APP --out RESULT.json \
+        --jobs 3 --think 8 --seed 7 [--cores-max 2] [--first-executor-timeout 300]
+
+Writes RESULT.json at the end: the seconds from just before getOrCreate() to the
+first executor's block manager registering (time to first executor), the jobs run
+and failed, and every executor as the driver's REST API has it (host, remove reason,
+failed tasks), from which the soak counts executors lost and tasks failed.
+"""
+
+import argparse
+import json
+import os
+import random
+import time
+import urllib.request
+
+from pyspark.sql import SparkSession
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--master", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--jobs", type=int, default=3)
+    p.add_argument("--think", type=float, default=8.0, help="mean seconds between jobs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cores-max", type=int, default=2)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--task-seconds", type=float, default=1.0)
+    p.add_argument("--first-executor-timeout", type=float, default=300)
+    return p.parse_args()
+
+
+def session(args) -> SparkSession:
+    return (
+        SparkSession.builder.master(args.master)
+        .appName(args.name)
+        .config("spark.cores.max", str(args.cores_max))
+        .config("spark.executor.cores", "1")
+        .config("spark.executor.memory", "512m")
+        .config("spark.driver.memory", "512m")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.port", "0")
+        .config("spark.decommission.enabled", "true")
+        .config("spark.storage.decommission.enabled", "true")
+        .config("spark.storage.decommission.shuffleBlocks.enabled", "true")
+        .config("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+
+
+def shuffle_job(sc, partitions: int, task_seconds: float) -> int:
+    """A map stage whose tasks take `task_seconds`, a shuffle, a reduce stage."""
+    def slow(rows):
+        time.sleep(task_seconds)
+        return ((x % 97, x) for x in rows)
+
+    pairs = sc.parallelize(range(20_000), partitions).mapPartitions(slow)
+    return pairs.reduceByKey(lambda a, b: a + b, partitions).count()
+
+
+def rest(ui: str, path: str):
+    with urllib.request.urlopen(f"{ui}/api/v1/{path}", timeout=30) as r:
+        return json.load(r)
+
+
+def main():
+    args = parse_args()
+    rng = random.Random(args.seed)
+    result = {"name": args.name, "wall_start": time.time()}
+    t0 = time.perf_counter()
+    spark = session(args)
+    sc = spark.sparkContext
+    result["app_id"] = sc.applicationId
+    status = sc._jsc.sc()
+    while status.getExecutorMemoryStatus().size() <= 1:  # the driver's own block manager is one
+        if time.perf_counter() - t0 > args.first_executor_timeout:
+            result["first_executor_error"] = f"no executor within {args.first_executor_timeout:.0f} s"
+            break
+        time.sleep(0.02)
+    else:
+        result["first_executor_s"] = time.perf_counter() - t0
+    jobs = failed = 0
+    for i in range(args.jobs):
+        if i:
+            time.sleep(min(rng.expovariate(1 / args.think), 4 * args.think))
+        try:
+            shuffle_job(sc, args.partitions, args.task_seconds)
+        except Exception as e:  # a failed job is what the soak counts, not a crash
+            failed += 1
+            result.setdefault("job_errors", []).append(str(e).splitlines()[0][:300])
+        jobs += 1
+    app, ui = sc.applicationId, sc.uiWebUrl
+    executors = rest(ui, f"applications/{app}/allexecutors")
+    stages = rest(ui, f"applications/{app}/stages")
+    failed_tasks = []  # each with its host and the first line of its error, for the soak to attribute
+    for s in stages:
+        if s.get("numFailedTasks", 0):
+            tasks = rest(ui, f"applications/{app}/stages/{s['stageId']}/{s['attemptId']}/taskList"
+                             "?status=failed&length=1000")
+            failed_tasks += [{"executor": t.get("executorId", ""),
+                              "error": (t.get("errorMessage") or "").split("\n")[0][:500]} for t in tasks]
+    result.update(
+        jobs=jobs,
+        jobs_failed=failed,
+        tasks_failed=sum(s.get("numFailedTasks", 0) for s in stages),
+        failed_tasks=failed_tasks,
+        executors=[
+            {"id": e["id"], "host": e.get("hostPort", "").rsplit(":", 1)[0],
+             "reason": e.get("removeReason", ""), "failed_tasks": e.get("failedTasks", 0),
+             "added": e.get("addTime"), "removed": e.get("removeTime")}
+            for e in executors if e["id"] != "driver"
+        ],
+        wall_end=time.time(),
+    )
+    spark.stop()
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Simulated hub users: each starts a notebook server through the hub's REST API,
+opens a notebook a little later and runs a real pyspark driver (session_driver.py)
+with a few shuffle jobs, lingers, stops the server, thinks, and starts again.
+
+Every random draw comes from the user's own seeded generator, drawn in the same
+order whatever the timing, so each strategy in a run sees the same users."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hub import Hub
+
+log = logging.getLogger("soak")
+DRIVER = Path(__file__).resolve().parent / "session_driver.py"
+
+
+@dataclass
+class Behaviour:
+    think: float = 30.0  # mean seconds between a user's sessions
+    open_delay: tuple[float, float] = (3.0, 10.0)  # server ready -> the driver starts
+    jobs: tuple[int, int] = (2, 4)
+    job_think: float = 6.0  # mean seconds between jobs
+    linger: tuple[float, float] = (2.0, 10.0)  # the driver ended -> the server is stopped
+    cores_max: int = 2
+    driver_timeout: float = 900.0
+
+
+@dataclass
+class Session:
+    user: str
+    n: int
+    requested: float = 0.0  # wall time of the server request
+    server_ready_s: float | None = None
+    result: dict = field(default_factory=dict)  # session_driver.py's RESULT.json
+    error: str = ""
+
+
+class SimulatedUser:
+    def __init__(self, name: str, *, hub: Hub, master_url: str, workdir: Path, seed: int,
+                 behaviour: Behaviour, driver_env: dict | None = None):
+        self.name, self.hub, self.master_url = name, hub, master_url
+        self.workdir = Path(workdir) / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rng = random.Random(seed)
+        self.behaviour = behaviour
+        self.driver_env = driver_env or {}
+        self.sessions: list[Session] = []
+        self.driver: asyncio.subprocess.Process | None = None
+
+    async def run(self, deadline: float) -> None:
+        """Sessions until `deadline` (monotonic); a session begun before it is finished."""
+        await self.hub.call("POST", f"users/{self.name}", {}, ok=(201, 409))
+        while True:
+            think = min(self.rng.expovariate(1 / self.behaviour.think), 4 * self.behaviour.think)
+            plan = self._draw()
+            if time.monotonic() + think >= deadline:
+                return
+            await asyncio.sleep(think)
+            session = Session(self.name, len(self.sessions) + 1)
+            self.sessions.append(session)
+            try:
+                await self._session(session, plan)
+            except Exception as e:  # recorded, and the user goes on
+                session.error = f"{type(e).__name__}: {e}"
+                log.warning("soak: %s session %d: %s", self.name, session.n, session.error)
+                await self._stop_server()
+
+    def _draw(self) -> dict:
+        b, rng = self.behaviour, self.rng
+        return {"open": rng.uniform(*b.open_delay), "jobs": rng.randint(*b.jobs),
+                "seed": rng.randrange(1 << 30), "linger": rng.uniform(*b.linger)}
+
+    async def _session(self, session: Session, plan: dict) -> None:
+        session.requested = time.time()
+        t0 = time.monotonic()
+        await self.hub.call("POST", f"users/{self.name}/server", {}, ok=(201, 202))
+        await self._until(self._server_ready, 180, "the notebook server to be ready")
+        session.server_ready_s = time.monotonic() - t0
+        await asyncio.sleep(plan["open"])
+        out = self.workdir / f"session-{session.n}.json"
+        with open(self.workdir / f"session-{session.n}.log", "w") as driver_log:
+            self.driver = await asyncio.create_subprocess_exec(
+                sys.executable, str(DRIVER), "--master", self.master_url,
+                "--name", f"{self.name}-{session.n}", "--out", str(out), "--jobs", str(plan["jobs"]),
+                "--think", str(self.behaviour.job_think),
+                "--seed", str(plan["seed"]), "--cores-max", str(self.behaviour.cores_max),
+                stdout=driver_log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **self.driver_env},
+            )
+            try:
+                code = await asyncio.wait_for(self.driver.wait(), self.behaviour.driver_timeout)
+            finally:
+                self.kill_driver()
+        if code != 0 or not out.exists():
+            raise RuntimeError(f"the driver exited with {code}; see {driver_log.name}")
+        session.result = json.loads(out.read_text())
+        await asyncio.sleep(plan["linger"])
+        await self._stop_server()
+
+    async def _server_ready(self) -> bool:
+        user = await self.hub.call("GET", f"users/{self.name}")
+        return bool(user["servers"].get("", {}).get("ready"))
+
+    async def _stop_server(self) -> None:
+        await self.hub.call("DELETE", f"users/{self.name}/server", ok=(202, 204, 400))
+
+        async def gone():
+            user = await self.hub.call("GET", f"users/{self.name}")
+            return "" not in user["servers"]
+
+        await self._until(gone, 120, "the notebook server to stop")
+
+    @staticmethod
+    async def _until(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not await predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            await asyncio.sleep(0.5)
+
+    def kill_driver(self) -> None:
+        if self.driver and self.driver.returncode is None:
+            try:
+                os.killpg(self.driver.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

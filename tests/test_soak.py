@@ -1,0 +1,66 @@
+"""The soak, short (benchmarks/soak.py runs it for 20 minutes and more): simulated users
+on a real hub start and stop notebook servers and run real pyspark drivers with shuffle
+jobs while the scaler, the hub's managed service, is SIGKILLed (the hub restarts it),
+the Spark master is restarted, a busy worker is SIGKILLed behind the scaler's back, and
+on Kubernetes the apiserver is restarted.
+
+Expected: no executor lost and no task failed but on the worker the test killed itself
+(counted apart), no job failed, the scaler converges after every fault, stops no worker
+while the master or apiserver is away, and once the users are gone the pool settles at
+its idle size with no orphan worker or pod.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from soaklib.analysis import summarize  # noqa: E402
+from soaklib.environments import KubeEnv, LocalEnv  # noqa: E402
+from soaklib.run import RunConfig, run_strategy  # noqa: E402
+from soaklib.users import Behaviour  # noqa: E402
+
+# the session's Role and Deployment
+from .test_kubernetes_backend import kube_rbac  # noqa: E402,F401,F811
+
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(900)]
+
+SHORT = dict(minutes=2.5, users=2, seed=3, scaler_kills=2, scale_down_delay=5,
+             behaviour=Behaviour(think=10, jobs=(2, 3), job_think=3))
+
+
+def assert_guarantee_held(s: dict, *, retirements: int) -> None:
+    assert not s["session_errors"], s["session_errors"]
+    assert s["sessions"] >= 3, s
+    assert (s["executors_lost"], s["tasks_failed"], s["jobs_failed"]) == (0, 0, 0), s
+    assert s["retirements"] >= retirements, s
+    not_converged = [f for f in s["faults"] if f["converged_s"] is None]
+    assert not not_converged, not_converged
+    assert all(not b["departures"] for b in s["blind"]), f"a worker was stopped while blind: {s['blind']}"
+    assert not s["settled"]["error"] and not s["settled"]["pods_without_worker"], s["settled"]
+
+
+async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
+    env = LocalEnv(tmp_path, host_prefix="127.0.8.")
+    result = await run_strategy(env, RunConfig(strategy="scaler", **SHORT), tmp_path)
+    s = summarize(result)
+    kinds = sorted(f["kind"] for f in s["faults"])
+    assert kinds == ["kill-busy-worker", "kill-scaler", "kill-scaler", "restart-master"], s["faults"]
+    assert s["executors_lost_by_test"] >= 1, "the killed busy worker had an executor: its loss is the test's"
+    assert_guarantee_held(s, retirements=2)
+
+
+async def test_short_soak_with_chaos_on_the_kubernetes_backend(
+        tmp_path, kube_cluster, kube_rbac, kubelet):  # noqa: F811
+    env = KubeEnv(tmp_path, cluster=kube_cluster, kubelet=kubelet)
+    await env.start()
+    result = await run_strategy(env, RunConfig(strategy="scaler", **SHORT), tmp_path)
+    s = summarize(result)
+    kinds = sorted(f["kind"] for f in s["faults"])
+    assert kinds == ["kill-busy-worker", "kill-scaler", "kill-scaler", "restart-apiserver", "restart-master"]
+    assert_guarantee_held(s, retirements=2)
