@@ -20,7 +20,9 @@ import pytest
 from traitlets import TraitError
 
 from jhub_spark_scaler.backends import BackendError
-from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBackend, _catches, _is_ours
+from jhub_spark_scaler.backends.local import (
+    MASTER_CLASS, WORKER_CLASS, LocalBackend, _catches, _is_ours, _start_time,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
 
@@ -182,3 +184,18 @@ async def test_bad_settings_are_one_clear_line(state_dir, tmp_path):
                 await b.start(1)
     finally:
         await b.shutdown()
+
+
+async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
+    """A JVM's /proc cmdline can read empty while it starts on a loaded machine: a master
+    whose command line does not show the master class (here a plain `sleep`) is waited
+    for until master_start_timeout, not reported as exited."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        b = backend(str(tmp_path), master_start_timeout=1, master_ui_url="http://127.0.0.1:9")
+        rec = {"pid": sleeper.pid, "start_time": _start_time(sleeper.pid)}
+        with pytest.raises(BackendError, match="was not ALIVE within"):
+            await b._wait_master_alive(rec)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
