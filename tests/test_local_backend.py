@@ -21,10 +21,13 @@ from traitlets import TraitError
 
 from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.local import (
-    MASTER_CLASS, WORKER_CLASS, LocalBackend, _catches, _is_ours, _start_time,
+    MASTER_CLASS, WORKER_CLASS, LocalBackend, _alive, _catches, _is_ours, _processes_in, _start_time,
 )
 
+from .conftest import Driver
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
+EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 
 def backend(state_dir: str, **kwargs) -> LocalBackend:
@@ -41,6 +44,14 @@ def records(state_dir: str) -> list[dict]:
         with open(path) as f:
             out.append(json.load(f))
     return out
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 def running(rec: dict) -> bool:
@@ -199,3 +210,44 @@ async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_dir, tmp_path):
+    """A worker JVM that dies (an OOM kill, say) while an executor it launched is still
+    starting leaves that executor running in its work dir: the executor never got to
+    watch its worker. Stopping the lost worker must end it rather than delete the dir
+    under it (its Python workers would then fail every task: found by the soak)."""
+    b = backend(state_dir)
+    driver = None
+    try:
+        await b.setup()
+        [worker] = await b.start(1)
+        [rec] = [r for r in records(state_dir) if r.get("host") == worker.host]
+        driver = Driver(tmp_path / "driver", ["--master", b.master_url, "--name", "orphans",
+                                              "--cores-max", "1", "--task-seconds", "1"])
+        work = os.path.join(state_dir, "work", worker.handle)
+
+        async def launched():  # the executor JVM, the moment the worker has spawned it
+            return [pid for pid in _processes_in(work) if EXECUTOR_CLASS in command_line(pid)]
+
+        [executor] = await eventually(launched, 180, "the worker to launch an executor")
+        os.kill(rec["pid"], signal.SIGKILL)
+        orphan = {"pid": executor, "start_time": _start_time(executor)}
+
+        async def lost():
+            return not (await b.list())[0].running
+
+        await eventually(lost, 30, "the backend to see the worker gone")
+        await driver.jobs_done(1)  # the orphan registered with the driver and runs its tasks
+        assert _alive(orphan), "the executor outlived its worker"
+        await b.stop((await b.list())[0])
+
+        async def orphan_ended():
+            return not _alive(orphan)
+
+        await eventually(orphan_ended, 2, "the backend to end the orphaned executor")
+        assert not os.path.exists(work)
+    finally:
+        if driver:
+            driver.kill()
+        await b.shutdown()

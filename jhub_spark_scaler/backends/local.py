@@ -81,6 +81,20 @@ def _is_ours(rec: dict, main_class: str) -> bool:
         return False
 
 
+def _processes_in(directory: str) -> list[int]:
+    """The processes whose working directory is `directory` or below it."""
+    root, found = os.path.realpath(directory), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd == root or cwd.startswith(root + os.sep):
+                found.append(int(entry))
+    return found
+
+
 def _catches(pid: int, sig: int) -> bool:
     """The process handles `sig` (a JVM without Spark's handler dies of SIGPWR)."""
     with contextlib.suppress(OSError):
@@ -570,6 +584,14 @@ class LocalBackend(Backend):
         # cannot be read right now (a JVM still starting was seen to slip through)
         ours = bool(rec) and _alive(rec)
         exited = await self._terminate(rec, f"worker {worker.handle}") if ours else False
+        # a worker that died (SIGKILL, OOM) leaves its executors running in its work dir,
+        # unknown to the master; deleting that dir under them would fail their tasks
+        if left := _processes_in(self._path("work", worker.handle)):
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.log.warning("LocalBackend: killed %d executor process(es) worker %s left behind",
+                             len(left), worker.handle)
         self._finish_cds(worker.handle, rec, exited)
         log = self._path("logs", f"{worker.handle}.log")
         _remove(path, f"{path}.tmp", *([log] if ours else []))  # keep the log of one that died on its own
