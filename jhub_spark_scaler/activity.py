@@ -62,12 +62,28 @@ class Event:
     at: float
 
 
-def prewarm_credit(servers: Iterable[Server], *, now: float, window: float, per_server: int) -> int:
-    """`per_server` workers for each server started at most `window` seconds before `now`.
+def warm_servers(servers: Iterable[Server], *, now: float, window: float,
+                 app_starts: Iterable[float] = ()) -> list[Server]:
+    """The servers that still pre-warm: started at most `window` seconds before `now`, and
+    not yet followed by a Spark app. Each app start (epoch seconds) uses up the oldest
+    server that started before it and is not used up yet: pre-warm is for a user's first
+    driver; after it, the pool's idle workers serve.
 
     A `started` after `now` (the hub's clock ahead of ours) counts as just started.
     """
-    return per_server * sum(1 for s in servers if s.started is not None and now - s.started <= window)
+    warm = sorted((s for s in servers if s.started is not None and now - s.started <= window),
+                  key=lambda s: s.started)
+    used = 0
+    for start in sorted(app_starts):
+        if used < len(warm) and warm[used].started <= start:
+            used += 1
+    return warm[used:]
+
+
+def prewarm_credit(servers: Iterable[Server], *, now: float, window: float, per_server: int,
+                   app_starts: Iterable[float] = ()) -> int:
+    """`per_server` workers for each of the `warm_servers`."""
+    return per_server * len(warm_servers(servers, now=now, window=window, app_starts=app_starts))
 
 
 def apply_event(
@@ -208,9 +224,10 @@ class HubActivity:
         """The known active servers, by user and name."""
         return tuple(self._servers[key] for key in sorted(self._servers))
 
-    def credit(self, *, window: float, per_server: int) -> int:
-        """Extra idle workers for servers started within `window` seconds."""
-        return prewarm_credit(self._servers.values(), now=clock.now(), window=window, per_server=per_server)
+    def credit(self, *, window: float, per_server: int, app_starts: Iterable[float] = ()) -> int:
+        """Extra idle workers for servers started within `window` seconds (see `warm_servers`)."""
+        return prewarm_credit(self._servers.values(), now=clock.now(), window=window, per_server=per_server,
+                              app_starts=app_starts)
 
     def on_event(self, action: str, user: str, server: str) -> None:
         """Apply a pushed event at once. Raises ValueError for an unknown action."""

@@ -209,7 +209,8 @@ class SparkScalerApp(Application):
     ).tag(config=True)
     prewarm_workers_per_server = Int(
         1, help="Idle workers added to the idle target for each notebook server started within "
-        "prewarm_window and still running."
+        "prewarm_window, still running, and not yet followed by a Spark app (each app start uses up the "
+        "oldest such server's credit)."
     ).tag(config=True)
 
     @default("hub_api_url")
@@ -397,7 +398,7 @@ class SparkScalerApp(Application):
                 policy=self.policy_settings(),
                 observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after),
                 log=self.log,
-                prewarm_credit=self.hub.credit if self.hub else lambda: 0,
+                prewarm_credit=self.hub.credit if self.hub else lambda app_starts: 0,
                 decision_log_size=self.decision_log_size,
                 on_cycle=self.observe_cycle,
             )

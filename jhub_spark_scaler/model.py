@@ -75,6 +75,12 @@ class MasterStatus:
     status: str  # ALIVE, STANDBY, RECOVERING, ...
     workers: tuple[MasterWorker, ...]
     apps: tuple[MasterApp, ...]
+    completed_app_starts: tuple[int, ...] = ()  # ms since the epoch, of `completedapps[]`
+
+    @property
+    def app_starts(self) -> tuple[float, ...]:
+        """When every app the master knows of, running or completed, started (epoch seconds)."""
+        return tuple(ms / 1000 for ms in (*(a.start_time for a in self.apps), *self.completed_app_starts))
 
     @property
     def ready(self) -> bool:
@@ -142,6 +148,7 @@ class Snapshot:
     prewarm_credit: int = 0  # extra idle workers asked for by recently started servers
     master_error: str = ""  # non-empty: the master could not be read
     backend_error: str = ""  # non-empty: the backend could not be listed
+    app_starts: tuple[float, ...] = ()  # epoch seconds: each app's start uses up one server's credit
 
     @property
     def blind(self) -> bool:

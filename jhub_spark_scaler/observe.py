@@ -150,6 +150,7 @@ def build_snapshot(
         workers=tuple(workers),
         apps=master.apps if master else (),
         prewarm_credit=prewarm_credit,
+        app_starts=master.app_starts if master else (),
         master_error=master_error,
         backend_error=backend_error,
     )

@@ -56,7 +56,7 @@ class Reconciler:
         policy: PolicySettings,
         observe: ObserveSettings,
         log: logging.Logger,
-        prewarm_credit: Callable[[], int] = lambda: 0,
+        prewarm_credit: Callable[[tuple[float, ...]], int] = lambda app_starts: 0,
         decision_log_size: int = 500,
         on_cycle: Callable[[CycleReport], None] = lambda report: None,
     ):
@@ -125,7 +125,7 @@ class Reconciler:
             joined=joined,
             worker_statuses=statuses,
             settings=self.observe_settings,
-            prewarm_credit=self.prewarm_credit(),
+            prewarm_credit=self.prewarm_credit(master.app_starts if master else ()),
             master_error=master_error,
             backend_error=backend_error,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from tornado.httpserver import HTTPServer
@@ -71,9 +71,11 @@ class HubService:
         self._ticker: PeriodicCallback | None = None
         self._server: HTTPServer | None = None
 
-    def credit(self) -> int:
-        """Extra idle workers for recently started, still running notebook servers."""
-        return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server)
+    def credit(self, app_starts: Iterable[float] = ()) -> int:
+        """Extra idle workers for recently started, still running notebook servers that no
+        Spark app has started after yet (`app_starts`: epoch seconds)."""
+        return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server,
+                                    app_starts=app_starts)
 
     def _on_event(self, action: str, user: str, server: str) -> None:
         self.activity.on_event(action, user, server)

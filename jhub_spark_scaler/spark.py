@@ -99,6 +99,10 @@ def parse_master(doc: Any) -> MasterStatus:
         status=_field(doc, "status", str, where),
         workers=tuple(parse_master_worker(w) for w in _list(doc, "workers", where)),
         apps=tuple(parse_master_app(a) for a in _list(doc, "activeapps", where)),
+        completed_app_starts=tuple(
+            _field(_object(a, f"{where} completedapps[]"), "starttime", int, f"{where} completedapps[]", 0)
+            for a in _list(doc, "completedapps", where)
+        ),
     )
 
 

@@ -5,6 +5,7 @@ and against a tiny tornado stand-in for failure cases."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ from tornado.web import Application, RequestHandler
 
 from jhub_spark_scaler import activity as act
 from jhub_spark_scaler.activity import Event, HubActivity, HubError, Server, apply_event, merge_poll
-from jhub_spark_scaler.activity import parse_users_page, prewarm_credit
+from jhub_spark_scaler.activity import parse_users_page, prewarm_credit, warm_servers
 
 from .conftest import until
 
@@ -59,6 +60,18 @@ def test_prewarm_credit_per_server_multiples():
     assert prewarm_credit(servers, now=1000.0, window=600.0, per_server=3) == 6
     assert prewarm_credit(servers, now=1000.0, window=600.0, per_server=0) == 0
     assert prewarm_credit([], now=1000.0, window=600.0, per_server=2) == 0
+
+
+def test_each_app_start_uses_up_the_oldest_credit_before_it():
+    servers = [server("a", started=900.0), server("b", started=950.0), server("c", started=990.0)]
+    credit = functools.partial(prewarm_credit, servers, now=1000.0, window=600.0, per_server=2)
+    assert credit(app_starts=[]) == 6
+    assert credit(app_starts=[10.0, 899.0]) == 6, "apps that started before every server use up nothing"
+    assert credit(app_starts=[960.0]) == 4, "one app after a and b: a's credit is used up"
+    assert credit(app_starts=[991.0, 905.0]) == 2, "in start order: 905 takes a, 991 takes b"
+    assert credit(app_starts=[905.0, 906.0]) == 4, "906 is before b started: only a is used up"
+    assert credit(app_starts=[995.0, 996.0, 997.0, 998.0]) == 0
+    assert [s.user for s in warm_servers(servers, now=1000.0, window=600.0, app_starts=[960.0])] == ["b", "c"]
 
 
 # -- apply_event / merge_poll ---------------------------------------------------------

@@ -186,3 +186,22 @@ async def test_forged_and_malformed_events_are_refused(hub):
         assert refused.value.code == code
     await asyncio.sleep(2)  # four of the scaler's cycles: an absence can only be watched
     assert not worker_records(state), "no refused event changed the target"
+
+
+async def test_the_first_driver_after_a_server_start_uses_up_its_credit(hub, spark_master, drivers):
+    """Pre-warm is for a user's first driver: once an app has started after the server did,
+    the server adds nothing more to the idle target (idle_workers is 0 here), so the pool is
+    the busy worker alone, not one more for a credit already served."""
+    app, _, state = hub
+    await start_server(app, "erin")
+    await until(lambda: alive_workers(spark_master, state), timeout=60, what="erin's pre-warm worker")
+    driver = drivers("erin-notebook", "--cores-max", "1", "--task-seconds", "1")
+    await driver.started()
+    await driver.jobs_done(1)
+    # An absence can only be watched for a while: 5 s is 10 of the scaler's cycles, in
+    # which a credit still counted would have started a second worker at once.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert len(worker_records(state)) == 1, "a second worker for a credit already used up"
+        await asyncio.sleep(0.2)
+    await driver.result()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jinja2
@@ -67,3 +68,10 @@ def test_page_escapes_spark_and_user_values():
     assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 5  # app name, user, why, server user, decision
     assert 'data-xsrf="x&#34;y"' in html
     assert "innerHTML" not in html
+
+
+def test_a_server_whose_credit_an_app_used_up_shows_none():
+    snapshot = dataclasses.replace(snap(), app_starts=(960.0,))
+    servers = [Server("alice", "", 950.0, None, True), Server("bob", "", 970.0, None, True)]
+    v = view(snapshot, servers=servers)
+    assert [(s["user"], s["prewarm_credit"]) for s in v["servers"]] == [("alice", 0), ("bob", 1)]

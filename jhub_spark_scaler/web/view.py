@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ..activity import Server
+from ..activity import Server, warm_servers
 from ..model import Snapshot, Worker, WorkerState
 from ..policy import Plan
 
@@ -58,8 +58,7 @@ def _worker(w: Worker, *, now: float, idle_since: Mapping[str, float]) -> dict[s
     }
 
 
-def _server(s: Server, *, now: float, window: float, per_server: int) -> dict[str, Any]:
-    warm = s.started is not None and now - s.started <= window
+def _server(s: Server, *, warm: bool, per_server: int) -> dict[str, Any]:
     return {
         "user": s.user,
         "name": s.name,
@@ -91,6 +90,9 @@ def pool_view(
         if w.ours:  # as the metrics count; foreign workers are counted apart
             counts[w.state.value] += 1
     idle_since = plan.history.idle_since if plan else {}
+    servers = tuple(servers)
+    warm = warm_servers(servers, now=now, window=settings["prewarm_window"],
+                        app_starts=snapshot.app_starts if snapshot else ())
     demand = plan.demand if plan else None
     return {
         "now": iso(now),
@@ -125,10 +127,7 @@ def pool_view(
             {"id": a.id, "name": a.name, "cores": a.cores, "state": a.state, "user": a.user}
             for a in (snapshot.apps if snapshot else ())
         ],
-        "servers": [
-            _server(s, now=now, window=settings["prewarm_window"], per_server=settings["prewarm_per_server"])
-            for s in servers
-        ],
+        "servers": [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"]) for s in servers],
         "decisions": [
             {"at": iso(d.at), "action": d.action, "detail": d.detail, "reasons": list(d.reasons)}
             for d in reversed(list(decisions))
