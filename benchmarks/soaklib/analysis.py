@@ -3,6 +3,7 @@ killed (from the kill on) are the test's own and counted apart."""
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from datetime import datetime
@@ -34,6 +35,10 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def summarize(result) -> dict:
     killed = {f.detail: f.at for f in result.faults if f.kind == "kill-busy-worker" and f.detail}
+    # a killed worker's executors: on its host, added before the next worker there arrived
+    # (an executor it launched may register with its driver after the kill)
+    until = {host: min((at for at, h in result.pool.arrivals if h == host and at > killed_at), default=math.inf)
+             for host, killed_at in killed.items()}
     lost = lost_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
     ttfe, reasons, errors = [], [], []
     for s in result.sessions:
@@ -49,7 +54,7 @@ def summarize(result) -> dict:
         else:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
         killed_executors = {e["id"] for e in r.get("executors", [])
-                            if e["host"] in killed and _epoch(e.get("added")) <= killed[e["host"]]}
+                            if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
         by_test_failed = sum(1 for t in r.get("failed_tasks", []) if _caused_by(t, killed_executors))
         reasons += [f"task on executor {t['executor']}: {t['error']}" for t in r.get("failed_tasks", [])
                     if not _caused_by(t, killed_executors)]

@@ -110,6 +110,21 @@ def service_pids(hub_pid: int) -> list[int]:
     return [pid for pid in pids() if _ppid(pid) == hub_pid and "jhub_spark_scaler" in _cmdline(pid)]
 
 
+def sweep(workdir: Path) -> list[int]:
+    """SIGKILL every process working in `workdir` (a directory only this run uses): what
+    a hub that had to be killed left behind, notebook servers, workers, executors."""
+    root, killed = str(Path(workdir).resolve()), []
+    for pid in pids():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if pid != os.getpid() and (cwd == root or cwd.startswith(root + "/")):
+            kill_quietly(pid)
+            killed.append(pid)
+    return killed
+
+
 def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.kill(pid, sig)

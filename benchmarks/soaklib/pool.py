@@ -17,6 +17,7 @@ class PoolStats:
     idle_worker_seconds: float = 0.0
     peak_workers: int = 0
     scale_ups: int = 0
+    arrivals: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
     departures: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
     timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (wall time, workers, busy)
 
@@ -44,6 +45,7 @@ class PoolSampler:
             pass  # the master is down: the last busy set stands
         stats = self.stats
         stats.scale_ups += len(members.keys() - self.members.keys())
+        stats.arrivals += [(now, host) for pid, host in members.items() if pid not in self.members]
         stats.departures += [(now, host) for pid, host in self.members.items() if pid not in members]
         self.members = members
         stats.peak_workers = max(stats.peak_workers, len(members))

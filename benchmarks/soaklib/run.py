@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chaos import Chaos, schedule
-from .cluster import SoakMaster, master_json, worker_processes
+from .cluster import SoakMaster, master_json, sweep, worker_processes
 from .hub import Hub
 from .pool import PoolSampler
 from .strategies import OriginalAutoscaler, StaticPool
@@ -124,6 +124,8 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
             await baseline.backend.shutdown()
         await env.cleanup(config.strategy)
         await asyncio.to_thread(master.kill)
+        if left := sweep(workdir):
+            log.warning("soak: killed %d process(es) left in %s", len(left), workdir)
 
 
 async def _settle(env, config: RunConfig) -> dict:
