@@ -14,7 +14,7 @@ the master by someone else ("foreign") count as demand and capacity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -103,7 +103,9 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
     if snapshot.blind:
         why = snapshot.master_error or snapshot.backend_error
         reasons.append(f"blind, changing nothing: {why}")
-        return Plan(need, 0, (), (), tuple(reasons), history)
+        # what happened while blind is unknown: a surplus must last scale_down_delay again
+        # once the pool is seen (after a master restart, users may be on their way back)
+        return Plan(need, 0, (), (), tuple(reasons), replace(history, surplus_since=None))
 
     ours = [w for w in snapshot.workers if w.ours]
     idle_since = MappingProxyType(

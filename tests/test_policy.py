@@ -291,9 +291,20 @@ def test_blind_snapshot_changes_nothing(errors):
     for s in (snap(*pool, at=500.0, **errors), snap(apps=waiting_apps(3), **errors)):
         p = plan(s, pol, history)
         assert (p.start, p.retire, p.stop) == (0, (), ())
-        assert p.history == history
+        assert p.history == replace(history, surplus_since=None)
         why = next(iter(errors.values()))
         assert any("blind" in r and why in r for r in p.reasons)
+
+
+def test_a_surplus_seen_before_a_blind_spell_waits_scale_down_delay_after_it():
+    pol = PolicySettings(max_workers=10, idle_workers=0, scale_down_delay=60.0)
+    pool = [worker("i1", S.IDLE)]
+    first = plan(snap(*pool, at=0.0), pol, History())
+    assert not first.retire and first.history.surplus_since == 0.0
+    blind = plan(snap(*pool, at=30.0, master_error="Spark master is RECOVERING"), pol, first.history)
+    after = plan(snap(*pool, at=61.0), pol, blind.history)
+    assert not after.retire, "the surplus was last seen 61 s ago, but not during the blind spell"
+    assert plan(snap(*pool, at=121.0), pol, after.history).retire == ("i1",)
 
 
 # -- the original autoscaler's flapping case -----------------------------------------
@@ -426,7 +437,8 @@ def test_property_plan_is_deterministic(case):
 def test_property_blind_plans_do_nothing(case, error_field):
     s, pol, history = case
     p = plan(replace(s, **{error_field: "boom"}), pol, history)
-    assert not p.acts and p.history == history and any("blind" in r for r in p.reasons)
+    assert not p.acts and p.history == replace(history, surplus_since=None)
+    assert any("blind" in r for r in p.reasons)
 
 
 # -- convergence in a tiny in-memory world -----------------------------------------------
