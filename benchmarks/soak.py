@@ -99,6 +99,8 @@ def table(summaries: list[dict]) -> list[str]:
         ("executors_lost_by_test", "lost by chaos kill"),
         ("tasks_failed_by_test", "tasks failed by chaos kill"),
         ("ttfe_median", "first executor median s"), ("ttfe_p90", "p90 s"), ("ttfe_mean", "mean s"),
+        ("ttfe_median_outside_faults", "median s, no fault"),
+        ("ttfe_sessions_outside_faults", "sessions, no fault"),
         ("scale_ups", "scale-ups"), ("retirements", "retirements / kills"),
         ("idle_worker_seconds", "idle worker-s"), ("worker_seconds", "worker-s"), ("peak_workers", "peak"),
     ]

@@ -37,10 +37,13 @@ def summarize(result) -> dict:
     killed = {f.detail: f.at for f in result.faults if f.kind == "kill-busy-worker" and f.detail}
     # a killed worker's executors: on its host, added before the next worker there arrived
     # (an executor it launched may register with its driver after the kill)
-    until = {host: min((at for at, h in result.pool.arrivals if h == host and at > killed_at), default=math.inf)
+    arrivals = result.pool.arrivals
+    until = {host: min((at for at, h in arrivals if h == host and at > killed_at), default=math.inf)
              for host, killed_at in killed.items()}
     lost = lost_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
-    ttfe, reasons, errors = [], [], []
+    ttfe, ttfe_calm, reasons, errors = [], [], [], []
+    # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
+    faults = [(f.at, f.at + (f.converged_s if f.converged_s is not None else 180.0)) for f in result.faults]
     for s in result.sessions:
         if s.error:
             errors.append(f"{s.user}#{s.n}: {s.error}")
@@ -51,6 +54,9 @@ def summarize(result) -> dict:
         jobs_failed += r.get("jobs_failed", 0)
         if "first_executor_s" in r:
             ttfe.append(r["first_executor_s"])
+            waited = (r["wall_start"], r["wall_start"] + r["first_executor_s"])
+            if not any(a < waited[1] and waited[0] < b for a, b in faults):
+                ttfe_calm.append(r["first_executor_s"])
         else:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
         killed_executors = {e["id"] for e in r.get("executors", [])
@@ -95,6 +101,9 @@ def summarize(result) -> dict:
         "ttfe_p90": _round(_percentile(ttfe, 0.9)),
         "ttfe_mean": _round(statistics.fmean(ttfe) if ttfe else None),
         "ttfe_max": _round(max(ttfe) if ttfe else None),
+        "ttfe_sessions_outside_faults": len(ttfe_calm),
+        "ttfe_median_outside_faults": _round(statistics.median(ttfe_calm) if ttfe_calm else None),
+        "ttfe_p90_outside_faults": _round(_percentile(ttfe_calm, 0.9)),
         "scale_ups": pool.scale_ups,
         "retirements": len(retirements),
         "idle_worker_seconds": round(pool.idle_worker_seconds),

@@ -99,13 +99,19 @@ def main():
     app, ui = sc.applicationId, sc.uiWebUrl
     executors = rest(ui, f"applications/{app}/allexecutors")
     stages = rest(ui, f"applications/{app}/stages")
-    failed_tasks = []  # each with its host and the first line of its error, for the soak to attribute
+    failed_tasks = []  # each with its executor and the first line of its error, for the soak to attribute
     for s in stages:
         if s.get("numFailedTasks", 0):
+            where = f"stage {s['stageId']}.{s['attemptId']}"
             tasks = rest(ui, f"applications/{app}/stages/{s['stageId']}/{s['attemptId']}/taskList"
-                             "?status=failed&length=1000")
-            failed_tasks += [{"executor": t.get("executorId", ""),
-                              "error": (t.get("errorMessage") or "").split("\n")[0][:500]} for t in tasks]
+                             "?length=10000")
+            listed = [{"executor": t.get("executorId", ""), "stage": where,
+                       "error": (t.get("errorMessage") or "").split("\n")[0][:500]}
+                      for t in tasks if t.get("status") == "FAILED"]
+            # what the stage counts but its task list lacks is kept, so that the soak sees it
+            listed += [{"executor": "", "stage": where, "error": "a failed task the REST API does not list"}
+                       ] * (s["numFailedTasks"] - len(listed))
+            failed_tasks += listed
     result.update(
         jobs=jobs,
         jobs_failed=failed,
