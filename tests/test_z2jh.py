@@ -27,6 +27,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -876,8 +877,17 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
         properties = dict((await get_json(f"{api}/environment"))["sparkProperties"])
         assert properties["spark.decommission.enabled"] == "true"
         assert properties["spark.driver.port"] == "7777"
-        # A + I: the busy worker, and the idle one plus alice's pre-warm one
-        await until(lambda: alive(3), timeout=90, what="three ALIVE pods: 1 busy + 2 idle")
+        # A + I: alice's driver used up her pre-warm credit: the busy worker and the idle one,
+        # no third (an absence can only be watched for a while: 5 s is 10 of the scaler's cycles)
+
+        async def one_busy():
+            return sum(1 for w in (await spark.master()).workers if w.state == "ALIVE" and w.cores_used) == 1
+
+        await until(one_busy, timeout=30, what="alice's driver on one worker")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert await alive(2), "1 busy + 1 idle worker pod, and nothing for a credit already used up"
+            await asyncio.sleep(0.25)
 
         # all stops: back to idle_workers, through decommission and pod deletion
         (control / "stop").touch()

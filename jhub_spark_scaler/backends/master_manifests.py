@@ -38,6 +38,8 @@ def master_deployment(*, name: str, namespace: str, image: str, image_pull_polic
         "-Dspark.decommission.enabled=true",
         "-Dspark.master.ui.decommission.allow.mode=ALLOW",
         "-Dspark.master.rest.enabled=false",
+        # pack an app's executors onto as few workers as hold them: the rest stay idle, retirable
+        "-Dspark.deploy.spreadOut=false",
     ])
     return {
         "apiVersion": "apps/v1",
