@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -21,6 +22,7 @@ from . import BackendError
 from .kube_api import KubeApi
 
 T = TypeVar("T")
+MAX_DELETED = 10_000  # deleted pods remembered between lists (a list forgets them all)
 
 
 class Gone(Exception):
@@ -45,6 +47,10 @@ class PodCache(Generic[T]):
         self.watch_timeout, self.backoff_max, self.page_size = watch_timeout, backoff_max, page_size
         self.items: dict[str, T] = {}
         self._versions: dict[str, int] = {}
+        # what must not come back: pods deleted since the last list (name -> version of the
+        # DELETED event), and anything the last list (at version _floor) did not have
+        self._deleted: OrderedDict[str, int] = OrderedDict()
+        self._floor = 0
         self.resource_version = ""
         #: non-empty while the cache may be stale: the last failure to list or watch
         self.error = "not listed yet"
@@ -77,16 +83,30 @@ class PodCache(Generic[T]):
         return list(self.items.values())
 
     def put(self, pod: dict) -> None:
-        """Record an object newer than what the cache has (ignored when older)."""
+        """Record an object newer than what the cache has. Ignored when older, and when the
+        pod was deleted meanwhile: the answer to our own DELETE can arrive after the watch's
+        DELETED event, and must not bring the pod back for good."""
         name, version = pod["metadata"]["name"], _version(pod)
-        if version and version < self._versions.get(name, 0):
-            return
+        if version:
+            if version < self._versions.get(name, 0):
+                return
+            if name not in self.items and version <= max(self._floor, self._deleted.get(name, 0)):
+                return
+        self._store(name, version, pod)
+
+    def _store(self, name: str, version: int, pod: dict) -> None:
         self._versions[name] = version
         self.items[name] = self.convert(pod)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, version: int = 0) -> None:
+        """Forget a pod; `version`, that of its DELETED event, keeps older copies out."""
         self.items.pop(name, None)
         self._versions.pop(name, None)
+        if version:
+            self._deleted[name] = version
+            self._deleted.move_to_end(name)
+            while len(self._deleted) > MAX_DELETED:
+                self._deleted.popitem(last=False)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -124,12 +144,14 @@ class PodCache(Generic[T]):
         while True:
             answer = await self.api.list_pods(self.selector, self.page_size, continue_from)
             for pod in answer.get("items") or ():
-                self.put(pod)
+                self._store(pod["metadata"]["name"], _version(pod), pod)
             continue_from = answer["metadata"].get("continue") or ""
             if not continue_from:
                 break
         # the last page's version is the list's: the one the first page was read at
         self.resource_version = answer["metadata"]["resourceVersion"]
+        self._floor = _version(answer)
+        self._deleted.clear()
         if self.error:
             self.log.info("pod cache: %d pods listed", len(self.items))
         self.error = ""
@@ -158,6 +180,6 @@ class PodCache(Generic[T]):
         self.stats["events"] += 1
         self.resource_version = obj["metadata"]["resourceVersion"]
         if kind == "DELETED":
-            self.remove(obj["metadata"]["name"])
+            self.remove(obj["metadata"]["name"], _version(obj))
         elif kind in ("ADDED", "MODIFIED"):
             self.put(obj)
