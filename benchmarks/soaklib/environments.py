@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from jhub_spark_scaler.backends import Backend
@@ -173,6 +174,13 @@ class KubeEnv:
         async with await self.cluster.api_client("admin") as api:
             await client.CoreV1Api(api).delete_collection_namespaced_pod(
                 self.namespace, label_selector=pool_selector(f"soak-{strategy}"), grace_period_seconds=0)
+        # until the kubelet has ended them: a pod it was still starting would otherwise start
+        # its worker after the sweep below, into the next strategy's run
+        prefix, deadline = f"spark-worker-soak-{strategy}-", time.monotonic() + 60
+        while any(p.running for p in self.kubelet.pods.values() if p.name.startswith(prefix)):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         for pid in worker_processes(self.host_prefix):
             kill_quietly(pid)
 
