@@ -162,6 +162,26 @@ async def kube_cluster(tmp_path_factory):
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+async def kube_rbac(kube_cluster):
+    """helm-values/rbac.yaml applied as is in namespace "spark", and the master Deployment
+    that owns the worker pods; returns the Deployment."""
+    import yaml
+
+    from jhub_spark_scaler.backends.master_manifests import master_deployment
+
+    namespace = kube_cluster.namespace
+    async with await kube_cluster.api_client("admin") as admin:
+        rbac = kube_client.RbacAuthorizationV1Api(admin)
+        for doc in yaml.safe_load_all((HERE.parent / "helm-values" / "rbac.yaml").read_text()):
+            if doc["kind"] == "Role":
+                await rbac.create_namespaced_role(namespace, doc)
+            else:
+                await rbac.create_namespaced_role_binding(namespace, doc)
+        deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0")
+        return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)
+
+
 @pytest.fixture
 async def kubelet(kube_cluster, tmp_path):
     """A TestKubelet running the pods of the "spark" namespace, per test: each test starts in

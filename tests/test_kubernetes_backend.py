@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes_asyncio import client
 
 from jhub_spark_scaler.backends import BackendError
@@ -30,24 +29,9 @@ from .test_scaling import cycles_until, idle_and_busy, never_loses_an_executor, 
 
 pytestmark = pytest.mark.spark
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "spark"
 SCALER_USER = "hub"  # kube_cluster token user system:serviceaccount:jhub:hub
 _pools = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-async def kube_rbac(kube_cluster):
-    """helm-values/rbac.yaml applied as is, and the master Deployment that owns the workers."""
-    async with await kube_cluster.api_client("admin") as admin:
-        rbac = client.RbacAuthorizationV1Api(admin)
-        for doc in yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text()):
-            if doc["kind"] == "Role":
-                await rbac.create_namespaced_role(NAMESPACE, doc)
-            else:
-                await rbac.create_namespaced_role_binding(NAMESPACE, doc)
-        deployment = master_deployment(name="spark-master", namespace=NAMESPACE, image="apache/spark:4.3.0")
-        return await client.AppsV1Api(admin).create_namespaced_deployment(NAMESPACE, deployment)
 
 
 async def pods_of(kube_cluster, pool: str) -> list[dict]:

@@ -25,9 +25,6 @@ from soaklib.environments import KubeEnv, LocalEnv  # noqa: E402
 from soaklib.run import RunConfig, run_strategy  # noqa: E402
 from soaklib.users import Behaviour  # noqa: E402
 
-# the session's Role and Deployment
-from .test_kubernetes_backend import kube_rbac  # noqa: E402,F401,F811
-
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(900)]
 
 SHORT = dict(minutes=2.5, users=2, seed=3, scaler_kills=2, scale_down_delay=5,
@@ -55,8 +52,7 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
     assert_guarantee_held(s, retirements=2)
 
 
-async def test_short_soak_with_chaos_on_the_kubernetes_backend(
-        tmp_path, kube_cluster, kube_rbac, kubelet):  # noqa: F811
+async def test_short_soak_with_chaos_on_the_kubernetes_backend(tmp_path, kube_cluster, kube_rbac, kubelet):
     env = KubeEnv(tmp_path, cluster=kube_cluster, kubelet=kubelet)
     await env.start()
     result = await run_strategy(env, RunConfig(strategy="scaler", **SHORT), tmp_path)

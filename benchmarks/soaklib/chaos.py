@@ -33,9 +33,6 @@ class Fault:
 class ChaosLog:
     faults: list[Fault] = field(default_factory=list)
 
-    def killed_hosts(self) -> dict[str, float]:
-        return {f.detail: f.at for f in self.faults if f.kind == "kill-busy-worker" and f.detail}
-
 
 def schedule(rng: random.Random, *, duration: float, kinds: list[str],
              margin: float = 45.0) -> list[tuple[float, str]]:

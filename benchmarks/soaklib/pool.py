@@ -16,10 +16,12 @@ class PoolStats:
     worker_seconds: float = 0.0
     idle_worker_seconds: float = 0.0
     peak_workers: int = 0
-    scale_ups: int = 0
     arrivals: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
     departures: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
-    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (wall time, workers, busy)
+
+    @property
+    def scale_ups(self) -> int:
+        return len(self.arrivals)
 
 
 class PoolSampler:
@@ -31,7 +33,6 @@ class PoolSampler:
         self.stats = PoolStats()
         self.members: dict[int, str] = {}
         self.busy: set[str] = set()
-        self.master_seen = 0.0  # wall time the master last answered
 
     def sample(self) -> None:
         now = time.time()
@@ -40,11 +41,9 @@ class PoolSampler:
             doc = master_json(self.master_ui, 2)
             self.busy = {w["host"] for w in doc.get("workers", [])
                          if w.get("state") in ("ALIVE", "DECOMMISSIONED") and w.get("coresused", 0) > 0}
-            self.master_seen = now
         except (OSError, ValueError):
             pass  # the master is down: the last busy set stands
         stats = self.stats
-        stats.scale_ups += len(members.keys() - self.members.keys())
         stats.arrivals += [(now, host) for pid, host in members.items() if pid not in self.members]
         stats.departures += [(now, host) for pid, host in self.members.items() if pid not in members]
         self.members = members
@@ -52,7 +51,6 @@ class PoolSampler:
         busy = sum(1 for host in members.values() if host in self.busy)
         stats.worker_seconds += self.interval * len(members)
         stats.idle_worker_seconds += self.interval * (len(members) - busy)
-        stats.timeline.append((round(now, 1), len(members), busy))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
