@@ -1,7 +1,7 @@
 """Soak: simulated hub users on a real hub, real pyspark drivers with shuffles, the
 scaler against a static pool and the original autoscaler's policy, with chaos.
 
-    python benchmarks/soak.py [--minutes 20] [--users 4] [--environments local,kubernetes]
+    python benchmarks/soak.py [--minutes 20] [--users 8] [--think 90] [--environments local,kubernetes]
                               [--strategies scaler,static,original] [--scaler-kills 12]
 
 For each environment (local backend; Kubernetes backend on a real kube-apiserver with
@@ -52,12 +52,13 @@ ENVIRONMENTS = {"local": LocalEnv, "kubernetes": KubeEnv}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=20)
-    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--users", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--environments", default="local,kubernetes")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--scaler-kills", type=int, default=12)
-    p.add_argument("--think", type=float, default=20.0, help="mean seconds between a user's sessions")
+    p.add_argument("--think", type=float, default=90.0, help="mean seconds between a user's sessions")
+    p.add_argument("--max-workers", type=int, default=12, help="the scaler's and the original policy's cap")
     p.add_argument("--scale-down-delay", type=float, default=10.0)
     p.add_argument("--spread-out", action="store_true",
                    help="the master's spark.deploy.spreadOut=true (Spark's default; the soak packs)")
@@ -80,7 +81,7 @@ async def soak(args, workdir: Path) -> list[dict]:
             for strategy in args.strategies.split(","):
                 config = RunConfig(strategy=strategy, minutes=args.minutes, users=args.users, seed=args.seed,
                                    behaviour=Behaviour(think=args.think),
-                                   scale_down_delay=args.scale_down_delay,
+                                   scale_down_delay=args.scale_down_delay, max_workers=args.max_workers,
                                    scaler_kills=args.scaler_kills, spread_out=args.spread_out)
                 logging.info("soak: %s / %s for %.1f min", env_name, strategy, args.minutes)
                 result = await run_strategy(env, config, workdir)
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
         (HERE / "soak-latest.json").write_text(json.dumps(summaries, indent=1) + "\n")
     body = [
         f"`python benchmarks/soak.py --minutes {args.minutes:g} --users {args.users} --seed {args.seed} "
-        f"--scaler-kills {args.scaler_kills} --think {args.think:g}` started {started}; {machine()}.",
+        f"--scaler-kills {args.scaler_kills} --think {args.think:g} --max-workers {args.max_workers}` "
+        f"started {started}; {machine()}.",
         "",
         f"Each strategy in turn, the same {args.users} seeded users (sessions: server start, a driver with "
         f"cores.max=2 running 2-4 shuffle jobs, stop; mean think time {args.think:g} s), workers of "
