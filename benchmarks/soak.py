@@ -18,8 +18,10 @@ servers), the same simulated users (seeded) for --minutes:
 
 Counts from the drivers (executors lost, tasks and jobs failed, time to first
 executor), from the pool (worker JVMs on the soak's addresses, busy per the master):
-scale-ups, retirements, idle worker-seconds, peak. Writes the section "Soak" of
-benchmarks/RESULTS.md and the raw numbers to benchmarks/soak-latest.json. Every
+scale-ups, retirements, idle worker-seconds, peak. Writes the raw numbers to
+benchmarks/soak-latest.json, where this run's environments replace that file's earlier
+rows of the same environments (so one backend can be soaked at a time), and from all of
+them the section "Soak" of benchmarks/RESULTS.md. Every
 process it starts is stopped at the end, also on failure or Ctrl-C/SIGTERM.
 """
 
@@ -47,6 +49,7 @@ from soaklib.users import Behaviour  # noqa: E402
 
 TITLE = "Soak: users, drivers and chaos"
 ENVIRONMENTS = {"local": LocalEnv, "kubernetes": KubeEnv}
+LATEST = HERE / "soak-latest.json"
 
 
 def parse_args(argv=None):
@@ -137,24 +140,23 @@ def faults_lines(summaries: list[dict]) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        summaries = asyncio.run(soak(args, workdir))
-    if not args.no_write:
-        (HERE / "soak-latest.json").write_text(json.dumps(summaries, indent=1) + "\n")
-    body = [
-        f"`python benchmarks/soak.py --minutes {args.minutes:g} --users {args.users} --seed {args.seed} "
-        f"--scaler-kills {args.scaler_kills} --think {args.think:g} --max-workers {args.max_workers}` "
-        f"started {started}; {machine()}.",
-        "",
-        f"Each strategy in turn, the same {args.users} seeded users (sessions: server start, a driver with "
-        f"cores.max=2 running 2-4 shuffle jobs, stop; mean think time {args.think:g} s), workers of "
+def merged(previous: list[dict], summaries: list[dict]) -> list[dict]:
+    """The latest run's summaries, after the previous runs' of the other environments:
+    one backend can be soaked (and re-soaked) at a time."""
+    ran = {s["environment"] for s in summaries}
+    return [s for s in previous if s["environment"] not in ran] + summaries
+
+
+def report(summaries: list[dict]) -> list[str]:
+    """The RESULTS.md section: per run its command, date and machine, then one table."""
+    body = []
+    for run in {json.dumps(s["run"], sort_keys=True): s["run"] for s in summaries}.values():
+        environments = ", ".join(dict.fromkeys(s["environment"] for s in summaries if s["run"] == run))
+        body += [f"{environments}: `{run['command']}` started {run['started']}; {run['machine']}. "
+                 f"The same {run['users']} seeded users for each strategy in turn (mean think time "
+                 f"{run['think']:g} s).", ""]
+    body += [
+        "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
         f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed are counted apart. Raw numbers: "
         "benchmarks/soak-latest.json.",
         "",
@@ -162,6 +164,32 @@ def main(argv=None) -> int:
         "",
         *faults_lines(summaries),
     ]
+    return body
+
+
+def command(args) -> str:
+    return (f"python benchmarks/soak.py --minutes {args.minutes:g} --users {args.users} "
+            f"--think {args.think:g} --seed {args.seed} --environments {args.environments} "
+            f"--strategies {args.strategies} "
+            f"--scaler-kills {args.scaler_kills} --max-workers {args.max_workers} "
+            f"--scale-down-delay {args.scale_down_delay:g}" + (" --spread-out" if args.spread_out else ""))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    run = {"command": command(args), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": machine(), "users": args.users, "think": args.think}
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        summaries = [{**s, "run": run} for s in asyncio.run(soak(args, workdir))]
+    if not args.no_write:
+        previous = json.loads(LATEST.read_text()) if LATEST.exists() else []
+        summaries = merged(previous, summaries)
+        LATEST.write_text(json.dumps(summaries, indent=1) + "\n")
+    body = report(summaries)
     print("\n".join(body))
     if not args.no_write:
         write_section(TITLE, body)
