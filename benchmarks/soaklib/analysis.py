@@ -17,11 +17,15 @@ def _lost(executor: dict) -> bool:
     return bool(reason) and not any(g in reason for g in GRACEFUL)
 
 
-def _caused_by(task: dict, killed_executors: set[str]) -> bool:
+def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str]) -> bool:
     """A task that failed on an executor the chaos killed, or fetching shuffle output
-    that was on one (FetchFailed(BlockManagerId(<executor id>, host, port, ...)))."""
+    that was on one: FetchFailed(BlockManagerId(<executor id>, host, port, ...)), or
+    FetchFailed(null, ...) ("missing an output location": the killed executors' map
+    output was dropped) in a stage attempt that lost tasks on a killed executor."""
     if task["executor"] in killed_executors:
         return True
+    if task["error"].startswith("FetchFailed(null,"):
+        return task["stage"] in killed_stages
     fetch = re.search(r"BlockManagerId\((\w+),", task["error"])
     return bool(fetch) and fetch.group(1) in killed_executors
 
@@ -61,9 +65,12 @@ def summarize(result) -> dict:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
         killed_executors = {e["id"] for e in r.get("executors", [])
                             if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
-        by_test_failed = sum(1 for t in r.get("failed_tasks", []) if _caused_by(t, killed_executors))
-        reasons += [f"task on executor {t['executor']}: {t['error']}" for t in r.get("failed_tasks", [])
-                    if not _caused_by(t, killed_executors)]
+        failed_tasks = r.get("failed_tasks", [])
+        killed_stages = {t["stage"] for t in failed_tasks if t["executor"] in killed_executors}
+        caused = [_caused_by(t, killed_executors, killed_stages) for t in failed_tasks]
+        by_test_failed = sum(caused)
+        reasons += [f"task on executor {t['executor']}: {t['error']}"
+                    for t, by_chaos in zip(failed_tasks, caused) if not by_chaos]
         for e in r.get("executors", []):
             by_test = e["id"] in killed_executors
             if _lost(e):
