@@ -163,9 +163,31 @@ def report(summaries: list[dict]) -> list[str]:
         "",
         *table(summaries),
         "",
+        *targets_lines(summaries),
         *faults_lines(summaries),
     ]
     return body
+
+
+def targets_lines(summaries: list[dict]) -> list[str]:
+    """Issue 7's targets for the scaler, per environment, against that environment's static pool."""
+    lines = []
+    for scaler in (s for s in summaries if s["strategy"] == "scaler"):
+        static = next((s for s in summaries if s["strategy"] == "static"
+                       and s["environment"] == scaler["environment"]), None)
+        checks = [("0 executors lost, 0 tasks failed",
+                   scaler["executors_lost"] == scaler["tasks_failed"] == 0),
+                  (f">= 50 retirements ({scaler['retirements']})", scaler["retirements"] >= 50)]
+        if static and scaler["ttfe_median"] and static["ttfe_median"]:
+            idle = scaler["idle_worker_seconds"] / max(static["idle_worker_seconds"], 1)
+            ttfe = scaler["ttfe_median"] / static["ttfe_median"]
+            # "well under": at most three quarters
+            checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
+                       (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%})",
+                        ttfe <= 1.10)]
+        lines.append(f"- {scaler['environment']} targets: " + "; ".join(
+            f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + ".")
+    return lines
 
 
 def command(args) -> str:
