@@ -15,6 +15,12 @@ import pytest
 
 from jhub_spark_scaler.backends.local import LocalBackend
 
+# A suite started as a background job (`.ci/run &`, nohup) begins with SIGINT ignored, and
+# every process it starts inherits that: JupyterHub stops a single-user server with SIGINT
+# first, and an ignoring one took 10 to 30 s to stop (a CI run timed out on it).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "drivers" / "busy_driver.py"
 

@@ -421,5 +421,6 @@ async def test_real_hub_start_paginate_stop(real_hub, monkeypatch):
         await hub.poll()
         return [s.key for s in hub.servers] == [("u0", ""), ("u1", ""), ("u3", "")]
 
-    await until(stopped, timeout=20, what="the stopped servers to leave the hub's answer")
+    # bounded by JupyterHub's own escalation (SIGINT, SIGTERM, SIGKILL: 10 + 5 + 5 s)
+    await until(stopped, timeout=30, what="the stopped servers to leave the hub's answer")
     assert hub.healthy
