@@ -51,7 +51,9 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
     s = summarize(result)
     kinds = sorted(f["kind"] for f in s["faults"])
     assert kinds == ["kill-busy-worker", "kill-scaler", "kill-scaler", "restart-master"], s["faults"]
-    assert s["executors_lost_by_test"] >= 1, "the killed busy worker had an executor: its loss is the test's"
+    # every executor the kill hit (that a driver read after it) is counted as the test's own;
+    # none when the kill met a session's last seconds, after its driver had read its executors
+    assert s["executors_lost_by_test"] >= s["executors_hit_by_test"], s
     assert_guarantee_held(s)
 
 
@@ -62,4 +64,5 @@ async def test_short_soak_with_chaos_on_the_kubernetes_backend(tmp_path, kube_cl
     s = summarize(result)
     kinds = sorted(f["kind"] for f in s["faults"])
     assert kinds == ["kill-busy-worker", "kill-scaler", "kill-scaler", "restart-apiserver", "restart-master"]
+    assert s["executors_lost_by_test"] >= s["executors_hit_by_test"], s
     assert_guarantee_held(s)

@@ -56,6 +56,7 @@ def summary_of(record: dict) -> dict:
 def test_the_killed_workers_losses_and_the_missing_shuffle_output_they_left_are_the_tests():
     s = summary_of(killed_session())
     assert (s["executors_lost_by_test"], s["tasks_failed_by_test"]) == (2, 5)
+    assert s["executors_hit_by_test"] == 2
     assert (s["executors_lost"], s["tasks_failed"], s["retirements"]) == (0, 0, 0), s["failure_reasons"]
 
 
@@ -63,3 +64,23 @@ def test_missing_shuffle_output_in_a_stage_the_kill_did_not_touch_counts_against
     s = summary_of(killed_session({"executor": "2", "stage": "stage 3.0", "error": MISSING_OUTPUT.format(0)}))
     assert (s["tasks_failed_by_test"], s["tasks_failed"]) == (5, 1)
     assert s["failure_reasons"] == [f"task on executor 2: {MISSING_OUTPUT.format(0)}"]
+
+
+def test_a_kill_in_a_sessions_last_seconds_hits_nothing_its_driver_could_see():
+    """The driver read its executors just before its worker was killed: they show no loss,
+    and the kill is not counted as having hit them."""
+    record = killed_session()
+    record.update(executors_read_at=KILLED_AT - 0.3, failed_tasks=[], tasks_failed=0)
+    for executor in record["executors"]:
+        executor["reason"] = ""
+    s = summary_of(record)
+    assert (s["executors_hit_by_test"], s["executors_lost_by_test"], s["executors_lost"]) == (0, 0, 0)
+
+
+def test_an_executor_the_kill_hit_that_shows_no_loss_is_not_hidden():
+    """Read well after the kill, an executor of the killed worker without a remove reason is
+    counted as hit but not as lost, which the short soak's assertion catches."""
+    record = killed_session()
+    record["executors"][0]["reason"] = ""
+    s = summary_of(record)
+    assert (s["executors_hit_by_test"], s["executors_lost_by_test"]) == (2, 1)

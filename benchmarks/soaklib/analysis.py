@@ -10,11 +10,20 @@ from datetime import datetime
 
 GRACEFUL = ("executor decommission", "killed by driver")
 OWN_DEPARTURE_WINDOW = 60.0  # s after a chaos kill in which that host's departure is the kill's
+LOSS_SEEN_WITHIN = 10.0  # s from a worker kill until its executors' drivers have them removed
 
 
 def _lost(executor: dict) -> bool:
     reason = (executor.get("reason") or "").lower()
     return bool(reason) and not any(g in reason for g in GRACEFUL)
+
+
+def _hit(executor: dict, killed_at: float, read_at: float) -> bool:
+    """The executor ran when its worker was killed, and its driver read its executors long
+    enough after the kill to have it removed. (A session ending just after the kill read
+    them before it; its executor does not show the loss.)"""
+    alive = _epoch(executor.get("added")) < killed_at < _epoch(executor.get("removed"))
+    return alive and read_at > killed_at + LOSS_SEEN_WITHIN
 
 
 def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str]) -> bool:
@@ -44,7 +53,7 @@ def summarize(result) -> dict:
     arrivals = result.pool.arrivals
     until = {host: min((at for at, h in arrivals if h == host and at > killed_at), default=math.inf)
              for host, killed_at in killed.items()}
-    lost = lost_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
+    lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
     ttfe, ttfe_calm, reasons, errors = [], [], [], []
     # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
     faults = [(f.at, f.at + (f.converged_s if f.converged_s is not None else 180.0)) for f in result.faults]
@@ -65,6 +74,8 @@ def summarize(result) -> dict:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
         killed_executors = {e["id"] for e in r.get("executors", [])
                             if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
+        hit_by_test += sum(1 for e in r.get("executors", []) if e["id"] in killed_executors
+                           and _hit(e, killed[e["host"]], r.get("executors_read_at", math.inf)))
         failed_tasks = r.get("failed_tasks", [])
         killed_stages = {t["stage"] for t in failed_tasks if t["executor"] in killed_executors}
         caused = [_caused_by(t, killed_executors, killed_stages) for t in failed_tasks]
@@ -103,6 +114,7 @@ def summarize(result) -> dict:
         "tasks_failed": tasks_failed,
         "jobs_failed": jobs_failed,
         "executors_lost_by_test": lost_by_test,
+        "executors_hit_by_test": hit_by_test,
         "tasks_failed_by_test": tasks_failed_by_test,
         "ttfe_median": _round(statistics.median(ttfe) if ttfe else None),
         "ttfe_p90": _round(_percentile(ttfe, 0.9)),

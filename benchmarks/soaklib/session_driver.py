@@ -97,6 +97,7 @@ def main():
             result.setdefault("job_errors", []).append(str(e).splitlines()[0][:300])
         jobs += 1
     app, ui = sc.applicationId, sc.uiWebUrl
+    result["executors_read_at"] = time.time()  # what a worker kill after this cannot show
     executors = rest(ui, f"applications/{app}/allexecutors")
     stages = rest(ui, f"applications/{app}/stages")
     failed_tasks = []  # each with its executor and the first line of its error, for the soak to attribute
