@@ -101,8 +101,8 @@ def table(summaries: list[dict]) -> list[str]:
         ("environment", "environment"), ("strategy", "strategy"), ("minutes", "min"),
         ("sessions", "sessions"), ("jobs", "jobs"), ("executors_lost", "executors lost"),
         ("tasks_failed", "tasks failed"), ("jobs_failed", "jobs failed"),
-        ("executors_lost_by_test", "lost by chaos kill"),
-        ("tasks_failed_by_test", "tasks failed by chaos kill"),
+        ("executors_lost_by_test", "lost by the chaos"),
+        ("tasks_failed_by_test", "tasks failed by the chaos"),
         ("ttfe_median", "first executor median s"), ("ttfe_p90", "p90 s"), ("ttfe_mean", "mean s"),
         ("ttfe_median_outside_faults", "median s, no fault"),
         ("ttfe_sessions_outside_faults", "sessions, no fault"),
@@ -158,8 +158,8 @@ def report(summaries: list[dict]) -> list[str]:
                  f"{run['think']:g} s).", ""]
     body += [
         "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
-        f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed are counted apart. Raw numbers: "
-        "benchmarks/soak-latest.json.",
+        f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed, and executors lost while it "
+        "restarted the master, are the chaos's and counted apart. Raw numbers: benchmarks/soak-latest.json.",
         "",
         *table(summaries),
         "",

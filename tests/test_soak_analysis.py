@@ -1,7 +1,8 @@
-"""The soak's attribution of losses: what the chaos's own worker kill caused is counted
-apart, anything else counts against the scaler. The records are a real session's of the
-first full-length soak (user6 #1, 2026-11-26), whose worker the chaos SIGKILLed while its
-executors ran the reduce stage."""
+"""The soak's attribution of losses: what the chaos's own worker kill and master restart
+caused is counted apart, anything else counts against the scaler. The records are real
+sessions' of the first full-length soaks (2026-11-26): on the local backend user6 #1,
+whose worker the chaos SIGKILLed while its executors ran the reduce stage; on the
+Kubernetes backend user8 #11, whose executors the recovering master killed."""
 
 from __future__ import annotations
 
@@ -84,3 +85,47 @@ def test_an_executor_the_kill_hit_that_shows_no_loss_is_not_hidden():
     record["executors"][0]["reason"] = ""
     s = summary_of(record)
     assert (s["executors_hit_by_test"], s["executors_lost_by_test"]) == (2, 1)
+
+
+# Kubernetes soak, user8 #11: its app registered at 05:08:18 and got two executors on
+# 127.0.7.50; the chaos killed the master at 05:08:21, the worker re-registered with the
+# recovering master, which told it to kill both ("Asked to kill executor"), at 05:08:30.
+MASTER_KILLED_AT = datetime(2026, 11, 26, 5, 8, 21, 270000, tzinfo=timezone.utc).timestamp()
+MASTER_BACK_AT = MASTER_KILLED_AT + 68.9
+INTERRUPTED = "Runner thread for executor app-20261126050818-0082/{} interrupted"
+
+
+def restart_session(removed: str = "2026-11-26T05:08:31.487GMT") -> dict:
+    failed = [{"executor": e, "stage": "stage 0.0",
+               "error": f"ExecutorLostFailure (executor {e} exited caused by one of the running tasks) "
+                        f"Reason: {INTERRUPTED.format(e)}"} for e in ("1", "0")]
+    return {
+        "wall_start": 1795669691.69, "first_executor_s": 14.6, "executors_read_at": 1795669812.06,
+        "jobs": 3, "jobs_failed": 0, "tasks_failed": 2, "failed_tasks": failed,
+        "executors": [
+            {"id": "0", "host": "127.0.7.50", "reason": INTERRUPTED.format(0),
+             "added": "2026-11-26T05:08:23.993GMT", "removed": removed},
+            {"id": "1", "host": "127.0.7.50", "reason": INTERRUPTED.format(1),
+             "added": "2026-11-26T05:08:23.565GMT", "removed": "2026-11-26T05:08:31.025GMT"},
+            {"id": "2", "host": "127.0.7.52", "reason": "", "added": "2026-11-26T05:09:39.646GMT", "removed": None},
+        ],
+    }
+
+
+def restart_summary(record: dict) -> dict:
+    result = RunResult("scaler", "kubernetes", 60.0, [Session("user8", 11, result=record)], PoolStats(),
+                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT, converged_s=69.5)])
+    return summarize(result)
+
+
+def test_executors_the_recovering_master_killed_are_the_master_restarts():
+    s = restart_summary(restart_session())
+    assert (s["executors_lost_by_test"], s["executors_lost_by_master_restart"], s["tasks_failed_by_test"]) == (2, 2, 2)
+    assert (s["executors_lost"], s["tasks_failed"]) == (0, 0), s["failure_reasons"]
+
+
+def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
+    s = restart_summary(restart_session(removed="2026-11-26T05:09:45.000GMT"))
+    assert (s["executors_lost_by_master_restart"], s["executors_lost"], s["tasks_failed"]) == (1, 1, 1)
+    assert s["failure_reasons"][0] == f"task on executor 0: ExecutorLostFailure (executor 0 exited caused by " \
+                                      f"one of the running tasks) Reason: {INTERRUPTED.format(0)}"

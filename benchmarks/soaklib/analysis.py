@@ -1,5 +1,7 @@
 """From a run's raw records to the soak's numbers. Losses on a worker the chaos
-killed (from the kill on) are the test's own and counted apart."""
+killed (from the kill on), and executors lost while the chaos restarted the Spark master
+(a recovering master kills executors it does not know yet), are the test's own and
+counted apart."""
 
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ def summarize(result) -> dict:
     arrivals = result.pool.arrivals
     until = {host: min((at for at, h in arrivals if h == host and at > killed_at), default=math.inf)
              for host, killed_at in killed.items()}
+    # a master restart's window: from its kill until it was back (the scaler blind all along,
+    # which the blind check below holds it to)
+    restarts = [(f.at, f.blind_until) for f in result.faults if f.kind == "restart-master" and f.blind_until]
+    lost_by_restart = 0
     lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
     ttfe, ttfe_calm, reasons, errors = [], [], [], []
     # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
@@ -76,14 +82,18 @@ def summarize(result) -> dict:
                             if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
         hit_by_test += sum(1 for e in r.get("executors", []) if e["id"] in killed_executors
                            and _hit(e, killed[e["host"]], r.get("executors_read_at", math.inf)))
+        by_restart = {e["id"] for e in r.get("executors", []) if e["id"] not in killed_executors and _lost(e)
+                      and any(a <= _epoch(e.get("removed")) <= b for a, b in restarts)}
+        lost_by_restart += len(by_restart)
+        chaos_executors = killed_executors | by_restart
         failed_tasks = r.get("failed_tasks", [])
-        killed_stages = {t["stage"] for t in failed_tasks if t["executor"] in killed_executors}
-        caused = [_caused_by(t, killed_executors, killed_stages) for t in failed_tasks]
+        killed_stages = {t["stage"] for t in failed_tasks if t["executor"] in chaos_executors}
+        caused = [_caused_by(t, chaos_executors, killed_stages) for t in failed_tasks]
         by_test_failed = sum(caused)
         reasons += [f"task on executor {t['executor']}: {t['error']}"
                     for t, by_chaos in zip(failed_tasks, caused) if not by_chaos]
         for e in r.get("executors", []):
-            by_test = e["id"] in killed_executors
+            by_test = e["id"] in chaos_executors
             if _lost(e):
                 if by_test:
                     lost_by_test += 1
@@ -115,6 +125,7 @@ def summarize(result) -> dict:
         "jobs_failed": jobs_failed,
         "executors_lost_by_test": lost_by_test,
         "executors_hit_by_test": hit_by_test,
+        "executors_lost_by_master_restart": lost_by_restart,  # of executors_lost_by_test
         "tasks_failed_by_test": tasks_failed_by_test,
         "ttfe_median": _round(statistics.median(ttfe) if ttfe else None),
         "ttfe_p90": _round(_percentile(ttfe, 0.9)),
