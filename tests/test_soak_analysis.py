@@ -129,3 +129,27 @@ def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
     assert (s["executors_lost_by_master_restart"], s["executors_lost"], s["tasks_failed"]) == (1, 1, 1)
     assert s["failure_reasons"][0] == f"task on executor 0: ExecutorLostFailure (executor 0 exited caused by " \
                                       f"one of the running tasks) Reason: {INTERRUPTED.format(0)}"
+
+
+def test_the_pool_counts_worker_jvms_not_the_launcher_that_spark_class_runs_first():
+    """A worker pod runs spark-class, which first runs Spark's launcher JVM with the
+    worker's own arguments to build its command line. The launcher lives under a second,
+    too short to time a sample to it, so two stand-in processes carry the two command
+    lines: the launcher's must not count as a worker (it made the Kubernetes soak count
+    launcher exits as retirements)."""
+    import subprocess
+
+    from soaklib.cluster import SPARK_LAUNCHER, WORKER_CLASS, worker_processes
+
+    args = [WORKER_CLASS, "--host", "127.0.9.1", "--port", "7078", "spark://127.0.0.1:7077"]
+    # a shell that stays (two commands: no exec of sleep), its arguments in its command line
+    sleeper = ["/bin/bash", "-c", "sleep 60; true", "java"]
+    spawn = dict(cwd="/", env={"PATH": "/usr/bin:/bin"})
+    launcher = subprocess.Popen([*sleeper, "-cp", "jars/*", SPARK_LAUNCHER, *args], **spawn)
+    worker = subprocess.Popen([*sleeper, "-cp", "jars/*", *args], **spawn)
+    try:
+        assert worker_processes("127.0.9.") == {worker.pid: "127.0.9.1"}
+    finally:
+        for process in (launcher, worker):
+            process.kill()
+            process.wait()

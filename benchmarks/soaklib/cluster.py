@@ -93,12 +93,18 @@ def pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+SPARK_LAUNCHER = "org.apache.spark.launcher.Main"
+
+
 def worker_processes(host_prefix: str) -> dict[int, str]:
-    """Spark worker JVMs whose --host starts with `host_prefix`: {pid: host}."""
+    """Spark worker JVMs whose --host starts with `host_prefix`: {pid: host}. Not the
+    short-lived launcher JVM by which spark-class (a worker pod's command) builds the
+    worker's command line: it has the same arguments, and counting it made every pod
+    start that a sample caught one more arrival and departure."""
     found = {}
     for pid in pids():
         cmd = _cmdline(pid)
-        if WORKER_CLASS in cmd and "--host" in cmd:
+        if WORKER_CLASS in cmd and "--host" in cmd and SPARK_LAUNCHER not in cmd:
             host = cmd[cmd.index("--host") + 1]
             if host.startswith(host_prefix):
                 found[pid] = host
