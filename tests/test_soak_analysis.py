@@ -6,6 +6,7 @@ Kubernetes backend user8 #11, whose executors the recovering master killed."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,8 +138,6 @@ def test_the_pool_counts_worker_jvms_not_the_launcher_that_spark_class_runs_firs
     too short to time a sample to it, so two stand-in processes carry the two command
     lines: the launcher's must not count as a worker (it made the Kubernetes soak count
     launcher exits as retirements)."""
-    import subprocess
-
     from soaklib.cluster import SPARK_LAUNCHER, WORKER_CLASS, worker_processes
 
     args = [WORKER_CLASS, "--host", "127.0.9.1", "--port", "7078", "spark://127.0.0.1:7077"]

@@ -78,11 +78,12 @@ def summarize(result) -> dict:
                 ttfe_calm.append(r["first_executor_s"])
         else:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
-        killed_executors = {e["id"] for e in r.get("executors", [])
+        executors = r.get("executors", [])
+        killed_executors = {e["id"] for e in executors
                             if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
-        hit_by_test += sum(1 for e in r.get("executors", []) if e["id"] in killed_executors
+        hit_by_test += sum(1 for e in executors if e["id"] in killed_executors
                            and _hit(e, killed[e["host"]], r.get("executors_read_at", math.inf)))
-        by_restart = {e["id"] for e in r.get("executors", []) if e["id"] not in killed_executors and _lost(e)
+        by_restart = {e["id"] for e in executors if e["id"] not in killed_executors and _lost(e)
                       and any(a <= _epoch(e.get("removed")) <= b for a, b in restarts)}
         lost_by_restart += len(by_restart)
         chaos_executors = killed_executors | by_restart
@@ -92,7 +93,7 @@ def summarize(result) -> dict:
         by_test_failed = sum(caused)
         reasons += [f"task on executor {t['executor']}: {t['error']}"
                     for t, by_chaos in zip(failed_tasks, caused) if not by_chaos]
-        for e in r.get("executors", []):
+        for e in executors:
             by_test = e["id"] in chaos_executors
             if _lost(e):
                 if by_test:
