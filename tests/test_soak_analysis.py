@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def test_the_pool_counts_worker_jvms_not_the_launcher_that_spark_class_runs_firs
     launcher = subprocess.Popen([*sleeper, "-cp", "jars/*", SPARK_LAUNCHER, *args], **spawn)
     worker = subprocess.Popen([*sleeper, "-cp", "jars/*", *args], **spawn)
     try:
+        # Popen returns once exec has begun, before the kernel sets up the new argument
+        # pages: until then /proc/<pid>/cmdline reads empty (most of the time, measured)
+        deadline = time.monotonic() + 10
+        while not all(Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (launcher, worker)):
+            assert time.monotonic() < deadline, "the stand-ins' command lines stayed empty for 10 s"
+            time.sleep(0.01)
         assert worker_processes("127.0.9.") == {worker.pid: "127.0.9.1"}
     finally:
         for process in (launcher, worker):
