@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from results import machine, write_section  # noqa: E402
-from soaklib.analysis import summarize  # noqa: E402
+from soaklib.analysis import median_ratio_interval, summarize  # noqa: E402
 from soaklib.environments import WORKER_CORES, KubeEnv, LocalEnv  # noqa: E402
 from soaklib.run import STRATEGIES, RunConfig, run_strategy  # noqa: E402
 from soaklib.users import Behaviour  # noqa: E402
@@ -181,9 +181,13 @@ def targets_lines(summaries: list[dict]) -> list[str]:
         if static and scaler["ttfe_median"] and static["ttfe_median"]:
             idle = scaler["idle_worker_seconds"] / max(static["idle_worker_seconds"], 1)
             ttfe = scaler["ttfe_median"] / static["ttfe_median"]
+            spread = ""
+            if scaler.get("ttfe") and static.get("ttfe"):
+                _, low, high = median_ratio_interval(scaler["ttfe"], static["ttfe"])
+                spread = f", 90% bootstrap interval {low - 1:+.0%} to {high - 1:+.0%}"
             # "well under": at most three quarters
             checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
-                       (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%})",
+                       (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%}{spread})",
                         ttfe <= 1.10)]
         lines.append(f"- {scaler['environment']} targets: " + "; ".join(
             f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + ".")

@@ -2,20 +2,25 @@
 caused is counted apart, anything else counts against the scaler. The records are real
 sessions' of the first full-length soaks (2026-11-26): on the local backend user6 #1,
 whose worker the chaos SIGKILLed while its executors ran the reduce stage; on the
-Kubernetes backend user8 #11, whose executors the recovering master killed."""
+Kubernetes backend user8 #11, whose executors the recovering master killed. And how the
+soak reports a target that its ~100 sessions may not settle: with a bootstrap interval."""
 
 from __future__ import annotations
 
+import random
+import statistics
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from soaklib.analysis import summarize  # noqa: E402
+from soaklib.analysis import median_ratio_interval, summarize  # noqa: E402
 from soaklib.chaos import Fault  # noqa: E402
 from soaklib.pool import PoolStats  # noqa: E402
 from soaklib.run import RunResult  # noqa: E402
@@ -159,3 +164,30 @@ def test_the_pool_counts_worker_jvms_not_the_launcher_that_spark_class_runs_firs
         for process in (launcher, worker):
             process.kill()
             process.wait()
+
+
+def test_a_median_ratio_comes_with_the_interval_that_says_whether_a_run_settles_it():
+    rng = random.Random(7)
+    static = [rng.uniform(8, 35) for _ in range(100)]  # the spread of a soak's first-executor times
+    ratio, low, high = median_ratio_interval(static, static)
+    assert ratio == 1 and low < 0.95 and high > 1.05, (low, high)  # the same sessions: noise either way
+    ratio, low, high = median_ratio_interval([t * 1.5 for t in static], static)
+    assert ratio == pytest.approx(1.5) and 1.1 < low < 1.5 < high, (low, high)
+
+
+def test_the_first_executor_target_shows_its_interval_and_older_rows_still_render():
+    from soak import targets_lines
+
+    rng = random.Random(7)
+    static_ttfe = sorted(rng.uniform(8, 35) for _ in range(100))
+    row = {"environment": "local", "executors_lost": 0, "tasks_failed": 0, "retirements": 66}
+    static = {**row, "strategy": "static", "idle_worker_seconds": 12500,
+              "ttfe_median": statistics.median(static_ttfe), "ttfe": static_ttfe}
+    scaler = {**row, "strategy": "scaler", "idle_worker_seconds": 5426,
+              "ttfe_median": 1.5 * statistics.median(static_ttfe), "ttfe": [1.5 * t for t in static_ttfe]}
+    [line] = targets_lines([scaler, static])
+    assert "first executor median within 10% of the static pool's (+50%, 90% bootstrap interval +" in line
+    assert line.endswith("**missed**.") and "(43% of it): met" in line
+    older = [{k: v for k, v in s.items() if k != "ttfe"} for s in (scaler, static)]  # before rows had it
+    [line] = targets_lines(older)
+    assert "(+50%): **missed**" in line
