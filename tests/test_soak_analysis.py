@@ -7,7 +7,9 @@ soak reports a target that its ~100 sessions may not settle: with a bootstrap in
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -138,31 +140,40 @@ def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
                                       f"one of the running tasks) Reason: {INTERRUPTED.format(0)}"
 
 
-def test_the_pool_counts_worker_jvms_not_the_launcher_that_spark_class_runs_first():
-    """A worker pod runs spark-class, which first runs Spark's launcher JVM with the
-    worker's own arguments to build its command line. The launcher lives under a second,
-    too short to time a sample to it, so two stand-in processes carry the two command
-    lines: the launcher's must not count as a worker (it made the Kubernetes soak count
-    launcher exits as retirements)."""
-    from soaklib.cluster import SPARK_LAUNCHER, WORKER_CLASS, worker_processes
+def test_the_pool_counts_worker_jvms_not_the_launcher_nor_a_copy_that_has_not_execd():
+    """Two kinds of short-lived process carry a worker's arguments. One is the launcher
+    JVM that spark-class (a worker pod's command) runs first to build the worker's
+    command line. The other is a worker's fork that has not exec'd yet (an executor
+    launching), which reads its parent's command line. A sample catching either counted
+    an arrival and a departure; the Kubernetes soak counted launcher exits as
+    retirements, and a short soak in CI counted a fork as a worker stopped while the
+    scaler was blind. Both live too briefly to time a sample to them, so stand-in
+    processes carry the command lines: a launcher, and a worker with a subshell (a copy
+    that stays)."""
+    from soaklib.cluster import SPARK_LAUNCHER, WORKER_CLASS, _cmdline, _ppid, pids, worker_processes
 
     args = [WORKER_CLASS, "--host", "127.0.9.1", "--port", "7078", "spark://127.0.0.1:7077"]
-    # a shell that stays (two commands: no exec of sleep), its arguments in its command line
-    sleeper = ["/bin/bash", "-c", "sleep 60; true", "java"]
-    spawn = dict(cwd="/", env={"PATH": "/usr/bin:/bin"})
-    launcher = subprocess.Popen([*sleeper, "-cp", "jars/*", SPARK_LAUNCHER, *args], **spawn)
-    worker = subprocess.Popen([*sleeper, "-cp", "jars/*", *args], **spawn)
+    spawn = dict(cwd="/", env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+    # shells that stay (two commands: no exec of sleep), their arguments in their command lines
+    launcher = subprocess.Popen(["/bin/bash", "-c", "sleep 60; true", "java", "-cp", "jars/*", SPARK_LAUNCHER,
+                                 *args], **spawn)
+    worker = subprocess.Popen(["/bin/bash", "-c", "(sleep 60; true) & wait", "java", "-cp", "jars/*", *args],
+                              **spawn)
+
+    def copies() -> list[int]:
+        return [pid for pid in pids() if _ppid(pid) == worker.pid and _cmdline(pid) == _cmdline(worker.pid)]
+
     try:
         # Popen returns once exec has begun, before the kernel sets up the new argument
         # pages: until then /proc/<pid>/cmdline reads empty (most of the time, measured)
         deadline = time.monotonic() + 10
-        while not all(Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (launcher, worker)):
-            assert time.monotonic() < deadline, "the stand-ins' command lines stayed empty for 10 s"
+        while not (all(Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (launcher, worker)) and copies()):
+            assert time.monotonic() < deadline, "the stand-ins did not show their command lines within 10 s"
             time.sleep(0.01)
         assert worker_processes("127.0.9.") == {worker.pid: "127.0.9.1"}
     finally:
         for process in (launcher, worker):
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the shell, its subshell and their sleeps
             process.wait()
 
 

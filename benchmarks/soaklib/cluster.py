@@ -98,17 +98,18 @@ SPARK_LAUNCHER = "org.apache.spark.launcher.Main"
 
 def worker_processes(host_prefix: str) -> dict[int, str]:
     """Spark worker JVMs whose --host starts with `host_prefix`: {pid: host}. Not the
-    short-lived launcher JVM by which spark-class (a worker pod's command) builds the
-    worker's command line: it has the same arguments, and counting it made every pod
-    start that a sample caught one more arrival and departure."""
-    found = {}
+    short-lived processes that carry a worker's arguments too, each of which a sample
+    catching it counted as one more arrival and departure: the launcher JVM by which
+    spark-class (a worker pod's command) builds the worker's command line, and a copy
+    of a process that has not exec'd yet (a worker forking to launch an executor,
+    spark-class's subshell), whose command line is its parent's."""
+    found: dict[int, list[str]] = {}
     for pid in pids():
         cmd = _cmdline(pid)
         if WORKER_CLASS in cmd and "--host" in cmd and SPARK_LAUNCHER not in cmd:
-            host = cmd[cmd.index("--host") + 1]
-            if host.startswith(host_prefix):
-                found[pid] = host
-    return found
+            if cmd[cmd.index("--host") + 1].startswith(host_prefix):
+                found[pid] = cmd
+    return {pid: cmd[cmd.index("--host") + 1] for pid, cmd in found.items() if found.get(_ppid(pid)) != cmd}
 
 
 def service_pids(hub_pid: int) -> list[int]:
