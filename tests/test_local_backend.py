@@ -212,6 +212,21 @@ async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
         sleeper.wait()
 
 
+def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable():
+    """Popen returns before the kernel has set up the new program's arguments: checked at
+    once, a fresh worker's /proc cmdline mostly reads empty (330 of 400 reads on this
+    machine), and start() reported the worker it had just started as not running. Each
+    stand-in carries the worker class on its command line; each is checked at once."""
+    for _ in range(20):
+        stand_in = subprocess.Popen(["/bin/bash", "-c", "sleep 60; true", "java", WORKER_CLASS])
+        try:
+            rec = {"pid": stand_in.pid, "start_time": _start_time(stand_in.pid)}
+            assert _is_ours(rec, WORKER_CLASS)
+        finally:
+            stand_in.kill()
+            stand_in.wait()
+
+
 async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_dir, tmp_path):
     """A worker JVM that dies (an OOM kill, say) while an executor it launched is still
     starting leaves that executor running in its work dir: the executor never got to

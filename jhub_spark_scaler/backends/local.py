@@ -14,7 +14,8 @@ worker web UI binds 0.0.0.0).
     next-id                              handle counter: handles are never reused
 
 A pid counts as ours only if its start time (/proc/<pid>/stat field 22) and the
-main class on its command line match the state file: pids get reused.
+main class on its command line match the state file: pids get reused. (Right after
+the spawn, before the command line is readable, the start time alone.)
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ def _alive(rec: dict) -> bool:
 
 
 def _is_ours(rec: dict, main_class: str) -> bool:
-    """The process the record names is alive and is the Spark daemon we started."""
+    """The process the record names is alive and is the Spark daemon we started. Its
+    command line reads empty until the kernel has set up the exec'd program's arguments,
+    a moment after Popen returns; the pid and start time already say it is ours then."""
     try:
         with open(f"/proc/{rec['pid']}/cmdline", "rb") as f:
-            return main_class.encode() in f.read().split(b"\0") and _alive(rec)
+            args = f.read().split(b"\0")
     except (OSError, KeyError, TypeError):
         return False
+    return (args == [b""] or main_class.encode() in args) and _alive(rec)
 
 
 def _processes_in(directory: str) -> list[int]:
