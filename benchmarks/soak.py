@@ -1,13 +1,15 @@
 """Soak: simulated hub users on a real hub, real pyspark drivers with shuffles, the
 scaler against a static pool and the original autoscaler's policy, with chaos.
 
-    python benchmarks/soak.py [--minutes 35] [--users 8] [--think 90] [--environments local,kubernetes]
-                              [--strategies scaler,static,original] [--scaler-kills 12]
+    python benchmarks/soak.py [--minutes 35] [--users 8] [--think 90] [--session-allowance 90]
+                              [--environments local,kubernetes] [--strategies scaler,static,original]
+                              [--scaler-kills 12]
 
 For each environment (local backend; Kubernetes backend on a real kube-apiserver with
 the tests' kubelet running worker pods as real processes) and each strategy in turn:
 a fresh Spark master (FILESYSTEM recovery), a real JupyterHub (jupyterhub-singleuser
-servers), the same simulated users (seeded) for --minutes:
+servers), the same simulated users (seeded; their sessions planned at the same times)
+for --minutes:
 
   scaler    the scaler as the hub's managed service (idle_workers=1, pre-warm hooks);
             with --scaler-kills N > 0 the chaos of soaklib/chaos.py: the scaler
@@ -42,7 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from results import machine, write_section  # noqa: E402
-from soaklib.analysis import median_ratio_interval, summarize  # noqa: E402
+from soaklib.analysis import first_executor_samples, median_ratio_interval, summarize  # noqa: E402
 from soaklib.environments import WORKER_CORES, KubeEnv, LocalEnv  # noqa: E402
 from soaklib.run import STRATEGIES, RunConfig, run_strategy  # noqa: E402
 from soaklib.users import Behaviour  # noqa: E402
@@ -61,7 +63,11 @@ def parse_args(argv=None):
     p.add_argument("--environments", default="local,kubernetes")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--scaler-kills", type=int, default=12)
-    p.add_argument("--think", type=float, default=90.0, help="mean seconds between a user's sessions")
+    p.add_argument("--think", type=float, default=90.0,
+                   help="mean seconds from a session's planned end (its start + --session-allowance) "
+                        "to the user's next session")
+    p.add_argument("--session-allowance", type=float, default=90.0,
+                   help="seconds a session is planned to take (one overrunning it delays the next)")
     p.add_argument("--max-workers", type=int, default=12, help="the scaler's and the original policy's cap")
     p.add_argument("--scale-down-delay", type=float, default=10.0)
     p.add_argument("--spread-out", action="store_true",
@@ -84,7 +90,8 @@ async def soak(args, workdir: Path) -> list[dict]:
         try:
             for strategy in args.strategies.split(","):
                 config = RunConfig(strategy=strategy, minutes=args.minutes, users=args.users, seed=args.seed,
-                                   behaviour=Behaviour(think=args.think),
+                                   behaviour=Behaviour(think=args.think,
+                                                       session_allowance=args.session_allowance),
                                    scale_down_delay=args.scale_down_delay, max_workers=args.max_workers,
                                    scaler_kills=args.scaler_kills, spread_out=args.spread_out)
                 logging.info("soak: %s / %s for %.1f min", env_name, strategy, args.minutes)
@@ -153,9 +160,11 @@ def report(summaries: list[dict]) -> list[str]:
     body = []
     for run in {json.dumps(s["run"], sort_keys=True): s["run"] for s in summaries}.values():
         environments = ", ".join(dict.fromkeys(s["environment"] for s in summaries if s["run"] == run))
+        timing = (f"each session planned {run['session_allowance']:g} s plus a think time (mean "
+                  f"{run['think']:g} s) after the user's previous one, the same times for each strategy"
+                  if run.get("session_allowance") else f"mean think time {run['think']:g} s after a session")
         body += [f"{environments}: `{run['command']}` started {run['started']}; {run['machine']}. "
-                 f"The same {run['users']} seeded users for each strategy in turn (mean think time "
-                 f"{run['think']:g} s).", ""]
+                 f"The same {run['users']} seeded users for each strategy in turn ({timing}).", ""]
     body += [
         "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
         f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed, and executors lost while it "
@@ -180,11 +189,12 @@ def targets_lines(summaries: list[dict]) -> list[str]:
                   (f">= 50 retirements ({scaler['retirements']})", scaler["retirements"] >= 50)]
         if static and scaler["ttfe_median"] and static["ttfe_median"]:
             idle = scaler["idle_worker_seconds"] / max(static["idle_worker_seconds"], 1)
-            ttfe = scaler["ttfe_median"] / static["ttfe_median"]
-            spread = ""
-            if scaler.get("ttfe") and static.get("ttfe"):
-                _, low, high = median_ratio_interval(scaler["ttfe"], static["ttfe"])
-                spread = f", 90% bootstrap interval {low - 1:+.0%} to {high - 1:+.0%}"
+            ttfe, spread = scaler["ttfe_median"] / static["ttfe_median"], ""
+            if samples := first_executor_samples(scaler, static):
+                a, b, paired = samples
+                ttfe, low, high = median_ratio_interval(a, b, paired=paired)
+                pairs = f"the same {len(a)} sessions paired, " if paired else ""
+                spread = f", {pairs}90% bootstrap interval {low - 1:+.0%} to {high - 1:+.0%}"
             # "well under": at most three quarters
             checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
                        (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%}{spread})",
@@ -196,7 +206,8 @@ def targets_lines(summaries: list[dict]) -> list[str]:
 
 def command(args) -> str:
     return (f"python benchmarks/soak.py --minutes {args.minutes:g} --users {args.users} "
-            f"--think {args.think:g} --seed {args.seed} --environments {args.environments} "
+            f"--think {args.think:g} --session-allowance {args.session_allowance:g} --seed {args.seed} "
+            f"--environments {args.environments} "
             f"--strategies {args.strategies} "
             f"--scaler-kills {args.scaler_kills} --max-workers {args.max_workers} "
             f"--scale-down-delay {args.scale_down_delay:g}" + (" --spread-out" if args.spread_out else ""))
@@ -207,7 +218,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     run = {"command": command(args), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": machine(), "users": args.users, "think": args.think}
+           "machine": machine(), "users": args.users, "think": args.think,
+           "session_allowance": args.session_allowance}
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from soaklib.users import Behaviour  # noqa: E402
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(900)]
 
 SHORT = dict(minutes=2.5, users=2, seed=3, scaler_kills=2, scale_down_delay=5,
-             behaviour=Behaviour(think=10, jobs=(2, 3), job_think=3))
+             behaviour=Behaviour(think=10, session_allowance=45, jobs=(2, 3), job_think=3))
 
 
 def assert_guarantee_held(s: dict) -> None:

@@ -3,7 +3,8 @@ caused is counted apart, anything else counts against the scaler. The records ar
 sessions' of the first full-length soaks (2026-11-26): on the local backend user6 #1,
 whose worker the chaos SIGKILLed while its executors ran the reduce stage; on the
 Kubernetes backend user8 #11, whose executors the recovering master killed. And how the
-soak reports a target that its ~100 sessions may not settle: with a bootstrap interval."""
+soak reports a target that its ~100 sessions may not settle: with a bootstrap interval,
+over sessions paired across strategies, which the users' planned start times allow."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from soaklib.analysis import median_ratio_interval, summarize  # noqa: E402
+from soaklib.analysis import first_executor_samples, median_ratio_interval, summarize  # noqa: E402
 from soaklib.chaos import Fault  # noqa: E402
 from soaklib.pool import PoolStats  # noqa: E402
 from soaklib.run import RunResult  # noqa: E402
-from soaklib.users import Session  # noqa: E402
+from soaklib.users import Behaviour, Session, planned_sessions  # noqa: E402
 
 KILLED_AT = datetime(2026, 11, 26, 1, 12, 22, tzinfo=timezone.utc).timestamp()
 LOST = "worker lost: 127.0.6.3:59533 got disassociated"
@@ -202,3 +203,52 @@ def test_the_first_executor_target_shows_its_interval_and_older_rows_still_rende
     older = [{k: v for k, v in s.items() if k != "ttfe"} for s in (scaler, static)]  # before rows had it
     [line] = targets_lines(older)
     assert "(+50%): **missed**" in line
+
+
+def crowded_sessions(n: int = 100, slower: float = 1.05) -> tuple[dict, dict]:
+    """First-executor times by session for a static pool and a scaler `slower` than it,
+    where how crowded a session's start was sets most of its time (8 s to 40 s), alike
+    in both strategies, and the rest is each run's own noise."""
+    rng = random.Random(7)
+    static, scaler = {}, {}
+    for i in range(n):
+        crowd = rng.uniform(8, 40)
+        static[f"user{i % 8}#{i}"] = crowd * rng.uniform(0.9, 1.1)
+        scaler[f"user{i % 8}#{i}"] = slower * crowd * rng.uniform(0.9, 1.1)
+    return scaler, static
+
+
+def test_sessions_paired_across_strategies_settle_what_unpaired_ones_cannot():
+    scaler, static = crowded_sessions()
+    a, b, paired = first_executor_samples({"ttfe_by_session": scaler}, {"ttfe_by_session": static})
+    assert paired and len(a) == 100
+    _, low, high = median_ratio_interval(a, b, paired=True)
+    assert 1.0 < low < 1.05 < high < 1.10, (low, high)  # within 10%, and settled
+    _, low, high = median_ratio_interval(a, b)
+    assert low < 0.95 and high > 1.15, (low, high)  # the same times unpaired: undecided
+    # a session one strategy has no first executor for is left out of the pairs
+    del static["user0#0"]
+    a, b, _ = first_executor_samples({"ttfe_by_session": scaler}, {"ttfe_by_session": static})
+    assert len(a) == len(b) == 99
+
+
+def test_the_first_executor_target_is_judged_over_the_paired_sessions():
+    from soak import targets_lines
+
+    scaler, static = crowded_sessions(slower=1.2)
+    row = {"environment": "local", "executors_lost": 0, "tasks_failed": 0, "retirements": 60,
+           "idle_worker_seconds": 5000}
+    [line] = targets_lines([{**row, "strategy": strategy, "ttfe_by_session": times,
+                             "ttfe_median": statistics.median(times.values())}
+                            for strategy, times in (("scaler", scaler), ("static", static))])
+    assert "the same 100 sessions paired, 90% bootstrap interval +1" in line, line
+    assert line.endswith("**missed**."), line
+
+
+def test_users_sessions_are_planned_alike_for_every_strategy_however_long_they_take():
+    behaviour = Behaviour(think=90, session_allowance=90)
+    first, second = (planned_sessions(random.Random(1001), behaviour) for _ in range(2))
+    plans = [next(first) for _ in range(20)]
+    assert plans == [next(second) for _ in range(20)]
+    starts = [at for at, _ in plans]
+    assert all(later - earlier >= 90 for earlier, later in zip(starts, starts[1:])), starts

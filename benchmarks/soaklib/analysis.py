@@ -62,6 +62,7 @@ def summarize(result) -> dict:
     lost_by_restart = 0
     lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
     ttfe, ttfe_calm, reasons, errors = [], [], [], []
+    ttfe_by_session: dict[str, float] = {}
     # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
     faults = [(f.at, f.at + (f.converged_s if f.converged_s is not None else 180.0)) for f in result.faults]
     for s in result.sessions:
@@ -74,6 +75,7 @@ def summarize(result) -> dict:
         jobs_failed += r.get("jobs_failed", 0)
         if "first_executor_s" in r:
             ttfe.append(r["first_executor_s"])
+            ttfe_by_session[f"{s.user}#{s.n}"] = _round(r["first_executor_s"])
             waited = (r["wall_start"], r["wall_start"] + r["first_executor_s"])
             if not any(a < waited[1] and waited[0] < b for a, b in faults):
                 ttfe_calm.append(r["first_executor_s"])
@@ -119,6 +121,7 @@ def summarize(result) -> dict:
         "environment": result.environment,
         "minutes": round(result.seconds / 60, 1),
         "sessions": len(result.sessions),
+        "sessions_late": sum(1 for s in result.sessions if s.late >= 1.0),  # started after their plan
         "jobs": jobs,
         "session_errors": errors,
         "executors_lost": lost,
@@ -136,7 +139,7 @@ def summarize(result) -> dict:
         "ttfe_sessions_outside_faults": len(ttfe_calm),
         "ttfe_median_outside_faults": _round(statistics.median(ttfe_calm) if ttfe_calm else None),
         "ttfe_p90_outside_faults": _round(_percentile(ttfe_calm, 0.9)),
-        "ttfe": sorted(_round(t) for t in ttfe),  # per session: what median_ratio_interval resamples
+        "ttfe_by_session": dict(sorted(ttfe_by_session.items())),  # what first_executor_samples pairs
         "scale_ups": pool.scale_ups,
         "retirements": len(retirements),
         "idle_worker_seconds": round(pool.idle_worker_seconds),
@@ -150,16 +153,35 @@ def summarize(result) -> dict:
     }
 
 
-def median_ratio_interval(a: list[float], b: list[float], draws: int = 4000,
+def first_executor_samples(scaler: dict, static: dict) -> tuple[list[float], list[float], bool] | None:
+    """The first-executor times to compare two strategies' rows by: session by session
+    (paired: sessions start at the same planned times in every strategy) when both rows
+    name their sessions, else each row's own (rows from before the planned sessions)."""
+    a, b = scaler.get("ttfe_by_session"), static.get("ttfe_by_session")
+    if a and b:
+        both = sorted(a.keys() & b.keys())
+        return [a[k] for k in both], [b[k] for k in both], True
+    if scaler.get("ttfe") and static.get("ttfe"):
+        return scaler["ttfe"], static["ttfe"], False
+    return None
+
+
+def median_ratio_interval(a: list[float], b: list[float], *, paired: bool = False, draws: int = 4000,
                           seed: int = 1) -> tuple[float, float, float]:
-    """median(a) / median(b) and its 90% bootstrap interval (each sample resampled with
-    replacement `draws` times). About 100 sessions a strategy leave the time to first
-    executor's median uncertain by tens of percent; the interval says whether a run
-    settles a 10% target at all."""
+    """median(a) / median(b) and its 90% bootstrap interval: `draws` resamples with
+    replacement, of each sample on its own or, `paired`, of the pairs (a[i], b[i]).
+    About 100 sessions a strategy leave the time to first executor's median uncertain
+    by tens of percent unpaired, since how crowded a session's start is weighs most;
+    the interval says whether a run settles a 10% target at all."""
     rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-                    for _ in range(draws))
-    return statistics.median(a) / statistics.median(b), ratios[int(draws * 0.05)], ratios[int(draws * 0.95) - 1]
+    ratios = []
+    for _ in range(draws):
+        picks_a = rng.choices(range(len(a)), k=len(a))
+        picks_b = picks_a if paired else rng.choices(range(len(b)), k=len(b))
+        ratios.append(statistics.median(a[i] for i in picks_a) / statistics.median(b[i] for i in picks_b))
+    ratios.sort()
+    low, high = ratios[int(draws * 0.05)], ratios[int(draws * 0.95) - 1]
+    return statistics.median(a) / statistics.median(b), low, high
 
 
 def _epoch(stamp: str | None) -> float:

@@ -95,7 +95,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
             plan = schedule(random.Random(config.seed), duration=config.minutes * 60, kinds=kinds)
             chaos_task = asyncio.create_task(chaos.run(plan, started))
         try:
-            await asyncio.gather(*(u.run(deadline) for u in users))
+            await asyncio.gather(*(u.run(started, deadline) for u in users))
             if chaos_task:
                 await chaos_task
         finally:

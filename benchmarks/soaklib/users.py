@@ -1,9 +1,15 @@
 """Simulated hub users: each starts a notebook server through the hub's REST API,
 opens a notebook a little later and runs a real pyspark driver (session_driver.py)
-with a few shuffle jobs, lingers, stops the server, thinks, and starts again.
+with a few shuffle jobs, lingers, stops the server, and comes back later.
 
 Every random draw comes from the user's own seeded generator, drawn in the same
-order whatever the timing, so each strategy in a run sees the same users."""
+order whatever the timing, so each strategy in a run sees the same users. Sessions
+start at planned times (the previous session's planned start, plus a session
+allowance, plus a think time), not a think time after the previous one ended, so
+each strategy sees them start at the same moments, crowded alike, however fast it
+served them: a session's first-executor time can be paired with the same session's
+in another strategy. A session that overran its allowance and think time delays the
+next one, which is recorded as `late`."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +33,8 @@ DRIVER = Path(__file__).resolve().parent / "session_driver.py"
 
 @dataclass
 class Behaviour:
-    think: float = 30.0  # mean seconds between a user's sessions
+    think: float = 30.0  # mean seconds from a session's planned end (start + allowance) to the next
+    session_allowance: float = 90.0  # seconds a session is planned to take (most take less)
     open_delay: tuple[float, float] = (3.0, 10.0)  # server ready -> the driver starts
     jobs: tuple[int, int] = (2, 4)
     job_think: float = 6.0  # mean seconds between jobs
@@ -39,10 +47,23 @@ class Behaviour:
 class Session:
     user: str
     n: int
+    planned: float = 0.0  # seconds from the run's start to the session's planned start
+    late: float = 0.0  # seconds the previous session made it start after that
     requested: float = 0.0  # wall time of the server request
     server_ready_s: float | None = None
     result: dict = field(default_factory=dict)  # session_driver.py's RESULT.json
     error: str = ""
+
+
+def planned_sessions(rng: random.Random, behaviour: Behaviour) -> Iterator[tuple[float, dict]]:
+    """A user's sessions: (seconds from the run's start, what the session does), drawn
+    from `rng` alone, so the same for every strategy however long the sessions take."""
+    b, offset = behaviour, 0.0
+    while True:
+        offset += min(rng.expovariate(1 / b.think), 4 * b.think)
+        yield offset, {"open": rng.uniform(*b.open_delay), "jobs": rng.randint(*b.jobs),
+                       "seed": rng.randrange(1 << 30), "linger": rng.uniform(*b.linger)}
+        offset += b.session_allowance
 
 
 class SimulatedUser:
@@ -57,16 +78,17 @@ class SimulatedUser:
         self.sessions: list[Session] = []
         self.driver: asyncio.subprocess.Process | None = None
 
-    async def run(self, deadline: float) -> None:
-        """Sessions until `deadline` (monotonic); a session begun before it is finished."""
+    async def run(self, started: float, deadline: float) -> None:
+        """Sessions planned from `started` until `deadline` (monotonic); a session
+        begun before the deadline is finished."""
         await self.hub.call("POST", f"users/{self.name}", {}, ok=(201, 409))
-        while True:
-            think = min(self.rng.expovariate(1 / self.behaviour.think), 4 * self.behaviour.think)
-            plan = self._draw()
-            if time.monotonic() + think >= deadline:
+        for offset, plan in planned_sessions(self.rng, self.behaviour):
+            at = started + offset
+            if at >= deadline:
                 return
-            await asyncio.sleep(think)
-            session = Session(self.name, len(self.sessions) + 1)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            session = Session(self.name, len(self.sessions) + 1, planned=round(offset, 1),
+                              late=round(max(0.0, time.monotonic() - at), 1))
             self.sessions.append(session)
             try:
                 await self._session(session, plan)
@@ -74,11 +96,6 @@ class SimulatedUser:
                 session.error = f"{type(e).__name__}: {e}"
                 log.warning("soak: %s session %d: %s", self.name, session.n, session.error)
                 await self._stop_server()
-
-    def _draw(self) -> dict:
-        b, rng = self.behaviour, self.rng
-        return {"open": rng.uniform(*b.open_delay), "jobs": rng.randint(*b.jobs),
-                "seed": rng.randrange(1 << 30), "linger": rng.uniform(*b.linger)}
 
     async def _session(self, session: Session, plan: dict) -> None:
         session.requested = time.time()
