@@ -11,10 +11,12 @@ failed tasks), from which the soak counts executors lost and tasks failed.
 """
 
 import argparse
+import http.client
 import json
 import os
 import random
 import time
+import urllib.error
 import urllib.request
 
 from pyspark.sql import SparkSession
@@ -65,9 +67,18 @@ def shuffle_job(sc, partitions: int, task_seconds: float) -> int:
     return pairs.reduceByKey(lambda a, b: a + b, partitions).count()
 
 
-def rest(ui: str, path: str):
-    with urllib.request.urlopen(f"{ui}/api/v1/{path}", timeout=30) as r:
-        return json.load(r)
+def rest(ui: str, path: str, attempts: int = 5):
+    """The driver's own REST API. On 2 saturated CPUs its Jetty can give up writing an
+    answer ("Idle timeout expired: 8012/8000 ms") and drop the connection, which once
+    cost a soak a session's records; a dropped or refused connection is tried again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(f"{ui}/api/v1/{path}", timeout=30) as r:
+                return json.load(r)
+        except (ConnectionError, http.client.HTTPException, urllib.error.URLError, TimeoutError):
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
 
 
 def main():
