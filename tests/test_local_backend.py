@@ -212,7 +212,7 @@ async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
         sleeper.wait()
 
 
-def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable():
+async def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable():
     """Popen returns before the kernel has set up the new program's arguments: checked at
     once, a fresh worker's /proc cmdline mostly reads empty (330 of 400 reads on this
     machine), and start() reported the worker it had just started as not running. Each
