@@ -77,6 +77,17 @@ def test_missing_shuffle_output_in_a_stage_the_kill_did_not_touch_counts_against
     assert s["failure_reasons"] == [f"task on executor 2: {MISSING_OUTPUT.format(0)}"]
 
 
+UNLISTED = {"executor": "", "error": "a failed task the REST API does not list"}
+
+
+def test_failures_the_task_list_lacks_in_a_stage_the_kill_hit_are_the_tests_and_elsewhere_the_scalers():
+    """A short soak in this suite (2026-11-26): the chaos killed a worker in a map stage,
+    which counted 4 failed tasks and listed the 2 on the killed executors."""
+    s = summary_of(killed_session({**UNLISTED, "stage": "stage 1.0"}, {**UNLISTED, "stage": "stage 3.0"}))
+    assert (s["tasks_failed_by_test"], s["tasks_failed"]) == (6, 1)
+    assert s["failure_reasons"] == [f"task on executor : {UNLISTED['error']}"]
+
+
 def test_a_kill_in_a_sessions_last_seconds_hits_nothing_its_driver_could_see():
     """The driver read its executors just before its worker was killed: they show no loss,
     and the kill is not counted as having hit them."""

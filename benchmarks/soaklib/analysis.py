@@ -31,12 +31,14 @@ def _hit(executor: dict, killed_at: float, read_at: float) -> bool:
 
 def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str]) -> bool:
     """A task that failed on an executor the chaos killed, or fetching shuffle output
-    that was on one: FetchFailed(BlockManagerId(<executor id>, host, port, ...)), or
-    FetchFailed(null, ...) ("missing an output location": the killed executors' map
-    output was dropped) in a stage attempt that lost tasks on a killed executor."""
+    that was on one: FetchFailed(BlockManagerId(<executor id>, host, port, ...)), or,
+    in a stage attempt that lost tasks on a killed executor, FetchFailed(null, ...)
+    ("missing an output location": the killed executors' map output was dropped) or a
+    failure the stage counts but its task list lacks (no executor: map tasks whose
+    output was on a killed executor, resubmitted)."""
     if task["executor"] in killed_executors:
         return True
-    if task["error"].startswith("FetchFailed(null,"):
+    if task["error"].startswith("FetchFailed(null,") or not task["executor"]:
         return task["stage"] in killed_stages
     fetch = re.search(r"BlockManagerId\((\w+),", task["error"])
     return bool(fetch) and fetch.group(1) in killed_executors

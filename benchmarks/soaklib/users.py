@@ -47,7 +47,6 @@ class Behaviour:
 class Session:
     user: str
     n: int
-    planned: float = 0.0  # seconds from the run's start to the session's planned start
     late: float = 0.0  # seconds the previous session made it start after that
     requested: float = 0.0  # wall time of the server request
     server_ready_s: float | None = None
@@ -87,7 +86,7 @@ class SimulatedUser:
             if at >= deadline:
                 return
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            session = Session(self.name, len(self.sessions) + 1, planned=round(offset, 1),
+            session = Session(self.name, len(self.sessions) + 1,
                               late=round(max(0.0, time.monotonic() - at), 1))
             self.sessions.append(session)
             try:
