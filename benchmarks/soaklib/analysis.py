@@ -63,7 +63,7 @@ def summarize(result) -> dict:
     restarts = [(f.at, f.blind_until) for f in result.faults if f.kind == "restart-master" and f.blind_until]
     lost_by_restart = 0
     lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
-    ttfe, ttfe_calm, reasons, errors = [], [], [], []
+    ttfe_calm, reasons, errors = [], [], []
     ttfe_by_session: dict[str, float] = {}
     # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
     faults = [(f.at, f.at + (f.converged_s if f.converged_s is not None else 180.0)) for f in result.faults]
@@ -76,8 +76,7 @@ def summarize(result) -> dict:
         jobs += r.get("jobs", 0)
         jobs_failed += r.get("jobs_failed", 0)
         if "first_executor_s" in r:
-            ttfe.append(r["first_executor_s"])
-            ttfe_by_session[f"{s.user}#{s.n}"] = _round(r["first_executor_s"])
+            ttfe_by_session[f"{s.user}#{s.n}"] = r["first_executor_s"]
             waited = (r["wall_start"], r["wall_start"] + r["first_executor_s"])
             if not any(a < waited[1] and waited[0] < b for a, b in faults):
                 ttfe_calm.append(r["first_executor_s"])
@@ -108,6 +107,7 @@ def summarize(result) -> dict:
                     reasons.append(f"{e['host']}: {e['reason']}")
         tasks_failed_by_test += by_test_failed
         tasks_failed += r.get("tasks_failed", 0) - by_test_failed
+    ttfe = list(ttfe_by_session.values())
     pool = result.pool
     retirements = [
         (at, host) for at, host in pool.departures
@@ -141,7 +141,8 @@ def summarize(result) -> dict:
         "ttfe_sessions_outside_faults": len(ttfe_calm),
         "ttfe_median_outside_faults": _round(statistics.median(ttfe_calm) if ttfe_calm else None),
         "ttfe_p90_outside_faults": _round(_percentile(ttfe_calm, 0.9)),
-        "ttfe_by_session": dict(sorted(ttfe_by_session.items())),  # what first_executor_samples pairs
+        # what first_executor_samples pairs across strategies
+        "ttfe_by_session": {k: _round(t) for k, t in sorted(ttfe_by_session.items())},
         "scale_ups": pool.scale_ups,
         "retirements": len(retirements),
         "idle_worker_seconds": round(pool.idle_worker_seconds),

@@ -103,13 +103,14 @@ def worker_processes(host_prefix: str) -> dict[int, str]:
     spark-class (a worker pod's command) builds the worker's command line, and a copy
     of a process that has not exec'd yet (a worker forking to launch an executor,
     spark-class's subshell), whose command line is its parent's."""
-    found: dict[int, list[str]] = {}
+    found: dict[int, tuple[list[str], str]] = {}  # pid: (command line, host)
     for pid in pids():
         cmd = _cmdline(pid)
         if WORKER_CLASS in cmd and "--host" in cmd and SPARK_LAUNCHER not in cmd:
-            if cmd[cmd.index("--host") + 1].startswith(host_prefix):
-                found[pid] = cmd
-    return {pid: cmd[cmd.index("--host") + 1] for pid, cmd in found.items() if found.get(_ppid(pid)) != cmd}
+            host = cmd[cmd.index("--host") + 1]
+            if host.startswith(host_prefix):
+                found[pid] = (cmd, host)
+    return {pid: host for pid, (cmd, host) in found.items() if found.get(_ppid(pid), (None,))[0] != cmd}
 
 
 def service_pids(hub_pid: int) -> list[int]:
