@@ -152,6 +152,18 @@ def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
                                       f"one of the running tasks) Reason: {INTERRUPTED.format(0)}"
 
 
+def test_a_drained_workers_stop_that_ends_inside_a_blind_spell_is_not_a_blind_retirement():
+    """CI's short soak (2026-11-26): a scaler cycle that saw the pool just before the
+    chaos killed the master stopped a worker drained 20 s earlier, done 0.5 s after
+    the kill. Any other departure while blind still counts."""
+    pool = PoolStats(departures=[(MASTER_KILLED_AT + 0.5, "127.0.8.2"), (MASTER_KILLED_AT + 2, "127.0.8.3")],
+                     drained_departures=[(MASTER_KILLED_AT + 0.5, "127.0.8.2")])
+    result = RunResult("scaler", "local", 60.0, [], pool,
+                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT, converged_s=69.5)])
+    [blind] = summarize(result)["blind"]
+    assert (blind["departures"], blind["drained_workers_stopped"]) == (["127.0.8.3"], ["127.0.8.2"])
+
+
 def test_the_pool_counts_worker_jvms_not_the_launcher_nor_a_copy_that_has_not_execd():
     """Two kinds of short-lived process carry a worker's arguments. One is the launcher
     JVM that spark-class (a worker pod's command) runs first to build the worker's

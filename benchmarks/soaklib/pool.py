@@ -18,6 +18,9 @@ class PoolStats:
     peak_workers: int = 0
     arrivals: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
     departures: list[tuple[float, str]] = field(default_factory=list)  # (wall time, host)
+    #: of the departures, those of a worker the master last showed DECOMMISSIONED: a
+    #: retirement finishing (its drain was decided while the pool could be seen)
+    drained_departures: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def scale_ups(self) -> int:
@@ -33,19 +36,24 @@ class PoolSampler:
         self.stats = PoolStats()
         self.members: dict[int, str] = {}
         self.busy: set[str] = set()
+        self.decommissioned: set[str] = set()
 
     def sample(self) -> None:
         now = time.time()
         members = worker_processes(self.host_prefix)
         try:
             doc = master_json(self.master_ui, 2)
-            self.busy = {w["host"] for w in doc.get("workers", [])
+            workers = doc.get("workers", [])
+            self.busy = {w["host"] for w in workers
                          if w.get("state") in ("ALIVE", "DECOMMISSIONED") and w.get("coresused", 0) > 0}
+            self.decommissioned = {w["host"] for w in workers if w.get("state") == "DECOMMISSIONED"}
         except (OSError, ValueError):
-            pass  # the master is down: the last busy set stands
+            pass  # the master is down: the last busy and decommissioned sets stand
         stats = self.stats
         stats.arrivals += [(now, host) for pid, host in members.items() if pid not in self.members]
-        stats.departures += [(now, host) for pid, host in self.members.items() if pid not in members]
+        gone = [(now, host) for pid, host in self.members.items() if pid not in members]
+        stats.departures += gone
+        stats.drained_departures += [(at, host) for at, host in gone if host in self.decommissioned]
         self.members = members
         stats.peak_workers = max(stats.peak_workers, len(members))
         busy = sum(1 for host in members.values() if host in self.busy)
