@@ -42,6 +42,9 @@ c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(p["state"], "home", "{{username}}")
 c.Spawner.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
 c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
+# on the soak's saturated 2 CPUs a server can take longer than the default 30 s to answer
+# (seen: 27 s and more); the soak itself waits up to 180 s for it
+c.Spawner.http_timeout = 150
 # how soon the hub notices a server or its managed service (the scaler) died and restarts it
 c.Spawner.poll_interval = p["poll_interval"]
 c.JupyterHub.services = [{{"name": "soak-admin", "api_token": p["admin_token"]}}]
