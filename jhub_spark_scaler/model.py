@@ -116,7 +116,6 @@ class BackendWorker(NamedTuple):
     retiring_since: float | None = None  # when the scaler decommissioned it (persisted)
     problem: str = ""  # a backend-known reason it cannot start (image pull error, ...)
     stopping: bool = False  # already being stopped (a terminating pod): nothing more to do
-    low_priority: bool = False  # started at low CPU priority, until the master lists it (local backend)
 
 
 class Worker(NamedTuple):

@@ -166,7 +166,6 @@ class Reconciler:
 
     async def act(self, decided: Plan, snapshot: Snapshot) -> None:
         self._note_blindness(snapshot)
-        await self._restore_priority(snapshot)
         if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}
@@ -190,21 +189,6 @@ class Reconciler:
                 self._started = len(started)
                 names = ", ".join(b.handle for b in started)
                 self.record("start", f"started {len(started)} ({names})", decided.reasons)
-
-    async def _restore_priority(self, snapshot: Snapshot) -> None:
-        """A worker started at low CPU priority gets its normal one once registered, as
-        executors may land on it then; and every one does while an app waits for its
-        first cores, which may be waiting for that worker. Paused or not."""
-        app_waits = any(app.cores == 0 for app in snapshot.apps)
-        due = [w.backend for w in snapshot.workers if w.backend is not None and w.backend.low_priority
-               and (app_waits or (w.master is not None and w.master.state == "ALIVE"))]
-        if due:
-            try:
-                await self.backend.restore_priority(due)
-            except Exception as e:
-                self.log.exception("restoring the CPU priority of workers failed")
-                names = ", ".join(b.handle for b in due)
-                self.record("error", f"restoring the CPU priority of {names} failed: {e}")
 
     async def _decommission(self, worker: BackendWorker) -> None:
         await self.backend.decommission(worker)  # marks it retiring first: survives our death

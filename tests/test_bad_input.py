@@ -138,7 +138,6 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("LocalBackend", "spark_home"): ("/nonexistent/spark", "no Spark jars"),
     ("LocalBackend", "state_dir"): (Py(""), "must not be empty"),
     ("LocalBackend", "stop_timeout"): ("-1", "must not be negative"),
-    ("LocalBackend", "start_nice"): ("20", "not a niceness from 0 (off) to 19"),
     ("LocalBackend", "worker_cores"): ("0", "at least 1"),
     ("LocalBackend", "worker_heap"): ("lots", "not a JVM heap size"),
     ("LocalBackend", "worker_memory"): ("512", "not a size"),  # Spark would read bytes

@@ -132,42 +132,6 @@ async def test_start_decommission_stop(state_dir):
     assert records(state_dir) == []
 
 
-def group_nice(pid: int) -> int:
-    """The niceness of the process's session group: /proc/<pid>/autogroup reads '/autogroup-N nice X'."""
-    with open(f"/proc/{pid}/autogroup") as f:
-        return int(f.read().split()[-1])
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="the kernel has no autogroup")
-async def test_a_worker_starts_at_low_cpu_priority_until_the_master_lists_it(state_dir):
-    """Its JVM's start leaves the CPUs to drivers; once registered it (and the executors it
-    will launch, which join its session) runs at normal priority. The master is not touched."""
-    b = backend(state_dir)
-    try:
-        await b.setup()
-        [worker] = await b.start(1)
-        [rec] = [r for r in records(state_dir) if r.get("host") == worker.host]
-        assert worker.low_priority and group_nice(rec["pid"]) == 19
-        assert group_nice(b._master["pid"]) == 0
-
-        async def alive():
-            return (await master_states(b)).get(worker.host) == "ALIVE"
-
-        await eventually(alive, 60, "the worker ALIVE at the master")
-        [listed] = await b.list()
-        assert listed.low_priority  # still: only restore_priority changes it (and it survives a restart)
-        await b.restore_priority([listed])
-        assert group_nice(rec["pid"]) == 0 and not (await b.list())[0].low_priority
-        await b.restore_priority([listed])  # again: nothing to do
-
-        b.start_nice = 0  # off
-        [plain] = await b.start(1)
-        [plain_rec] = [r for r in records(state_dir) if r.get("host") == plain.host]
-        assert not plain.low_priority and group_nice(plain_rec["pid"]) == 0
-    finally:
-        await b.shutdown()
-
-
 async def test_adopts_master_and_workers(state_dir):
     a = backend(state_dir, stop_on_exit=False)
     try:

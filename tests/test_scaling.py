@@ -96,8 +96,6 @@ async def test_pool_reaches_idle_target_then_a_plus_i(make_scaler, drivers):
     live = [m.state for m in master.workers if m.host in ours and m.state != "DEAD"]
     assert live == ["ALIVE", "ALIVE"]
     assert len(ours) == 2, "each worker has a loopback address of its own"
-    # they started at low CPU priority; the cycle that saw them ALIVE gave them their normal one
-    assert [w.low_priority for w in await r.backend.list()] == [False, False]
 
     app = drivers("a-plus-i", "--cores-max", "1", "--task-seconds", "1")
     await app.started()
@@ -261,33 +259,3 @@ async def test_decommission_through_the_master(make_scaler):
 
     await until(decommissioned, timeout=30, what="the master to decommission the workers")
     await cycles_until(r, lambda s: not s.workers, timeout=60, what="the drained workers to be stopped")
-
-
-async def test_a_starting_worker_gets_normal_priority_while_an_app_waits(make_scaler, drivers):
-    """Workers start at low CPU priority (LocalBackend.start_nice), but not while an app
-    waits for its first cores: the worker it waits for must not yield to everything else."""
-    r = await make_scaler(idle_workers=0)
-    r.paused = True  # act() then only sets priorities: this test starts and stops the workers itself
-
-    async def starting_worker_after_one_pass() -> bool:
-        [worker] = await r.backend.start(1)
-        snapshot = await r.observe()  # a JVM takes over a second to register: it is STARTING
-        assert [w.state for w in snapshot.workers if w.ours] == [WorkerState.STARTING]
-        await r.act(plan(snapshot, r.policy, r.history), snapshot)
-        [listed] = await r.backend.list()
-        await r.backend.stop(worker)
-        return listed.low_priority
-
-    async def no_app_waits():  # an earlier test's app may still be leaving the shared master
-        return not any(a.cores == 0 for a in (await r.spark.master()).apps)
-
-    await until(no_app_waits, timeout=60, what="no app waiting for cores")
-    assert await starting_worker_after_one_pass(), "no app waits: the starting worker stays low"
-
-    drivers("waits-for-cores", "--cores-max", "1")
-
-    async def app_waits():
-        return any(a.name == "waits-for-cores" and a.cores == 0 for a in (await r.spark.master()).apps)
-
-    await until(app_waits, timeout=90, what="the app to wait for cores")
-    assert not await starting_worker_after_one_pass(), "an app waits: the starting worker is not low"

@@ -38,9 +38,7 @@ class LocalEnv:
         return {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}
 
     async def backend(self, master, strategy: str) -> Backend:
-        """A baseline's backend. Its workers start at normal CPU priority: only the scaler's
-        cycle gives a worker started low its normal priority back."""
-        backend = LocalBackend(**self._settings(master, strategy), start_nice=0)
+        backend = LocalBackend(**self._settings(master, strategy))
         await backend.setup()
         return backend
 

@@ -53,10 +53,5 @@ class Backend(LoggingConfigurable):
         """Stop the worker for good and forget it. Only called once it is drained or lost."""
         raise NotImplementedError
 
-    async def restore_priority(self, workers: list[BackendWorker]) -> None:
-        """Give these workers, listed `low_priority`, their normal CPU priority: the master
-        lists them ALIVE, so executors may land on them (and run at their priority), or
-        an app waits for cores. Called every cycle while a worker is listed so."""
-
     async def shutdown(self) -> None:
         """Release what `setup()` acquired (the scaler is exiting)."""

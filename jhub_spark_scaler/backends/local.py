@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import glob
 import hashlib
 import importlib.util
@@ -108,24 +107,6 @@ def _catches(pid: int, sig: int) -> bool:
                 if line.startswith("SigCgt:"):
                     return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
     return False
-
-
-async def _set_group_nice(pid: int, nice: int, *, tries: int = 5) -> str:
-    """Set the niceness of the process's session group (Linux autogroup): the CPU share
-    of everything in that session, as against other sessions. "" if done, else why not."""
-    for _ in range(tries):
-        try:
-            fd = os.open(f"/proc/{pid}/autogroup", os.O_WRONLY)
-            try:
-                os.write(fd, str(nice).encode())
-            finally:
-                os.close(fd)
-            return ""
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                return e.strerror or str(e)
-        await asyncio.sleep(0.1)  # without CAP_SYS_ADMIN the kernel takes one change per 100 ms
-    return "the kernel's limit of one change per 100 ms was hit every time"
 
 
 def _read_json(path: str) -> dict | None:
@@ -214,7 +195,6 @@ _CHECKS = {
     "master_port": _PORT_CHECK,
     "master_webui_port": _PORT_CHECK,
     "stop_timeout": (lambda v: v >= 0, "must not be negative"),
-    "start_nice": (lambda v: 0 <= v <= 19, "is not a niceness from 0 (off) to 19"),
     "master_start_timeout": (lambda v: v > 0, "must be positive"),
     "host_range": (_range_ok, "is not 'FIRST-LAST' (or one address) of 127.x.x.x addresses, FIRST <= LAST"),
     "master_url": (lambda v: not v or re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
@@ -256,13 +236,6 @@ class LocalBackend(Backend):
     worker_heap = Unicode("128m", help="-Xmx of a worker daemon (executors get JVMs of their own).").tag(
         config=True
     )
-    start_nice = Int(
-        19,
-        help="Niceness of a worker's session group (Linux autogroup) from its start until the master "
-        "lists it, or until an app waits for cores: a starting worker's JVM leaves the CPUs to "
-        "running drivers and executors, then runs at normal priority like them. 0 starts workers "
-        "at normal priority. Without autogroup (/proc/<pid>/autogroup) it changes nothing.",
-    ).tag(config=True)
     host_range = Unicode(
         "127.0.0.2-127.0.0.254",
         help="Loopback addresses for workers, one each: 'FIRST-LAST' or one address. "
@@ -504,7 +477,7 @@ class LocalBackend(Backend):
         return BackendWorker(
             handle=rec["handle"], host=rec["host"], created_at=rec["created_at"], port=rec["port"],
             running=_is_ours(rec, WORKER_CLASS), webui_url=f"http://{rec['host']}:{rec['webui_port']}",
-            retiring_since=rec.get("retiring_since"), low_priority=bool(rec.get("low_priority")),
+            retiring_since=rec.get("retiring_since"),
             problem=f"it joins {rec.get('master')}, not {self.master_url}" if elsewhere else "",
         )
 
@@ -533,10 +506,10 @@ class LocalBackend(Backend):
                 raise BackendError(f"LocalBackend.host_range: cannot listen on {host}: {error}")
             port = _free_port(host, avoid=ports)
             ui = _free_port("0.0.0.0", avoid=ports | {port})  # free on all addresses: UI ports stay distinct
-            records.append(await self._start_worker(host=host, port=port, ui=ui, records=records))
+            records.append(self._start_worker(host=host, port=port, ui=ui, records=records))
         return [self._worker(rec) for rec in records[-n:]] if n > 0 else []
 
-    async def _start_worker(self, *, host: str, port: int, ui: int, records: list[dict]) -> dict:
+    def _start_worker(self, *, host: str, port: int, ui: int, records: list[dict]) -> dict:
         handle = self._next_handle()
         work_dir = self._path("work", handle)
         os.makedirs(work_dir, exist_ok=True)
@@ -549,10 +522,6 @@ class LocalBackend(Backend):
                "master": self.master_url, "retiring_since": None}
         if cds and cds[0].startswith("-XX:ArchiveClassesAtExit="):
             rec["cds_dump"] = cds[0].partition("=")[2]
-        if self.start_nice:
-            if why := await _set_group_nice(rec["pid"], self.start_nice):
-                self.log.warning("LocalBackend: worker %s starts at normal CPU priority: %s", handle, why)
-            rec["low_priority"] = not why
         _write_json(self._worker_file(handle), rec)
         self.log.info("LocalBackend: started worker %s pid %d on %s:%d", handle, rec["pid"], host, port)
         return {**rec, "handle": handle}
@@ -588,20 +557,6 @@ class LocalBackend(Backend):
             _remove(dump)
             open(f"{archive}.failed", "w").close()
             self.log.warning("LocalBackend: worker %s wrote no class data archive; not trying again", handle)
-
-    async def restore_priority(self, workers: list[BackendWorker]) -> None:
-        for worker in workers:
-            path = self._worker_file(worker.handle)
-            rec = _read_json(path)
-            if not rec or not rec.get("low_priority"):
-                continue
-            if _alive(rec) and (why := await _set_group_nice(rec["pid"], 0)):
-                self.log.warning("LocalBackend: cannot give worker %s normal CPU priority: %s",
-                                 worker.handle, why)
-                continue  # tried again next cycle
-            rec["low_priority"] = False
-            _write_json(path, rec)
-            self.log.info("LocalBackend: worker %s registered: normal CPU priority now", worker.handle)
 
     async def decommission(self, worker: BackendWorker) -> None:
         """Mark the worker retiring, then send SIGPWR if the JVM can take it yet.
