@@ -56,11 +56,13 @@ sys.path.insert(0, HERE)
 from jhub_spark_scaler.app import SparkScalerApp  # noqa: E402
 from jhub_spark_scaler.backends.local import LocalBackend, _free_port  # noqa: E402
 from jhub_spark_scaler.hub import Notifier  # noqa: E402
+from jhub_spark_scaler.metrics import ScalerMetrics  # noqa: E402
 from jhub_spark_scaler.observe import ObserveSettings  # noqa: E402
 from jhub_spark_scaler.policy import PolicySettings  # noqa: E402
 from jhub_spark_scaler.reconciler import Reconciler  # noqa: E402
 from jhub_spark_scaler.service import HubService  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient  # noqa: E402
+from jhub_spark_scaler.web.history import PoolHistory  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 TITLE = "Pre-warm: time to first executor"
@@ -383,6 +385,7 @@ class Bench:
             api_token=token, service_url=f"http://127.0.0.1:{port}", prefix="/services/spark-scaler/",
             poll_interval=3600, stale_after=3600, prewarm_window=600, prewarm_per_server=1,
             on_change=app.reconcile_soon, log=log,
+            metrics=ScalerMetrics(), pool_history=PoolHistory(interval=POLL_INTERVAL),
         )
         r.prewarm_credit = service.credit
         notifier = Notifier(name="spark-scaler", url=f"http://127.0.0.1:{port}", token=token)
