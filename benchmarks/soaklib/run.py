@@ -131,15 +131,20 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
 async def _settle(env, config: RunConfig) -> dict:
     """After the users left: the pool shrinks to `idle_workers`, and no pod lacks its
     worker (nor, counted by the sampler, a worker its pod)."""
-    t0 = time.monotonic()
-    try:
-        await _until(lambda: _members(env) == config.idle_workers,
-                     config.settle_timeout, f"the pool to settle at {config.idle_workers} worker(s)")
-        error = ""
-    except TimeoutError as e:
-        error = str(e)
-    return {"seconds": round(time.monotonic() - t0, 1), "workers": _members(env), "error": error,
-            "pods_without_worker": await env.leftovers(config.strategy)}
+    # both are polled: a pod the scaler just deleted is listed until its worker has exited
+    # (CI, 2026-11-26: a pod stopped a second before the check was still listed, its process gone)
+    t0, error = time.monotonic(), ""
+    while True:
+        members, leftovers = await asyncio.to_thread(_members, env), await env.leftovers(config.strategy)
+        if members == config.idle_workers and not leftovers:
+            break
+        if time.monotonic() - t0 > config.settle_timeout:
+            error = (f"timed out after {config.settle_timeout:.0f} s waiting for the pool to settle at "
+                     f"{config.idle_workers} worker(s) with no pod lacking its worker")
+            break
+        await asyncio.sleep(0.5)
+    return {"seconds": round(time.monotonic() - t0, 1), "workers": members, "error": error,
+            "pods_without_worker": leftovers}
 
 
 def _members(env) -> int:
