@@ -114,12 +114,12 @@ def summarize(result) -> dict:
         if not (host in killed and 0 <= at - killed[host] <= OWN_DEPARTURE_WINDOW)
     ]
     blind = []
+    drained = set(pool.drained_departures)
     for f in result.faults:
         if f.blind_until is not None:
             # a drained worker's stop finishes a retirement decided with sight: a cycle that
             # saw the pool just before the fault may act on it just after (blind cycles stop nothing)
             during = [(at, host) for at, host in pool.departures if f.at <= at <= f.blind_until]
-            drained = set(pool.drained_departures)
             blind.append({"fault": f.kind, "seconds": round(f.blind_until - f.at, 1),
                           "departures": [host for at, host in during if (at, host) not in drained],
                           "drained_workers_stopped": [host for at, host in during if (at, host) in drained]})

@@ -133,18 +133,20 @@ async def _settle(env, config: RunConfig) -> dict:
     worker (nor, counted by the sampler, a worker its pod)."""
     # both are polled: a pod the scaler just deleted is listed until its worker has exited
     # (CI, 2026-11-26: a pod stopped a second before the check was still listed, its process gone)
+    seen = {}
+
+    async def settled() -> bool:
+        seen["workers"] = await asyncio.to_thread(_members, env)
+        seen["pods_without_worker"] = await env.leftovers(config.strategy)
+        return seen["workers"] == config.idle_workers and not seen["pods_without_worker"]
+
     t0, error = time.monotonic(), ""
-    while True:
-        members, leftovers = await asyncio.to_thread(_members, env), await env.leftovers(config.strategy)
-        if members == config.idle_workers and not leftovers:
-            break
-        if time.monotonic() - t0 > config.settle_timeout:
-            error = (f"timed out after {config.settle_timeout:.0f} s waiting for the pool to settle at "
-                     f"{config.idle_workers} worker(s) with no pod lacking its worker")
-            break
-        await asyncio.sleep(0.5)
-    return {"seconds": round(time.monotonic() - t0, 1), "workers": members, "error": error,
-            "pods_without_worker": leftovers}
+    try:
+        await _until(settled, config.settle_timeout,
+                     f"the pool to settle at {config.idle_workers} worker(s) with no pod lacking its worker")
+    except TimeoutError as e:
+        error = str(e)
+    return {"seconds": round(time.monotonic() - t0, 1), "error": error, **seen}
 
 
 def _members(env) -> int:
@@ -159,8 +161,10 @@ def _alive(master: SoakMaster) -> int:
 
 
 async def _until(predicate, timeout: float, what: str) -> None:
+    """Poll `predicate`, a coroutine function or a plain one (run in a thread: it reads /proc)."""
+    check = predicate if asyncio.iscoroutinefunction(predicate) else lambda: asyncio.to_thread(predicate)
     deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(predicate):
+    while not await check():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         await asyncio.sleep(0.5)
