@@ -21,9 +21,9 @@ for --minutes:
 Counts from the drivers (executors lost, tasks and jobs failed, time to first
 executor), from the pool (worker JVMs on the soak's addresses, busy per the master):
 scale-ups, retirements, idle worker-seconds, peak. Writes the raw numbers to
-benchmarks/soak-latest.json, where this run's environments replace that file's earlier
-rows of the same environments (so one backend can be soaked at a time), and from all of
-them the section "Soak" of benchmarks/RESULTS.md. Every
+benchmarks/soak-latest.json, where this run's rows replace that file's earlier rows of
+the same environment and strategy (so one backend, or some strategies of one, can be
+soaked at a time), and from all of them the section "Soak" of benchmarks/RESULTS.md. Every
 process it starts is stopped at the end, also on failure or Ctrl-C/SIGTERM.
 """
 
@@ -149,17 +149,20 @@ def faults_lines(summaries: list[dict]) -> list[str]:
 
 
 def merged(previous: list[dict], summaries: list[dict]) -> list[dict]:
-    """The latest run's summaries, after the previous runs' of the other environments:
-    one backend can be soaked (and re-soaked) at a time."""
-    ran = {s["environment"] for s in summaries}
-    return [s for s in previous if s["environment"] not in ran] + summaries
+    """The latest run's summaries, after the previous runs' of other environments or
+    strategies: one backend, or some of its strategies, can be re-soaked at a time."""
+    ran = {(s["environment"], s["strategy"]) for s in summaries}
+    return [s for s in previous if (s["environment"], s["strategy"]) not in ran] + summaries
 
 
 def report(summaries: list[dict]) -> list[str]:
     """The RESULTS.md section: per run its command, date and machine, then one table."""
     body = []
     for run in {json.dumps(s["run"], sort_keys=True): s["run"] for s in summaries}.values():
-        environments = ", ".join(dict.fromkeys(s["environment"] for s in summaries if s["run"] == run))
+        of_run = [s for s in summaries if s["run"] == run]
+        environments = ", ".join(
+            f"{env} ({', '.join(s['strategy'] for s in of_run if s['environment'] == env)})"
+            for env in dict.fromkeys(s["environment"] for s in of_run))
         timing = (f"each session planned {run['session_allowance']:g} s plus a think time (mean "
                   f"{run['think']:g} s) after the user's previous one, the same times for each strategy"
                   if run.get("session_allowance") else f"mean think time {run['think']:g} s after a session")
