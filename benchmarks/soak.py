@@ -115,11 +115,13 @@ def table(summaries: list[dict]) -> list[str]:
         ("ttfe_sessions_outside_faults", "sessions, no fault"),
         ("scale_ups", "scale-ups"), ("retirements", "retirements / kills"),
         ("idle_worker_seconds", "idle worker-s"), ("worker_seconds", "worker-s"), ("peak_workers", "peak"),
+        ("cpu_busy", "CPUs busy"),
     ]
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
     for s in summaries:
-        lines.append("| " + " | ".join("–" if s[key] is None else str(s[key]) for key, _ in columns) + " |")
+        cells = ("–" if s.get(key) is None else str(s[key]) for key, _ in columns)  # older rows lack some
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -157,6 +159,21 @@ def merged(previous: list[dict], summaries: list[dict]) -> list[dict]:
 
 def report(summaries: list[dict]) -> list[str]:
     """The RESULTS.md section: per run its command, date and machine, then one table."""
+    return [
+        *runs_lines(summaries),
+        "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
+        f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed, and executors lost while it "
+        "restarted the master, are the chaos's and counted apart. Raw numbers: benchmarks/soak-latest.json.",
+        "",
+        *table(summaries),
+        "",
+        *targets_lines(summaries),
+        *faults_lines(summaries),
+    ]
+
+
+def runs_lines(summaries: list[dict]) -> list[str]:
+    """Per run: which environments and strategies' rows it made, its command, date and machine."""
     body = []
     for run in {json.dumps(s["run"], sort_keys=True): s["run"] for s in summaries}.values():
         of_run = [s for s in summaries if s["run"] == run]
@@ -168,16 +185,6 @@ def report(summaries: list[dict]) -> list[str]:
                   if run.get("session_allowance") else f"mean think time {run['think']:g} s after a session")
         body += [f"{environments}: `{run['command']}` started {run['started']}; {run['machine']}. "
                  f"The same {run['users']} seeded users for each strategy in turn ({timing}).", ""]
-    body += [
-        "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
-        f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed, and executors lost while it "
-        "restarted the master, are the chaos's and counted apart. Raw numbers: benchmarks/soak-latest.json.",
-        "",
-        *table(summaries),
-        "",
-        *targets_lines(summaries),
-        *faults_lines(summaries),
-    ]
     return body
 
 

@@ -268,6 +268,45 @@ def test_the_first_executor_target_is_judged_over_the_paired_sessions():
     assert line.endswith("**missed**."), line
 
 
+def test_a_drift_of_the_machine_between_phases_cancels_over_runs_of_opposite_orders():
+    from soak_crossover import crossover_interval
+
+    # no difference between the strategies; the machine is 30% slower in each run's first phase
+    scaler, static = crowded_sessions(slower=1.0)
+    keys = sorted(scaler)
+    first_scaler = ([1.3 * scaler[k] for k in keys], [static[k] for k in keys])
+    first_static = ([scaler[k] for k in keys], [1.3 * static[k] for k in keys])
+    for run in first_scaler, first_static:  # each run alone "settles" the drift, not the strategies
+        _, low, high = median_ratio_interval(*run, paired=True)
+        assert not low < 1.0 < high, (low, high)
+    ratio, low, high = crossover_interval([first_scaler, first_static])
+    assert low < 1.0 < high and high / low < 1.2 and ratio == pytest.approx(1.0, abs=0.05), (ratio, low, high)
+    # a true 20% in both runs survives the crossover
+    slower = [([1.2 * t for t in a], b) for a, b in (first_scaler, first_static)]
+    ratio, low, high = crossover_interval(slower)
+    assert 1.1 < low < ratio < high, (ratio, low, high)
+
+
+def test_a_rerun_of_some_strategies_replaces_only_their_rows():
+    from soak import merged, runs_lines
+
+    def row(environment, strategy, started):
+        run = {"command": f"soak.py ({started})", "started": started, "machine": "m", "users": 8, "think": 90,
+               "session_allowance": 90}
+        return {"environment": environment, "strategy": strategy, "run": run}
+
+    previous = [row("kubernetes", "scaler", "1"), row("local", "scaler", "1"), row("local", "static", "1"),
+                row("local", "original", "1")]
+    rerun = [row("local", "static", "2"), row("local", "scaler", "2")]
+    rows = merged(previous, rerun)
+    assert [(r["environment"], r["strategy"], r["run"]["started"]) for r in rows] == [
+        ("kubernetes", "scaler", "1"), ("local", "original", "1"),
+        ("local", "static", "2"), ("local", "scaler", "2")]
+    runs = [line for line in runs_lines(rows) if line]
+    assert runs[0].startswith("kubernetes (scaler), local (original): ") and runs[1].startswith(
+        "local (static, scaler): "), runs
+
+
 def test_users_sessions_are_planned_alike_for_every_strategy_however_long_they_take():
     behaviour = Behaviour(think=90, session_allowance=90)
     first, second = (planned_sessions(random.Random(1001), behaviour) for _ in range(2))

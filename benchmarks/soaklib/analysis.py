@@ -158,6 +158,7 @@ def summarize(result) -> dict:
         "blind": blind,
         "settled": result.settled,
         "baseline": result.baseline,
+        "cpu_busy": _round(result.cpu_busy),
     }
 
 

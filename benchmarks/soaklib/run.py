@@ -50,6 +50,7 @@ class RunResult:
     faults: list = field(default_factory=list)  # chaos.Fault
     settled: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
+    cpu_busy: float | None = None  # the machine's CPUs, busy share while the users ran
 
 
 async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
@@ -84,7 +85,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
                                seed=config.seed * 1000 + i, behaviour=config.behaviour)
                  for i in range(1, config.users + 1)]
         sampler_task = asyncio.create_task(sampler.run(stop))
-        started, t0 = time.monotonic(), time.time()
+        started, t0, cpu_at_start = time.monotonic(), time.time(), _cpu_times()
         deadline = started + config.minutes * 60
         chaos = chaos_task = None
         if config.scaler_kills and config.strategy == "scaler":
@@ -107,7 +108,8 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
         stop.set()
         await sampler_task
         result = RunResult(config.strategy, env.name, seconds, [s for u in users for s in u.sessions],
-                           sampler.stats, chaos.log.faults if chaos else [])
+                           sampler.stats, chaos.log.faults if chaos else [],
+                           cpu_busy=_busy_share(cpu_at_start, _cpu_times()))
         if config.strategy == "scaler":
             result.settled = await _settle(env, config)
         if isinstance(baseline, OriginalAutoscaler):
@@ -147,6 +149,17 @@ async def _settle(env, config: RunConfig) -> dict:
     except TimeoutError as e:
         error = str(e)
     return {"seconds": round(time.monotonic() - t0, 1), "error": error, **seen}
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot, from /proc/stat (proc(5))."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    return (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else None
 
 
 def _members(env) -> int:
