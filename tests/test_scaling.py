@@ -8,8 +8,11 @@ execution: the exact window in which a naive autoscaler kills a busy worker.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
+import urllib.request
 
 import pytest
 
@@ -60,6 +63,11 @@ async def make_scaler(spark_master, tmp_path):
     yield make
     for backend in backends:
         await backend.shutdown()
+
+
+def rest_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
 
 
 def counts(r: Reconciler) -> dict[WorkerState, int]:
@@ -175,14 +183,29 @@ async def test_naive_scale_in_loses_executors(make_scaler, drivers):
     did: kill workers that had coresused == 0. The test above would see this."""
     r = await make_scaler(idle_workers=1)
     steady = drivers("steady-naive", "--cores-max", "1", "--task-seconds", "1")
-    bursty = drivers("bursty-naive", *BURSTY)
+    # tasks of 10 s: the burst's new executors get some even on a slow day
+    bursty = drivers("bursty-naive", *BURSTY[:-1], "10")
     await steady.started()
-    await bursty.started()
+    app = await bursty.started()
 
     async def naive_kill(r, decided, snapshot):
-        for w in snapshot.workers:
-            if w.master is not None and w.master.cores_used == 0 and w.ours:
-                await r.backend.stop(w.backend)
+        stale_idle = [w for w in snapshot.workers
+                      if w.master is not None and w.master.cores_used == 0 and w.ours]
+        hosts = {w.backend.host for w in stale_idle}
+
+        # the master counts an executor's cores from its launch; killed before it registers
+        # with its driver, it dies unseen (CI, 2026-11-27): wait until one runs a task
+        async def running_there():
+            try:  # a busy driver's UI can be slow to answer: ask again
+                executors = await asyncio.to_thread(rest_json, f"{app['ui']}/api/v1/applications/"
+                                                               f"{app['app_id']}/executors")
+            except OSError:
+                return False
+            return any(e["activeTasks"] and e["hostPort"].rpartition(":")[0] in hosts for e in executors)
+
+        await until(running_there, timeout=90, what="a burst task on a worker the stale view had idle")
+        for w in stale_idle:
+            await r.backend.stop(w.backend)
 
     await race_rounds(r, bursty, rounds=1, kill=naive_kill)
     result = await bursty.result()
