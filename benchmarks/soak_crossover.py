@@ -10,6 +10,7 @@ holds whatever the machine did between its phases. Over two runs in opposite
 orders (scaler then static, static then scaler) a drift that is the same in both
 cancels: the estimate is the geometric mean of the runs' paired median ratios,
 with a 90% bootstrap interval resampling each run's session pairs on its own.
+The runs must have had the same users and timings (the same load).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def paired_run(rows: list[dict], environment: str) -> tuple[str, list[float], li
     return f"{order} ({scaler['run']['started']})", samples[0], samples[1]
 
 
+def load(rows: list[dict], environment: str) -> tuple:
+    """What must match for two runs' ratios to be comparable: users, think time, session plan."""
+    run = next(r["run"] for r in rows if r["environment"] == environment and r["strategy"] == "scaler")
+    return tuple(str(run.get(key)) for key in ("users", "think", "session_allowance"))
+
+
 def crossover_interval(runs: list[tuple[list[float], list[float]]], draws: int = 4000,
                        seed: int = 1) -> tuple[float, float, float]:
     """The geometric mean over runs of median(scaler) / median(static), and its 90%
@@ -62,14 +69,19 @@ def main(argv=None) -> int:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--environment", default="local")
     args = p.parse_args(argv)
-    runs = []
+    runs, loads = [], set()
     for path in args.files:
-        order, a, b = paired_run(json.loads(path.read_text()), args.environment)
+        rows = json.loads(path.read_text())
+        order, a, b = paired_run(rows, args.environment)
+        loads.add(load(rows, args.environment))
         ratio, low, high = median_ratio_interval(a, b, paired=True)
         print(f"{path}: {order}: scaler {statistics.median(a):.2f} s, "
               f"static {statistics.median(b):.2f} s over {len(a)} paired sessions: {ratio - 1:+.1%} "
               f"(90% interval {low - 1:+.1%} to {high - 1:+.1%})")
         runs.append((a, b))
+    if len(loads) > 1:
+        raise SystemExit(f"soak_crossover: the runs had different users or timings {sorted(loads)}; "
+                         "only runs of the same load cancel each other's drift")
     ratio, low, high = crossover_interval(runs)
     print(f"over the {len(runs)} runs: {ratio - 1:+.1%} (90% interval {low - 1:+.1%} to {high - 1:+.1%})")
     return 0
