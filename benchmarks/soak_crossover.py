@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import statistics
@@ -27,11 +26,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from soaklib.analysis import first_executor_samples, median_ratio_interval  # noqa: E402
+from soaklib.analysis import (  # noqa: E402
+    first_executor_samples, interval90, median_ratio_interval, ratio_draws)
 
 
-def paired_run(rows: list[dict], environment: str) -> tuple[str, list[float], list[float]]:
-    """(the strategies' order, scaler times, static times) of one run's paired sessions."""
+def paired_run(rows: list[dict], environment: str) -> tuple[dict, list[float], list[float]]:
+    """(the run's settings, scaler times, static times) of one run's paired sessions."""
     by_strategy = {r["strategy"]: r for r in rows if r["environment"] == environment}
     scaler, static = by_strategy.get("scaler"), by_strategy.get("static")
     if not scaler or not static or scaler["run"] != static["run"]:
@@ -39,29 +39,17 @@ def paired_run(rows: list[dict], environment: str) -> tuple[str, list[float], li
     samples = first_executor_samples(scaler, static)
     if not samples or not samples[2]:
         raise SystemExit("soak_crossover: a run without planned (paired) sessions cannot be used")
-    order = re.search(r"--strategies (\S+)", scaler["run"]["command"]).group(1)
-    return f"{order} ({scaler['run']['started']})", samples[0], samples[1]
-
-
-def load(rows: list[dict], environment: str) -> tuple:
-    """What must match for two runs' ratios to be comparable: users, think time, session plan."""
-    run = next(r["run"] for r in rows if r["environment"] == environment and r["strategy"] == "scaler")
-    return tuple(str(run.get(key)) for key in ("users", "think", "session_allowance"))
+    return scaler["run"], samples[0], samples[1]
 
 
 def crossover_interval(runs: list[tuple[list[float], list[float]]], draws: int = 4000,
                        seed: int = 1) -> tuple[float, float, float]:
     """The geometric mean over runs of median(scaler) / median(static), and its 90%
     bootstrap interval (pairs resampled within each run)."""
-    def estimate(picks: list[list[int]]) -> float:
-        logs = [math.log(statistics.median(a[i] for i in p) / statistics.median(b[i] for i in p))
-                for (a, b), p in zip(runs, picks)]
-        return math.exp(statistics.fmean(logs))
-
     rng = random.Random(seed)
-    values = sorted(estimate([rng.choices(range(len(a)), k=len(a)) for a, _ in runs]) for _ in range(draws))
-    whole = estimate([list(range(len(a))) for a, _ in runs])
-    return whole, values[int(draws * 0.05)], values[int(draws * 0.95) - 1]
+    per_run = [ratio_draws(a, b, paired=True, draws=draws, rng=rng) for a, b in runs]
+    low, high = interval90([statistics.geometric_mean(ratios) for ratios in zip(*per_run)])
+    return statistics.geometric_mean(statistics.median(a) / statistics.median(b) for a, b in runs), low, high
 
 
 def main(argv=None) -> int:
@@ -71,11 +59,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     runs, loads = [], set()
     for path in args.files:
-        rows = json.loads(path.read_text())
-        order, a, b = paired_run(rows, args.environment)
-        loads.add(load(rows, args.environment))
+        run, a, b = paired_run(json.loads(path.read_text()), args.environment)
+        # what must match for two runs' ratios to be comparable: users, think time, session plan
+        loads.add(tuple(str(run.get(key)) for key in ("users", "think", "session_allowance")))
+        order = re.search(r"--strategies (\S+)", run["command"]).group(1)
         ratio, low, high = median_ratio_interval(a, b, paired=True)
-        print(f"{path}: {order}: scaler {statistics.median(a):.2f} s, "
+        print(f"{path}: {order} ({run['started']}): scaler {statistics.median(a):.2f} s, "
               f"static {statistics.median(b):.2f} s over {len(a)} paired sessions: {ratio - 1:+.1%} "
               f"(90% interval {low - 1:+.1%} to {high - 1:+.1%})")
         runs.append((a, b))

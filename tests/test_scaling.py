@@ -8,15 +8,14 @@ execution: the exact window in which a naive autoscaler kills a busy worker.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import logging
-import urllib.request
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from jhub_spark_scaler.backends.local import LocalBackend
+from jhub_spark_scaler.httpjson import fetch_json
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.observe import ObserveSettings
 from jhub_spark_scaler.policy import PolicySettings, plan
@@ -63,11 +62,6 @@ async def make_scaler(spark_master, tmp_path):
     yield make
     for backend in backends:
         await backend.shutdown()
-
-
-def rest_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
 
 
 def counts(r: Reconciler) -> dict[WorkerState, int]:
@@ -196,9 +190,10 @@ async def test_naive_scale_in_loses_executors(make_scaler, drivers):
         # the master counts an executor's cores from its launch; killed before it registers
         # with its driver, it dies unseen (CI, 2026-11-27): wait until one runs a task
         async def running_there():
+            url = f"{app['ui']}/api/v1/applications/{app['app_id']}/executors"
             try:  # a busy driver's UI can be slow to answer: ask again
-                executors = await asyncio.to_thread(rest_json, f"{app['ui']}/api/v1/applications/"
-                                                               f"{app['app_id']}/executors")
+                executors = await fetch_json(AsyncHTTPClient(), HTTPRequest(url, request_timeout=10),
+                                             what="the burst's driver", error=OSError)
             except OSError:
                 return False
             return any(e["activeTasks"] and e["hostPort"].rpartition(":")[0] in hosts for e in executors)

@@ -177,20 +177,30 @@ def first_executor_samples(scaler: dict, static: dict) -> tuple[list[float], lis
 
 def median_ratio_interval(a: list[float], b: list[float], *, paired: bool = False, draws: int = 4000,
                           seed: int = 1) -> tuple[float, float, float]:
-    """median(a) / median(b) and its 90% bootstrap interval: `draws` resamples with
-    replacement, of each sample on its own or, `paired`, of the pairs (a[i], b[i]).
+    """median(a) / median(b) and its 90% bootstrap interval (see `ratio_draws`).
     About 100 sessions a strategy leave the time to first executor's median uncertain
     by tens of percent unpaired, since how crowded a session's start is weighs most;
     the interval says whether a run settles a 10% target at all."""
-    rng = random.Random(seed)
+    low, high = interval90(ratio_draws(a, b, paired=paired, draws=draws, rng=random.Random(seed)))
+    return statistics.median(a) / statistics.median(b), low, high
+
+
+def ratio_draws(a: list[float], b: list[float], *, paired: bool, draws: int,
+                rng: random.Random) -> list[float]:
+    """median(a) / median(b) over `draws` resamples with replacement, of each sample on
+    its own or, `paired`, of the pairs (a[i], b[i])."""
     ratios = []
     for _ in range(draws):
         picks_a = rng.choices(range(len(a)), k=len(a))
         picks_b = picks_a if paired else rng.choices(range(len(b)), k=len(b))
         ratios.append(statistics.median(a[i] for i in picks_a) / statistics.median(b[i] for i in picks_b))
-    ratios.sort()
-    low, high = ratios[int(draws * 0.05)], ratios[int(draws * 0.95) - 1]
-    return statistics.median(a) / statistics.median(b), low, high
+    return ratios
+
+
+def interval90(draws: list[float]) -> tuple[float, float]:
+    """The 5th and 95th percentiles of bootstrap draws."""
+    ordered = sorted(draws)
+    return ordered[int(len(ordered) * 0.05)], ordered[int(len(ordered) * 0.95) - 1]
 
 
 def _epoch(stamp: str | None) -> float:
