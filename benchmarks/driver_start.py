@@ -31,9 +31,8 @@ sys.path.insert(0, HERE)
 from jhub_spark_scaler.backends.local import LocalBackend  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from soaklib.environments import WORKER_CORES  # noqa: E402
+from soaklib.users import DRIVER  # noqa: E402
 from worker_start import wait_alive  # noqa: E402
-
-DRIVER = os.path.join(HERE, "soaklib", "session_driver.py")
 
 
 def first_executor_s(master_url: str, tmp: str, run: int) -> float:
