@@ -29,17 +29,20 @@ def _hit(executor: dict, killed_at: float, read_at: float) -> bool:
     return alive and read_at > killed_at + LOSS_SEEN_WITHIN
 
 
-def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str]) -> bool:
+def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str],
+               only_killed_departed: bool) -> bool:
     """A task that failed on an executor the chaos killed, or fetching shuffle output
-    that was on one: FetchFailed(BlockManagerId(<executor id>, host, port, ...)), or,
-    in a stage attempt that lost tasks on a killed executor, FetchFailed(null, ...)
-    ("missing an output location": the killed executors' map output was dropped) or a
-    failure the stage counts but its task list lacks (no executor: map tasks whose
-    output was on a killed executor, resubmitted)."""
+    that was on one: FetchFailed(BlockManagerId(<executor id>, host, port, ...)), or
+    FetchFailed(null, ...) ("missing an output location": the killed executors' map
+    output was dropped) or a failure the stage counts but its task list lacks (no
+    executor: map tasks whose output was on a killed executor, resubmitted). Those two
+    name no executor, so they are the chaos's only in a stage attempt that lost tasks on
+    a killed executor, or in a session where no executor but the killed ones departed:
+    output goes missing only with the executor that held it."""
     if task["executor"] in killed_executors:
         return True
     if task["error"].startswith("FetchFailed(null,") or not task["executor"]:
-        return task["stage"] in killed_stages
+        return task["stage"] in killed_stages or only_killed_departed
     fetch = re.search(r"BlockManagerId\((\w+),", task["error"])
     return bool(fetch) and fetch.group(1) in killed_executors
 
@@ -54,7 +57,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 def summarize(result) -> dict:
     killed = {f.detail: f.at for f in result.faults if f.kind == "kill-busy-worker" and f.detail}
     # a killed worker's executors: on its host, added before the next worker there arrived
-    # (an executor it launched may register with its driver after the kill)
+    # (an executor it launched may register with its driver after the kill), not removed
+    # before the kill
     arrivals = result.pool.arrivals
     until = {host: min((at for at, h in arrivals if h == host and at > killed_at), default=math.inf)
              for host, killed_at in killed.items()}
@@ -83,8 +87,9 @@ def summarize(result) -> dict:
         else:
             errors.append(f"{s.user}#{s.n}: {r.get('first_executor_error', 'no first executor')}")
         executors = r.get("executors", [])
-        killed_executors = {e["id"] for e in executors
-                            if e["host"] in killed and _epoch(e.get("added")) < until[e["host"]]}
+        killed_executors = {e["id"] for e in executors if e["host"] in killed
+                            and _epoch(e.get("added")) < until[e["host"]]
+                            and _epoch(e.get("removed")) >= killed[e["host"]]}
         hit_by_test += sum(1 for e in executors if e["id"] in killed_executors
                            and _hit(e, killed[e["host"]], r.get("executors_read_at", math.inf)))
         by_restart = {e["id"] for e in executors if e["id"] not in killed_executors and _lost(e)
@@ -93,7 +98,9 @@ def summarize(result) -> dict:
         chaos_executors = killed_executors | by_restart
         failed_tasks = r.get("failed_tasks", [])
         killed_stages = {t["stage"] for t in failed_tasks if t["executor"] in chaos_executors}
-        caused = [_caused_by(t, chaos_executors, killed_stages) for t in failed_tasks]
+        departed = {e["id"] for e in executors if e.get("reason") or e.get("removed")}
+        only_killed_departed = bool(departed) and departed <= chaos_executors
+        caused = [_caused_by(t, chaos_executors, killed_stages, only_killed_departed) for t in failed_tasks]
         by_test_failed = sum(caused)
         reasons += [f"task on executor {t['executor']}: {t['error']}"
                     for t, by_chaos in zip(failed_tasks, caused) if not by_chaos]
