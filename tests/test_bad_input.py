@@ -126,6 +126,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("SparkScalerApp", "service_prefix"): ("services/spark-scaler/", "must start with '/'"),
     ("SparkScalerApp", "service_url"): ("http://127.0.0.1:port", "is not a URL"),
     ("SparkScalerApp", "start_timeout"): ("-1", ">= 0"),
+    ("LocalBackend", "cds_dump_timeout"): ("-1", "must not be negative"),
     ("LocalBackend", "extra_java_options"): ("Xmx1g", "JVM options"),
     ("LocalBackend", "host_range"): ("10.0.0.2-10.0.0.9", "127.x.x.x"),
     ("LocalBackend", "java"): ("/nonexistent/java", "no Java executable"),

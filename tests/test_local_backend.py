@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import inspect
 import json
 import os
 import signal
@@ -83,9 +84,12 @@ async def master_states(b: LocalBackend) -> dict[str, str]:
 
 
 async def eventually(check, timeout: float, what: str):
+    """Poll `check` (a function, or one returning an awaitable) until it returns truth."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
@@ -93,8 +97,9 @@ async def eventually(check, timeout: float, what: str):
 
 
 async def test_start_decommission_stop(state_dir):
-    # the first worker dumps its class archive as it exits on SIGTERM: about 5 s here, more when loaded
-    b = backend(state_dir, class_data_sharing=True, stop_timeout=30)
+    # the first worker dumps its class archive as it exits on SIGTERM: about 5 s here, more when
+    # loaded; it gets cds_dump_timeout for that, where stop_timeout=0 would SIGKILL it at once
+    b = backend(state_dir, class_data_sharing=True, stop_timeout=0, cds_dump_timeout=60)
     try:
         await b.setup()
         assert b.master_url.startswith("spark://127.0.0.1:")
@@ -130,6 +135,42 @@ async def test_start_decommission_stop(state_dir):
         await b.shutdown()
     assert before and not any(running(r) for r in before)
     assert records(state_dir) == []
+
+
+def cds_files(state_dir: str) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(state_dir, "cds", "*")))
+
+
+def dumps_classes(rec: dict) -> bool:
+    return any(a.startswith("-XX:ArchiveClassesAtExit=") for a in command_line(rec["pid"]))
+
+
+async def test_a_worker_killed_before_it_wrote_the_class_archive_leaves_the_next_one_to_write_it(state_dir):
+    """The chaos's SIGKILL of a busy worker (or an OOM) can hit the one that is to dump the
+    archive when it stops: that is no reason to give the archive up."""
+    b = backend(state_dir, class_data_sharing=True, cds_dump_timeout=60)
+    try:
+        await b.setup()
+        [doomed] = await b.start(1)
+        [rec] = [r for r in records(state_dir) if r.get("host") == doomed.host]
+        assert await eventually(lambda: dumps_classes(rec), 10, "the worker's command line")
+        os.killpg(rec["pid"], signal.SIGKILL)
+        await eventually(lambda: not running(rec), 10, "the killed worker gone")
+        await b.stop(doomed)
+        assert cds_files(state_dir) == []  # neither a half-written archive nor a ".failed" mark
+        [writer] = await b.start(1)
+        [rec] = [r for r in records(state_dir) if r.get("host") == writer.host]
+        assert await eventually(lambda: dumps_classes(rec), 10, "the worker's command line")
+
+        async def alive():
+            return (await master_states(b)).get(writer.host) == "ALIVE"
+
+        await eventually(alive, 60, "the second worker ALIVE at the master")  # its classes loaded
+        await b.stop(writer)
+        [archive] = cds_files(state_dir)
+        assert archive.startswith("worker-") and archive.endswith(".jsa")
+    finally:
+        await b.shutdown()
 
 
 async def test_adopts_master_and_workers(state_dir):

@@ -195,6 +195,7 @@ _CHECKS = {
     "master_port": _PORT_CHECK,
     "master_webui_port": _PORT_CHECK,
     "stop_timeout": (lambda v: v >= 0, "must not be negative"),
+    "cds_dump_timeout": (lambda v: v >= 0, "must not be negative"),
     "master_start_timeout": (lambda v: v > 0, "must be positive"),
     "host_range": (_range_ok, "is not 'FIRST-LAST' (or one address) of 127.x.x.x addresses, FIRST <= LAST"),
     "master_url": (lambda v: not v or re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
@@ -257,6 +258,11 @@ class LocalBackend(Backend):
     ).tag(config=True)
     class_data_sharing = Bool(
         True, help="Start workers from an AppCDS archive in state_dir (the first worker writes it on stop)."
+    ).tag(config=True)
+    cds_dump_timeout = Float(
+        30.0,
+        help="Seconds from SIGTERM to SIGKILL for the worker that writes the class data archive as it "
+        "exits (about 3 s on an idle machine, more than 10 s on a busy one); used instead of stop_timeout.",
     ).tag(config=True)
 
     @property
@@ -383,16 +389,16 @@ class LocalBackend(Backend):
                 return False
             await asyncio.sleep(0.05)
 
-    async def _terminate(self, rec: dict, what: str) -> bool:
-        """SIGTERM; after stop_timeout SIGKILL to its process group (with the executors it
-        launched). True if it exited on SIGTERM."""
+    async def _terminate(self, rec: dict, what: str, timeout: float) -> bool:
+        """SIGTERM; after `timeout` seconds SIGKILL to its process group (with the executors
+        it launched). True if it exited on SIGTERM."""
         pid = rec["pid"]
         try:
             os.kill(pid, signal.SIGTERM)
-            if await self._wait_gone(rec, self.stop_timeout):
+            if await self._wait_gone(rec, timeout):
                 return True
             self.log.warning("LocalBackend: %s (pid %d) outlived SIGTERM by %.0fs; killing it",
-                             what, pid, self.stop_timeout)
+                             what, pid, timeout)
             os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return True
@@ -465,7 +471,7 @@ class LocalBackend(Backend):
             if status == "ALIVE":
                 return
             if time.monotonic() >= deadline:
-                await self._terminate(rec, "Spark master")
+                await self._terminate(rec, "Spark master", self.stop_timeout)
                 raise BackendError(f"LocalBackend: the Spark master was not ALIVE within "
                                    f"{self.master_start_timeout:.0f}s; see {log}")
             await asyncio.sleep(0.2)
@@ -535,7 +541,8 @@ class LocalBackend(Backend):
 
     def _cds_options(self, handle: str, records: list[dict]) -> list[str]:
         """Use the archive; else (Java 17 cannot auto-create one) have one worker dump its
-        classes when it exits, which `stop()` then moves in place. One attempt per archive."""
+        classes when it exits, which `stop()` then moves in place: one at a time, until one
+        writes the archive or fails to (see `_finish_cds`)."""
         archive = self._cds_archive()
         if not self.class_data_sharing or os.path.exists(f"{archive}.failed"):
             return []
@@ -545,7 +552,10 @@ class LocalBackend(Backend):
             return []
         return [f"-XX:ArchiveClassesAtExit={archive}.{handle}.tmp"]
 
-    def _finish_cds(self, handle: str, rec: dict, exited: bool) -> None:
+    def _finish_cds(self, handle: str, rec: dict, stopped: bool, exited: bool) -> None:
+        """Move the dumping worker's archive in place. One that died before its stop
+        (SIGKILL, OOM) never got to dump: the next worker tries. One that exited without
+        an archive, or outlived cds_dump_timeout, marks the archive failed for good."""
         dump = rec.get("cds_dump")
         if not dump:
             return
@@ -553,10 +563,16 @@ class LocalBackend(Backend):
         if exited and os.path.exists(dump):
             os.replace(dump, archive)
             self.log.info("LocalBackend: wrote %s; workers will start from it", archive)
-        else:
-            _remove(dump)
-            open(f"{archive}.failed", "w").close()
-            self.log.warning("LocalBackend: worker %s wrote no class data archive; not trying again", handle)
+            return
+        _remove(dump)
+        if not stopped:
+            self.log.warning("LocalBackend: worker %s died before writing the class data archive; "
+                             "the next worker writes it", handle)
+            return
+        open(f"{archive}.failed", "w").close()
+        why = "exited without one" if exited else "was killed after LocalBackend.cds_dump_timeout"
+        self.log.warning("LocalBackend: worker %s wrote no class data archive (%s); not trying again "
+                         "until %s.failed is removed", handle, why, archive)
 
     async def decommission(self, worker: BackendWorker) -> None:
         """Mark the worker retiring, then send SIGPWR if the JVM can take it yet.
@@ -587,7 +603,8 @@ class LocalBackend(Backend):
         # pid + start time name one process for good: stop it even if its command line
         # cannot be read right now (a JVM still starting was seen to slip through)
         ours = bool(rec) and _alive(rec)
-        exited = await self._terminate(rec, f"worker {worker.handle}") if ours else False
+        timeout = self.cds_dump_timeout if rec.get("cds_dump") else self.stop_timeout
+        exited = await self._terminate(rec, f"worker {worker.handle}", timeout) if ours else False
         # a worker that died (SIGKILL, OOM) leaves its executors running in its work dir,
         # unknown to the master; deleting that dir under them would fail their tasks
         if left := _processes_in(self._path("work", worker.handle)):
@@ -596,7 +613,7 @@ class LocalBackend(Backend):
                     os.kill(pid, signal.SIGKILL)
             self.log.warning("LocalBackend: killed %d executor process(es) worker %s left behind",
                              len(left), worker.handle)
-        self._finish_cds(worker.handle, rec, exited)
+        self._finish_cds(worker.handle, rec, ours, exited)
         log = self._path("logs", f"{worker.handle}.log")
         _remove(path, f"{path}.tmp", *([log] if ours else []))  # keep the log of one that died on its own
         shutil.rmtree(self._path("work", worker.handle), ignore_errors=True)
@@ -608,7 +625,7 @@ class LocalBackend(Backend):
             return
         await asyncio.gather(*(self.stop(w) for w in await self.list()))
         if self._master is not None and _is_ours(self._master, MASTER_CLASS):
-            await self._terminate(self._master, "Spark master")
+            await self._terminate(self._master, "Spark master", self.stop_timeout)
             self.log.info("LocalBackend: stopped the Spark master")
         if self._master is not None:
             _remove(self._path("master.json"))
