@@ -201,7 +201,8 @@ async def measure_cache(kubeconfig: str, n: int, pool: str) -> dict:
     result = {
         "pods": len(cache.items), "list_seconds": round(list_seconds, 2), "requests": dict(api.requests),
         "median_cpu_ms": frozen_ms, "unfrozen_cpu_ms": unfrozen_ms, "listing_ms": round(listing_ms, 2),
-        "idle": snapshot.count(WorkerState.IDLE), "rss_start_mb": rss_start, "peak_rss_mb": memory_mb("VmHWM"),
+        "idle": snapshot.count(WorkerState.IDLE), "rss_start_mb": rss_start,
+        "peak_rss_mb": memory_mb("VmHWM"),
     }
     await cache.stop()
     await api_client.close()
@@ -270,7 +271,8 @@ def write(requests: dict, costs: list[dict], workers: int) -> None:
         + ("met" if all(not counted for name, (_, counted) in requests.items() if "steady" in name)
            else "**missed**")
         + "; <= 50 ms a cycle: "
-        + ", ".join(f"{c['pods']:,} pods {'met' if c['median_cpu_ms'] <= 50 else '**missed**'}" for c in costs)
+        + ", ".join(f"{c['pods']:,} pods {'met' if c['median_cpu_ms'] <= 50 else '**missed**'}"
+                    for c in costs)
         + "; RSS <= 150 MB: "
         + ", ".join(f"{c['pods']:,} pods {'met' if c['peak_rss_mb'] <= 150 else '**missed**'}" for c in costs)
         + ". The cache's share of a cycle is a fraction of a millisecond; the rest is the master's "

@@ -422,7 +422,8 @@ def stats(xs: list[float]) -> tuple[float, float, float]:
     return statistics.median(xs), min(xs), max(xs)
 
 
-def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete: bool, env: str) -> list[str]:
+def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete: bool,
+           env: str) -> list[str]:
     by = {m: [r for r in rows if r["mode"] == m and "first_executor_s" in r] for m in MODES}
     lines = [
         f"`python benchmarks/prewarm.py --reps {args.reps} --server-ready-seconds "
@@ -443,7 +444,8 @@ def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete
         "is gone and no worker is ALIVE at the master. One untimed static run first (page cache, "
         "and the worker AppCDS archive that all timed workers start from).",
         "",
-        "| mode | runs | median s | min s | max s | driver session up (median s) | executor after session (median s) |",
+        "| mode | runs | median s | min s | max s | driver session up (median s) "
+        "| executor after session (median s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     med = {}
@@ -484,7 +486,8 @@ def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete
     if b_rows:
         calls = [r["start_call_s"] for r in b_rows if r.get("start_call_s") is not None]
         if calls:
-            extra.append(f"in (b) the scaler entered `backend.start` a median {statistics.median(calls):.2f} s "
+            extra.append(f"in (b) the scaler entered `backend.start` a median "
+                         f"{statistics.median(calls):.2f} s "
                          "after the driver's clock started (session up, app registered, next 1 s tick)")
     if extra:
         lines += ["Breakdown: " + "; ".join(extra) + ".", ""]
@@ -589,7 +592,8 @@ async def main(args) -> int:
                             await bench.reset_pool()
                     rows.append(row)
                     print(f"rep {rep + 1} {MODES[m]}: " + json.dumps(
-                        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+                        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}),
+                        flush=True)
             else:
                 complete = True
         except asyncio.CancelledError:

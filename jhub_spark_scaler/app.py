@@ -152,7 +152,8 @@ class SparkScalerApp(Application):
         help="Most workers the scaler will run at once (required): the bound on runaway scale-out.",
     ).tag(config=True)
     min_workers = Int(0, help="Fewest workers to keep, even with no demand.").tag(config=True)
-    idle_workers = Int(1, help="Idle workers to keep ready beyond those in use (I in A + I).").tag(config=True)
+    idle_workers = Int(1, help="Idle workers to keep ready beyond those in use (I in A + I).").tag(
+        config=True)
     max_surge = Int(10, help="Most workers started in one cycle.").tag(config=True)
     scale_down_delay = Float(
         60.0, help="Seconds a surplus must last before workers are retired (stops flapping)."
@@ -168,7 +169,8 @@ class SparkScalerApp(Application):
         "(its app does not release them; the scaler keeps waiting).",
     ).tag(config=True)
     poll_interval = Float(2.0, help="Seconds between reconcile cycles.").tag(config=True)
-    http_timeout = Float(5.0, help="Seconds before a request to the master or a worker gives up.").tag(config=True)
+    http_timeout = Float(5.0, help="Seconds before a request to the master or a worker gives up.").tag(
+        config=True)
     decision_log_size = Int(500, help="Decisions kept in memory for display.").tag(config=True)
     master_ui_url = Unicode(
         "", help="The Spark master web UI (http://host:8080). Default: the backend's master."
@@ -229,7 +231,8 @@ class SparkScalerApp(Application):
     def _service_prefix_default(self):
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
 
-    _validate_min_workers = validate("min_workers", "idle_workers", "prewarm_workers_per_server")(_at_least(0))
+    _validate_min_workers = validate("min_workers", "idle_workers",
+                                     "prewarm_workers_per_server")(_at_least(0))
     _validate_max_surge = validate("max_surge")(_at_least(1))
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(_at_least(0.05))
@@ -241,7 +244,8 @@ class SparkScalerApp(Application):
     @validate("service_prefix")
     def _validate_service_prefix(self, proposal):
         if not proposal.value.startswith("/"):
-            raise TraitError(f"service_prefix: {proposal.value!r} must start with '/' (like /services/spark-scaler/)")
+            raise TraitError(f"service_prefix: {proposal.value!r} must start with '/' "
+                             "(like /services/spark-scaler/)")
         return proposal.value
 
     @validate("hub_api_token")
@@ -271,7 +275,8 @@ class SparkScalerApp(Application):
 
     @default("log_format")
     def _log_format_default(self):
-        return "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d]%(end_color)s %(message)s"
+        return ("%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d]"
+                "%(end_color)s %(message)s")
 
     @default("log_datefmt")
     def _log_datefmt_default(self):

@@ -104,7 +104,8 @@ class Reconciler:
 
     async def observe(self) -> Snapshot:
         master_error = backend_error = ""
-        master, listed = await asyncio.gather(self.spark.master(), self.backend.list(), return_exceptions=True)
+        master, listed = await asyncio.gather(self.spark.master(), self.backend.list(),
+                                              return_exceptions=True)
         if isinstance(master, BaseException):
             if not isinstance(master, SparkError):
                 raise master
@@ -171,7 +172,8 @@ class Reconciler:
         by_handle = {w.handle: w for w in snapshot.workers}
         reasons = decided.reasons
         await self._each("stop", decided.stop, lambda h: self.backend.stop(by_handle[h].backend), reasons)
-        await self._each("retire", decided.retire, lambda h: self._decommission(by_handle[h].backend), reasons)
+        await self._each("retire", decided.retire, lambda h: self._decommission(by_handle[h].backend),
+                         reasons)
         # A retiring worker the master still calls ALIVE never got (or lost) its
         # decommission, e.g. the scaler died between marking and signalling: resend.
         unacknowledged = [

@@ -64,7 +64,7 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 
 
 async def wait_until(check, *, timeout: float, what: str, process: subprocess.Popen | None = None,
-                   log: Path | None = None, interval: float = 0.1):
+                     log: Path | None = None, interval: float = 0.1):
     """Poll the sync `check` until it returns something truthy. Fail after `timeout`, or at
     once if `process` exited, with the tail of `log`."""
     deadline = time.monotonic() + timeout
@@ -163,7 +163,7 @@ class KubeCluster:
                 return False
 
         await wait_until(healthy, timeout=self.start_timeout, what="etcd", process=self.etcd,
-                       log=self.workdir / "etcd.log")
+                         log=self.workdir / "etcd.log")
 
     def _write_auth_files(self) -> None:
         with open(self.workdir / "tokens.csv", "w") as f:  # token,user,uid,"group1,group2"
@@ -199,7 +199,7 @@ class KubeCluster:
         ], "apiserver.log")
         try:
             await wait_until(self._ready, timeout=self.start_timeout, what="kube-apiserver /readyz",
-                           process=self.apiserver, log=self.workdir / "apiserver.log", interval=0.2)
+                             process=self.apiserver, log=self.workdir / "apiserver.log", interval=0.2)
         except BaseException:
             stop_process(self.apiserver, 0)
             raise

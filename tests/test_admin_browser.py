@@ -132,7 +132,7 @@ async def _count_is(spark_master, state, n):
 
 
 # reaper before hub: its teardown runs after the hub's
-async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_master, tmp_path):
+async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_master, tmp_path):  # noqa: F811
     if isinstance(browser, str):
         pytest.fail(browser, pytrace=False)
     app, state, url = hub
@@ -187,7 +187,8 @@ async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_ma
         " === '1 (override; configured 0)'", timeout=WAIT_MS)
     assert await page.is_hidden("#action-error")
     await page.wait_for_function(
-        "[...document.querySelectorAll('#decisions tr td:nth-child(2)')].some(td => td.textContent === 'idle-target')",
+        "[...document.querySelectorAll('#decisions tr td:nth-child(2)')]"
+        ".some(td => td.textContent === 'idle-target')",
         timeout=WAIT_MS)
 
     assert page.url == url, "no navigation"
@@ -197,7 +198,8 @@ async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_ma
 
     # for the picture (and the refresh once more): every worker's state caught up with the master
     await page.wait_for_function(
-        "[...document.querySelectorAll('#workers tr td:nth-child(3)')].every(td => td.textContent === 'idle')",
+        "[...document.querySelectorAll('#workers tr td:nth-child(3)')]"
+        ".every(td => td.textContent === 'idle')",
         timeout=WAIT_MS)
     shot = tmp_path / "admin-page.png"
     await page.screenshot(path=str(shot), full_page=True)

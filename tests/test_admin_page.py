@@ -16,7 +16,8 @@ from jhub_spark_scaler.hub import ADMIN_SCOPE
 
 from .conftest import until
 from .test_hub_service import (
-    ADMIN_TOKEN, alive_workers, configure_scaler, hub_api, hub_config, start_server, stop_scaler, worker_records,
+    ADMIN_TOKEN, alive_workers, configure_scaler, hub_api, hub_config, start_server, stop_scaler,
+    worker_records,
 )
 
 pytestmark = pytest.mark.spark
@@ -37,7 +38,8 @@ async def hub(hub_app, spark_master, tmp_path):
         {"name": "monitor", "api_token": MONITOR_TOKEN},
     ]
     c.JupyterHub.load_roles = [
-        {"name": "test-admin", "services": ["test-admin"], "scopes": ["admin:users", "admin:servers", "tokens"]},
+        {"name": "test-admin", "services": ["test-admin"],
+         "scopes": ["admin:users", "admin:servers", "tokens"]},
         {"name": "scaler-operator", "users": ["operator"],
          "scopes": [ADMIN_SCOPE, "access:services!service=spark-scaler"]},
         {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
@@ -79,7 +81,8 @@ class Browser:
         return await self.call("GET", self.service_url)
 
     async def pool(self) -> dict:
-        response = await self.call("GET", self.service_url + "api/pool", headers={"Accept": "application/json"})
+        response = await self.call("GET", self.service_url + "api/pool",
+                                   headers={"Accept": "application/json"})
         assert response.status_code == 200, response.text
         return response.json()
 

@@ -79,7 +79,8 @@ class Py:
 
 
 CLASSES = (SparkScalerApp, LocalBackend, KubernetesBackend)
-SETTINGS = {(cls.__name__, name): trait for cls in CLASSES for name, trait in cls.class_traits(config=True).items()}
+SETTINGS = {(cls.__name__, name): trait
+            for cls in CLASSES for name, trait in cls.class_traits(config=True).items()}
 
 
 def wrong_type(trait) -> str | Py:
@@ -102,7 +103,8 @@ def wrong_type(trait) -> str | Py:
 #: A value of the right type but outside what the setting allows, and a part of the one-line
 #: error. The line must also name the setting: that is checked for every case.
 OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
-    ("SparkScalerApp", "backend_class"): ("collections.OrderedDict", "subclass of 'jhub_spark_scaler.backends"),
+    ("SparkScalerApp", "backend_class"): ("collections.OrderedDict",
+                                          "subclass of 'jhub_spark_scaler.backends"),
     ("SparkScalerApp", "config_file"): ("/nonexistent/scaler_config.py", "not found"),
     ("SparkScalerApp", "decision_log_size"): ("-1", ">= 0"),
     ("SparkScalerApp", "held_after"): ("-1", ">= 0"),
@@ -188,7 +190,8 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
        "(tests/test_kubernetes_backend.py dry-runs the manifests) and refuses a bad pod in one line"
        for name in ("affinity", "extra_annotations", "extra_env", "extra_labels", "node_selector",
                     "tolerations", "volumes", "volume_mounts")},
-    ("KubernetesBackend", "modify_pod_hook"): "any callable; the pod it returns is the apiserver's to validate",
+    ("KubernetesBackend", "modify_pod_hook"):
+        "any callable; the pod it returns is the apiserver's to validate",
 }
 
 KUBECONFIG = """\
@@ -237,8 +240,10 @@ async def command(tmp_path, monkeypatch, capsys):
         if any(cls == "KubernetesBackend" for cls, _ in chosen):
             chosen = {("SparkScalerApp", "backend_class"): "kubernetes",
                       ("KubernetesBackend", "kubeconfig"): str(tmp_path / "kubeconfig"), **chosen}
-        argv = [f"--{cls}.{name}={value}" for (cls, name), value in chosen.items() if not isinstance(value, Py)]
-        lines = [f"c.{cls}.{name} = {value.value!r}" for (cls, name), value in chosen.items() if isinstance(value, Py)]
+        argv = [f"--{cls}.{name}={value}" for (cls, name), value in chosen.items()
+                if not isinstance(value, Py)]
+        lines = [f"c.{cls}.{name} = {value.value!r}" for (cls, name), value in chosen.items()
+                 if isinstance(value, Py)]
         (tmp_path / "jhub_spark_scaler_config.py").write_text("\n".join([config, *lines]) + "\n")
         capsys.readouterr()
         try:
@@ -300,7 +305,7 @@ def test_a_value_out_of_range_is_one_line_naming_the_setting(setting, command):
     (["--NoSuchClass.x=1"], "", ["unknown setting 'NoSuchClass'"]),
     (["start"], "", ["unexpected argument 'start'"]),
     ([], "c.KubernetesBackend.pol = 'a'", ["unknown setting KubernetesBackend.pol",
-                                          "did you mean KubernetesBackend.pool"]),
+                                           "did you mean KubernetesBackend.pool"]),
     ([], "c.SparkScalerApp.idle_workers = = 2", ["config file jhub_spark_scaler_config.py: SyntaxError"]),
     ([], "raise RuntimeError('boom')", ["config file jhub_spark_scaler_config.py: RuntimeError: boom"]),
     (["--SparkScalerApp.hub_api_url=http://127.0.0.1:8081/hub/api"], "", ["hub_api_token", "is required"]),
@@ -310,7 +315,8 @@ def test_command_line_and_config_file_mistakes_are_one_line(args, config, expect
     one_line_naming(command({}, config=config, args=tuple(args)), *expected)
 
 
-@pytest.mark.parametrize("name, expected", [("settings.txt", ".py or .json"), ("state-file", "Not a directory")])
+@pytest.mark.parametrize("name, expected", [("settings.txt", ".py or .json"),
+                                            ("state-file", "Not a directory")])
 def test_a_file_where_a_config_file_or_directory_belongs(name, expected, command, tmp_path):
     (tmp_path / name).write_text("c.SparkScalerApp.idle_workers = 2\n")
     setting = ("SparkScalerApp", "config_file") if name.endswith(".txt") else ("LocalBackend", "state_dir")
@@ -332,7 +338,8 @@ def _huge_master(size: int) -> bytes:
     """A master document of `size` bytes: thousands of well-formed workers, then one whose port
     is a string (JSON's types checked to the last entry, in bounded time)."""
     worker = {"id": "worker-x", "host": "10.0.0.1", "port": 7078, "webuiaddress": "http://10.0.0.1:8081",
-              "cores": 4, "coresused": 0, "memory": 1024, "memoryused": 0, "state": "ALIVE", "lastheartbeat": 1}
+              "cores": 4, "coresused": 0, "memory": 1024, "memoryused": 0, "state": "ALIVE",
+              "lastheartbeat": 1}
     entry = json.dumps(worker)
     bad = json.dumps({**worker, "port": "7078"})
     return ('{"status": "ALIVE", "workers": [' + ", ".join([entry] * (size // (len(entry) + 2))) + ", " + bad
@@ -369,7 +376,8 @@ class StandInHandler(RequestHandler):
 
     async def wait_gone(self, timeout: float = 30) -> None:
         """Until the client hangs up (or the stand-in stops)."""
-        waits = [asyncio.ensure_future(self.gone.wait()), asyncio.ensure_future(self.stand_in.released.wait())]
+        waits = [asyncio.ensure_future(self.gone.wait()),
+                 asyncio.ensure_future(self.stand_in.released.wait())]
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()
@@ -545,7 +553,8 @@ async def hub(hub_app, spark_master, stand_in, tmp_path):
         {"name": "monitor", "api_token": MONITOR_TOKEN},
     ]
     c.JupyterHub.load_roles = [
-        {"name": "test-admin", "services": ["test-admin"], "scopes": ["admin:users", "admin:servers", "tokens"]},
+        {"name": "test-admin", "services": ["test-admin"],
+         "scopes": ["admin:users", "admin:servers", "tokens"]},
         {"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
         {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
     ]
@@ -593,7 +602,8 @@ async def declared_body_answer(service_url: str, path: str, headers: str = "") -
     host, port = urlsplit(service_url).hostname, urlsplit(service_url).port
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {10**8}\r\n{headers}\r\n".encode())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Content-Length: {10**8}\r\n{headers}\r\n".encode())
         await writer.drain()
         try:
             return await asyncio.wait_for(reader.read(4096), timeout=10)
@@ -640,15 +650,18 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
                  ("POST", "api/idle-target"), ("GET", "metrics")]
     for method, path in endpoints:
         for auth in credentials:
-            response = await call(public + path, method, auth=auth, body="idle_workers=0" if method == "POST" else None)
-            assert response.code == 403, (method, path, auth and auth[:30], response.code, response.body[:200])
+            response = await call(public + path, method, auth=auth,
+                                  body="idle_workers=0" if method == "POST" else None)
+            assert response.code == 403, (method, path, auth and auth[:30], response.code,
+                                          response.body[:200])
             message = one_line_error(response)
             assert ("not logged in" in message or ADMIN_SCOPE in message), message
 
     # -- malformed values for the idle target, with a good token: 400, one line --
     form, as_json = "application/x-www-form-urlencoded", "application/json"
     bad_values = [("idle_workers=many", form), ("idle_workers=-1", form), ("idle_workers=4", form),
-                  ("idle_workers=1.5", form), ("idle_workers=1e3", form), ("idle_workers=" + "9" * 5000, form),
+                  ("idle_workers=1.5", form), ("idle_workers=1e3", form),
+                  ("idle_workers=" + "9" * 5000, form),
                   (f"idle_workers={XSS}", form), ("[1]", as_json), ('{"idle_workers": [1]}', as_json),
                   ('{"idle_workers": true}', as_json), ('{"idle_workers": {"n": 1}}', as_json),
                   ('{"idle_workers": 1', as_json), ("\xff\xfe", as_json)]
@@ -678,7 +691,8 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
     shown_pool = await until(shown, timeout=30, what="the markup names in api/pool")
     assert [s["user"] for s in shown_pool["servers"]] == [XSS + SURROGATE]
     assert [a["name"] for a in shown_pool["apps"] if a["id"] == MARKUP_APP["id"]] == [XSS + SURROGATE]
-    assert shown_pool["plan"]["start"] >= 1, "the plan would start a worker for them (but paused: it does not)"
+    assert shown_pool["plan"]["start"] >= 1, (
+        "the plan would start a worker for them (but paused: it does not)")
     page = await call(public, token=MONITOR_TOKEN, accept="text/html")
     assert page.code == 200, page.body[:300]
     text = page.body.decode("utf-8")  # strict: the lone surrogate was replaced, not sent
@@ -700,7 +714,8 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
         assert "\n" not in blinded["error"]
         assert (await call(public, token=MONITOR_TOKEN, accept="text/html")).code == 200
     stand_in.mode = "proxy"
-    after = await until(lambda: _status_is(pool, "paused"), timeout=30, what="the scaler to see the master again")
+    after = await until(lambda: _status_is(pool, "paused"), timeout=30,
+                        what="the scaler to see the master again")
 
     # -- nothing was lost, nothing was done, nothing restarted --
     assert after["paused"] and after["target"]["idle_override"] == 2

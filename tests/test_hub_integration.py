@@ -368,4 +368,3 @@ async def test_a_real_hub_runs_the_hooks_and_the_service_gets_events(started_pro
     await until(lambda: len(lines()) >= 2, timeout=10, what="two events at the stand-in")
     assert lines() == [["start", "user", ""], ["stop", "user", ""]]
     assert ran == [("pre", "user"), ("post", "user")]
-

@@ -127,6 +127,7 @@ async def test_a_worker_pod_runs_a_real_spark_worker_until_deleted(kube_cluster,
         assert ip.startswith("127.0.2.") and pod.spec.node_name == "test-node"
         assert [c.type for c in pod.status.conditions if c.status == "True"] == [
             "Initialized", "PodScheduled", "Ready", "ContainersReady"]
+
         async def alive(yes=True):
             return (ip in await alive_hosts(spark_master)) == yes
 

@@ -164,7 +164,8 @@ async def test_apiserver_down_blind_then_converge(make_kube_scaler, kube_cluster
     await cycles_until(r, idle_and_busy(2, 0), timeout=90, what="2 idle worker pods")
     kube_cluster.stop_apiserver()
     try:
-        await cycles_until(r, lambda s: s.blind, timeout=30, what="the scaler to notice the apiserver is down")
+        await cycles_until(r, lambda s: s.blind, timeout=30,
+                           what="the scaler to notice the apiserver is down")
         with_policy(r, idle_workers=0)  # it would retire both, if it could see
         for _ in range(5):
             decided = await r.cycle()

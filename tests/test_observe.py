@@ -296,4 +296,3 @@ def test_build_snapshot_passes_a_worker_read_error_through():
     (ours,) = [w for w in snapshot.workers if w.ours]
     assert ours.state is S.DRAINING and "HTTP 500" in ours.why
     assert len(snapshot.workers) == 3
-

@@ -171,28 +171,31 @@ def restart_session(removed: str = "2026-11-26T05:08:31.487GMT") -> dict:
              "added": "2026-11-26T05:08:23.993GMT", "removed": removed},
             {"id": "1", "host": "127.0.7.50", "reason": INTERRUPTED.format(1),
              "added": "2026-11-26T05:08:23.565GMT", "removed": "2026-11-26T05:08:31.025GMT"},
-            {"id": "2", "host": "127.0.7.52", "reason": "", "added": "2026-11-26T05:09:39.646GMT", "removed": None},
+            {"id": "2", "host": "127.0.7.52", "reason": "",
+             "added": "2026-11-26T05:09:39.646GMT", "removed": None},
         ],
     }
 
 
 def restart_summary(record: dict) -> dict:
     result = RunResult("scaler", "kubernetes", 60.0, [Session("user8", 11, result=record)], PoolStats(),
-                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT, converged_s=69.5)])
+                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT,
+                              converged_s=69.5)])
     return summarize(result)
 
 
 def test_executors_the_recovering_master_killed_are_the_master_restarts():
     s = restart_summary(restart_session())
-    assert (s["executors_lost_by_test"], s["executors_lost_by_master_restart"], s["tasks_failed_by_test"]) == (2, 2, 2)
+    assert (s["executors_lost_by_test"], s["executors_lost_by_master_restart"],
+            s["tasks_failed_by_test"]) == (2, 2, 2)
     assert (s["executors_lost"], s["tasks_failed"]) == (0, 0), s["failure_reasons"]
 
 
 def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
     s = restart_summary(restart_session(removed="2026-11-26T05:09:45.000GMT"))
     assert (s["executors_lost_by_master_restart"], s["executors_lost"], s["tasks_failed"]) == (1, 1, 1)
-    assert s["failure_reasons"][0] == f"task on executor 0: ExecutorLostFailure (executor 0 exited caused by " \
-                                      f"one of the running tasks) Reason: {INTERRUPTED.format(0)}"
+    assert s["failure_reasons"][0] == f"task on executor 0: ExecutorLostFailure (executor 0 exited " \
+                                      f"caused by one of the running tasks) Reason: {INTERRUPTED.format(0)}"
 
 
 def test_a_drained_workers_stop_that_ends_inside_a_blind_spell_is_not_a_blind_retirement():
@@ -202,7 +205,8 @@ def test_a_drained_workers_stop_that_ends_inside_a_blind_spell_is_not_a_blind_re
     pool = PoolStats(departures=[(MASTER_KILLED_AT + 0.5, "127.0.8.2"), (MASTER_KILLED_AT + 2, "127.0.8.3")],
                      drained_departures=[(MASTER_KILLED_AT + 0.5, "127.0.8.2")])
     result = RunResult("scaler", "local", 60.0, [], pool,
-                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT, converged_s=69.5)])
+                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT,
+                              converged_s=69.5)])
     [blind] = summarize(result)["blind"]
     assert (blind["departures"], blind["drained_workers_stopped"]) == (["127.0.8.3"], ["127.0.8.2"])
 

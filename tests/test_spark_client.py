@@ -49,12 +49,14 @@ def test_parse_master_sample(path):
     assert [(a.id, a.name, a.cores, a.state, a.user, a.start_time) for a in status.apps] == [
         (a["id"], a["name"], a["cores"], a["state"], a["user"], a["starttime"]) for a in raw["activeapps"]]
     assert status.completed_app_starts == tuple(a["starttime"] for a in raw["completedapps"])
-    assert sorted(status.app_starts) == sorted(a["starttime"] / 1000 for a in raw["activeapps"] + raw["completedapps"])
+    assert sorted(status.app_starts) == sorted(
+        a["starttime"] / 1000 for a in raw["activeapps"] + raw["completedapps"])
 
 
 def test_a_completed_app_with_a_mistyped_start_is_one_line():
     doc = {"status": "ALIVE", "completedapps": [{"id": "app-1", "starttime": "yesterday"}]}
-    with pytest.raises(SparkError, match=r"^master /json/ completedapps\[\]: field 'starttime' is str, expected int$"):
+    with pytest.raises(SparkError,
+                       match=r"^master /json/ completedapps\[\]: field 'starttime' is str, expected int$"):
         parse_master(doc)
 
 

@@ -17,7 +17,8 @@ from jhub_spark_scaler.web.view import pool_view
 from .test_policy import snap, worker
 
 S = WorkerState
-SETTINGS = {"max_workers": 5, "min_workers": 0, "idle_workers": 1, "prewarm_window": 600, "prewarm_per_server": 1}
+SETTINGS = {"max_workers": 5, "min_workers": 0, "idle_workers": 1, "prewarm_window": 600,
+            "prewarm_per_server": 1}
 EVIL = "<img src=x onerror=alert(1)>"
 
 
@@ -33,7 +34,8 @@ def test_view_of_a_pool():
     snapshot = snap(worker("local-1", S.BUSY, created_at=400.0), draining, worker("x", S.IDLE, ours=False),
                     apps=[MasterApp("app-1", EVIL, 2, "RUNNING", "alice", 0)], credit=1)
     servers = [Server("alice", "", 950.0, None, True), Server("bob", "gpu", 1.0, None, True)]
-    decisions = [Decision(10.0, "start", "started 1 (local-1)", ("target 1",)), Decision(20.0, "pause", "by admin")]
+    decisions = [Decision(10.0, "start", "started 1 (local-1)", ("target 1",)),
+                 Decision(20.0, "pause", "by admin")]
     v = view(snapshot, paused=True, override=3, decisions=decisions, servers=servers)
     json.dumps(v)  # serialisable as it is
     assert v["status"] == "paused" and v["paused"]
@@ -45,7 +47,8 @@ def test_view_of_a_pool():
     busy, drain, foreign = v["workers"]
     assert (busy["cores_used"], busy["cores"], busy["age"], busy["apps"]) == (1, 2, 600, None)
     assert drain["apps"] == [EVIL] and drain["why"] == "2 executors leaving"
-    assert foreign["ours"] is False and foreign["age"] is None and foreign["idle_since"] is None  # tracked for ours only
+    # tracked for ours only
+    assert foreign["ours"] is False and foreign["age"] is None and foreign["idle_since"] is None
     assert v["apps"] == [{"id": "app-1", "name": EVIL, "cores": 2, "state": "RUNNING", "user": "alice"}]
     assert [(s["user"], s["prewarm_credit"]) for s in v["servers"]] == [("alice", 1), ("bob", 0)]
     assert [d["action"] for d in v["decisions"]] == ["pause", "start"]  # newest first
@@ -59,8 +62,10 @@ def test_blind_wins_over_paused_and_no_snapshot_is_blind():
 
 
 def test_page_escapes_spark_and_user_values():
-    snapshot = snap(worker("local-1", S.BUSY, why=EVIL), apps=[MasterApp("app-1", EVIL, 1, "RUNNING", EVIL, 0)])
-    v = view(snapshot, decisions=[Decision(1.0, "pause", f"by {EVIL}")], servers=[Server(EVIL, "", 990.0, None, True)])
+    snapshot = snap(worker("local-1", S.BUSY, why=EVIL),
+                    apps=[MasterApp("app-1", EVIL, 1, "RUNNING", EVIL, 0)])
+    v = view(snapshot, decisions=[Decision(1.0, "pause", f"by {EVIL}")],
+             servers=[Server(EVIL, "", 990.0, None, True)])
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     html = env.get_template("pool.html").render(
         hub_prefix="/hub/", prefix="/services/spark-scaler/", user=EVIL, pool=v, xsrf='x"y', poll_ms=2000)

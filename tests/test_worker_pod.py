@@ -178,7 +178,8 @@ def test_pending_pods_carry_their_reason():
     assert w.host == "" and w.webui_url == ""
     assert w.problem == "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
     pull = pod(status={"phase": "Pending", "containerStatuses": [
-        {"name": "spark-worker", "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]})
+        {"name": "spark-worker",
+         "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]})
     assert pod_worker(pull).problem == "ErrImagePull: no such image"
     creating = pod(status={"phase": "Pending", "containerStatuses": [
         {"name": "spark-worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]})

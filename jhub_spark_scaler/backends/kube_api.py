@@ -114,7 +114,8 @@ class KubeApi:
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             host = self.api_client.configuration.host
-            raise BackendError(f"cannot reach the Kubernetes API at {host}: {e or type(e).__name__}") from None
+            raise BackendError(
+                f"cannot reach the Kubernetes API at {host}: {e or type(e).__name__}") from None
         if not expect_json:
             if not 200 <= response.status <= 299:
                 raise request_error(response.status, await response.read(), verb, resource, self.namespace)
@@ -146,7 +147,8 @@ class KubeApi:
 
     async def create_pod(self, pod: dict, dry_run: bool = False) -> dict:
         kwargs = {"dry_run": "All"} if dry_run else {}
-        return await self._call("create", "pods", self.core.create_namespaced_pod, self.namespace, pod, **kwargs)
+        return await self._call("create", "pods", self.core.create_namespaced_pod, self.namespace, pod,
+                                **kwargs)
 
     async def annotate_pod(self, name: str, annotations: dict[str, str]) -> dict:
         return await self._call("patch", "pods", self.core.patch_namespaced_pod, name, self.namespace,

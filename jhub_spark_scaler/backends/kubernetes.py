@@ -79,7 +79,8 @@ _CHECKS = {
     "cpu_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
     "memory_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
     "daemon_memory": (lambda v: _parses(spark_size_mib, v), "is not a Spark memory size like 512m, 2g"),
-    "worker_memory": (lambda v: not v or _parses(spark_size_mib, v), "is not a Spark memory size like 512m, 2g"),
+    "worker_memory": (lambda v: not v or _parses(spark_size_mib, v),
+                      "is not a Spark memory size like 512m, 2g"),
     "worker_cores": (lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
     "jvm_overhead": (lambda v: v >= 0, "must not be negative"),
     "stop_grace_period": (lambda v: v >= 0, "must not be negative"),
@@ -88,7 +89,8 @@ _CHECKS = {
     "api_timeout": (lambda v: v > 0, "must be positive"),
     "master_url": (lambda v: re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
                    "is not spark://host:port (or spark://host1:port1,host2:port2 for standby masters)"),
-    "master_ui_url": (lambda v: re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v), "is not http://host:port"),
+    "master_ui_url": (lambda v: re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v),
+                      "is not http://host:port"),
 }
 
 
@@ -110,20 +112,25 @@ class KubernetesBackend(Backend):
     image = Unicode("apache/spark:4.3.0", help="Image of the workers (and of the managed master).").tag(
         config=True)
     image_pull_policy = Unicode("IfNotPresent").tag(config=True)
-    image_pull_secrets = List(Unicode(), help="Names of image pull secrets for the worker pods.").tag(config=True)
+    image_pull_secrets = List(Unicode(), help="Names of image pull secrets for the worker pods.").tag(
+        config=True)
     cpu_limit = Unicode("1", help="CPU limit of a worker pod; Spark's --cores is derived from it.").tag(
         config=True)
     cpu_guarantee = Unicode("", help="CPU request of a worker pod. Default: the limit.").tag(config=True)
     memory_limit = Unicode(
         "2Gi", help="Memory limit of a worker pod; Spark's --memory is derived from it so the JVMs fit."
     ).tag(config=True)
-    memory_guarantee = Unicode("", help="Memory request of a worker pod. Default: the limit.").tag(config=True)
-    worker_cores = Int(0, help="Spark --cores. Default (0): the CPU limit, rounded down, at least 1.").tag(
+    memory_guarantee = Unicode("", help="Memory request of a worker pod. Default: the limit.").tag(
         config=True)
-    worker_memory = Unicode(
-        "", help="Spark --memory (like 1g). Default: what fits memory_limit after the daemon and JVM overhead."
+    worker_cores = Int(
+        0, help="Spark --cores. Default (0): the CPU limit, rounded down, at least 1."
     ).tag(config=True)
-    daemon_memory = Unicode("256m", help="Heap of the worker daemon JVM (SPARK_DAEMON_MEMORY).").tag(config=True)
+    worker_memory = Unicode(
+        "",
+        help="Spark --memory (like 1g). Default: what fits memory_limit after the daemon and JVM overhead.",
+    ).tag(config=True)
+    daemon_memory = Unicode("256m", help="Heap of the worker daemon JVM (SPARK_DAEMON_MEMORY).").tag(
+        config=True)
     jvm_overhead = Float(
         0.25, help="Executor JVM memory beyond its heap, as a fraction of the heap, reserved in the limit."
     ).tag(config=True)
@@ -150,16 +157,19 @@ class KubernetesBackend(Backend):
         help="'Kind/name' of the object in the namespace that owns the worker pods (deleting it deletes "
         "them), or '' for none. Default: the master Deployment, Deployment/<master_name>.",
     ).tag(config=True)
-    stop_grace_period = Int(30, help="Seconds a stopped worker pod gets to exit (deletion grace period).").tag(
-        config=True)
+    stop_grace_period = Int(
+        30, help="Seconds a stopped worker pod gets to exit (deletion grace period)."
+    ).tag(config=True)
 
-    master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(config=True)
+    master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(
+        config=True)
     manage_master = Bool(
         False, help="Create the Spark master Deployment and Services if missing (existing ones are adopted)."
     ).tag(config=True)
     master_memory = Unicode("1Gi", help="Memory of the managed master's pod.").tag(config=True)
-    master_url = Unicode(help="The master workers register with. Default: the master Service's DNS name.").tag(
-        config=True)
+    master_url = Unicode(
+        help="The master workers register with. Default: the master Service's DNS name."
+    ).tag(config=True)
     master_ui_url = Unicode(help="The master's web UI. Default: the master UI Service's DNS name.").tag(
         config=True)
 

@@ -31,7 +31,8 @@ _SUFFIXES = {
     "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([-+]?[0-9]+))?(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([-+]?[0-9]+))?"
+                       r"(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SPARK_SIZE = re.compile(r"^([0-9]+)([kmgt]?)b?$", re.IGNORECASE)
 
 
@@ -50,7 +51,8 @@ def spark_size_mib(text: str) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a Spark memory size (like 512m, 2g)")
     number, unit = int(match.group(1)), match.group(2).lower()
-    return {"": number // 2**20, "k": number // 1024, "m": number, "g": number * 1024, "t": number * 2**20}[unit]
+    return {"": number // 2**20, "k": number // 1024, "m": number, "g": number * 1024,
+            "t": number * 2**20}[unit]
 
 
 @dataclass(frozen=True, slots=True)

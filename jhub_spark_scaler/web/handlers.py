@@ -158,7 +158,10 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
         # access this service (their OAuth tokens for it, or their full API tokens),
         # not with any narrowly scoped token an admin happens to own.
         access = self.hub_auth.access_scopes
-        if model.get("kind", "user") == "user" and model.get("admin") and access and check_scopes(access, scopes):
+        if (
+            model.get("kind", "user") == "user" and model.get("admin") and access
+            and check_scopes(access, scopes)
+        ):
             return model
         raise UserNotAllowed(model)
 
@@ -197,7 +200,8 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(403, "the '_xsrf' value is missing or wrong: reload the page and try again")
         if self.hub_auth._get_token_cookie(self):
             raise web.HTTPError(403, "a script's request needs the X-XSRFToken header")
-        raise web.HTTPError(403, "not logged in: log in at the hub, or send 'Authorization: token <hub API token>'")
+        raise web.HTTPError(403, "not logged in: log in at the hub, "
+                                 "or send 'Authorization: token <hub API token>'")
 
     @property
     def user_name(self) -> str:
