@@ -55,6 +55,9 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
     # none when the kill met a session's last seconds, after its driver had read its executors
     assert s["executors_lost_by_test"] >= s["executors_hit_by_test"], s
     assert_guarantee_held(s)
+    # the class archive the environment prepared, as a deployed hub keeps it: nothing else
+    archives = sorted(p.name for p in (tmp_path / "scaler-workers" / "cds").iterdir())
+    assert len(archives) == 1 and archives[0].endswith(".jsa"), archives
 
 
 async def test_short_soak_with_chaos_on_the_kubernetes_backend(tmp_path, kube_cluster, kube_rbac, kubelet):

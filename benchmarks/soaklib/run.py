@@ -61,6 +61,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
     stop = asyncio.Event()
     await asyncio.to_thread(master.start)
     try:
+        await env.prepare(master, config.strategy)
         scaler = None
         if config.strategy == "scaler":
             scaler = {"max_workers": config.max_workers, "idle_workers": config.idle_workers,
