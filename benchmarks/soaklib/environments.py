@@ -65,7 +65,8 @@ class LocalEnv:
                 await asyncio.sleep(0.2)
             await backend.stop(worker)
             if not glob.glob(str(self.workdir / f"{strategy}-workers" / "cds" / "worker-*.jsa")):
-                raise RuntimeError(f"worker {worker.handle} wrote no class archive: see the scaler's log")
+                raise RuntimeError(f"worker {worker.handle} wrote no class archive "
+                                   "(LocalBackend's warning says why)")
         finally:
             await backend.shutdown()
 
