@@ -24,6 +24,14 @@ def master_json(ui: str, timeout: float = 5) -> dict:
         return json.load(r)
 
 
+def alive_hosts(ui: str) -> list[str]:
+    """The hosts of the workers the master calls ALIVE (none while it cannot be read)."""
+    try:
+        return [w["host"] for w in master_json(ui, 2)["workers"] if w["state"] == "ALIVE"]
+    except (OSError, ValueError):
+        return []
+
+
 class SoakMaster:
     """A standalone master with FILESYSTEM recovery: killed and started again on the
     same ports, it recovers its apps and workers (without recovery a new master kills

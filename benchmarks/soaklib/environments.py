@@ -13,18 +13,11 @@ from pathlib import Path
 from jhub_spark_scaler.backends import Backend
 from jhub_spark_scaler.backends.local import LocalBackend
 
-from .cluster import kill_quietly, master_json, worker_processes
+from .cluster import alive_hosts, kill_quietly, worker_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_CORES = 2
 ALIVE_WITHIN = 120.0  # s for a worker to register on a loaded machine
-
-
-def _alive_at(ui: str, host: str) -> bool:
-    try:
-        return any(w["host"] == host and w["state"] == "ALIVE" for w in master_json(ui, 2)["workers"])
-    except (OSError, ValueError):
-        return False
 
 
 class LocalEnv:
@@ -59,7 +52,7 @@ class LocalEnv:
         try:
             [worker] = await backend.start(1)
             deadline = time.monotonic() + ALIVE_WITHIN
-            while not await asyncio.to_thread(_alive_at, master.ui, worker.host):
+            while worker.host not in await asyncio.to_thread(alive_hosts, master.ui):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"worker {worker.handle} not ALIVE within {ALIVE_WITHIN:.0f} s")
                 await asyncio.sleep(0.2)

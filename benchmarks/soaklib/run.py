@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chaos import Chaos, schedule
-from .cluster import SoakMaster, master_json, sweep, worker_processes
+from .cluster import SoakMaster, alive_hosts, sweep, worker_processes
 from .hub import Hub
 from .pool import PoolSampler
 from .strategies import OriginalAutoscaler, StaticPool
@@ -168,10 +168,7 @@ def _members(env) -> int:
 
 
 def _alive(master: SoakMaster) -> int:
-    try:
-        return sum(1 for w in master_json(master.ui, 2)["workers"] if w["state"] == "ALIVE")
-    except (OSError, ValueError):
-        return 0
+    return len(alive_hosts(master.ui))
 
 
 async def _until(predicate, timeout: float, what: str) -> None:
