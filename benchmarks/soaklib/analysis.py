@@ -9,7 +9,7 @@ import math
 import random
 import re
 import statistics
-from datetime import datetime
+from datetime import datetime, timezone
 
 GRACEFUL = ("executor decommission", "killed by driver")
 OWN_DEPARTURE_WINDOW = 60.0  # s after a chaos kill in which that host's departure is the kill's
@@ -111,7 +111,8 @@ def summarize(result) -> dict:
                     lost_by_test += 1
                 else:
                     lost += 1
-                    reasons.append(f"{e['host']}: {e['reason']}")
+                    reasons.append(f"{s.user}#{s.n} executor {e['id']} on {e['host']}, removed "
+                                   f"{e.get('removed')}: {e['reason']}")
         tasks_failed_by_test += by_test_failed
         tasks_failed += r.get("tasks_failed", 0) - by_test_failed
     ttfe = list(ttfe_by_session.values())
@@ -160,8 +161,9 @@ def summarize(result) -> dict:
         "idle_worker_seconds": round(pool.idle_worker_seconds),
         "worker_seconds": round(pool.worker_seconds),
         "peak_workers": pool.peak_workers,
-        "faults": [{"kind": f.kind, "detail": f.detail, "converged_s": f.converged_s, "error": f.error}
-                   for f in result.faults],
+        # wall times, to set beside the failure reasons' removal times
+        "faults": [{"kind": f.kind, "detail": f.detail, "at": _stamp(f.at), "back": _stamp(f.blind_until),
+                    "converged_s": f.converged_s, "error": f.error} for f in result.faults],
         "blind": blind,
         "settled": result.settled,
         "baseline": result.baseline,
@@ -215,6 +217,13 @@ def _epoch(stamp: str | None) -> float:
     if not stamp:
         return float("inf")
     return datetime.strptime(stamp.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def _stamp(epoch: float | None) -> str | None:
+    """Epoch seconds as Spark REST's time stamps are written (UTC, milliseconds)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "GMT"
 
 
 def _round(value: float | None) -> float | None:
