@@ -159,7 +159,8 @@ MASTER_BACK_AT = MASTER_KILLED_AT + 68.9
 INTERRUPTED = "Runner thread for executor app-20261126050818-0082/{} interrupted"
 
 
-def restart_session(removed: str = "2026-11-26T05:08:31.487GMT") -> dict:
+def restart_session(removed: str = "2026-11-26T05:08:31.487GMT",
+                    added: str = "2026-11-26T05:08:23.993GMT") -> dict:
     failed = [{"executor": e, "stage": "stage 0.0",
                "error": f"ExecutorLostFailure (executor {e} exited caused by one of the running tasks) "
                         f"Reason: {INTERRUPTED.format(e)}"} for e in ("1", "0")]
@@ -168,7 +169,7 @@ def restart_session(removed: str = "2026-11-26T05:08:31.487GMT") -> dict:
         "jobs": 3, "jobs_failed": 0, "tasks_failed": 2, "failed_tasks": failed,
         "executors": [
             {"id": "0", "host": "127.0.7.50", "reason": INTERRUPTED.format(0),
-             "added": "2026-11-26T05:08:23.993GMT", "removed": removed},
+             "added": added, "removed": removed},
             {"id": "1", "host": "127.0.7.50", "reason": INTERRUPTED.format(1),
              "added": "2026-11-26T05:08:23.565GMT", "removed": "2026-11-26T05:08:31.025GMT"},
             {"id": "2", "host": "127.0.7.52", "reason": "",
@@ -177,10 +178,10 @@ def restart_session(removed: str = "2026-11-26T05:08:31.487GMT") -> dict:
     }
 
 
-def restart_summary(record: dict) -> dict:
+def restart_summary(record: dict, back_at: float = MASTER_BACK_AT) -> dict:
     result = RunResult("scaler", "kubernetes", 60.0, [Session("user8", 11, result=record)], PoolStats(),
-                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=MASTER_BACK_AT,
-                              converged_s=69.5)])
+                       [Fault("restart-master", MASTER_KILLED_AT, blind_until=back_at,
+                              converged_s=round(back_at - MASTER_KILLED_AT + 0.6, 1))])
     return summarize(result)
 
 
@@ -191,11 +192,28 @@ def test_executors_the_recovering_master_killed_are_the_master_restarts():
     assert (s["executors_lost"], s["tasks_failed"]) == (0, 0), s["failure_reasons"]
 
 
-def test_an_executor_lost_after_the_master_was_back_counts_against_the_scaler():
-    s = restart_summary(restart_session(removed="2026-11-26T05:09:45.000GMT"))
+def test_the_kills_a_master_back_within_seconds_ordered_are_the_master_restarts_though_seen_after():
+    """The same kills when the master is back 6.6 s after its own (every worker and app
+    answered at once, as in the short soak): the drivers see them 3-4 s after its return,
+    since a worker gives an executor up to 10 s to exit before it reports the kill."""
+    s = restart_summary(restart_session(), back_at=MASTER_KILLED_AT + 6.6)
+    assert (s["executors_lost_by_master_restart"], s["tasks_failed_by_test"]) == (2, 2)
+    assert (s["executors_lost"], s["tasks_failed"]) == (0, 0), s["failure_reasons"]
+
+
+def test_an_executor_lost_long_after_the_master_was_back_counts_against_the_scaler():
+    s = restart_summary(restart_session(removed="2026-11-26T05:10:00.000GMT"))
     assert (s["executors_lost_by_master_restart"], s["executors_lost"], s["tasks_failed"]) == (1, 1, 1)
     assert s["failure_reasons"][0] == f"task on executor 0: ExecutorLostFailure (executor 0 exited " \
                                       f"caused by one of the running tasks) Reason: {INTERRUPTED.format(0)}"
+    assert s["failure_reasons"][1] == ("user8#11 executor 0 on 127.0.7.50, removed "
+                                       f"2026-11-26T05:10:00.000GMT: {INTERRUPTED.format(0)}")
+
+
+def test_an_executor_started_after_the_master_was_back_and_lost_soon_after_counts_against_the_scaler():
+    """The recovering master's kills reach only executors that ran before it was back."""
+    s = restart_summary(restart_session(added="2026-11-26T05:08:28.500GMT"), back_at=MASTER_KILLED_AT + 6.6)
+    assert (s["executors_lost_by_master_restart"], s["executors_lost"], s["tasks_failed"]) == (1, 1, 1)
 
 
 def test_a_drained_workers_stop_that_ends_inside_a_blind_spell_is_not_a_blind_retirement():

@@ -1,7 +1,7 @@
 """From a run's raw records to the soak's numbers. Losses on a worker the chaos
 killed (from the kill on), and executors lost while the chaos restarted the Spark master
-(a recovering master kills executors it does not know yet), are the test's own and
-counted apart."""
+or in the seconds after (a recovering master kills executors it does not know yet), are
+the test's own and counted apart."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from datetime import datetime, timezone
 GRACEFUL = ("executor decommission", "killed by driver")
 OWN_DEPARTURE_WINDOW = 60.0  # s after a chaos kill in which that host's departure is the kill's
 LOSS_SEEN_WITHIN = 10.0  # s from a worker kill until its executors' drivers have them removed
+# s from the master's return until its drivers have the executors removed that it told a
+# re-registering worker to kill while recovering: the worker gives an executor up to 10 s
+# (Spark's executor terminate timeout) to exit before it reports the kill
+RESTART_KILLS_SEEN_WITHIN = 15.0
 
 
 def _lost(executor: dict) -> bool:
@@ -62,8 +66,12 @@ def summarize(result) -> dict:
     arrivals = result.pool.arrivals
     until = {host: min((at for at, h in arrivals if h == host and at > killed_at), default=math.inf)
              for host, killed_at in killed.items()}
-    # a master restart's window: from its kill until it was back (the scaler blind all along,
-    # which the blind check below holds it to)
+    # a master restart's losses: executors that ran before it was back, removed from its kill
+    # until RESTART_KILLS_SEEN_WITHIN after it was back. A worker that re-registers with the
+    # recovering master before reporting its executors is told to kill them (Spark's
+    # WorkerLatestState); a master back in under a second has their drivers see that after
+    # its return. (The scaler is blind until the master is back, which the blind check below
+    # holds it to.)
     restarts = [(f.at, f.blind_until) for f in result.faults if f.kind == "restart-master" and f.blind_until]
     lost_by_restart = 0
     lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
@@ -93,7 +101,8 @@ def summarize(result) -> dict:
         hit_by_test += sum(1 for e in executors if e["id"] in killed_executors
                            and _hit(e, killed[e["host"]], r.get("executors_read_at", math.inf)))
         by_restart = {e["id"] for e in executors if e["id"] not in killed_executors and _lost(e)
-                      and any(a <= _epoch(e.get("removed")) <= b for a, b in restarts)}
+                      and any(_epoch(e.get("added")) < b and a <= _epoch(e.get("removed"))
+                              <= b + RESTART_KILLS_SEEN_WITHIN for a, b in restarts)}
         lost_by_restart += len(by_restart)
         chaos_executors = killed_executors | by_restart
         failed_tasks = r.get("failed_tasks", [])
