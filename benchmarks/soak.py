@@ -163,13 +163,29 @@ def report(summaries: list[dict]) -> list[str]:
         *runs_lines(summaries),
         "A session: server start, a driver with cores.max=2 running 2-4 shuffle jobs, stop. Workers of "
         f"{WORKER_CORES} cores. Losses on the busy worker the chaos killed, and executors lost while it "
-        "restarted the master, are the chaos's and counted apart. Raw numbers: benchmarks/soak-latest.json.",
+        "restarted the master (or within 15 s of its return, started before it), are the chaos's and "
+        "counted apart. Raw numbers: benchmarks/soak-latest.json.",
         "",
         *table(summaries),
         "",
         *targets_lines(summaries),
+        *pool_lines(summaries),
         *faults_lines(summaries),
     ]
+
+
+def pool_lines(summaries: list[dict]) -> list[str]:
+    """Per row, the first-executor medians split by how the pool met the drivers."""
+    lines = []
+    for s in summaries:
+        split = s.get("ttfe_by_pool")  # older rows lack it
+        if not split:
+            continue
+        parts = [f"{'–' if g['median'] is None else g['median']} s in the {g['sessions']} that {name}"
+                 for name, g in split.items()]
+        lines.append(f"- {s['environment']} {s['strategy']}, first executor median by how the pool met "
+                     f"the driver: {parts[0]}, {parts[1]}; {parts[2]}, {parts[3]}.")
+    return lines
 
 
 def runs_lines(summaries: list[dict]) -> list[str]:

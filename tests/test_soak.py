@@ -57,6 +57,8 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
     # none when the kill met a session's last seconds, after its driver had read its executors
     assert s["executors_lost_by_test"] >= s["executors_hit_by_test"], s
     assert_guarantee_held(s)
+    # the sampler read the pool before every driver started
+    assert s["pool_by_session"].keys() == s["ttfe_by_session"].keys(), s["pool_by_session"]
     # the class archive the environment prepared, as a deployed hub keeps it: nothing else
     archives = sorted(p.name for p in (tmp_path / "scaler-workers" / "cds").iterdir())
     assert len(archives) == 1 and archives[0].endswith(".jsa"), archives

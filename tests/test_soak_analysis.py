@@ -379,3 +379,23 @@ def test_users_sessions_are_planned_alike_for_every_strategy_however_long_they_t
     assert plans == [next(second) for _ in range(20)]
     starts = [at for at, _ in plans]
     assert all(later - earlier >= 90 for earlier, later in zip(starts, starts[1:])), starts
+
+
+def test_first_executor_times_are_split_by_how_the_pool_met_each_driver():
+    """A driver that found a worker ready waited for its own start; one that found none
+    waited for a worker's, and one whose wait overlapped worker starts shared the CPUs
+    with them. The sampler's readings at each driver's start tell which."""
+    pool = PoolStats(readiness=[(99.0, 1, 0), (199.5, 0, 1), (299.0, 0, 0)],
+                     arrivals=[(190.0, "127.0.8.2"), (305.0, "127.0.8.3"), (330.0, "127.0.8.4")])
+    starts = [(100.0, 5.0), (200.0, 12.0), (300.0, 10.0), (50.0, 7.0)]
+    sessions = [Session("user1", n, result={"wall_start": start, "first_executor_s": ttfe})
+                for n, (start, ttfe) in enumerate(starts, 1)]
+    s = summarize(RunResult("scaler", "local", 600.0, sessions, pool, []))
+    # user1#4 started before the pool's first reading; user1#3 met no worker and one arrived in its wait
+    assert s["pool_by_session"] == {"user1#1": [1, 0], "user1#2": [0, 1], "user1#3": [0, 1]}
+    assert s["ttfe_by_pool"] == {
+        "found a worker ready": {"sessions": 1, "median": 5.0},
+        "found none ready": {"sessions": 2, "median": 11.0},
+        "waited while workers started": {"sessions": 2, "median": 11.0},
+        "waited with no worker starting": {"sessions": 1, "median": 5.0},
+    }

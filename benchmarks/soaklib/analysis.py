@@ -51,6 +51,31 @@ def _caused_by(task: dict, killed_executors: set[str], killed_stages: set[str],
     return bool(fetch) and fetch.group(1) in killed_executors
 
 
+def _pool_at_session(pool, start: float, first_executor: float) -> tuple[int, int] | None:
+    """The pool as a session's driver met it: workers ready for an app at its start, and
+    worker JVMs starting during its wait for a first executor (starting at its start, or
+    arriving before the first executor); None before the pool's first reading."""
+    before = [sample for sample in pool.readiness if sample[0] <= start]
+    if not before:
+        return None
+    _, ready, starting = before[-1]
+    arriving = sum(1 for at, _ in pool.arrivals if start < at <= start + first_executor)
+    return ready, starting + arriving
+
+
+def _ttfe_by_pool(ttfe: dict[str, float], pool_at: dict[str, tuple[int, int]]) -> dict:
+    """Sessions' first-executor times split by how the pool met them: how many and the median."""
+    groups = {"found a worker ready": lambda ready, starts: ready > 0,
+              "found none ready": lambda ready, starts: ready == 0,
+              "waited while workers started": lambda ready, starts: starts > 0,
+              "waited with no worker starting": lambda ready, starts: starts == 0}
+    split = {}
+    for name, member in groups.items():
+        times = [ttfe[k] for k, at in pool_at.items() if member(*at)]
+        split[name] = {"sessions": len(times), "median": _round(statistics.median(times) if times else None)}
+    return split
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -77,6 +102,7 @@ def summarize(result) -> dict:
     lost = lost_by_test = hit_by_test = tasks_failed = tasks_failed_by_test = jobs_failed = jobs = 0
     ttfe_calm, reasons, errors = [], [], []
     ttfe_by_session: dict[str, float] = {}
+    pool_by_session: dict[str, tuple[int, int]] = {}  # (workers ready at start, starts during the wait)
     # while a fault lasts (injected, until the scaler converged), sessions wait for its reason
     faults = [(f.at, f.at + (f.converged_s if f.converged_s is not None else 180.0)) for f in result.faults]
     for s in result.sessions:
@@ -89,6 +115,8 @@ def summarize(result) -> dict:
         jobs_failed += r.get("jobs_failed", 0)
         if "first_executor_s" in r:
             ttfe_by_session[f"{s.user}#{s.n}"] = r["first_executor_s"]
+            if (at := _pool_at_session(result.pool, r["wall_start"], r["first_executor_s"])) is not None:
+                pool_by_session[f"{s.user}#{s.n}"] = at
             waited = (r["wall_start"], r["wall_start"] + r["first_executor_s"])
             if not any(a < waited[1] and waited[0] < b for a, b in faults):
                 ttfe_calm.append(r["first_executor_s"])
@@ -165,6 +193,9 @@ def summarize(result) -> dict:
         "ttfe_p90_outside_faults": _round(_percentile(ttfe_calm, 0.9)),
         # what first_executor_samples pairs across strategies
         "ttfe_by_session": {k: _round(t) for k, t in sorted(ttfe_by_session.items())},
+        # whether a slow first executor waited for a worker or for CPUs that worker starts took
+        "ttfe_by_pool": _ttfe_by_pool(ttfe_by_session, pool_by_session),
+        "pool_by_session": {k: list(at) for k, at in sorted(pool_by_session.items())},
         "scale_ups": pool.scale_ups,
         "retirements": len(retirements),
         "idle_worker_seconds": round(pool.idle_worker_seconds),

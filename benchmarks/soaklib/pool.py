@@ -21,6 +21,9 @@ class PoolStats:
     #: of the departures, those of a worker the master last showed DECOMMISSIONED: a
     #: retirement finishing (its drain was decided while the pool could be seen)
     drained_departures: list[tuple[float, str]] = field(default_factory=list)
+    #: per sample that could read the master: (wall time, workers ready for an app (ALIVE, no
+    #: cores in use), worker JVMs the master does not list yet (starting))
+    readiness: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def scale_ups(self) -> int:
@@ -47,6 +50,11 @@ class PoolSampler:
             self.busy = {w["host"] for w in workers
                          if w.get("state") in ("ALIVE", "DECOMMISSIONED") and w.get("coresused", 0) > 0}
             self.decommissioned = {w["host"] for w in workers if w.get("state") == "DECOMMISSIONED"}
+            ready = {w["host"] for w in workers if w.get("state") == "ALIVE" and w.get("coresused", 0) == 0}
+            listed = {w["host"] for w in workers if w.get("state") in ("ALIVE", "DECOMMISSIONED")}
+            hosts = members.values()
+            self.stats.readiness.append((now, sum(1 for h in hosts if h in ready),
+                                         sum(1 for h in hosts if h not in listed)))
         except (OSError, ValueError):
             pass  # the master is down: the last busy and decommissioned sets stand
         stats = self.stats
