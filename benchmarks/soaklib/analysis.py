@@ -5,6 +5,7 @@ the test's own and counted apart."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import re
@@ -55,24 +56,23 @@ def _pool_at_session(pool, start: float, first_executor: float) -> tuple[int, in
     """The pool as a session's driver met it: workers ready for an app at its start, and
     worker JVMs starting during its wait for a first executor (starting at its start, or
     arriving before the first executor); None before the pool's first reading."""
-    before = [sample for sample in pool.readiness if sample[0] <= start]
-    if not before:
+    readings = bisect.bisect_right(pool.readiness, (start, math.inf, math.inf))  # those up to its start
+    if not readings:
         return None
-    _, ready, starting = before[-1]
+    _, ready, starting = pool.readiness[readings - 1]
     arriving = sum(1 for at, _ in pool.arrivals if start < at <= start + first_executor)
     return ready, starting + arriving
 
 
 def _ttfe_by_pool(ttfe: dict[str, float], pool_at: dict[str, tuple[int, int]]) -> dict:
     """Sessions' first-executor times split by how the pool met them: how many and the median."""
-    groups = {"found a worker ready": lambda ready, starts: ready > 0,
-              "found none ready": lambda ready, starts: ready == 0,
-              "waited while workers started": lambda ready, starts: starts > 0,
-              "waited with no worker starting": lambda ready, starts: starts == 0}
     split = {}
-    for name, member in groups.items():
-        times = [ttfe[k] for k, at in pool_at.items() if member(*at)]
-        split[name] = {"sessions": len(times), "median": _round(statistics.median(times) if times else None)}
+    for index, names in enumerate([("found a worker ready", "found none ready"),
+                                   ("waited while workers started", "waited with no worker starting")]):
+        for name, some in zip(names, (True, False)):
+            times = [ttfe[k] for k, at in pool_at.items() if (at[index] > 0) == some]
+            median = statistics.median(times) if times else None
+            split[name] = {"sessions": len(times), "median": _round(median)}
     return split
 
 
