@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--session-allowance", type=float, default=90.0,
                    help="seconds a session is planned to take (one overrunning it delays the next)")
     p.add_argument("--max-workers", type=int, default=12, help="the scaler's and the original policy's cap")
-    p.add_argument("--scale-down-delay", type=float, default=10.0)
+    p.add_argument("--scale-down-delay", type=float, default=20.0,
+                   help="the scaler's; 20 s makes >= 50 retirements in a 35-minute 8-user run")
     p.add_argument("--spread-out", action="store_true",
                    help="the master's spark.deploy.spreadOut=true (Spark's default; the soak packs)")
     p.add_argument("--workdir", help="keep every log here (default: a temporary directory, removed)")
