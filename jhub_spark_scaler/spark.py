@@ -1,7 +1,8 @@
 """Client of the Spark standalone master's and workers' web UI JSON.
 
 Parsing is separate from I/O (`parse_master`, `parse_worker` are pure) so it
-can be tested on the real samples in `shared/reference/`. Unknown fields are
+can be tested on real answers: a Spark 4.3.0 master's and worker's `/json/`,
+kept in `tests/data/spark-4.3.0/`. Unknown fields are
 ignored (Spark 3.1 to 4.x add fields freely); missing or mistyped required
 fields are a `SparkError` naming the field.
 """
