@@ -12,7 +12,8 @@ Errors follow one rule in every backend, each a single line that says what to fi
   Java install, a kubeconfig, RBAC permissions, the owner object) raises
   `jhub_spark_scaler.errors.ConfigError`, from the constructor or `setup()`.
 - `BackendError` is the backend failing at run time: it cannot list its workers, or
-  cannot start, mark or stop a process or pod (or start the master). `list()` raises
+  cannot start, mark or stop a process or pod (or start the master). Its message may
+  name a setting that would help (a host range with no address left). `list()` raises
   `BackendError` (or `OSError`) when it cannot see the pool, and nothing else: the
   reconciler takes that as "blind" and retires nothing until it sees the pool again.
 
