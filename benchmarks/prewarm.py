@@ -54,7 +54,8 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 from jhub_spark_scaler.app import SparkScalerApp  # noqa: E402
-from jhub_spark_scaler.backends.local import LocalBackend, _free_port  # noqa: E402
+from jhub_spark_scaler.backends.local import LocalBackend  # noqa: E402
+from jhub_spark_scaler.backends.processes import free_port  # noqa: E402
 from jhub_spark_scaler.hub import Notifier  # noqa: E402
 from jhub_spark_scaler.metrics import ScalerMetrics  # noqa: E402
 from jhub_spark_scaler.observe import ObserveSettings  # noqa: E402
@@ -379,7 +380,7 @@ class Bench:
         app.log = log
         app.reconciler = r
         token = secrets.token_hex(32)
-        port, dead = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+        port, dead = free_port("127.0.0.1"), free_port("127.0.0.1")
         service = HubService(
             api_url=f"http://127.0.0.1:{dead}/hub/api",  # no hub: its poll fails quietly, events still apply
             api_token=token, service_url=f"http://127.0.0.1:{port}", prefix="/services/spark-scaler/",

@@ -26,7 +26,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend, _free_port  # noqa: E402
+from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend  # noqa: E402
+from jhub_spark_scaler.backends.processes import free_port  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 
@@ -63,7 +64,7 @@ class Raw:
     async def run(self) -> float:
         self.n += 1
         host, work = f"127.0.{self.net}.{self.n}", os.path.join(self.tmp, f"raw-{self.net}-{self.n}")
-        port, ui = _free_port(host), _free_port("0.0.0.0")
+        port, ui = free_port(host), free_port("0.0.0.0")
         args = ["--host", host, "--port", str(port), "--webui-port", str(ui), "--cores", "1",
                 "--memory", "1g", "--work-dir", work, self.b.master_url]
         env = {**os.environ, "SPARK_HOME": self.b.spark_home, "SPARK_LOCAL_IP": host,

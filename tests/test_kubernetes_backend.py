@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
-from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services
 from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_labels, pool_selector
+from jhub_spark_scaler.errors import ConfigError
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.reconciler import Reconciler
 
@@ -198,7 +198,7 @@ async def test_expired_watch_lists_again(make_kube_scaler, kube_cluster):
 async def test_missing_rbac_is_one_clear_error(kube_cluster, kube_rbac, spark_master, tmp_path):
     backend = KubernetesBackend(kubeconfig=str(kube_cluster.kubeconfig("spark-scaler")), namespace=NAMESPACE,
                                 master_url=spark_master.master_url)
-    with pytest.raises(BackendError) as raised:
+    with pytest.raises(ConfigError) as raised:
         await backend.setup()
     message = str(raised.value)
     assert "\n" not in message

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import inspect
 import json
 import os
 import signal
@@ -21,11 +20,11 @@ import pytest
 from traitlets import TraitError
 
 from jhub_spark_scaler.backends import BackendError
-from jhub_spark_scaler.backends.local import (
-    MASTER_CLASS, WORKER_CLASS, LocalBackend, _alive, _catches, _is_ours, _processes_in, _start_time,
-)
+from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBackend
+from jhub_spark_scaler.backends.processes import alive, catches, is_ours, processes_in, start_time
+from jhub_spark_scaler.errors import ConfigError
 
-from .conftest import Driver
+from .conftest import Driver, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
 EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
@@ -56,7 +55,7 @@ def command_line(pid: int) -> list[str]:
 
 
 def running(rec: dict) -> bool:
-    return _is_ours(rec, MASTER_CLASS) or _is_ours(rec, WORKER_CLASS)
+    return is_ours(rec, MASTER_CLASS) or is_ours(rec, WORKER_CLASS)
 
 
 @pytest.fixture
@@ -83,19 +82,6 @@ async def master_states(b: LocalBackend) -> dict[str, str]:
     return {w["host"]: w["state"] for w in workers if w["state"] != "DEAD"}
 
 
-async def eventually(check, timeout: float, what: str):
-    """Poll `check` (a function, or one returning an awaitable) until it returns truth."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_start_decommission_stop(state_dir):
     # the first worker dumps its class archive as it exits on SIGTERM: about 5 s here, more when
     # loaded; it gets cds_dump_timeout for that, where stop_timeout=0 would SIGKILL it at once
@@ -110,7 +96,7 @@ async def test_start_decommission_stop(state_dir):
         async def both_alive():
             return (await master_states(b)) == {h: "ALIVE" for h in hosts}
 
-        await eventually(both_alive, 60, "both workers ALIVE at the master")
+        await until(both_alive, timeout=60, what="both workers ALIVE at the master")
         first, second = started
         assert (await get_json(f"{first.webui_url}/json/"))["id"].startswith("worker-")
 
@@ -120,7 +106,7 @@ async def test_start_decommission_stop(state_dir):
         async def decommissioned():
             return (await master_states(b)).get(first.host) == "DECOMMISSIONED"
 
-        await eventually(decommissioned, 20, "the master sees the decommission")
+        await until(decommissioned, timeout=20, what="the master sees the decommission")
         await b.decommission(first)  # again: harmless, the retirement mark stays
         [rec] = [r for r in records(state_dir) if r.get("host") == first.host]
         await b.stop(first)
@@ -153,19 +139,20 @@ async def test_a_worker_killed_before_it_wrote_the_class_archive_leaves_the_next
         await b.setup()
         [doomed] = await b.start(1)
         [rec] = [r for r in records(state_dir) if r.get("host") == doomed.host]
-        assert await eventually(lambda: dumps_classes(rec), 10, "the worker's command line")
+        assert await until(lambda: dumps_classes(rec), timeout=10, what="the worker's command line")
         os.killpg(rec["pid"], signal.SIGKILL)
-        await eventually(lambda: not running(rec), 10, "the killed worker gone")
+        await until(lambda: not running(rec), timeout=10, what="the killed worker gone")
         await b.stop(doomed)
         assert cds_files(state_dir) == []  # neither a half-written archive nor a ".failed" mark
         [writer] = await b.start(1)
         [rec] = [r for r in records(state_dir) if r.get("host") == writer.host]
-        assert await eventually(lambda: dumps_classes(rec), 10, "the worker's command line")
+        assert await until(lambda: dumps_classes(rec), timeout=10, what="the worker's command line")
 
-        async def alive():
+        async def writer_alive():
             return (await master_states(b)).get(writer.host) == "ALIVE"
 
-        await eventually(alive, 60, "the second worker ALIVE at the master")  # its classes loaded
+        # ALIVE: its classes are loaded, and go to the archive when it stops
+        await until(writer_alive, timeout=60, what="the second worker ALIVE at the master")
         await b.stop(writer)
         [archive] = cds_files(state_dir)
         assert archive.startswith("worker-") and archive.endswith(".jsa")
@@ -205,9 +192,9 @@ async def test_adopts_master_and_workers(state_dir):
         [rec] = [r for r in records(state_dir) if r["host"] == new.host]
 
         async def handler_installed():
-            return _catches(rec["pid"], signal.SIGPWR)
+            return catches(rec["pid"], signal.SIGPWR)
 
-        await eventually(handler_installed, 30, "Spark's SIGPWR handler")
+        await until(handler_installed, timeout=30, what="Spark's SIGPWR handler")
         assert running(rec) and rec["retiring_since"] is not None
     finally:
         await b.shutdown()
@@ -215,10 +202,10 @@ async def test_adopts_master_and_workers(state_dir):
 
 
 async def test_bad_settings_are_one_clear_line(state_dir, tmp_path):
-    with pytest.raises(BackendError, match=r"^LocalBackend\.java: .*no-java") as e:
+    with pytest.raises(ConfigError, match=r"^LocalBackend\.java: .*no-java") as e:
         await backend(state_dir, java=str(tmp_path / "no-java")).setup()
     assert "\n" not in str(e.value)
-    with pytest.raises(BackendError, match=r"^LocalBackend\.spark_home: "):
+    with pytest.raises(ConfigError, match=r"^LocalBackend\.spark_home: "):
         await backend(state_dir, spark_home=str(tmp_path)).setup()
     with pytest.raises(TraitError, match=r"^LocalBackend\.worker_memory: 'lots' is not a size"):
         backend(state_dir, worker_memory="lots")
@@ -246,7 +233,7 @@ async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         b = backend(str(tmp_path), master_start_timeout=1, master_ui_url="http://127.0.0.1:9")
-        rec = {"pid": sleeper.pid, "start_time": _start_time(sleeper.pid)}
+        rec = {"pid": sleeper.pid, "start_time": start_time(sleeper.pid)}
         with pytest.raises(BackendError, match="was not ALIVE within"):
             await b._wait_master_alive(rec)
     finally:
@@ -262,8 +249,8 @@ async def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable
     for _ in range(20):
         stand_in = subprocess.Popen(["/bin/bash", "-c", "sleep 60; true", "java", WORKER_CLASS])
         try:
-            rec = {"pid": stand_in.pid, "start_time": _start_time(stand_in.pid)}
-            assert _is_ours(rec, WORKER_CLASS)
+            rec = {"pid": stand_in.pid, "start_time": start_time(stand_in.pid)}
+            assert is_ours(rec, WORKER_CLASS)
         finally:
             stand_in.kill()
             stand_in.wait()
@@ -285,24 +272,24 @@ async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_di
         work = os.path.join(state_dir, "work", worker.handle)
 
         async def launched():  # the executor JVM, the moment the worker has spawned it
-            return [pid for pid in _processes_in(work) if EXECUTOR_CLASS in command_line(pid)]
+            return [pid for pid in processes_in(work) if EXECUTOR_CLASS in command_line(pid)]
 
-        [executor] = await eventually(launched, 180, "the worker to launch an executor")
+        [executor] = await until(launched, timeout=180, what="the worker to launch an executor")
         os.kill(rec["pid"], signal.SIGKILL)
-        orphan = {"pid": executor, "start_time": _start_time(executor)}
+        orphan = {"pid": executor, "start_time": start_time(executor)}
 
         async def lost():
             return not (await b.list())[0].running
 
-        await eventually(lost, 30, "the backend to see the worker gone")
+        await until(lost, timeout=30, what="the backend to see the worker gone")
         await driver.jobs_done(1)  # the orphan registered with the driver and runs its tasks
-        assert _alive(orphan), "the executor outlived its worker"
+        assert alive(orphan), "the executor outlived its worker"
         await b.stop((await b.list())[0])
 
         async def orphan_ended():
-            return not _alive(orphan)
+            return not alive(orphan)
 
-        await eventually(orphan_ended, 2, "the backend to end the orphaned executor")
+        await until(orphan_ended, timeout=2, what="the backend to end the orphaned executor")
         assert not os.path.exists(work)
     finally:
         if driver:

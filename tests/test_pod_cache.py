@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
+from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.pod_cache import PodCache
+
+from .conftest import until
 
 
 def pod(name: str, version: int, **status) -> dict:
@@ -40,3 +45,36 @@ def test_a_pod_deleted_and_created_again_under_its_name_comes_back():
     c._apply({"type": "DELETED", "object": pod("w-1", 9)})
     c._apply({"type": "ADDED", "object": pod("w-1", 15, phase="Pending")})
     assert c.items["w-1"] == {"phase": "Pending"}
+
+
+class OnePage:
+    """The API for a cache's list: one page with `pods`, or `failure` raised."""
+
+    def __init__(self, pods: list[dict], failure: Exception | None = None):
+        self.pods, self.failure = pods, failure
+
+    async def list_pods(self, selector: str, limit: int = 0, continue_from: str = "") -> dict:
+        if self.failure:
+            raise self.failure
+        return {"items": self.pods, "metadata": {"resourceVersion": "9"}}
+
+
+@pytest.mark.parametrize("case", ["outage", "bug"])
+async def test_a_pod_it_cannot_read_is_blindness_with_a_traceback_an_outage_without(case, caplog):
+    """Either way the pool cannot be seen (list() raises BackendError); only a pod that
+    `convert` fails on, a bug, logs its traceback."""
+    def convert(pod: dict) -> dict:
+        return pod["status"]["phase"]  # KeyError: the pod below has no status
+
+    api = OnePage([{"metadata": {"name": "w-1", "resourceVersion": "3"}}],
+                  BackendError("cannot reach the Kubernetes API") if case == "outage" else None)
+    c = PodCache(api=api, selector="app=x", convert=convert, log=logging.getLogger("test"))
+    c.start()
+    try:
+        await until(lambda: c.stats["failures"], timeout=5, what="the list to fail", interval=0.01)
+    finally:
+        await c.stop()
+    with pytest.raises(BackendError):
+        c.values()
+    [record] = [r for r in caplog.records if r.getMessage().startswith("pod cache: ")]
+    assert bool(record.exc_info) == (case == "bug")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pyspark
 
-from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, MASTER_CLASS, WORKER_CLASS, _free_port
+from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, MASTER_CLASS, WORKER_CLASS
+from jhub_spark_scaler.backends.processes import free_port
 
 SPARK_HOME = os.path.dirname(pyspark.__file__)
 
@@ -43,8 +44,8 @@ class SoakMaster:
         self.workdir = Path(workdir)
         self.spread_out = spread_out
         self.host = host
-        self.port = _free_port(host)
-        self.webui_port = _free_port(host, avoid={self.port})
+        self.port = free_port(host)
+        self.webui_port = free_port(host, avoid={self.port})
         self.url = f"spark://{host}:{self.port}"
         self.ui = f"http://{host}:{self.webui_port}"
         self.process: subprocess.Popen | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from jhub_spark_scaler.backends.local import _free_port
+from jhub_spark_scaler.backends.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -65,12 +65,12 @@ class Hub:
         self.state = Path(state)
         self.state.mkdir(parents=True, exist_ok=True)
         self.admin_token = secrets.token_hex(32)
-        self.port = _free_port("127.0.0.1")
-        self.hub_port = _free_port("127.0.0.1", avoid={self.port})
-        self.scaler_port = _free_port("127.0.0.1", avoid={self.port, self.hub_port})
+        self.port = free_port("127.0.0.1")
+        self.hub_port = free_port("127.0.0.1", avoid={self.port})
+        self.scaler_port = free_port("127.0.0.1", avoid={self.port, self.hub_port})
         params = {
             "port": self.port, "hub_port": self.hub_port, "scaler_port": self.scaler_port,
-            "proxy_api_port": _free_port("127.0.0.1", avoid={self.port, self.hub_port, self.scaler_port}),
+            "proxy_api_port": free_port("127.0.0.1", avoid={self.port, self.hub_port, self.scaler_port}),
             "proxy": str(PROXY), "state": str(self.state), "admin_token": self.admin_token,
             "scaler": scaler, "poll_interval": poll_interval,
         }

@@ -3,6 +3,21 @@
 A backend owns worker processes or pods and nothing else: it does not decide
 how many there should be (`policy.plan` does) and does not talk to the Spark
 master except where a platform needs the master to decommission.
+
+Errors follow one rule in every backend, each a single line that says what to fix:
+
+- A trait's validator raises `traitlets.TraitError` (the traitlets protocol) naming
+  the setting, when the backend is made: before anything starts.
+- Any other problem an admin fixes by changing a setting (or what it points at: a
+  Java install, a kubeconfig, RBAC permissions, the owner object) raises
+  `jhub_spark_scaler.errors.ConfigError`, from the constructor or `setup()`.
+- `BackendError` is the backend failing at run time: it cannot list its workers, or
+  cannot start, mark or stop a process or pod (or start the master). Its message may
+  name a setting that would help (a host range with no address left). `list()` raises
+  `BackendError` (or `OSError`) when it cannot see the pool, and nothing else: the
+  reconciler takes that as "blind" and retires nothing until it sees the pool again.
+
+The command line prints TraitError, ConfigError and BackendError alike, as one line.
 """
 
 from __future__ import annotations
@@ -13,7 +28,7 @@ from ..model import BackendWorker
 
 
 class BackendError(Exception):
-    """The backend cannot do what was asked; the message names what to fix."""
+    """The backend failed at run time (cannot list, start, mark or stop); one line saying why."""
 
 
 class Backend(LoggingConfigurable):
@@ -34,7 +49,8 @@ class Backend(LoggingConfigurable):
         """Prepare (and, if configured, start the Spark master); adopt existing workers."""
 
     async def list(self) -> list[BackendWorker]:
-        """Every worker this backend owns, including ones it is still starting."""
+        """Every worker this backend owns, including ones it is still starting;
+        BackendError (or OSError) if the pool cannot be seen now."""
         raise NotImplementedError
 
     async def start(self, n: int) -> list[BackendWorker]:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from ..errors import ConfigError
 from . import BackendError
 
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -31,16 +32,17 @@ class Conflict(BackendError):
 
 
 async def make_api_client(kubeconfig: str = "", context: str = "") -> client.ApiClient:
-    """In the cluster: the pod's service account. Outside: a kubeconfig file."""
+    """In the cluster: the pod's service account. Outside: a kubeconfig file.
+    ConfigError if there are no credentials or they cannot be loaded."""
     configuration = client.Configuration()
     if kubeconfig and not os.path.isfile(kubeconfig):
-        raise BackendError(f"KubernetesBackend.kubeconfig {kubeconfig!r} is not a file")
+        raise ConfigError(f"KubernetesBackend.kubeconfig {kubeconfig!r} is not a file")
     in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
     default = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     if not kubeconfig and not in_cluster and not any(
         os.path.exists(os.path.expanduser(p)) for p in default.split(os.pathsep) if p
     ):  # the client would log a warning of its own before failing: one line instead
-        raise BackendError(
+        raise ConfigError(
             f"no Kubernetes credentials: not in a cluster and no kubeconfig at {default}; "
             "set KubernetesBackend.kubeconfig"
         )
@@ -54,7 +56,7 @@ async def make_api_client(kubeconfig: str = "", context: str = "") -> client.Api
     except (config.ConfigException, OSError, TypeError, ValueError) as e:
         where = kubeconfig or "$KUBECONFIG / ~/.kube/config"
         where += f", KubernetesBackend.context {context!r}" if context else ""
-        raise BackendError(f"cannot load Kubernetes credentials ({where}): {e}") from None
+        raise ConfigError(f"cannot load Kubernetes credentials ({where}): {e}") from None
     return client.ApiClient(configuration)
 
 
@@ -101,7 +103,7 @@ class KubeApi:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.authorization = client.AuthorizationV1Api(api_client)
-        #: requests sent, by "verb resource" (for the benchmark and the metrics)
+        #: requests sent, by "verb resource": benchmarks/kube_api.py and the tests count them
         self.requests: dict[str, int] = {}
 
     async def _call(self, verb: str, resource: str, method, *args, expect_json=True, **kwargs) -> Any:
@@ -171,7 +173,7 @@ class KubeApi:
             "Pod": ("pods", self.core.read_namespaced_pod, "v1"),
         }
         if kind not in readers:
-            raise BackendError(f"cannot use a {kind} as owner: use one of {', '.join(readers)}")
+            raise ConfigError(f"cannot use a {kind} as owner: use one of {', '.join(readers)}")
         resource, method, api_version = readers[kind]
         obj = await self._call("get", resource, method, name, self.namespace)
         obj.setdefault("apiVersion", api_version)

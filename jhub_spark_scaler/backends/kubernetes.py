@@ -21,6 +21,7 @@ from ..clock import now
 from ..errors import ConfigError
 from ..model import BackendWorker
 from . import Backend, BackendError
+from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
 from .pod_cache import PodCache
@@ -60,37 +61,35 @@ def _parses(parse, text: str) -> bool:
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN = rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*"
-_QUANTITY = (lambda v: _parses(parse_quantity, v) and parse_quantity(v) > 0,
-             "is not a Kubernetes quantity like 2, 500m, 4Gi")
-#: trait name -> (is the value valid, what is wrong otherwise); checked when the backend is made,
-#: so that a wrong value stops the command before anything is created or any API is called
+_QUANTITY = Check(lambda v: _parses(parse_quantity, v) and parse_quantity(v) > 0,
+                  "is not a Kubernetes quantity like 2, 500m, 4Gi")
+_SPARK_SIZE = "is not a Spark memory size like 512m, 2g"
+#: what each setting must be; the master's URLs default to its Services' names, so never empty
 _CHECKS = {
-    "namespace": (lambda v: len(v) <= 63 and re.fullmatch(_LABEL, v), "is not a namespace name"),
-    "master_name": (lambda v: len(v) <= 60 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", v),
-                    "is not a Service name (lowercase letters, digits, '-'; at most 60)"),
-    "service_account": (lambda v: not v or re.fullmatch(_SUBDOMAIN, v), "is not a ServiceAccount name"),
-    "image_pull_secrets": (lambda v: all(re.fullmatch(_SUBDOMAIN, n) for n in v), "are not all Secret names"),
-    "image": (lambda v: re.fullmatch(r"\S+", v), "is not an image reference"),
-    "image_pull_policy": (lambda v: v in ("Always", "IfNotPresent", "Never"),
-                          "is not Always, IfNotPresent or Never"),
+    "namespace": Check(lambda v: len(v) <= 63 and re.fullmatch(_LABEL, v), "is not a namespace name"),
+    "master_name": Check(lambda v: len(v) <= 60 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", v),
+                         "is not a Service name (lowercase letters, digits, '-'; at most 60)"),
+    "service_account": Check(lambda v: not v or re.fullmatch(_SUBDOMAIN, v), "is not a ServiceAccount name"),
+    "image_pull_secrets": Check(lambda v: all(re.fullmatch(_SUBDOMAIN, n) for n in v),
+                                "are not all Secret names"),
+    "image": Check(lambda v: re.fullmatch(r"\S+", v), "is not an image reference"),
+    "image_pull_policy": Check(lambda v: v in ("Always", "IfNotPresent", "Never"),
+                               "is not Always, IfNotPresent or Never"),
     "cpu_limit": _QUANTITY,
     "memory_limit": _QUANTITY,
     "master_memory": _QUANTITY,
-    "cpu_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
-    "memory_guarantee": (lambda v: not v or _QUANTITY[0](v), _QUANTITY[1]),
-    "daemon_memory": (lambda v: _parses(spark_size_mib, v), "is not a Spark memory size like 512m, 2g"),
-    "worker_memory": (lambda v: not v or _parses(spark_size_mib, v),
-                      "is not a Spark memory size like 512m, 2g"),
-    "worker_cores": (lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
-    "jvm_overhead": (lambda v: v >= 0, "must not be negative"),
-    "stop_grace_period": (lambda v: v >= 0, "must not be negative"),
-    "watch_timeout": (lambda v: v >= 1, "must be at least 1"),
-    "setup_timeout": (lambda v: v > 0, "must be positive"),
-    "api_timeout": (lambda v: v > 0, "must be positive"),
-    "master_url": (lambda v: re.fullmatch(r"spark://[^/:,\s]+:\d+(,[^/:,\s]+:\d+)*/?", v),
-                   "is not spark://host:port (or spark://host1:port1,host2:port2 for standby masters)"),
-    "master_ui_url": (lambda v: re.fullmatch(r"https?://[^/:\s]+(:\d+)?(/\S*)?", v),
-                      "is not http://host:port"),
+    "cpu_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
+    "memory_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
+    "daemon_memory": Check(lambda v: _parses(spark_size_mib, v), _SPARK_SIZE),
+    "worker_memory": Check(lambda v: not v or _parses(spark_size_mib, v), _SPARK_SIZE),
+    "worker_cores": Check(lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
+    "jvm_overhead": Check(lambda v: v >= 0, "must not be negative"),
+    "stop_grace_period": Check(lambda v: v >= 0, "must not be negative"),
+    "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
+    "setup_timeout": Check(lambda v: v > 0, "must be positive"),
+    "api_timeout": Check(lambda v: v > 0, "must be positive"),
+    "master_url": master_url_check(empty_ok=False),
+    "master_ui_url": master_ui_url_check(empty_ok=False),
 }
 
 
@@ -195,29 +194,22 @@ class KubernetesBackend(Backend):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # traitlets does not validate a configured value equal to the trait's static default ('')
-        for name in _CHECKS:
-            setattr(self, name, getattr(self, name))
+        revalidate(self, _CHECKS)
 
-    @validate(*_CHECKS)
-    def _check(self, proposal):
-        ok, problem = _CHECKS[proposal.trait.name]
-        if not ok(proposal.value):
-            raise TraitError(f"KubernetesBackend.{proposal.trait.name}: {proposal.value!r} {problem}")
-        return proposal.value
+    _check = validator(_CHECKS, owner="KubernetesBackend")
 
     @validate("pool")
     def _valid_pool(self, proposal):
         error = pod_selector_error(proposal.value)
         if error:
-            raise ConfigError(f"KubernetesBackend.pool {proposal.value!r}: {error}")
+            raise TraitError(f"KubernetesBackend.pool {proposal.value!r}: {error}")
         return proposal.value
 
     @validate("owner")
     def _valid_owner(self, proposal):
         kind, _, name = proposal.value.partition("/")
         if proposal.value and (kind not in OWNER_RESOURCES or not name):
-            raise ConfigError(
+            raise TraitError(
                 f"KubernetesBackend.owner {proposal.value!r} is not 'Kind/name' with Kind one of "
                 f"{', '.join(OWNER_RESOURCES)} (or '' for no owner)"
             )
@@ -270,7 +262,7 @@ class KubernetesBackend(Backend):
     async def _check_permissions(self) -> None:
         missing = await self.api.missing_permissions(self._needed_permissions())
         if missing:
-            raise BackendError(
+            raise ConfigError(
                 f"missing RBAC permissions in namespace {self.namespace!r}: {', '.join(missing)}; "
                 "grant them to the scaler's service account (helm-values/rbac.yaml)"
             )
@@ -297,7 +289,7 @@ class KubernetesBackend(Backend):
         try:
             return owner_reference(await self.api.read(kind, name))
         except NotFound:
-            raise BackendError(
+            raise ConfigError(
                 f"the owner {self.owner} of the worker pods does not exist in namespace {self.namespace!r}: "
                 "set KubernetesBackend.owner to an existing 'Kind/name', or '' for none"
             ) from None

@@ -18,11 +18,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+import aiohttp
+
 from . import BackendError
 from .kube_api import KubeApi
 
 T = TypeVar("T")
 MAX_DELETED = 10_000  # deleted pods remembered between lists (a list forgets them all)
+#: what the API and the network cause; anything else (a pod `convert` cannot read) is logged
+#: with its traceback, so that a bug does not pass for an outage
+_OUTAGES = (BackendError, aiohttp.ClientError, asyncio.TimeoutError, OSError, json.JSONDecodeError)
 
 
 class Gone(Exception):
@@ -131,7 +136,8 @@ class PodCache(Generic[T]):
                 need_list = need_list or failures >= 3  # a watch that keeps failing: start over
                 error = str(e) or type(e).__name__
                 if error != self.error:
-                    self.log.error("pod cache: %s; retrying (the scaler retires nothing meanwhile)", error)
+                    self.log.error("pod cache: %s; retrying (the scaler retires nothing meanwhile)", error,
+                                   exc_info=not isinstance(e, _OUTAGES))
                 self.error = error
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
