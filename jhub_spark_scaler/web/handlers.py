@@ -12,6 +12,10 @@ Who may: hub admins (whose token may access this service), and holders of
 `custom:spark-scaler:admin`. The hub only lets users who may access the
 service (`access:services!service=<name>`) log in to it at all.
 
+Pause, resume and the idle override are the reconciler's own controls
+(`Reconciler.pause`, `resume`, `set_idle_override`): the handlers call them with
+the admin's name; what the page shows comes from `PoolState` (`web/pool.py`).
+
 Authentication runs in `prepare`, asynchronously (HubAuthenticated's own
 `get_current_user` would block the event loop on a thread). A request with an
 `Authorization: token ...` header is token-authenticated and needs no XSRF
@@ -249,7 +253,7 @@ class CallbackHandler(HubOAuthCallbackHandler):
         return self.settings["hub_auth"]
 
 
-def admin_routes(prefix: str, *, authenticate_prometheus: bool = True) -> list[tuple[str, type]]:
+def admin_routes(prefix: str, *, authenticate_prometheus: bool) -> list[tuple[str, type]]:
     """The tornado routes under the service's prefix (JUPYTERHUB_SERVICE_PREFIX)."""
     p = re.escape(prefix.rstrip("/"))
     return [
