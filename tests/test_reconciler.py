@@ -13,11 +13,14 @@ import logging
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends import Backend, BackendError
+from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import BackendWorker, MasterStatus, MasterWorker, WorkerState, WorkerStatus
 from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Action, CycleReport, Reconciler
 from jhub_spark_scaler.spark import SparkError
+from jhub_spark_scaler.web.history import PoolHistory
 
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
@@ -258,3 +261,23 @@ async def test_the_idle_override_replaces_the_configured_value_until_cleared(sca
     details = [d.detail for d in r.decisions if d.action is Action.IDLE_TARGET]
     assert details == ["idle_workers 3 (override; configured 1), by alice",
                        "idle_workers back to the configured 1, by bob"]
+
+
+async def test_the_apps_metrics_count_what_the_reports_carry(scaler):
+    r, backend, spark, reports = scaler
+    app = SparkScalerApp(max_workers=4)
+    app.metrics, app.pool_history = ScalerMetrics(), PoolHistory(interval=2.0)
+    app.hub, app.reconciler = None, r
+    r.on_cycle = app.observe_cycle
+    await r.cycle()  # starts w1
+    backend.add()
+    await r.cycle()  # retires w1
+    await r.cycle()  # stops w1
+    backend.start_error = BackendError("quota exceeded")
+    r.set_idle_override(2, by="alice")
+    await r.cycle()  # a failed start
+    body = app.metrics.render()[0].decode()
+    for line in ("spark_scaler_workers_started_total 1.0", "spark_scaler_workers_retired_total 1.0",
+                 "spark_scaler_workers_stopped_total 1.0", 'spark_scaler_errors_total{kind="action"} 1.0',
+                 "spark_scaler_cycle_duration_seconds_count 4.0"):
+        assert line in body.splitlines(), line
