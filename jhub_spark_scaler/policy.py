@@ -223,9 +223,10 @@ def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> lis
     return starting + idle
 
 
-def _scale_up(need: Demand, capacity: int, ours: int, paused_for: float,
+def _scale_up(need: Demand, *, capacity: int, ours: int, paused_for: float,
               settings: PolicySettings) -> tuple[int, Note]:
-    """How many to start (target above capacity), and why that many."""
+    """How many to start (target above capacity), and why that many. `ours`: our workers
+    in every state, which all take room under max_workers."""
     room = settings.max_workers - ours
     start = max(0, min(need.target - capacity, settings.max_surge, room))
     if paused_for > 0:
@@ -235,7 +236,7 @@ def _scale_up(need: Demand, capacity: int, ours: int, paused_for: float,
     return 0, AtMaxWorkersNote(settings.max_workers)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ScaleDown:
     stop: list[Worker]
     retire: list[Worker]
@@ -288,7 +289,8 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
     capacity = sum(1 for w in ours if w.state in CAPACITY_STATES)
     start, retire, surplus_since = 0, [], None
     if need.target > capacity:
-        start, note = _scale_up(need, capacity, len(ours), paused_until - now, settings)
+        start, note = _scale_up(need, capacity=capacity, ours=len(ours), paused_for=paused_until - now,
+                                settings=settings)
         notes.append(note)
     elif need.target < capacity:
         down = _scale_down(ours, capacity - need.target, idle_since=idle_since, history=history,

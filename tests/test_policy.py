@@ -21,7 +21,24 @@ from jhub_spark_scaler.model import (
     Worker,
     WorkerState,
 )
-from jhub_spark_scaler.policy import STOP_STATES, History, Plan, PolicySettings, explain, plan
+from jhub_spark_scaler.policy import (
+    STOP_STATES,
+    AtMaxWorkersNote,
+    BlindNote,
+    History,
+    Plan,
+    PolicySettings,
+    RetireIdle,
+    ScaleUpPausedNote,
+    StartingNote,
+    StopForState,
+    StopNeverRegistered,
+    TargetNote,
+    WaitingNote,
+    describe,
+    explain,
+    plan,
+)
 
 from .settings import make_policy
 
@@ -308,6 +325,42 @@ def test_a_surplus_seen_before_a_blind_spell_waits_scale_down_delay_after_it():
     after = plan(snap(*pool, at=61.0), pol, blind.history)
     assert not after.retire, "the surplus was last seen 61 s ago, but not during the blind spell"
     assert plan(snap(*pool, at=121.0), pol, after.history).retire == ("i1",)
+
+
+# -- reasons as data ---------------------------------------------------------------
+
+
+def test_each_handle_has_its_reason_as_data_and_explain_words_the_plan_in_order():
+    pol = make_policy(max_workers=10, idle_workers=0, scale_down_delay=0.0)
+    s = snap(worker("d", S.DRAINED, why="no executors left"), worker("s", S.STARTING, created_at=5.0),
+             worker("i", S.IDLE), at=100.0)
+    p = plan(s, pol, History())
+    assert (p.stop, p.retire) == (("d", "s"), ("i",))
+    assert dict(p.why) == {"d": StopForState("d", S.DRAINED, "no executors left"),
+                           "s": StopNeverRegistered("s"), "i": RetireIdle("i", 0.0)}
+    assert p.notes == (TargetNote(p.demand, 0, 10),)
+    assert explain(p) == (
+        "target 0 = 0 busy + 0 waiting + 0 idle target - 0 foreign, clamped to [0, 10]",
+        "stopping d: drained (no executors left)",
+        "stopping s: surplus, never registered",
+        "retiring i: surplus, idle 0 s",
+    )
+    assert describe(p.why["i"]) == explain(p)[-1]
+
+
+def test_pool_notes_are_data():
+    pol = make_policy(max_workers=3, idle_workers=1, scale_down_delay=60.0)
+    assert plan(snap(), pol, History()).notes[1:] == (StartingNote(1, 0, 1),)
+    full = snap(worker("b1", S.BUSY), worker("b2", S.BUSY), worker("d", S.DRAINING))  # target 3 > 2
+    assert plan(full, pol, History()).notes[1:] == (AtMaxWorkersNote(3),)
+    paused = plan(snap(at=10.0), pol, History(scale_up_paused_until=40.0))
+    assert paused.notes[1:] == (ScaleUpPausedNote(1, 30.0),)
+    surplus = plan(snap(worker("a", S.IDLE), worker("b", S.IDLE), at=10.0), pol, History(surplus_since=0.0))
+    assert surplus.notes[1:] == (WaitingNote(1, 10.0, 60.0),)
+    assert explain(surplus)[1] == "surplus of 1 for 10 s of 60 s scale_down_delay: waiting"
+    blind = plan(snap(master_error="master down"), pol, History())
+    assert blind.notes[1:] == (BlindNote("master down"),)
+    assert explain(blind)[1] == "blind, changing nothing: master down"
 
 
 # -- the original autoscaler's flapping case -----------------------------------------
