@@ -87,8 +87,9 @@ PHASES = ("json.loads", "parse", "join", "classify", "plan")
 
 def measure(n: int) -> dict:
     body, backend, statuses = synthetic(n)
-    policy = PolicySettings(max_workers=2 * n, scale_down_delay=60)
-    settings, history = ObserveSettings(), History()
+    policy = PolicySettings(max_workers=2 * n, min_workers=0, idle_workers=1, max_surge=10,
+                            scale_down_delay=60, unschedulable_backoff=120)
+    settings, history = ObserveSettings(start_timeout=120, held_after=30), History()
     samples = []
     for _ in range(REPEATS):
         decided, phases = one_cycle(body, backend, statuses, policy, settings, history)

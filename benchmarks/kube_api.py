@@ -51,6 +51,15 @@ from tests.kubelet import TestKubelet  # noqa: E402
 SIZES = (1_000, 10_000)
 REPEATS = 21
 NAMESPACE = "spark"
+OBSERVE = ObserveSettings(start_timeout=120, held_after=30)
+
+
+def policy_settings(max_workers: int, **changes) -> PolicySettings:
+    """The benchmark's policy: no scale-down delay unless given."""
+    values = dict(min_workers=0, idle_workers=1, max_surge=10, scale_down_delay=0, unschedulable_backoff=120)
+    return PolicySettings(max_workers=max_workers, **(values | changes))
+
+
 log = logging.getLogger("bench")
 
 
@@ -73,8 +82,7 @@ async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
                                 stop_grace_period=10)
     await backend.setup()
     r = Reconciler(backend=backend, spark=SparkClient(master.master_ui_url),
-                   policy=PolicySettings(max_workers=n, idle_workers=0, scale_down_delay=0),
-                   observe=ObserveSettings(), log=log)
+                   policy=policy_settings(n, idle_workers=0), observe=OBSERVE, log=log, decision_log_size=500)
     rows = {}
 
     def delta(before: dict) -> dict:
@@ -97,7 +105,7 @@ async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
             await r.cycle()
         rows["30 steady cycles, empty pool"] = (30, delta(before))
         before = dict(backend.api.requests)
-        r.policy = PolicySettings(max_workers=n, idle_workers=n, scale_down_delay=0)
+        r.policy = policy_settings(n, idle_workers=n)
         cycles = await cycles_until(lambda s: s.count(WorkerState.IDLE) == n)
         rows[f"scale-out 0 -> {n}"] = (cycles, delta(before))
         before = dict(backend.api.requests)
@@ -105,7 +113,7 @@ async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
             await r.cycle()
         rows[f"30 steady cycles, {n} idle workers"] = (30, delta(before))
         before = dict(backend.api.requests)
-        r.policy = PolicySettings(max_workers=n, idle_workers=0, scale_down_delay=0)
+        r.policy = policy_settings(n, idle_workers=0)
         cycles = await cycles_until(lambda s: not s.workers)
         rows[f"scale-in {n} -> 0"] = (cycles, delta(before))
         rows["pod cache"] = (0, dict(backend.cache.stats))
@@ -157,7 +165,7 @@ def synthetic_master(n: int) -> bytes:
 
 async def time_cycles(cache: PodCache, body: bytes, n: int):
     """Median CPU ms of REPEATS cycles over the cache, and the last snapshot."""
-    policy, settings, history = PolicySettings(max_workers=2 * n), ObserveSettings(), History()
+    policy, settings, history = policy_settings(2 * n, scale_down_delay=60), OBSERVE, History()
     samples = []
     for _ in range(REPEATS):
         t0 = time.process_time()

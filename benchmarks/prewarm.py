@@ -69,6 +69,7 @@ from results import machine, write_section  # noqa: E402
 TITLE = "Pre-warm: time to first executor"
 MODES = {"a": "(a) pre-warm", "b": "(b) reactive only", "c": "(c) static pool"}
 POLL_INTERVAL = 1.0
+OBSERVE = ObserveSettings(start_timeout=120, held_after=30)
 
 DRIVER = textwrap.dedent('''
     import json, sys, time
@@ -262,10 +263,12 @@ class Bench:
         return Reconciler(
             backend=self.backend,
             spark=SparkClient(self.backend.master_ui_url),
-            policy=PolicySettings(max_workers=self.args.max_workers, idle_workers=0, scale_down_delay=600),
-            observe=ObserveSettings(),
+            policy=PolicySettings(max_workers=self.args.max_workers, min_workers=0, idle_workers=0,
+                                  max_surge=10, scale_down_delay=600, unschedulable_backoff=120),
+            observe=OBSERVE,
             log=self.log,
-            prewarm_credit=lambda: credit[0],
+            decision_log_size=500,
+            prewarm_credit=lambda app_starts: credit[0],
         )
 
     @contextlib.asynccontextmanager
@@ -362,9 +365,9 @@ class Bench:
 
         hb.start = start_spy
         r = Reconciler(backend=hb, spark=SparkClient(self.backend.master_ui_url),
-                       policy=PolicySettings(max_workers=1000, max_surge=1000, idle_workers=0,
-                                             scale_down_delay=600),
-                       observe=ObserveSettings(), log=log)
+                       policy=PolicySettings(max_workers=1000, min_workers=0, max_surge=1000, idle_workers=0,
+                                             scale_down_delay=600, unschedulable_backoff=120),
+                       observe=OBSERVE, log=log, decision_log_size=500)
         cycle = r.cycle
 
         async def cycle_spy():

@@ -441,13 +441,12 @@ class SparkScalerApp(Application):
 
     def observe_cycle(self, report: CycleReport) -> None:
         """After each pass: metrics and the pool history for the admin page's chart."""
-        done = report.decisions
         self.metrics.observe_cycle(
             snapshot=report.snapshot, plan=report.plan, duration=report.duration,
-            started=report.started,
-            retired=sum(d.action == "retire" for d in done),
-            stopped=[d.detail for d in done if d.action == "stop"],
-            action_errors=sum(d.action == "error" for d in done),
+            started=len(report.started),
+            retired=len(report.retired),
+            stopped=report.stopped,
+            action_errors=len(report.errors),
             hub_healthy=self.hub.activity.healthy if self.hub else None,
             paused=self.reconciler.paused,
         )

@@ -3,8 +3,8 @@
 `ScalerMetrics` owns a dedicated `CollectorRegistry` (not prometheus_client's
 global one), so tests and several scalers in one process never collide. It is
 fed plain values once per cycle (`observe_cycle`) and serialised by `render()`
-for the `/metrics` handler. It imports the model only: the reconciler and the
-app call it, never the other way round.
+for the `/metrics` handler. It imports the model only (the policy's `Plan` for
+annotations): the app feeds it and the admin page serves it, never the other way round.
 
 Exported (with the default namespace `spark_scaler`):
 
@@ -48,33 +48,13 @@ DRAIN_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 class ScalerMetrics:
     """The scaler's metrics. Call `observe_cycle` once per cycle, `render` per scrape.
 
-    Wiring in `Reconciler` (the lead's call): give it `metrics: ScalerMetrics | None`
-    and `hub_healthy: Callable[[], bool | None]` (`lambda: activity.healthy`, or
-    `lambda: None` without a hub); have `record()` also append each Decision to a
-    per-pass list `self._pass`, and `act()` keep `self._started = len(started)`.
-    Then, in `cycle()`'s loop, around observe/plan/act::
-
-        self._pass, self._started = [], 0
-        began = clock.now()
-        snapshot = await self.observe()
-        ...                                   # plan, act as now
-        if self.metrics is not None:
-            done = self._pass
-            self.metrics.observe_cycle(
-                snapshot=snapshot,
-                plan=decided,
-                duration=clock.now() - began,
-                started=self._started,
-                retired=sum(d.action == "retire" for d in done),
-                stopped=[d.detail for d in done if d.action == "stop"],  # detail is the handle
-                action_errors=sum(d.action == "error" for d in done),
-                hub_healthy=self.hub_healthy(),
-                paused=self.paused,
-                now=clock.now(),
-            )
-
-    "redecommission" resends are not retirements (they are quiet: no Decision).
-    Call it for blind cycles too: that is how master/backend errors are counted.
+    The app feeds it: the Reconciler hands each pass's `CycleReport` to its
+    `on_cycle` callback (`SparkScalerApp.observe_cycle`), which passes on the
+    snapshot, the plan, the duration, the counts of the workers started and
+    retired and of the failed actions, the handles stopped, the hub's health
+    and whether the scaler is paused. Blind cycles are reported too: that is
+    how master and backend errors are counted. A resent decommission is not a
+    retirement.
     """
 
     def __init__(self, *, namespace: str = "spark_scaler", registry: CollectorRegistry | None = None):

@@ -36,8 +36,6 @@ class WorkerState(str, enum.Enum):
 
 #: States that give capacity to Spark apps now or soon.
 CAPACITY_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
-#: States whose worker must never be stopped: a driver may still use it.
-PROTECTED_STATES = frozenset({WorkerState.BUSY, WorkerState.DRAINING, WorkerState.HELD})
 
 
 class MasterWorker(NamedTuple):

@@ -26,10 +26,12 @@ ALIVE, DECOMMISSIONED, DEAD = "ALIVE", "DECOMMISSIONED", "DEAD"
 
 @dataclass(frozen=True, slots=True)
 class ObserveSettings:
+    """How workers are classified; the defaults are the command's (`SparkScalerApp`)."""
+
     #: a worker not registered this long after it was started is unschedulable
-    start_timeout: float = 120.0
+    start_timeout: float
     #: a decommissioned worker whose executors stay this long is "held"
-    held_after: float = 30.0
+    held_after: float
 
 
 Joined = tuple[list[tuple[BackendWorker, MasterWorker | None]], list[MasterWorker]]

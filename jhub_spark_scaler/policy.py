@@ -10,13 +10,18 @@ worker has been idle) goes in and comes out as a `History` value.
 
 Only workers this scaler owns are started or retired; workers registered at
 the master by someone else ("foreign") count as demand and capacity.
+
+A `Plan` says why as data: a reason per worker it stops or retires
+(`Plan.why`, by handle) and notes on the pool as a whole (`Plan.notes`).
+`explain(plan)` and `describe(item)` are the only place those become words,
+so the admin page, the log and the decision log read the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Union
 
 from .model import CAPACITY_STATES, Snapshot, Worker, WorkerState
 
@@ -26,13 +31,15 @@ STOP_STATES = (WorkerState.DRAINED, WorkerState.LOST, WorkerState.UNSCHEDULABLE)
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
+    """The policy's settings; their defaults are the command's (`SparkScalerApp`)."""
+
     max_workers: int
-    min_workers: int = 0
-    idle_workers: int = 1
-    max_surge: int = 10
-    scale_down_delay: float = 60.0
+    min_workers: int
+    idle_workers: int
+    max_surge: int
+    scale_down_delay: float
     #: after removing unschedulable workers, start no new ones for this long
-    unschedulable_backoff: float = 120.0
+    unschedulable_backoff: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +61,143 @@ class Demand:
     target: int  # workers of ours wanted, after clamping
 
 
+# -- why: per worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StopForState:
+    """A worker stopped because of its state: drained, lost or unschedulable."""
+
+    handle: str
+    state: WorkerState
+    detail: str  # the worker's own why ("its pod is gone"), "" if none
+
+
+@dataclass(frozen=True, slots=True)
+class StopNeverRegistered:
+    """Surplus: a worker that never registered, stopped rather than retired."""
+
+    handle: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetireIdle:
+    """Surplus: an idle worker retired, the longest idle first."""
+
+    handle: str
+    idle_for: float  # seconds
+
+
+WorkerReason = Union[StopForState, StopNeverRegistered, RetireIdle]
+
+
+# -- why: the pool ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TargetNote:
+    """What the target is made of. Every plan's first note."""
+
+    demand: Demand
+    min_workers: int
+    max_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlindNote:
+    """The pool cannot be seen: nothing changes."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleUpPausedNote:
+    """Workers are wanted, but scale-up waits after workers failed to register."""
+
+    wanted: int
+    paused_for: float  # seconds left
+
+
+@dataclass(frozen=True, slots=True)
+class StartingNote:
+    start: int
+    capacity: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class AtMaxWorkersNote:
+    max_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingNote:
+    """A surplus that has not yet lasted scale_down_delay."""
+
+    surplus: int
+    waited: float  # seconds
+    scale_down_delay: float
+
+
+Note = Union[TargetNote, BlindNote, ScaleUpPausedNote, StartingNote, AtMaxWorkersNote, WaitingNote]
+NO_REASONS: Mapping[str, WorkerReason] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     demand: Demand
     start: int
     retire: tuple[str, ...]  # handles to decommission (they drain, then get stopped)
     stop: tuple[str, ...]  # handles to stop now: drained, lost, unschedulable, unregistered surplus
-    reasons: tuple[str, ...]
+    notes: tuple[Note, ...]  # the TargetNote first
+    why: Mapping[str, WorkerReason]  # a reason for each handle in `retire` and `stop`
     history: History
 
     @property
     def acts(self) -> bool:
         return bool(self.start or self.retire or self.stop)
+
+
+def describe(item: Note | WorkerReason) -> str:
+    """One note or worker reason in words."""
+    match item:
+        case TargetNote(need, low, high):
+            return (f"target {need.target} = {need.busy} busy + {need.waiting} waiting + "
+                    f"{need.idle_target} idle target - {need.foreign_capacity} foreign, "
+                    f"clamped to [{low}, {high}]")
+        case BlindNote(why):
+            return f"blind, changing nothing: {why}"
+        case ScaleUpPausedNote(wanted, paused_for):
+            return (f"not starting {wanted}: workers did not register "
+                    f"recently, scale-up paused for {paused_for:.0f} s")
+        case StartingNote(start, capacity, target):
+            return f"starting {start}: capacity {capacity} < target {target}"
+        case AtMaxWorkersNote(max_workers):
+            return f"at max_workers ({max_workers}): cannot start more"
+        case WaitingNote(surplus, waited, delay):
+            return f"surplus of {surplus} for {waited:.0f} s of {delay:.0f} s scale_down_delay: waiting"
+        case StopForState(handle, state, detail):
+            return f"stopping {handle}: {state.value}" + (f" ({detail})" if detail else "")
+        case StopNeverRegistered(handle):
+            return f"stopping {handle}: surplus, never registered"
+        case RetireIdle(handle, idle_for):
+            return f"retiring {handle}: surplus, idle {idle_for:.0f} s"
+    raise TypeError(f"not a note or worker reason: {item!r}")
+
+
+def explain(plan: Plan) -> tuple[str, ...]:
+    """The plan in words, one line per note and per worker, in the order it was decided:
+    the target, the workers stopped, what limits scale-up or scale-down, the workers retired."""
+    target, *rest = plan.notes
+    return (
+        describe(target),
+        *(describe(plan.why[h]) for h in plan.stop),
+        *(describe(note) for note in rest),
+        *(describe(plan.why[h]) for h in plan.retire),
+    )
+
+
+# -- deciding -------------------------------------------------------------------
 
 
 def demand(snapshot: Snapshot, settings: PolicySettings) -> Demand:
@@ -91,29 +223,65 @@ def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> lis
     return starting + idle
 
 
+def _scale_up(need: Demand, *, capacity: int, ours: int, paused_for: float,
+              settings: PolicySettings) -> tuple[int, Note]:
+    """How many to start (target above capacity), and why that many. `ours`: our workers
+    in every state, which all take room under max_workers."""
+    room = settings.max_workers - ours
+    start = max(0, min(need.target - capacity, settings.max_surge, room))
+    if paused_for > 0:
+        return 0, ScaleUpPausedNote(need.target - capacity, paused_for)
+    if start:
+        return start, StartingNote(start, capacity, need.target)
+    return 0, AtMaxWorkersNote(settings.max_workers)
+
+
+@dataclass(slots=True)
+class _ScaleDown:
+    stop: list[Worker]
+    retire: list[Worker]
+    why: dict[str, WorkerReason]
+    notes: tuple[Note, ...]
+    surplus_since: float
+    due: bool  # the surplus has lasted scale_down_delay
+
+
+def _scale_down(ours: list[Worker], surplus: int, *, idle_since: Mapping[str, float],
+                history: History, now: float, settings: PolicySettings) -> _ScaleDown:
+    """Which workers to remove (target below capacity), once the surplus has lasted."""
+    surplus_since = history.surplus_since if history.surplus_since is not None else now
+    waited = now - surplus_since
+    if waited < settings.scale_down_delay:
+        waiting = WaitingNote(surplus, waited, settings.scale_down_delay)
+        return _ScaleDown([], [], {}, (waiting,), surplus_since, due=False)
+    stop, retire, why = [], [], {}
+    for w in _retire_order(ours, idle_since)[:surplus]:
+        if w.state is WorkerState.STARTING:
+            stop.append(w)
+            why[w.handle] = StopNeverRegistered(w.handle)
+        else:
+            retire.append(w)
+            why[w.handle] = RetireIdle(w.handle, now - idle_since[w.handle])
+    return _ScaleDown(stop, retire, why, (), surplus_since, due=True)
+
+
 def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan:
     """Decide what to do this cycle. Pure: same inputs, same Plan."""
     now = snapshot.taken_at
     need = demand(snapshot, settings)
-    reasons = [
-        f"target {need.target} = {need.busy} busy + {need.waiting} waiting + "
-        f"{need.idle_target} idle target - {need.foreign_capacity} foreign, "
-        f"clamped to [{settings.min_workers}, {settings.max_workers}]"
-    ]
+    notes: list[Note] = [TargetNote(need, settings.min_workers, settings.max_workers)]
     if snapshot.blind:
-        why = snapshot.master_error or snapshot.backend_error
-        reasons.append(f"blind, changing nothing: {why}")
+        notes.append(BlindNote(snapshot.master_error or snapshot.backend_error))
         # what happened while blind is unknown: a surplus must last scale_down_delay again
         # once the pool is seen (after a master restart, users may be on their way back)
-        return Plan(need, 0, (), (), tuple(reasons), replace(history, surplus_since=None))
+        return Plan(need, 0, (), (), tuple(notes), NO_REASONS, replace(history, surplus_since=None))
 
     ours = [w for w in snapshot.workers if w.ours]
     idle_since = MappingProxyType(
         {w.handle: history.idle_since.get(w.handle, now) for w in ours if w.state is WorkerState.IDLE}
     )
     stop = [w for w in ours if w.state in STOP_STATES and not w.backend.stopping]
-    for w in stop:
-        reasons.append(f"stopping {w.handle}: {w.state.value}" + (f" ({w.why})" if w.why else ""))
+    why: dict[str, WorkerReason] = {w.handle: StopForState(w.handle, w.state, w.why) for w in stop}
     paused_until = history.scale_up_paused_until
     if any(w.state is WorkerState.UNSCHEDULABLE for w in stop):
         paused_until = now + settings.unschedulable_backoff
@@ -121,42 +289,25 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
     capacity = sum(1 for w in ours if w.state in CAPACITY_STATES)
     start, retire, surplus_since = 0, [], None
     if need.target > capacity:
-        room = settings.max_workers - len(ours)
-        start = max(0, min(need.target - capacity, settings.max_surge, room))
-        if paused_until > now:
-            reasons.append(
-                f"not starting {need.target - capacity}: workers did not register "
-                f"recently, scale-up paused for {paused_until - now:.0f} s"
-            )
-            start = 0
-        elif start:
-            reasons.append(f"starting {start}: capacity {capacity} < target {need.target}")
-        else:
-            reasons.append(f"at max_workers ({settings.max_workers}): cannot start more")
+        start, note = _scale_up(need, capacity=capacity, ours=len(ours), paused_for=paused_until - now,
+                                settings=settings)
+        notes.append(note)
     elif need.target < capacity:
-        surplus = capacity - need.target
-        surplus_since = history.surplus_since if history.surplus_since is not None else now
-        waited = now - surplus_since
-        if waited < settings.scale_down_delay:
-            reasons.append(
-                f"surplus of {surplus} for {waited:.0f} s of {settings.scale_down_delay:.0f} s "
-                "scale_down_delay: waiting"
-            )
-        else:
-            for w in _retire_order(ours, idle_since)[:surplus]:
-                if w.state is WorkerState.STARTING:
-                    stop.append(w)
-                    reasons.append(f"stopping {w.handle}: surplus, never registered")
-                else:
-                    retire.append(w)
-                    reasons.append(f"retiring {w.handle}: surplus, idle {now - idle_since[w.handle]:.0f} s")
-            surplus_since = None if retire or stop else surplus_since
+        down = _scale_down(ours, capacity - need.target, idle_since=idle_since, history=history,
+                           now=now, settings=settings)
+        stop += down.stop
+        retire = down.retire
+        why.update(down.why)
+        notes += down.notes
+        # a surplus acted on (or workers stopped) starts its wait afresh
+        surplus_since = None if down.due and (retire or stop) else down.surplus_since
 
     return Plan(
         demand=need,
         start=start,
         retire=tuple(w.handle for w in retire),
         stop=tuple(w.handle for w in stop),
-        reasons=tuple(reasons),
+        notes=tuple(notes),
+        why=MappingProxyType(why),
         history=History(surplus_since, idle_since, paused_until),
     )

@@ -5,25 +5,79 @@
 
 No state of its own survives a restart: the backend persists which workers are
 retiring, the master and workers say the rest, so a new process resumes drains.
+
+Errors: blind, or a bug
+-----------------------
+
+Blind (the pool cannot be seen whole, so nothing is started, retired or stopped;
+the cycle goes on, the page and the metrics say why, one "blind" decision is
+recorded and a warning logged when it begins):
+
+- the master cannot be read: `SparkError` from `SparkClient.master()` (unreachable,
+  timeout, an HTTP error, an answer that is not the master's JSON, not ALIVE);
+- the backend cannot list its workers: `BACKEND_UNREADABLE` from `Backend.list()`
+  (`BackendError`, e.g. the pod cache while its watch fails or RBAC is missing;
+  `OSError` and `TimeoutError`; the Kubernetes client's `ApiException` and
+  aiohttp's `ClientError` where a backend lets them through).
+
+A retiring worker whose own /json/ cannot be read (`SparkError`) stays
+draining: it is never stopped while its executors are unknown.
+
+A bug (any other exception from the master client, the backend's `list()` or a
+worker read, e.g. a KeyError in a parser) is loud: logged with its traceback on
+every cycle it happens, and the cycle is blind with the reason "bug reading ...",
+so it never retires anything and never hides as a quiet endless blindness.
+`CancelledError` (and other BaseExceptions) always propagate.
+
+A failed action (start, retire, stop, a resent decommission) is logged with its
+traceback and recorded as an "error" decision; the other actions of the pass go on.
+
+Admin controls (`pause`, `resume`, `set_idle_override`) change what later cycles
+do; each is recorded with who did it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import clock
-from .backends import Backend
+from .backends import Backend, BackendError
 from .model import BackendWorker, MasterWorker, Snapshot, WorkerState, WorkerStatus
 from .observe import ObserveSettings, build_snapshot, is_retiring, join
-from .policy import History, Plan, PolicySettings, plan
+from .policy import History, Plan, PolicySettings, describe, explain, plan
 from .spark import SparkClient, SparkError
 
 #: how many worker /json/ reads run at once
 WORKER_READ_CONCURRENCY = 16
+
+#: what `Backend.list()` raises when the workers cannot be listed: blind, not a bug
+BACKEND_UNREADABLE = (BackendError, OSError, asyncio.TimeoutError, ApiException, aiohttp.ClientError)
+
+
+class Action(str, enum.Enum):
+    """What a decision-log entry records. The values are what the page and the log show."""
+
+    START = "start"
+    RETIRE = "retire"
+    STOP = "stop"
+    REDECOMMISSION = "redecommission"  # a decommission resent; only its failures are recorded
+    BLIND = "blind"
+    SEEING = "seeing"
+    ERROR = "error"
+    PAUSE = "pause"
+    RESUME = "resume"
+    IDLE_TARGET = "idle-target"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +85,10 @@ class Decision:
     """One entry of the decision log: what was done (or seen), when and why."""
 
     at: float
-    action: str  # start, retire, stop, blind, seeing, error
+    action: Action
     detail: str
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()  # the plan's words for it (`policy.explain`)
+    handles: tuple[str, ...] = ()  # the workers it concerns
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +98,21 @@ class CycleReport:
     snapshot: Snapshot
     plan: Plan
     duration: float  # seconds
-    started: int  # workers started
     decisions: tuple[Decision, ...]  # recorded during the pass
+    started: tuple[str, ...] = ()  # handles of the workers started
+    retired: tuple[str, ...] = ()  # handles decommissioned (resends not counted)
+    stopped: tuple[str, ...] = ()  # handles stopped
+    errors: tuple[Decision, ...] = ()  # failed actions
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What the running pass has done so far."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    acted: dict[Action, list[str]] = field(
+        default_factory=lambda: {Action.START: [], Action.RETIRE: [], Action.STOP: []})
+    errors: list[Decision] = field(default_factory=list)
 
 
 class Reconciler:
@@ -56,19 +124,19 @@ class Reconciler:
         policy: PolicySettings,
         observe: ObserveSettings,
         log: logging.Logger,
+        decision_log_size: int,
         prewarm_credit: Callable[[tuple[float, ...]], int] = lambda app_starts: 0,
-        decision_log_size: int = 500,
         on_cycle: Callable[[CycleReport], None] = lambda report: None,
     ):
         self.backend = backend
         self.spark = spark
+        #: the policy as configured; an idle override replaces idle_workers in what is planned with
         self.policy = policy
         self.observe_settings = observe
         self.log = log
         self.prewarm_credit = prewarm_credit
         self.on_cycle = on_cycle
-        self._pass: list[Decision] = []  # decisions of the running pass
-        self._started = 0
+        self._pass = _Pass()
         self.history = History()
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self.last_snapshot: Snapshot | None = None
@@ -76,8 +144,11 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self._again = False
         self._blind_reason = ""
-        #: set by the admin page: observe and plan go on, act starts/retires/stops nothing
-        self.paused = False
+        #: who paused the scaler (None: not paused): observe and plan go on, act does nothing
+        self.paused_by: str | None = None
+        #: idle_workers set by an admin (None: the configured value), and by whom
+        self.idle_override: int | None = None
+        self.idle_override_by: str | None = None
 
     async def cycle(self) -> Plan | None:
         """Run one pass. Passes never overlap: asked for during one, it returns None
@@ -90,30 +161,66 @@ class Reconciler:
             self._again = True
             while self._again:
                 self._again = False
-                self._pass, self._started, began = [], 0, clock.now()
+                self._pass, began = _Pass(), clock.now()
                 snapshot = await self.observe()
-                decided = plan(snapshot, self.policy, self.history)
+                decided = plan(snapshot, self.effective_policy(), self.history)
                 self.history = decided.history
                 self.last_snapshot, self.last_plan = snapshot, decided
                 await self.act(decided, snapshot)
-                self.on_cycle(CycleReport(snapshot, decided, clock.now() - began, self._started,
-                                          tuple(self._pass)))
+                self.on_cycle(self._report(snapshot, decided, clock.now() - began))
             return decided
+
+    def _report(self, snapshot: Snapshot, decided: Plan, duration: float) -> CycleReport:
+        done = self._pass
+        return CycleReport(
+            snapshot, decided, duration, tuple(done.decisions),
+            started=tuple(done.acted[Action.START]), retired=tuple(done.acted[Action.RETIRE]),
+            stopped=tuple(done.acted[Action.STOP]), errors=tuple(done.errors),
+        )
+
+    # -- admin controls ----------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_by is not None
+
+    def pause(self, *, by: str) -> None:
+        """Go on observing and planning; start, retire and stop nothing until `resume`."""
+        self.paused_by = by
+        self.record(Action.PAUSE, f"by {by}: observing and planning, starting and retiring nothing")
+
+    def resume(self, *, by: str) -> None:
+        self.paused_by = None
+        self.record(Action.RESUME, f"by {by}")
+
+    def set_idle_override(self, value: int | None, *, by: str) -> None:
+        """Plan with `value` idle workers instead of the configured idle_workers; None: back to it."""
+        configured = self.policy.idle_workers
+        self.idle_override, self.idle_override_by = value, (None if value is None else by)
+        if value is None:
+            detail = f"idle_workers back to the configured {configured}"
+        else:
+            detail = f"idle_workers {value} (override; configured {configured})"
+        self.record(Action.IDLE_TARGET, f"{detail}, by {by}")
+
+    def effective_policy(self) -> PolicySettings:
+        """The policy the next plan uses: the configured one, with the idle override if any."""
+        if self.idle_override is None:
+            return self.policy
+        return replace(self.policy, idle_workers=self.idle_override)
 
     # -- observe -------------------------------------------------------------
 
     async def observe(self) -> Snapshot:
-        master_error = backend_error = ""
         master, listed = await asyncio.gather(self.spark.master(), self.backend.list(),
                                               return_exceptions=True)
+        master_error = backend_error = ""
         if isinstance(master, BaseException):
-            if not isinstance(master, SparkError):
-                raise master
-            master_error, master = str(master), None
-        if isinstance(listed, BaseException):  # any failure to list means we are blind
-            if isinstance(listed, asyncio.CancelledError):
-                raise listed
-            backend_error, listed = f"cannot list workers: {listed}", []
+            master_error, master = self._failure(master, SparkError, "reading the master"), None
+        if isinstance(listed, BaseException):
+            why = self._failure(listed, BACKEND_UNREADABLE, "listing workers")
+            backend_error = f"cannot list workers: {why}"
+            listed = []
         backend_workers: list[BackendWorker] = listed
         joined = join(master.workers if master else (), backend_workers)
         statuses = {}
@@ -131,6 +238,16 @@ class Reconciler:
             backend_error=backend_error,
         )
 
+    def _failure(self, error: BaseException, expected, doing: str) -> str:
+        """Why a read failed, in one line. An `expected` error is the part being unreadable;
+        any other Exception is a bug, logged with its traceback. Others propagate."""
+        if not isinstance(error, Exception):
+            raise error
+        if isinstance(error, expected):
+            return str(error) or type(error).__name__
+        self.log.error("bug %s: %s: %s", doing, type(error).__name__, error, exc_info=error)
+        return f"bug {doing}: {type(error).__name__}: {error} (see the scaler's log)"
+
     async def _read_workers(self, pairs) -> dict[str, WorkerStatus | str]:
         """Each retiring worker's own /json/ (or the error reading it), a few at a time."""
         limit = asyncio.Semaphore(WORKER_READ_CONCURRENCY)
@@ -142,27 +259,33 @@ class Reconciler:
             async with limit:
                 try:
                     return await self.spark.worker(url)
-                except SparkError as e:
-                    return str(e)
+                except Exception as e:
+                    return self._failure(e, SparkError, f"reading worker {b.handle}")
 
         results = await asyncio.gather(*(read(b, m) for b, m in pairs))
         return {b.handle: result for (b, _), result in zip(pairs, results)}
 
     # -- act -----------------------------------------------------------------
 
-    def record(self, action: str, detail: str, reasons: tuple[str, ...] = ()) -> None:
-        decision = Decision(clock.now(), action, detail, reasons)
+    def record(self, action: Action, detail: str, reasons: tuple[str, ...] = (),
+               handles: tuple[str, ...] = ()) -> Decision:
+        decision = Decision(clock.now(), action, detail, reasons, handles)
         self.decisions.append(decision)
-        self._pass.append(decision)
-        self.log.info("%s: %s", action, detail)
+        self._pass.decisions.append(decision)
+        if action is Action.ERROR:
+            self._pass.errors.append(decision)
+        elif action in self._pass.acted:
+            self._pass.acted[action].extend(handles)
+        self.log.info("%s: %s", action.value, detail)
+        return decision
 
     def _note_blindness(self, snapshot: Snapshot) -> None:
         reason = snapshot.master_error or snapshot.backend_error
         if reason and not self._blind_reason:
-            self.record("blind", f"retiring nothing until the pool can be seen again: {reason}")
+            self.record(Action.BLIND, f"retiring nothing until the pool can be seen again: {reason}")
             self.log.warning("blind: %s", reason)
         elif not reason and self._blind_reason:
-            self.record("seeing", "master and backend readable again")
+            self.record(Action.SEEING, "master and backend readable again")
         self._blind_reason = reason
 
     async def act(self, decided: Plan, snapshot: Snapshot) -> None:
@@ -170,45 +293,50 @@ class Reconciler:
         if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}
-        reasons = decided.reasons
-        await self._each("stop", decided.stop, lambda h: self.backend.stop(by_handle[h].backend), reasons)
-        await self._each("retire", decided.retire, lambda h: self._decommission(by_handle[h].backend),
-                         reasons)
+        await self._each(Action.STOP, decided.stop, lambda h: self.backend.stop(by_handle[h].backend),
+                         decided)
+        await self._each(Action.RETIRE, decided.retire, lambda h: self._decommission(by_handle[h].backend),
+                         decided)
         # A retiring worker the master still calls ALIVE never got (or lost) its
         # decommission, e.g. the scaler died between marking and signalling: resend.
         unacknowledged = [
             w.handle for w in snapshot.workers
             if w.state is WorkerState.DRAINING and w.master is not None and w.master.state == "ALIVE"
         ]
-        await self._each("redecommission", unacknowledged, lambda h: self._decommission(by_handle[h].backend),
-                         quiet=True)
+        await self._each(Action.REDECOMMISSION, unacknowledged,
+                         lambda h: self._decommission(by_handle[h].backend), None)
         if decided.start:
-            try:
-                started = await self.backend.start(decided.start)
-            except Exception as e:
-                self.record("error", f"starting {decided.start} workers failed: {e}")
-            else:
-                self._started = len(started)
-                names = ", ".join(b.handle for b in started)
-                self.record("start", f"started {len(started)} ({names})", decided.reasons)
+            await self._start(decided)
+
+    async def _start(self, decided: Plan) -> None:
+        try:
+            started = await self.backend.start(decided.start)
+        except Exception as e:
+            self.log.exception("start %d workers failed", decided.start)
+            self.record(Action.ERROR, f"starting {decided.start} workers failed: {e}")
+        else:
+            handles = tuple(b.handle for b in started)
+            self.record(Action.START, f"started {len(started)} ({', '.join(handles)})", explain(decided),
+                        handles)
 
     async def _decommission(self, worker: BackendWorker) -> None:
         await self.backend.decommission(worker)  # marks it retiring first: survives our death
         if self.backend.decommission_via_master:
             await self.spark.decommission_host(worker.host)
 
-    async def _each(self, action: str, handles, call, reasons: tuple[str, ...] = (), *, quiet=False) -> None:
+    async def _each(self, action: Action, handles, call, decided: Plan | None) -> None:
         """Run `call(handle)` for each handle concurrently; one failure never stops the rest.
-        Successes go to the decision log unless `quiet`."""
+        Successes go to the decision log with the plan's reason for the handle; without a
+        plan (a resent decommission) they are not recorded."""
 
         async def one(handle: str) -> None:
             try:
                 await call(handle)
             except Exception as e:
-                self.log.exception("%s %s failed", action, handle)
-                self.record("error", f"{action} {handle} failed: {e}")
+                self.log.exception("%s %s failed", action.value, handle)
+                self.record(Action.ERROR, f"{action.value} {handle} failed: {e}", handles=(handle,))
             else:
-                if not quiet:
-                    self.record(action, handle, tuple(r for r in reasons if f" {handle}:" in r))
+                if decided is not None:
+                    self.record(action, handle, (describe(decided.why[handle]),), (handle,))
 
         await asyncio.gather(*(one(h) for h in handles))

@@ -21,8 +21,9 @@ from .activity import HubActivity
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
-from .web.handlers import PoolState, admin_routes, admin_settings
+from .web.handlers import admin_routes, admin_settings
 from .web.history import PoolHistory
+from .web.pool import PoolState
 
 
 #: Bodies are read before a request is authenticated: nothing the service takes (an event, a

@@ -45,13 +45,12 @@ from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.local import LocalBackend
 from jhub_spark_scaler.hub import ADMIN_SCOPE, configure
 from jhub_spark_scaler.model import WorkerState
-from jhub_spark_scaler.observe import ObserveSettings
-from jhub_spark_scaler.policy import PolicySettings
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.service import HubService
 from jhub_spark_scaler.spark import MAX_BODY_BYTES, SparkClient
 
 from .conftest import until
+from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 from .test_hub_service import ADMIN_TOKEN, free_port, hub_api, hub_config, stop_scaler, worker_records
 from .test_scaling import cycles_until
 
@@ -498,9 +497,10 @@ async def test_a_master_answering_garbage_blinds_the_reconciler_which_retires_no
         r = Reconciler(
             backend=backend,
             spark=SparkClient(stand_in.url, timeout=MASTER_TIMEOUT),
-            policy=PolicySettings(max_workers=2, idle_workers=1, scale_down_delay=0),
-            observe=ObserveSettings(start_timeout=120, held_after=60),
+            policy=make_policy(max_workers=2, idle_workers=1, scale_down_delay=0),
+            observe=make_observe(start_timeout=120, held_after=60),
             log=logging.getLogger("test.bad-input"),
+            decision_log_size=DECISION_LOG_SIZE,
         )
         await cycles_until(r, lambda s: ours(s, WorkerState.IDLE), timeout=90,
                            what="an idle worker, seen through the stand-in")

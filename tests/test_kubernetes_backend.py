@@ -22,6 +22,7 @@ from jhub_spark_scaler.backends.master_manifests import master_deployment, maste
 from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_labels, pool_selector
 from jhub_spark_scaler.errors import ConfigError
 from jhub_spark_scaler.model import WorkerState
+from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Reconciler
 
 from .conftest import lost_executors, until
@@ -237,7 +238,7 @@ async def test_unschedulable_pods_are_reported_removed_and_bounded(make_kube_sca
         decided = await r.cycle()
         assert decided.start == 0
     assert r.backend.api.requests["create pods"] == 3
-    assert any("scale-up paused" in reason for reason in r.last_plan.reasons)
+    assert any("scale-up paused" in reason for reason in explain(r.last_plan))
 
 
 async def test_image_pull_errors_carry_the_pods_reason(make_kube_scaler, kubelet):

@@ -14,13 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jhub_spark_scaler.metrics import ERROR_KINDS, ScalerMetrics
 from jhub_spark_scaler.model import BackendWorker, MasterWorker, Snapshot, Worker, WorkerState
-from jhub_spark_scaler.policy import History, PolicySettings, plan
+from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.web.chart import STACK_ORDER, render_svg
 from jhub_spark_scaler.web.history import PoolHistory
 
+from .settings import make_policy
+
 S = WorkerState
 SVG = "{http://www.w3.org/2000/svg}"
-POLICY = PolicySettings(max_workers=20, idle_workers=1)
+POLICY = make_policy(max_workers=20, idle_workers=1)
 
 
 def worker(handle: str, state: WorkerState, *, ours: bool = True,

@@ -13,8 +13,10 @@ import pytest
 
 from jhub_spark_scaler.model import BackendWorker, Executor, MasterWorker, WorkerState, WorkerStatus
 from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, classify, foreign_worker, join
-from jhub_spark_scaler.policy import History, PolicySettings, plan
+from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.spark import parse_master, parse_worker
+
+from .settings import make_policy
 
 S = WorkerState
 DATA = Path(__file__).parent / "data" / "spark-4.3.0"
@@ -274,7 +276,7 @@ def test_build_snapshot_from_the_busy_decommission_sample():
     assert [a.id for a in snapshot.apps] == ["app-20261125141926-0004"]
     assert (snapshot.taken_at, snapshot.prewarm_credit, snapshot.blind) == (1795616440.0, 2, False)
     # and the policy stops the drained worker; target 3 = 1 waiting + (1 + 2 prewarm) idle - 1 foreign
-    p = plan(snapshot, PolicySettings(max_workers=10, idle_workers=1), History())
+    p = plan(snapshot, make_policy(max_workers=10, idle_workers=1), History())
     assert p.stop == ("local-1",) and p.start == 2 and not p.retire
     assert (p.demand.waiting, p.demand.foreign_capacity, p.demand.target) == (1, 1, 3)
 

@@ -17,12 +17,12 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from jhub_spark_scaler.backends.local import LocalBackend
 from jhub_spark_scaler.httpjson import fetch_json
 from jhub_spark_scaler.model import WorkerState
-from jhub_spark_scaler.observe import ObserveSettings
-from jhub_spark_scaler.policy import PolicySettings, plan
+from jhub_spark_scaler.policy import explain, plan
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import lost_executors, until
+from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
 pytestmark = pytest.mark.spark
 
@@ -35,9 +35,10 @@ def make_reconciler(backend, spark_master, *, start_timeout: float = 120, held_a
     return Reconciler(
         backend=backend,
         spark=SparkClient(spark_master.master_ui_url),
-        policy=PolicySettings(**policy),
-        observe=ObserveSettings(start_timeout=start_timeout, held_after=held_after),
+        policy=make_policy(**policy),
+        observe=make_observe(start_timeout=start_timeout, held_after=held_after),
         log=logging.getLogger("test.scaler"),
+        decision_log_size=DECISION_LOG_SIZE,
     )
 
 
@@ -123,7 +124,7 @@ async def race_rounds(r: Reconciler, burst_driver, rounds: int, kill) -> list[st
         await cycles_until(r, idle_and_busy(2, 2), timeout=120, what=f"round {n}: 2 idle workers")
         snapshot = await r.observe()
         decided = plan(snapshot, dataclasses.replace(r.policy, idle_workers=0), r.history)
-        assert len(decided.retire) == 2, decided.reasons
+        assert len(decided.retire) == 2, explain(decided)
         chosen = {w.handle: w.backend.host for w in snapshot.workers if w.handle in decided.retire}
 
         burst_driver.burst(n)

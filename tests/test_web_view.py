@@ -9,11 +9,12 @@ import jinja2
 
 from jhub_spark_scaler.activity import Server
 from jhub_spark_scaler.model import Executor, MasterApp, WorkerState
-from jhub_spark_scaler.policy import History, PolicySettings, plan
+from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.reconciler import Decision
 from jhub_spark_scaler.web.handlers import TEMPLATES
 from jhub_spark_scaler.web.view import pool_view
 
+from .settings import make_policy
 from .test_policy import snap, worker
 
 S = WorkerState
@@ -23,7 +24,7 @@ EVIL = "<img src=x onerror=alert(1)>"
 
 
 def view(snapshot, *, paused=False, override=None, decisions=(), servers=()):
-    decided = plan(snapshot, PolicySettings(max_workers=5), History()) if snapshot else None
+    decided = plan(snapshot, make_policy(max_workers=5), History()) if snapshot else None
     return pool_view(snapshot=snapshot, plan=decided, decisions=decisions, servers=servers, hub_healthy=True,
                      hub_error="", paused=paused, idle_override=override, settings=SETTINGS, now=1000.0)
 

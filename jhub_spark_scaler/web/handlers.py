@@ -12,6 +12,10 @@ Who may: hub admins (whose token may access this service), and holders of
 `custom:spark-scaler:admin`. The hub only lets users who may access the
 service (`access:services!service=<name>`) log in to it at all.
 
+Pause, resume and the idle override are the reconciler's own controls
+(`Reconciler.pause`, `resume`, `set_idle_override`): the handlers call them with
+the admin's name; what the page shows comes from `PoolState` (`web/pool.py`).
+
 Authentication runs in `prepare`, asynchronously (HubAuthenticated's own
 `get_current_user` would block the event loop on a thread). A request with an
 `Authorization: token ...` header is token-authenticated and needs no XSRF
@@ -21,15 +25,12 @@ value, as JupyterHub's own handlers require.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
@@ -39,99 +40,11 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
-from .. import clock
-from ..activity import HubActivity
 from ..hub import ADMIN_SCOPE
-from ..policy import PolicySettings
 from ..reconciler import Reconciler
-from ..metrics import ScalerMetrics
-from .chart import render_svg
-from .history import PoolHistory
-from .view import pool_view
+from .pool import PoolState
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
-
-
-class PoolState:
-    """What the handlers read and change: the reconciler (attached once it exists),
-    the hub's activity, and the admin's overrides."""
-
-    def __init__(
-        self,
-        *,
-        activity: HubActivity,
-        prewarm_window: float,
-        prewarm_per_server: int,
-        metrics: ScalerMetrics,
-        history: PoolHistory,
-        poll_interval: float = 2.0,
-        on_change: Callable[[], None] = lambda: None,
-    ):
-        self.metrics = metrics
-        self.history = history
-        self.activity = activity
-        self.prewarm_window = prewarm_window
-        self.prewarm_per_server = prewarm_per_server
-        self.poll_interval = poll_interval
-        self.on_change = on_change
-        self.reconciler: Reconciler | None = None
-        #: the policy as configured; an idle override replaces idle_workers in a copy
-        self.configured: PolicySettings | None = None
-        self.idle_override: int | None = None
-
-    def attach(self, reconciler: Reconciler) -> None:
-        self.reconciler = reconciler
-        self.configured = reconciler.policy
-
-    def view(self) -> dict[str, Any]:
-        r = self.reconciler
-        assert r is not None and self.configured is not None
-        return pool_view(
-            snapshot=r.last_snapshot,
-            plan=r.last_plan,
-            decisions=r.decisions,
-            servers=self.activity.servers,
-            hub_healthy=self.activity.healthy,
-            hub_error=self.activity.last_error,
-            paused=r.paused,
-            idle_override=self.idle_override,
-            settings={
-                "max_workers": self.configured.max_workers,
-                "min_workers": self.configured.min_workers,
-                "idle_workers": self.configured.idle_workers,
-                "prewarm_window": self.prewarm_window,
-                "prewarm_per_server": self.prewarm_per_server,
-            },
-            now=clock.now(),
-        )
-
-    def chart(self) -> Markup:
-        """The pool size by state over the last hour, as inline SVG (numbers only)."""
-        now = clock.now()
-        return Markup(render_svg(self.history.samples(now), now=now))
-
-    def pause(self, user: str) -> None:
-        assert self.reconciler is not None
-        self.reconciler.paused = True
-        self.reconciler.record("pause", f"by {user}: observing and planning, starting and retiring nothing")
-
-    def resume(self, user: str) -> None:
-        assert self.reconciler is not None
-        self.reconciler.paused = False
-        self.reconciler.record("resume", f"by {user}")
-        self.on_change()
-
-    def set_idle_override(self, value: int | None, user: str) -> None:
-        assert self.reconciler is not None and self.configured is not None
-        self.idle_override = value
-        if value is None:
-            self.reconciler.policy = self.configured
-            detail = f"idle_workers back to the configured {self.configured.idle_workers}"
-        else:
-            self.reconciler.policy = dataclasses.replace(self.configured, idle_workers=value)
-            detail = f"idle_workers {value} (override; configured {self.configured.idle_workers})"
-        self.reconciler.record("idle-target", f"{detail}, by {user}")
-        self.on_change()
 
 
 class AdminHandler(HubOAuthenticated, web.RequestHandler):
@@ -149,6 +62,11 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def pool(self) -> PoolState:
         return self.settings["pool"]
+
+    @property
+    def reconciler(self) -> Reconciler:
+        """The scaler's reconciler: `prepare` answers 503 until there is one."""
+        return self.pool.reconciler
 
     def check_hub_user(self, model: dict) -> dict:
         scopes = set(model.get("scopes", ()))
@@ -196,9 +114,11 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
         if self.request.method in ("GET", "HEAD") and self.login_redirect:
             self.redirect(self.get_login_url())
             return
-        if self.hub_auth._get_token_cookie(self) and self.request.method not in ("GET", "HEAD"):
+        # a login cookie, yet no user: HubOAuth refused it (for a POST or a script, no valid XSRF token)
+        logged_in = self.get_secure_cookie(self.hub_auth.cookie_name)
+        if logged_in and self.request.method not in ("GET", "HEAD"):
             raise web.HTTPError(403, "the '_xsrf' value is missing or wrong: reload the page and try again")
-        if self.hub_auth._get_token_cookie(self):
+        if logged_in:
             raise web.HTTPError(403, "a script's request needs the X-XSRFToken header")
         raise web.HTTPError(403, "not logged in: log in at the hub, "
                                  "or send 'Authorization: token <hub API token>'")
@@ -268,13 +188,14 @@ class PoolAPIHandler(AdminHandler):
 
 class PauseHandler(AdminHandler):
     def post(self) -> None:
-        self.pool.pause(self.user_name)
+        self.reconciler.pause(by=self.user_name)
         self.acted()
 
 
 class ResumeHandler(AdminHandler):
     def post(self) -> None:
-        self.pool.resume(self.user_name)
+        self.reconciler.resume(by=self.user_name)
+        self.pool.on_change()
         self.acted()
 
 
@@ -282,16 +203,19 @@ class IdleTargetHandler(AdminHandler):
     def post(self) -> None:
         raw = self.idle_argument()
         if raw == "":
-            self.pool.set_idle_override(None, self.user_name)
-            return self.acted()
-        maximum = self.pool.configured.max_workers
+            return self.set_idle_override(None)
+        maximum = self.reconciler.policy.max_workers
         try:
             value = int(raw)
         except ValueError:
             raise web.HTTPError(400, "idle_workers must be a whole number, got %r", raw[:40]) from None
         if not 0 <= value <= maximum:
             raise web.HTTPError(400, "idle_workers must be between 0 and max_workers (%d)", maximum)
-        self.pool.set_idle_override(value, self.user_name)
+        self.set_idle_override(value)
+
+    def set_idle_override(self, value: int | None) -> None:
+        self.reconciler.set_idle_override(value, by=self.user_name)
+        self.pool.on_change()
         self.acted()
 
     def idle_argument(self) -> str:
@@ -329,7 +253,7 @@ class CallbackHandler(HubOAuthCallbackHandler):
         return self.settings["hub_auth"]
 
 
-def admin_routes(prefix: str, *, authenticate_prometheus: bool = True) -> list[tuple[str, type]]:
+def admin_routes(prefix: str, *, authenticate_prometheus: bool) -> list[tuple[str, type]]:
     """The tornado routes under the service's prefix (JUPYTERHUB_SERVICE_PREFIX)."""
     p = re.escape(prefix.rstrip("/"))
     return [

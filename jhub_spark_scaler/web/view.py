@@ -18,7 +18,7 @@ from typing import Any
 
 from ..activity import Server, warm_servers
 from ..model import Snapshot, Worker, WorkerState
-from ..policy import Plan
+from ..policy import Plan, explain
 
 STATES = tuple(state.value for state in WorkerState)
 
@@ -69,6 +69,37 @@ def _server(s: Server, *, warm: bool, per_server: int) -> dict[str, Any]:
     }
 
 
+def _target(plan: Plan | None, snapshot: Snapshot | None, *, idle_override: int | None,
+            settings: Mapping[str, Any]) -> dict[str, Any]:
+    demand = plan.demand if plan else None
+    return {
+        "target": demand.target if demand else None,
+        "busy": demand.busy if demand else None,
+        "waiting": demand.waiting if demand else None,
+        "idle_target": demand.idle_target if demand else None,
+        "foreign_capacity": demand.foreign_capacity if demand else None,
+        "prewarm_credit": snapshot.prewarm_credit if snapshot else 0,
+        "idle_workers": settings["idle_workers"] if idle_override is None else idle_override,
+        "idle_workers_configured": settings["idle_workers"],
+        "idle_override": idle_override,
+        "min": settings["min_workers"],
+        "max": settings["max_workers"],
+    }
+
+
+def _plan(plan: Plan | None) -> dict[str, Any]:
+    return {
+        "start": plan.start if plan else 0,
+        "retire": list(plan.retire) if plan else [],
+        "stop": list(plan.stop) if plan else [],
+        "reasons": list(explain(plan)) if plan else [],
+    }
+
+
+def _decision(d: Any) -> dict[str, Any]:
+    return {"at": iso(d.at), "action": str(d.action), "detail": d.detail, "reasons": list(d.reasons)}
+
+
 def pool_view(
     *,
     snapshot: Snapshot | None,
@@ -93,7 +124,6 @@ def pool_view(
     servers = tuple(servers)
     warm = warm_servers(servers, now=now, window=settings["prewarm_window"],
                         app_starts=snapshot.app_starts if snapshot else ())
-    demand = plan.demand if plan else None
     return {
         "now": iso(now),
         "status": status,
@@ -103,33 +133,13 @@ def pool_view(
         "hub": {"healthy": hub_healthy, "error": hub_error},
         "counts": counts,
         "foreign": sum(1 for w in workers if not w.ours),
-        "target": {
-            "target": demand.target if demand else None,
-            "busy": demand.busy if demand else None,
-            "waiting": demand.waiting if demand else None,
-            "idle_target": demand.idle_target if demand else None,
-            "foreign_capacity": demand.foreign_capacity if demand else None,
-            "prewarm_credit": snapshot.prewarm_credit if snapshot else 0,
-            "idle_workers": settings["idle_workers"] if idle_override is None else idle_override,
-            "idle_workers_configured": settings["idle_workers"],
-            "idle_override": idle_override,
-            "min": settings["min_workers"],
-            "max": settings["max_workers"],
-        },
-        "plan": {
-            "start": plan.start if plan else 0,
-            "retire": list(plan.retire) if plan else [],
-            "stop": list(plan.stop) if plan else [],
-            "reasons": list(plan.reasons) if plan else [],
-        },
+        "target": _target(plan, snapshot, idle_override=idle_override, settings=settings),
+        "plan": _plan(plan),
         "workers": [_worker(w, now=now, idle_since=idle_since) for w in workers],
         "apps": [
             {"id": a.id, "name": a.name, "cores": a.cores, "state": a.state, "user": a.user}
             for a in (snapshot.apps if snapshot else ())
         ],
         "servers": [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"]) for s in servers],
-        "decisions": [
-            {"at": iso(d.at), "action": d.action, "detail": d.detail, "reasons": list(d.reasons)}
-            for d in reversed(list(decisions))
-        ],
+        "decisions": [_decision(d) for d in reversed(list(decisions))],
     }
