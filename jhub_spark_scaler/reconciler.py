@@ -17,8 +17,8 @@ recorded and a warning logged when it begins):
   timeout, an HTTP error, an answer that is not the master's JSON, not ALIVE);
 - the backend cannot list its workers: `BACKEND_UNREADABLE` from `Backend.list()`
   (`BackendError`, e.g. the pod cache while its watch fails or RBAC is missing;
-  `OSError` and `TimeoutError`; the Kubernetes client's `ApiException` and
-  aiohttp's `ClientError` where a backend lets them through).
+  `OSError` and `TimeoutError`). A backend turns its platform's own errors into
+  `BackendError` (the pod cache does), so this module knows no platform.
 
 A retiring worker whose own /json/ cannot be read (`SparkError`) stays
 draining: it is never stopped while its executors are unknown.
@@ -45,9 +45,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from . import clock
 from .backends import Backend, BackendError
 from .model import BackendWorker, MasterWorker, Snapshot, WorkerState, WorkerStatus
@@ -59,7 +56,7 @@ from .spark import SparkClient, SparkError
 WORKER_READ_CONCURRENCY = 16
 
 #: what `Backend.list()` raises when the workers cannot be listed: blind, not a bug
-BACKEND_UNREADABLE = (BackendError, OSError, asyncio.TimeoutError, ApiException, aiohttp.ClientError)
+BACKEND_UNREADABLE = (BackendError, OSError, asyncio.TimeoutError)
 
 
 class Action(str, enum.Enum):

@@ -11,7 +11,6 @@ import asyncio
 import logging
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends import Backend, BackendError
@@ -118,7 +117,6 @@ def actions(r: Reconciler) -> list[Action]:
     BackendError("missing RBAC permission: cannot list pods"),
     OSError("state dir unreadable"),
     asyncio.TimeoutError(),
-    ApiException(status=500, reason="Internal Server Error"),
 ])
 async def test_a_backend_that_cannot_list_makes_the_scaler_blind_quietly(scaler, caplog, error):
     r, backend, spark, reports = scaler
