@@ -41,7 +41,7 @@ from tornado import web
 
 from .. import clock
 from ..activity import HubActivity
-from ..hub import ADMIN_SCOPE
+from ..constants import ADMIN_SCOPE
 from ..policy import PolicySettings
 from ..reconciler import Reconciler
 from ..metrics import ScalerMetrics
