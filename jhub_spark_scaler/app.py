@@ -3,6 +3,9 @@
 Like jupyterhub-idle-culler, the Application is only a config adapter: traits
 with help, validated at start-up; `run()` builds plain objects (backend, Spark
 client, Reconciler) and drives `Reconciler.cycle` every `poll_interval`.
+
+Each setting's default is stated once, by its trait here (docs/settings.md is
+generated from them); reading the settings strictly is `cli`'s job.
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ class SparkScalerApp(Application):
             super().update_config(config)
 
     def _configure_logging(self):
-        # Application's own method, which its logging observers call
+        # traitlets' logging observers call this private method: there is no public hook
+        # for a logging_config that dictConfig refuses
         with cli.logging_config_errors():
             super()._configure_logging()
 

@@ -143,11 +143,15 @@ def _file_errors(loader: PyFileConfigLoader | JSONFileConfigLoader, load: Callab
 
 
 class PyFileLoader(PyFileConfigLoader):
+    """The .py config file loader: the file's own error a ConfigError."""
+
     def load_config(self) -> Config:
         return _file_errors(self, super().load_config)
 
 
 class JSONFileLoader(JSONFileConfigLoader):
+    """The .json config file loader: a file that is not JSON a ConfigError."""
+
     def load_config(self) -> Config:
         return _file_errors(self, super().load_config)
 
@@ -187,10 +191,14 @@ def logging_config_errors() -> Iterator[None]:
         raise ConfigError(f"logging_config: {first_line(e)}") from None
 
 
+def command_classes(app: Application) -> list[type[Configurable]]:
+    """The classes whose settings `app` takes: itself and its `classes`."""
+    return list(dict.fromkeys([type(app), *app.classes]))
+
+
 def configurable_classes(app: Application) -> Iterator[type[Configurable]]:
-    """The classes whose settings `app` takes (its `classes`, itself included), with
-    their configurable parents."""
-    for cls in app.classes:
+    """The classes whose settings `app` takes, with their configurable parents."""
+    for cls in command_classes(app):
         yield from (parent for parent in cls.mro() if issubclass(parent, Configurable))
 
 
@@ -204,7 +212,7 @@ def check_setting_names(app: Application, config: Config) -> None:
         classes.update((cls.__name__, cls) for cls in backend.mro() if issubclass(cls, Configurable))
     # a Backend given by import path: its settings are checked when it is made
     custom = backend.rsplit(".", 1)[-1] if isinstance(backend, str) and "." in backend else None
-    names = [cls.__name__ for cls in app.classes]
+    names = [cls.__name__ for cls in command_classes(app)]
     for section, values in config.items():
         if section == custom:
             continue

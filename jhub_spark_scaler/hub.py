@@ -30,7 +30,7 @@ For admins who prefer to write it out, the call is equivalent to:
         "scopes": ["list:users", "read:servers"],
     })
     c.JupyterHub.custom_scopes = {
-        "custom:spark-scaler:admin": {"description": "..."},  # see ADMIN_SCOPE_DESCRIPTION
+        "custom:spark-scaler:admin": {"description": "..."},  # see constants.ADMIN_SCOPE_DESCRIPTION
     }
     notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=token)
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
