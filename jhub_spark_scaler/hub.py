@@ -208,15 +208,20 @@ def configure(
         c.JupyterHub.services = [service if s.get("name") == name else s for s in services]
     else:
         c.JupyterHub.services = [*services, service]
-    roles = _current(c.JupyterHub, "load_roles", [])
-    if not (existing_service and _has_service_role(roles, name)):
-        role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
-        c.JupyterHub.load_roles = [*roles, role]
+    _add_service_role(c, name, existing_service=existing_service)
     if admin_scope:
         custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
         c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
     _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=service["api_token"]))
     return service
+
+
+def _add_service_role(c: Config, name: str, *, existing_service: bool) -> None:
+    """The role granting service `name` its scopes, unless an existing service's roles do."""
+    roles = _current(c.JupyterHub, "load_roles", [])
+    if not (existing_service and _has_service_role(roles, name)):
+        role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
+        c.JupyterHub.load_roles = [*roles, role]
 
 
 def _existing_entry(services: list, name: str, *, existing_service: bool) -> dict | None:
