@@ -390,6 +390,7 @@ class Bench:
             poll_interval=3600, stale_after=3600, prewarm_window=600, prewarm_per_server=1,
             on_change=app.reconcile_soon, log=log,
             metrics=ScalerMetrics(), pool_history=PoolHistory(interval=POLL_INTERVAL),
+            cycle_interval=POLL_INTERVAL, authenticate_prometheus=True,
         )
         r.prewarm_credit = service.credit
         notifier = Notifier(name="spark-scaler", url=f"http://127.0.0.1:{port}", token=token)

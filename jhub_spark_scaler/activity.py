@@ -22,15 +22,16 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from . import clock
+from .constants import EVENT_ACTIONS, EVENT_STOP, SERVICE_SCOPES
 from .httpjson import fetch_json
 
 #: A server's key: (user name, server name); the default server's name is "".
 Key = tuple[str, str]
 
-ACTIONS = ("start", "stop")
-
 #: Users asked for per page; the hub caps it at its `api_page_max_limit` (default 200).
 PAGE_LIMIT = 200
+#: Seconds before a read of the hub's users API gives up (the next poll tries again).
+API_TIMEOUT = 10.0
 
 
 class HubError(Exception):
@@ -94,11 +95,12 @@ def apply_event(
     `start` adds an unknown server as started at `now` (a known one keeps its
     `started`); `stop` removes the server.
     """
-    if action not in ACTIONS:
-        raise ValueError(f"unknown hub event action {action!r}: expected 'start' or 'stop'")
+    if action not in EVENT_ACTIONS:
+        expected = " or ".join(map(repr, EVENT_ACTIONS))
+        raise ValueError(f"unknown hub event action {action!r}: expected {expected}")
     key = (user, name)
     updated = dict(servers)
-    if action == "stop":
+    if action == EVENT_STOP:
         updated.pop(key, None)
     elif key not in updated:
         updated[key] = Server(user=user, name=name, started=now, pending="spawn", ready=False)
@@ -185,8 +187,8 @@ def parse_users_page(doc: Any) -> tuple[list[Server], int | None]:
 class HubActivity:
     """The hub's active servers: polled (the truth) and pushed (at once).
 
-    The service's token needs exactly the scopes `list:users` and
-    `read:servers` (it reads `GET /users?state=active` and nothing else).
+    The service's token needs exactly the scopes `constants.SERVICE_SCOPES`,
+    `list:users` and `read:servers` (it reads `GET /users?state=active` and nothing else).
 
     `poll()` never raises: while the hub cannot be read, the last known state
     is kept (`healthy` is False, `last_error` says why), and once the last good
@@ -197,7 +199,8 @@ class HubActivity:
     """
 
     def __init__(
-        self, *, api_url: str, api_token: str, log: logging.Logger, timeout: float = 10, stale_after: float
+        self, *, api_url: str, api_token: str, log: logging.Logger, stale_after: float,
+        timeout: float = API_TIMEOUT,
     ):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
@@ -297,7 +300,8 @@ class HubActivity:
         request = HTTPRequest(
             url, headers=self._headers, connect_timeout=self.timeout, request_timeout=self.timeout
         )
-        advice = "check hub_api_token and that the service's role has the scopes list:users and read:servers"
+        scopes = " and ".join(SERVICE_SCOPES)
+        advice = f"check hub_api_token and that the service's role has the scopes {scopes}"
         return await fetch_json(
             AsyncHTTPClient(), request, what="the hub API", error=HubError, advice={401: advice, 403: advice}
         )

@@ -3,31 +3,32 @@
 Like jupyterhub-idle-culler, the Application is only a config adapter: traits
 with help, validated at start-up; `run()` builds plain objects (backend, Spark
 client, Reconciler) and drives `Reconciler.cycle` every `poll_interval`.
+
+Each setting's default is stated once, by its trait here (docs/settings.md is
+generated from them); reading the settings strictly is `cli`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import gc
-import logging
 import os
 import re
 import signal
-import sys
 from collections import Counter
-from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.log import LogFormatter
-from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
-from traitlets.config import Application, Config, Configurable
-from traitlets.config.loader import ArgumentError, KVArgParseConfigLoader
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Application, Config
 
 from . import __version__
-from .backends import Backend, BackendError
+from .backends import Backend
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
+from . import cli
+from .cli import BackendType, at_least, check_url
+from .constants import SERVICE_NAME, SERVICE_URL
 from .errors import ConfigError
 from .model import Snapshot
 from .observe import ObserveSettings
@@ -37,78 +38,6 @@ from .reconciler import CycleReport, Reconciler
 from .service import HubService
 from .web.history import PoolHistory
 from .spark import SparkClient
-
-
-def _at_least(minimum: float):
-    """A trait validator: the value must be >= minimum."""
-
-    def check(self, proposal):
-        if proposal.value < minimum:
-            name = proposal.trait.name
-            raise TraitError(f"{name} must be >= {minimum}, got {proposal.value}")
-        return proposal.value
-
-    return check
-
-
-def _url_problem(url: str) -> str:
-    """Why `url` is not an http(s) URL with a host ("" if it is one)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number in 0-65535
-    except ValueError as e:
-        return f"is not a URL ({e})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "is not an http:// or https:// URL with a host"
-    return ""
-
-
-def _check_url(*, empty_ok: bool = True):
-    """A trait validator: the value is an http(s) URL (or, if `empty_ok`, "")."""
-
-    def check(self, proposal):
-        value = proposal.value
-        if value or not empty_ok:
-            problem = _url_problem(value)
-            if problem:
-                raise TraitError(f"{proposal.trait.name}: {value!r} {problem}")
-        return value
-
-    return check
-
-
-class BackendType(Type):
-    """A Backend class, by short name ("local", "kubernetes") or import path."""
-
-    short_names = {"local": LocalBackend, "kubernetes": KubernetesBackend}
-
-    def _resolve_string(self, string):
-        return self.short_names.get(string) or super()._resolve_string(string)
-
-    def validate(self, obj, value):
-        if isinstance(value, str) and value not in self.short_names:
-            try:
-                value = self._resolve_string(value)
-            except Exception as e:  # traitlets' own message shows the object's repr
-                raise TraitError(
-                    f"{self.name}: {value!r} is not 'local', 'kubernetes' or the import path of a "
-                    f"Backend subclass ({type(e).__name__}: {e})"
-                ) from None
-        return super().validate(obj, value)
-
-
-class _OneLineArgParser(KVArgParseConfigLoader.parser_class):
-    """argparse prints its usage and exits on a mistake; main() prints one line instead."""
-
-    def error(self, message):
-        raise ArgumentError(message)
-
-
-class _ArgLoader(KVArgParseConfigLoader):
-    parser_class = _OneLineArgParser
-
-    def _handle_unrecognized_alias(self, arg: str) -> None:
-        raise ArgumentError(f"unknown option --{arg} (see --help)")
 
 
 class SparkScalerApp(Application):
@@ -141,8 +70,6 @@ class SparkScalerApp(Application):
         ),
     }
     classes = [LocalBackend, KubernetesBackend]
-    #: a config file that fails to load stops the command (traitlets would log it and go on)
-    raise_config_file_errors = True
 
     config_file = Unicode("jhub_spark_scaler_config.py", help="The config file to load.").tag(config=True)
     generate_config = Bool(False, help="Write the default config file and exit.").tag(config=True)
@@ -190,7 +117,7 @@ class SparkScalerApp(Application):
         "Default: $JUPYTERHUB_API_TOKEN."
     ).tag(config=True)
     service_url = Unicode(
-        help="Where the service listens. Default: $JUPYTERHUB_SERVICE_URL, else http://127.0.0.1:10101."
+        help=f"Where the service listens. Default: $JUPYTERHUB_SERVICE_URL, else {SERVICE_URL}."
     ).tag(config=True)
     service_prefix = Unicode(
         help="URL prefix of the service's endpoints. Default: $JUPYTERHUB_SERVICE_PREFIX, else /."
@@ -225,27 +152,27 @@ class SparkScalerApp(Application):
 
     @default("service_url")
     def _service_url_default(self):
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", SERVICE_URL)
 
     @default("service_prefix")
     def _service_prefix_default(self):
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
 
     _validate_min_workers = validate("min_workers", "idle_workers",
-                                     "prewarm_workers_per_server")(_at_least(0))
-    _validate_max_surge = validate("max_surge")(_at_least(1))
-    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(_at_least(0))
-    _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(_at_least(0.05))
-    _validate_windows = validate("prewarm_window", "hub_stale_after")(_at_least(0))
-    _validate_log_size = validate("decision_log_size")(_at_least(0))
-    _validate_urls = validate("master_ui_url", "hub_api_url")(_check_url())
-    _validate_service_url = validate("service_url")(_check_url(empty_ok=False))
+                                     "prewarm_workers_per_server")(at_least(0))
+    _validate_max_surge = validate("max_surge")(at_least(1))
+    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(at_least(0))
+    _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(at_least(0.05))
+    _validate_windows = validate("prewarm_window", "hub_stale_after")(at_least(0))
+    _validate_log_size = validate("decision_log_size")(at_least(0))
+    _validate_urls = validate("master_ui_url", "hub_api_url")(check_url())
+    _validate_service_url = validate("service_url")(check_url(empty_ok=False))
 
     @validate("service_prefix")
     def _validate_service_prefix(self, proposal):
         if not proposal.value.startswith("/"):
             raise TraitError(f"service_prefix: {proposal.value!r} must start with '/' "
-                             "(like /services/spark-scaler/)")
+                             f"(like /services/{SERVICE_NAME}/)")
         return proposal.value
 
     @validate("hub_api_token")
@@ -253,20 +180,6 @@ class SparkScalerApp(Application):
         # it goes into an HTTP header: no spaces, control or non-ASCII characters
         if not re.fullmatch(r"[\x21-\x7e]*", proposal.value):
             raise TraitError("hub_api_token: contains a space, control or non-ASCII character")
-        return proposal.value
-
-    @validate("log_format", "log_datefmt")
-    def _validate_log_format(self, proposal):
-        """A format that cannot format a record would print a traceback for every log line."""
-        name = proposal.trait.name
-        fmt = proposal.value if name == "log_format" else self.log_format
-        datefmt = proposal.value if name == "log_datefmt" else self.log_datefmt
-        record = logging.LogRecord(self.name, logging.INFO, __file__, 1, "message", None, None)
-        try:
-            self._log_formatter_cls(fmt=fmt, datefmt=datefmt).format(record)
-        except (ValueError, TypeError, KeyError) as e:
-            raise TraitError(f"{name}: {proposal.value!r} cannot format a log line "
-                             f"({type(e).__name__}: {e})") from None
         return proposal.value
 
     @default("log_level")
@@ -282,65 +195,37 @@ class SparkScalerApp(Application):
     def _log_datefmt_default(self):
         return "%Y-%m-%d %H:%M:%S"
 
-    _log_formatter_cls = LogFormatter
+    _log_formatter_cls = LogFormatter  # traitlets' formatter class for its console handler
 
-    def _configure_logging(self):
-        try:
-            super()._configure_logging()
-        except (ValueError, TypeError, AttributeError, KeyError, ImportError) as e:
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"logging_config: {message}") from None
+    # Settings are read strictly, each mistake one line naming it (jhub_spark_scaler.cli).
+    _validate_log_format = validate("log_format", "log_datefmt")(cli.check_log_format)
+    #: a config file that fails to load stops the command (traitlets would log it and go on)
+    raise_config_file_errors = True
+    python_config_loader_class = cli.PyFileLoader
+    json_config_loader_class = cli.JSONFileLoader
 
     def _create_loader(self, argv, aliases, flags, classes):
-        return _ArgLoader(argv, aliases, flags, classes=classes, log=self.log, subcommands=self.subcommands)
+        # traitlets has no public way to choose the command-line loader class
+        return cli.ArgLoader(argv, aliases, flags, classes=classes, log=self.log,
+                             subcommands=self.subcommands)
 
     def initialize(self, argv=None):
-        # Application.initialize logs bad settings with a traceback-like banner and
-        # exits 1; call the undecorated methods so main() can print one line instead.
-        Application.parse_command_line.__wrapped__(self, argv)
-        if self.extra_args:
-            raise ConfigError(f"unexpected argument {self.extra_args[0]!r}: settings are --name=value")
+        cli.parse_command_line(self, argv)
         if self.generate_config:
             return
-        explicit = "config_file" in self.config.get("SparkScalerApp", {})
-        if explicit and not os.path.isfile(self.config_file):
-            raise ConfigError(f"config file {self.config_file!r} not found (--config)")
-        if explicit and not self.config_file.endswith((".py", ".json")):
-            raise ConfigError(f"config file {self.config_file!r}: must be a .py or .json file (--config)")
-        try:
-            Application.load_config_file.__wrapped__(self, self.config_file)
-        except (ConfigError, TraitError):
-            raise
-        except Exception as e:  # raise_config_file_errors: the file's own error (SyntaxError, ...)
-            message = str(e).splitlines()[0] if str(e) else ""
-            raise ConfigError(f"config file {self.config_file}: {type(e).__name__}: {message}") from None
+        cli.load_config_file(self, self.config_file)
         self.check_settings()
 
     def update_config(self, config: Config) -> None:
-        """A misspelt setting would only be warned about and ignored: refuse it first."""
-        self.check_setting_names(config)
-        super().update_config(config)
+        cli.check_setting_names(self, config)
+        with cli.settings_errors():
+            super().update_config(config)
 
-    def check_setting_names(self, config: Config) -> None:
-        classes = {cls.__name__: cls for cls in self._classes_inc_parents()}
-        backend = config.get("SparkScalerApp", {}).get("backend_class")
-        if isinstance(backend, type) and issubclass(backend, Configurable):
-            classes.update((cls.__name__, cls) for cls in backend.mro() if issubclass(cls, Configurable))
-        # a Backend given by import path: its settings are checked when it is made
-        custom = backend.rsplit(".", 1)[-1] if isinstance(backend, str) and "." in backend else None
-        for section, values in config.items():
-            if section == custom:
-                continue
-            cls = classes.get(section)
-            if cls is None or not isinstance(values, dict):
-                raise ConfigError(f"unknown setting {section!r}: settings are Class.name with Class "
-                                  "SparkScalerApp, LocalBackend or KubernetesBackend")
-            traits = cls.class_traits(config=True)
-            for name in values:
-                if name not in traits:
-                    close = difflib.get_close_matches(name, traits, n=1)
-                    hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-                    raise ConfigError(f"unknown setting {section}.{name}{hint}")
+    def _configure_logging(self):
+        # traitlets' logging observers call this private method: there is no public hook
+        # for a logging_config that dictConfig refuses
+        with cli.logging_config_errors():
+            super()._configure_logging()
 
     def check_settings(self) -> None:
         """Settings that depend on each other; single traits validate themselves."""
@@ -483,11 +368,4 @@ class SparkScalerApp(Application):
 
 
 def main(argv: list[str] | None = None) -> None:
-    app = SparkScalerApp()
-    try:
-        app.initialize(argv)
-        app.start()
-    except (ConfigError, TraitError, ArgumentError, BackendError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{app.name}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_command(SparkScalerApp(), argv)

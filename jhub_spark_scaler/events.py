@@ -1,7 +1,7 @@
 """The service side of the hub's spawn hooks: `POST <prefix>events`.
 
 The hooks installed by `jhub_spark_scaler.hub.configure` send
-`{"action": "start"|"stop", "user": "...", "server": "..."}` with the header
+`{"action": "start"|"stop", "user": "...", "server": "..."}` (`constants.EVENT_ACTIONS`) with the header
 `Authorization: token <the service's API token>`. A valid event is handed to
 `on_event(action, user, server)` and answered 202; anything else gets a
 one-line JSON error `{"error": "..."}`.
@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 from tornado import web
 
+from .constants import EVENT_ACTIONS, EVENTS_PATH
+
 MAX_BODY = 4096
 MAX_USER_NAME = 255
-ACTIONS = ("start", "stop")  # a tuple: `in` compares, never hashes a JSON list
 
 EventCallback = Callable[[str, str, str], None]
 
@@ -80,8 +81,8 @@ def parse_event(body: bytes) -> tuple[str, str, str]:
     if not isinstance(event, dict):
         raise web.HTTPError(400, "body must be a JSON object")
     action, user, server = event.get("action"), event.get("user"), event.get("server")
-    if action not in ACTIONS:
-        raise web.HTTPError(400, "action must be 'start' or 'stop'")
+    if action not in EVENT_ACTIONS:
+        raise web.HTTPError(400, "action must be " + " or ".join(map(repr, EVENT_ACTIONS)))
     if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_NAME:
         raise web.HTTPError(400, "user must be a non-empty string of at most %d characters", MAX_USER_NAME)
     if not isinstance(server, str):
@@ -90,12 +91,12 @@ def parse_event(body: bytes) -> tuple[str, str, str]:
 
 
 def make_events_route(prefix: str, *, token: str, on_event: EventCallback) -> tuple[str, type, dict]:
-    """The tornado route `(pattern, EventsHandler, kwargs)` for `POST <prefix>events`.
+    """The tornado route `(pattern, EventsHandler, kwargs)` for `POST <prefix>events` (`EVENTS_PATH`).
 
     `prefix` is the service's JUPYTERHUB_SERVICE_PREFIX; `token` its own API token
     (JUPYTERHUB_API_TOKEN), the one the hub's hooks send.
     """
     if not token:
         raise ValueError("events: the service's API token is empty (JUPYTERHUB_API_TOKEN)")
-    pattern = re.escape(prefix.rstrip("/") + "/events")
+    pattern = re.escape(f"{prefix.rstrip('/')}/{EVENTS_PATH}")
     return pattern, EventsHandler, {"token": token, "on_event": on_event}

@@ -30,7 +30,7 @@ For admins who prefer to write it out, the call is equivalent to:
         "scopes": ["list:users", "read:servers"],
     })
     c.JupyterHub.custom_scopes = {
-        "custom:spark-scaler:admin": {"description": "..."},  # see ADMIN_SCOPE_DESCRIPTION
+        "custom:spark-scaler:admin": {"description": "..."},  # see constants.ADMIN_SCOPE_DESCRIPTION
     }
     notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=token)
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
@@ -75,15 +75,28 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
 from traitlets.config import Config, LazyConfigValue
 
-ADMIN_SCOPE = "custom:spark-scaler:admin"
-ADMIN_SCOPE_DESCRIPTION = "Use the Spark scaler's admin page and API (pool, decisions, settings)."
-SERVICE_SCOPES = ["list:users", "read:servers"]
+# Only `constants` of this package: this module is imported by the hub's own process.
+from .constants import (
+    ADMIN_SCOPE,
+    ADMIN_SCOPE_DESCRIPTION,
+    EVENT_START,
+    EVENT_STOP,
+    EVENTS_PATH,
+    SERVICE_HOST,
+    SERVICE_NAME,
+    SERVICE_PORT,
+    SERVICE_SCOPES,
+)
+
+#: Seconds a hook's POST to the service may take: the service runs beside the hub, and a
+#: lost event only delays a reaction until the service's next poll of the hub.
+NOTIFY_TIMEOUT = 2.0
 
 
 class Notifier:
     """Sends spawn events to the service, fire-and-forget."""
 
-    def __init__(self, *, name: str, url: str, token: str, timeout: float = 2.0):
+    def __init__(self, *, name: str, url: str, token: str, timeout: float = NOTIFY_TIMEOUT):
         self.name = name
         self.url = url.rstrip("/")
         self.token = token
@@ -93,7 +106,7 @@ class Notifier:
     def events_url(self, base_url: str) -> str:
         """The service's events endpoint: its url plus the prefix the hub gives it
         (JUPYTERHUB_SERVICE_PREFIX = <hub base_url>services/<name>/)."""
-        return f"{self.url}{base_url}services/{self.name}/events"
+        return f"{self.url}{base_url}services/{self.name}/{EVENTS_PATH}"
 
     def send(self, action: str, spawner: Any) -> None:
         """Schedule the POST for this spawner's server; never raises into the spawn."""
@@ -157,12 +170,12 @@ class SpawnerHook:
 def configure(
     c: Config,
     *,
-    name: str = "spark-scaler",
-    port: int = 10101,
+    name: str = SERVICE_NAME,
+    port: int = SERVICE_PORT,
     max_workers: int,
     admin_scope: bool = True,
     url: str | None = None,
-    listen: str = "127.0.0.1",
+    listen: str = SERVICE_HOST,
     existing_service: bool = False,
     pass_env: Iterable[str] = (),
     **settings: Any,
@@ -185,6 +198,35 @@ def configure(
     (those that are set), e.g. KUBERNETES_SERVICE_HOST/PORT for in-cluster access.
     """
     services = _current(c.JupyterHub, "services", [])
+    existing = _existing_entry(services, name, existing_service=existing_service)
+    service = _service_entry(
+        existing or {"name": name}, url=url, port=port, listen=listen,
+        flags=[f"--max-workers={max_workers}", *(_flag(key, value) for key, value in settings.items())],
+        admin_scope=admin_scope, environment={key: os.environ[key] for key in pass_env if key in os.environ},
+    )
+    if existing:
+        c.JupyterHub.services = [service if s.get("name") == name else s for s in services]
+    else:
+        c.JupyterHub.services = [*services, service]
+    _add_service_role(c, name, existing_service=existing_service)
+    if admin_scope:
+        custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
+        c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
+    _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=service["api_token"]))
+    return service
+
+
+def _add_service_role(c: Config, name: str, *, existing_service: bool) -> None:
+    """The role granting service `name` its scopes, unless an existing service's roles do."""
+    roles = _current(c.JupyterHub, "load_roles", [])
+    if not (existing_service and _has_service_role(roles, name)):
+        role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
+        c.JupyterHub.load_roles = [*roles, role]
+
+
+def _existing_entry(services: list, name: str, *, existing_service: bool) -> dict | None:
+    """The entry `name` of `services` (`c.JupyterHub.services`): required with
+    `existing_service`, refused without it."""
     existing = [service for service in services if service.get("name") == name]
     if existing and not existing_service:
         raise ValueError(f"configure: c.JupyterHub.services already has a service named {name!r}")
@@ -193,29 +235,21 @@ def configure(
             f"configure: existing_service=True, but c.JupyterHub.services has no service named {name!r} "
             f"(on z2jh: hub.services.{name} in the Helm values)"
         )
-    service = _service_entry(
-        existing[0] if existing else {"name": name}, url=url, port=port, listen=listen,
-        flags=[f"--max-workers={max_workers}", *(_flag(key, value) for key, value in settings.items())],
-        admin_scope=admin_scope, environment={key: os.environ[key] for key in pass_env if key in os.environ},
-    )
-    if existing:
-        c.JupyterHub.services = [service if s.get("name") == name else s for s in services]
-    else:
-        c.JupyterHub.services = [*services, service]
-    roles = _current(c.JupyterHub, "load_roles", [])
-    if not (existing_service and _has_service_role(roles, name)):
-        role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
-        c.JupyterHub.load_roles = [*roles, role]
-    if admin_scope:
-        custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
-        c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
-    # the hooks run in the hub's process, beside the service: loopback unless it listens elsewhere
+    return existing[0] if existing else None
+
+
+def _notify_url(listen: str, port: int) -> str:
+    """Where the hooks post: they run in the hub's process, beside the service, so at the
+    address it listens on, or on loopback when that is a wildcard address."""
     wildcard = listen.strip("[]") in ("0.0.0.0", "::", "")
-    notify_host = ("[::1]" if ":" in listen else "127.0.0.1") if wildcard else _host(listen)
-    notifier = Notifier(name=name, url=f"http://{notify_host}:{port}", token=service["api_token"])
-    c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", _current(c.Spawner, "pre_spawn_hook", None))
-    c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", _current(c.Spawner, "post_stop_hook", None))
-    return service
+    host = ("[::1]" if ":" in listen else "127.0.0.1") if wildcard else _host(listen)
+    return f"http://{host}:{port}"
+
+
+def _install_hooks(c: Config, notifier: Notifier) -> None:
+    """The spawn hooks, each followed by the hook the admin had set."""
+    c.Spawner.pre_spawn_hook = SpawnerHook(notifier, EVENT_START, _current(c.Spawner, "pre_spawn_hook", None))
+    c.Spawner.post_stop_hook = SpawnerHook(notifier, EVENT_STOP, _current(c.Spawner, "post_stop_hook", None))
 
 
 def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flags: list[str],
@@ -227,7 +261,7 @@ def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flag
         raise ValueError(f"configure: service {name!r} already has a command: it would be defined twice")
     if url is not None and entry.get("url", url) != url:
         raise ValueError(f"configure: service {name!r} has url {entry['url']!r}, not {url!r}")
-    url = entry.get("url") or url or f"http://127.0.0.1:{port}"
+    url = entry.get("url") or url or f"http://{SERVICE_HOST}:{port}"
     command = [sys.executable, "-m", "jhub_spark_scaler", flags[0]]
     where = urlsplit(url)
     if (where.hostname, where.port) != (listen.strip("[]"), port):

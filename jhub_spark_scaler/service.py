@@ -18,6 +18,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.web import Application
 
 from .activity import HubActivity
+from .constants import SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
@@ -47,8 +48,8 @@ class HubService:
         log: logging.Logger,
         metrics: ScalerMetrics,
         pool_history: PoolHistory,
-        cycle_interval: float = 2.0,
-        authenticate_prometheus: bool = True,
+        cycle_interval: float,
+        authenticate_prometheus: bool,
     ):
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
@@ -96,7 +97,7 @@ class HubService:
         url = urlsplit(self.service_url)
         try:
             self._server = web.listen(
-                url.port or 80, url.hostname or "127.0.0.1", xheaders=True, max_body_size=MAX_REQUEST_BODY
+                url.port or 80, url.hostname or SERVICE_HOST, xheaders=True, max_body_size=MAX_REQUEST_BODY
             )
         except OSError as e:
             raise ConfigError(f"service_url {self.service_url}: cannot listen: {e.strerror or e}") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jhub_spark_scaler.app import main
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import until
@@ -54,6 +55,26 @@ def test_generate_config_lists_settings(tmp_path):
     for setting in ("c.SparkScalerApp.max_workers", "c.SparkScalerApp.scale_down_delay",
                     "c.LocalBackend.worker_cores"):
         assert setting in text
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("jhub_spark_scaler_config.py", "from traitlets import TraitError\nraise TraitError('refused here')",
+     "refused here"),
+    ("jhub_spark_scaler_config.py",
+     "from traitlets.config.loader import ArgumentError\nraise ArgumentError('x')",
+     "config file jhub_spark_scaler_config.py: ArgumentError: x"),
+    ("settings.json", '{"SparkScalerApp": ', "config file settings.json: JSONDecodeError: "),
+    ("settings.json", '{"SparkScalerApp": {"idle_workers": -1}}', "idle_workers must be >= 0, got -1"),
+])
+def test_a_config_file_that_raises_is_one_line_too(name, text, message, tmp_path, monkeypatch, capsys):
+    """Errors traitlets itself would log under a banner with exit status 1: one line, 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(text + "\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["--max-workers=3", f"--state-dir={tmp_path / 'state'}", f"--config={name}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("jhub-spark-scaler: error: ") and message in lines[0]
 
 
 class Scaler:

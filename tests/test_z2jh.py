@@ -46,7 +46,8 @@ from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector, worker_pod
-from jhub_spark_scaler.hub import ADMIN_SCOPE, SERVICE_SCOPES, SpawnerHook, configure
+from jhub_spark_scaler.constants import ADMIN_SCOPE, SERVICE_SCOPES
+from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import until

@@ -40,7 +40,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
-from ..hub import ADMIN_SCOPE
+from ..constants import ADMIN_SCOPE
 from ..reconciler import Reconciler
 from .pool import PoolState
 
