@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tomllib
 import sys
 from pathlib import Path
 
@@ -33,3 +34,19 @@ def test_an_import_from_a_higher_layer_breaks_the_contracts(tmp_path):
     run = lint_imports(tmp_path)
     assert run.returncode != 0, run.stdout
     assert "jhub_spark_scaler.policy -> jhub_spark_scaler.reconciler" in run.stdout, run.stdout
+
+
+def test_the_forbidden_lists_name_every_other_module_of_the_package():
+    """A module added later is forbidden to the pure core and the hub side until a contract
+    says otherwise: each forbidden list is the whole package but the modules it allows."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    package = {p.stem if p.is_file() else p.name for p in (ROOT / "jhub_spark_scaler").iterdir()
+               if (p.suffix == ".py" or (p / "__init__.py").exists()) and not p.name.startswith("__")}
+    allowed = {("jhub_spark_scaler.policy", "jhub_spark_scaler.observe"): {"model"},
+               ("jhub_spark_scaler.hub",): {"constants"}}
+    for contract in (c for c in contracts if c["type"] == "forbidden"):
+        sources = tuple(contract["source_modules"])
+        internal = {m.split(".", 1)[1] for m in contract["forbidden_modules"]
+                    if m.startswith("jhub_spark_scaler.")}
+        own = {s.split(".", 1)[1] for s in sources}
+        assert internal == package - allowed[sources] - own, contract["name"]

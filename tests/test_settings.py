@@ -94,6 +94,7 @@ SAME_SETTING = {
     "prewarm_per_server": "prewarm_workers_per_server",
 }
 
+
 def restated_defaults(tree: ast.AST, settings: set[str]) -> set[str]:
     """Names of `settings` given a literal default: a parameter's, or a dataclass field's."""
     found = set()
