@@ -15,8 +15,8 @@ import http.client
 import json
 import os
 import random
-import time
 import sys
+import time
 import urllib.error
 import urllib.request
 
