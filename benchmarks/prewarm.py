@@ -221,7 +221,7 @@ class Bench:
             policy=PolicySettings(max_workers=self.args.max_workers, idle_workers=0, scale_down_delay=600),
             observe=ObserveSettings(),
             log=self.log,
-            prewarm_credit=lambda: credit[0],
+            prewarm_credit=lambda app_starts: credit[0],  # a fixed credit, whatever apps started
         )
 
     @contextlib.asynccontextmanager
