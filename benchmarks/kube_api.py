@@ -47,6 +47,7 @@ from jhub_spark_scaler.spark import SparkClient, parse_master  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from tests.kube_cluster import KubeCluster  # noqa: E402
 from tests.kubelet import TestKubelet  # noqa: E402
+from tests.waiting import until  # noqa: E402
 
 SIZES = (1_000, 10_000)
 REPEATS = 21
@@ -90,14 +91,17 @@ async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
         return {k: now.get(k, 0) - before.get(k, 0) for k in now if now.get(k, 0) != before.get(k, 0)}
 
     async def cycles_until(predicate, timeout=180):
-        cycles, deadline = 0, time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        cycles = 0
+
+        async def cycled():
+            nonlocal cycles
             await r.cycle()
             cycles += 1
-            if predicate(r.last_snapshot):
-                return cycles
-            await asyncio.sleep(0.5)  # a poll interval, as the service's ticker has
-        raise TimeoutError("the pool did not converge")
+            return predicate(r.last_snapshot)
+
+        # a poll interval between cycles, as the service's ticker has
+        await until(cycled, timeout=timeout, interval=0.5, what="the pool to converge")
+        return cycles
 
     try:
         before = dict(backend.api.requests)

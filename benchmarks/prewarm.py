@@ -3,10 +3,11 @@
     python benchmarks/prewarm.py [--reps 3] [--server-ready-seconds 5] [--hook-events 20]
 
 One Spark master (LocalBackend, free ports, a temporary state dir). Each timed run
-is a fresh python subprocess, a new user's driver, that takes the time just before
-`SparkSession.builder...getOrCreate()` and polls its SparkContext every 20 ms until
-an executor's block manager is registered (`getExecutorMemoryStatus().size() > 1`),
-prints JSON with the seconds, then stops. The driver JVM's start is in every number.
+is a fresh python subprocess, a new user's driver (benchmarks/prewarm_driver.py),
+that takes the time just before `SparkSession.builder...getOrCreate()` and polls its
+SparkContext every 20 ms until an executor's block manager is registered
+(`getExecutorMemoryStatus().size() > 1`), prints JSON with the seconds, then stops.
+The driver JVM's start is in every number.
 
   (a) pre-warm   a Reconciler (idle_workers=0) runs its loop (poll_interval 1 s); the
                  notebook server start is simulated by a pre-warm credit of 1 and a
@@ -44,7 +45,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 import types
 import urllib.request
@@ -65,47 +65,14 @@ from jhub_spark_scaler.service import HubService  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient  # noqa: E402
 from jhub_spark_scaler.web.history import PoolHistory  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from tests.waiting import WaitTimeout, until  # noqa: E402
 
 TITLE = "Pre-warm: time to first executor"
 MODES = {"a": "(a) pre-warm", "b": "(b) reactive only", "c": "(c) static pool"}
 POLL_INTERVAL = 1.0
 OBSERVE = ObserveSettings(start_timeout=120, held_after=30)
 
-DRIVER = textwrap.dedent('''
-    import json, sys, time
-    from pyspark.sql import SparkSession
-
-    master, name, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    wall0, t0 = time.time(), time.perf_counter()
-    spark = (
-        SparkSession.builder.master(master).appName(name)
-        .config("spark.cores.max", "1")
-        .config("spark.executor.cores", "1")
-        .config("spark.executor.memory", "512m")
-        .config("spark.driver.memory", "512m")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.port", "0")
-        .config("spark.decommission.enabled", "true")
-        .config("spark.storage.decommission.enabled", "true")
-        .config("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    session = time.perf_counter() - t0
-    jsc = spark.sparkContext._jsc.sc()
-    result = {"wall0": wall0, "session_s": session, "app_id": spark.sparkContext.applicationId}
-    while jsc.getExecutorMemoryStatus().size() <= 1:  # the driver's own block manager is one
-        if time.perf_counter() - t0 > timeout:
-            result["error"] = f"no executor within {timeout:.0f} s"
-            break
-        time.sleep(0.02)
-    else:
-        result["first_executor_s"] = time.perf_counter() - t0
-    spark.stop()
-    print("RESULT " + json.dumps(result), flush=True)
-    sys.exit(3 if "error" in result else 0)
-''')
+DRIVER = os.path.join(HERE, "prewarm_driver.py")
 
 
 def quiet_logger(name: str) -> logging.Logger:
@@ -120,19 +87,13 @@ def master_json(ui: str) -> dict:
         return json.load(r)
 
 
-async def until(predicate, *, timeout: float, what: str, interval: float = 0.1):
-    """Poll `predicate` (sync, run in a thread) until truthy; TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = await asyncio.to_thread(predicate)
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
+async def master_until(ui: str, check, *, timeout: float, what: str, interval: float = 0.1):
+    """Poll the master's /json/ (read in a thread; an OSError is "not yet") until
+    `check(document)` is truthy, and return that."""
+    async def checked():
+        return check(await asyncio.to_thread(master_json, ui))
+
+    return await until(checked, timeout=timeout, what=what, interval=interval, ignore=(OSError,))
 
 
 def alive_workers(doc: dict) -> list[dict]:
@@ -217,9 +178,9 @@ class Bench:
     async def reset_pool(self) -> None:
         """The previous app gone, every worker stopped, none ALIVE at the master (bounded)."""
         ui = self.backend.master_ui_url
-        await until(lambda: not master_json(ui).get("activeapps"), timeout=60, what="the app to end")
+        await master_until(ui, lambda doc: not doc.get("activeapps"), timeout=60, what="the app to end")
         await asyncio.gather(*(self.backend.stop(w) for w in await self.backend.list()))
-        await until(lambda: not alive_workers(master_json(ui)), timeout=60, what="no ALIVE worker")
+        await master_until(ui, lambda doc: not alive_workers(doc), timeout=60, what="no ALIVE worker")
         if await self.backend.list():
             raise RuntimeError("backend still lists workers after stopping them")
 
@@ -227,14 +188,10 @@ class Bench:
 
     async def driver(self) -> dict:
         self.driver_no += 1
-        path = os.path.join(self.tmp, "driver.py")
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(DRIVER)
         log_path = os.path.join(self.tmp, f"driver-{self.driver_no}.log")
         with open(log_path, "wb") as log:
             p = await asyncio.create_subprocess_exec(
-                sys.executable, path, self.backend.master_url, f"prewarm-user-{self.driver_no}",
+                sys.executable, DRIVER, self.backend.master_url, f"prewarm-user-{self.driver_no}",
                 str(self.args.driver_timeout), stdout=asyncio.subprocess.PIPE, stderr=log,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -268,7 +225,7 @@ class Bench:
             observe=OBSERVE,
             log=self.log,
             decision_log_size=500,
-            prewarm_credit=lambda app_starts: credit[0],
+            prewarm_credit=lambda app_starts: credit[0],  # a fixed credit, whatever apps started
         )
 
     @contextlib.asynccontextmanager
@@ -303,19 +260,22 @@ class Bench:
 
     async def alive_at(self) -> float:
         """When (epoch) a worker is first ALIVE at the master, polled every 50 ms."""
-        await until(lambda: alive_workers(master_json(self.backend.master_ui_url)),
-                    timeout=120, what="the pre-warmed worker", interval=0.05)
+        await master_until(self.backend.master_ui_url, alive_workers,
+                           timeout=120, what="the pre-warmed worker", interval=0.05)
         return time.time()
 
     async def run_mode(self, mode: str) -> dict:
         self.start_calls.clear()
         row: dict = {"mode": mode}
         if mode == "c":
+            def alive(doc):
+                return any(x["host"] == w.host and x["port"] == w.port and x["state"] == "ALIVE"
+                           for x in doc["workers"])
+
             [w] = await self.backend.start(1)
             t0 = time.time()
-            await until(lambda: any(x["host"] == w.host and x["port"] == w.port and x["state"] == "ALIVE"
-                                    for x in master_json(self.backend.master_ui_url)["workers"]),
-                        timeout=120, what="the static worker to be ALIVE", interval=0.05)
+            await master_until(self.backend.master_ui_url, alive, timeout=120, interval=0.05,
+                               what="the static worker to be ALIVE")
             row["worker_alive_s"] = time.time() - t0
             row.update(await self.driver())
         else:
@@ -410,9 +370,9 @@ class Bench:
                     to_cycle.append((t_cycle - t0) * 1000)
                 if notifier.pending:
                     await asyncio.wait(notifier.pending, timeout=5)
-                deadline = time.monotonic() + 10
-                while r._lock.locked() and time.monotonic() < deadline:  # the cycle's end
-                    await asyncio.sleep(0.005)
+                with contextlib.suppress(WaitTimeout):
+                    await until(lambda: not r._lock.locked(), timeout=10, interval=0.005,
+                                what="the cycle's end")
             credit = service.credit()
         finally:
             service.stop()

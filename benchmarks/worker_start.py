@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend  # noqa: E402
 from jhub_spark_scaler.backends.processes import free_port  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from tests.waiting import until  # noqa: E402
 
 
 def alive(master_ui_url: str, host: str, port: int) -> bool:
@@ -38,10 +39,9 @@ def alive(master_ui_url: str, host: str, port: int) -> bool:
 
 
 async def wait_alive(master_ui_url: str, host: str, port: int, t0: float, timeout: float = 120.0) -> float:
-    while not alive(master_ui_url, host, port):
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError(f"worker {host}:{port} not ALIVE after {timeout:.0f}s")
-        await asyncio.sleep(0.05)
+    """Seconds from `t0` (a time.perf_counter() reading) until the worker is ALIVE, polled every 50 ms."""
+    await until(lambda: alive(master_ui_url, host, port), timeout=timeout - (time.perf_counter() - t0),
+                interval=0.05, what=f"worker {host}:{port} to be ALIVE")
     return time.perf_counter() - t0
 
 

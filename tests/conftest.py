@@ -1,4 +1,6 @@
-"""Shared fixtures: one real Spark master per session, real drivers, bounded waits."""
+"""Shared fixtures: one real Spark master per session, real drivers, a real hub with the
+scaler, and the Kubernetes test infrastructure. The bounded waits are tests/waiting.py's
+(`until` is importable from here as well)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from jhub_spark_scaler.backends.local import LocalBackend
+
+from .real_hub import ADMIN_TOKEN, configure_scaler, hub_config, stop_scaler
+from .waiting import until
 
 # A suite started as a background job (`.ci/run &`, nohup) begins with SIGINT ignored, and
 # every process it starts inherits that: JupyterHub stops a single-user server with SIGINT
@@ -23,20 +27,6 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "drivers" / "busy_driver.py"
-
-
-async def until(predicate, *, timeout: float, what: str, interval: float = 0.2):
-    """Poll `predicate` (sync or async) until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +119,36 @@ def drivers(tmp_path, spark_master):
     yield start
     for driver in started:
         driver.kill()
+
+
+@pytest.fixture
+async def scaler_hub(hub_app, spark_master, tmp_path):
+    """Start a real hub with the real scaler as its managed service (tests/real_hub.py),
+    once per test: `app, service, state = await scaler_hub(services=[...], roles=[...],
+    **settings)`. The hub has the service "test-admin" (ADMIN_TOKEN) and its role before
+    `services` and `roles`; `settings` go to configure_scaler(). Returns once the scaler
+    has made its state dir. At teardown the scaler is stopped and its workers killed."""
+    started = []
+
+    async def start(*, services: list[dict] = (), roles: list[dict] = (), **settings):
+        assert not started, "one hub per test"
+        state = tmp_path / "scaler"
+        c = hub_config(tmp_path)
+        c.JupyterHub.services = [{"name": "test-admin", "api_token": ADMIN_TOKEN}, *services]
+        c.JupyterHub.load_roles = [
+            {"name": "test-admin", "services": ["test-admin"],
+             "scopes": ["admin:users", "admin:servers", "tokens"]},
+            *roles,
+        ]
+        service = configure_scaler(c, spark_master, state, **settings)
+        app = await hub_app(c)
+        started.append((app, state))
+        await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
+        return app, service, state
+
+    yield start
+    for app, state in started:
+        await stop_scaler(app, state)
 
 
 def lost_executors(result: dict) -> list[dict]:

@@ -11,21 +11,21 @@ etcd 3.4, in ${JSS_CACHE:-~/.cache/jhub-spark-scaler}/bin).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from jupyterhub.utils import random_port
 from kubernetes_asyncio import client, config
+
+from .waiting import until
 
 BIN = Path(os.environ.get("JSS_CACHE") or Path.home() / ".cache" / "jhub-spark-scaler") / "bin"
 INSTALL_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "install-kube-apiserver.sh"
@@ -48,36 +48,6 @@ USERS = {
 
 def binaries_installed() -> bool:
     return all(os.access(BIN / name, os.X_OK) for name in ("kube-apiserver", "etcd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "(no log)"
-
-
-async def wait_until(check, *, timeout: float, what: str, process: subprocess.Popen | None = None,
-                     log: Path | None = None, interval: float = 0.1):
-    """Poll the sync `check` until it returns something truthy. Fail after `timeout`, or at
-    once if `process` exited, with the tail of `log`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        exited = process is not None and process.poll() is not None
-        if exited or time.monotonic() > deadline:
-            why = f"exited with {process.returncode}" if exited else f"timed out after {timeout} s"
-            tail = f"; log {log}:\n{log_tail(log)}" if log else ""
-            raise RuntimeError(f"waiting for {what}: {why}{tail}")
-        await asyncio.sleep(interval)
 
 
 def stop_process(process: subprocess.Popen | None, grace: float) -> None:
@@ -114,8 +84,8 @@ class KubeCluster:
         self.users = {**USERS, **(users or {})}
         self.tokens = {name: secrets.token_hex(16) for name in self.users}
         self.start_timeout = start_timeout
-        self.etcd_port = free_port()
-        self.port = free_port()
+        self.etcd_port = random_port()
+        self.port = random_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.cert_dir = self.workdir / "certs"
         self.ca_file = self.cert_dir / "apiserver.crt"  # self-signed by kube-apiserver at first start
@@ -146,7 +116,7 @@ class KubeCluster:
             raise
 
     async def _start_etcd(self) -> None:
-        peer = f"http://127.0.0.1:{free_port()}"
+        peer = f"http://127.0.0.1:{random_port()}"
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         self.etcd = self._spawn([
             str(BIN / "etcd"), "--name", "test", "--data-dir", str(self.workdir / "etcd"),
@@ -162,8 +132,8 @@ class KubeCluster:
             except (OSError, ValueError):
                 return False
 
-        await wait_until(healthy, timeout=self.start_timeout, what="etcd", process=self.etcd,
-                         log=self.workdir / "etcd.log")
+        await until(healthy, timeout=self.start_timeout, what="etcd", process=self.etcd,
+                    log=self.workdir / "etcd.log", interval=0.1)
 
     def _write_auth_files(self) -> None:
         with open(self.workdir / "tokens.csv", "w") as f:  # token,user,uid,"group1,group2"
@@ -198,8 +168,8 @@ class KubeCluster:
             "--profiling=false", "--enable-priority-and-fairness=false",
         ], "apiserver.log")
         try:
-            await wait_until(self._ready, timeout=self.start_timeout, what="kube-apiserver /readyz",
-                             process=self.apiserver, log=self.workdir / "apiserver.log", interval=0.2)
+            await until(self._ready, timeout=self.start_timeout, what="kube-apiserver /readyz",
+                        process=self.apiserver, log=self.workdir / "apiserver.log")
         except BaseException:
             stop_process(self.apiserver, 0)
             raise

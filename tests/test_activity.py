@@ -24,7 +24,7 @@ from jhub_spark_scaler import activity as act
 from jhub_spark_scaler.activity import Event, HubActivity, HubError, Server, apply_event, merge_poll
 from jhub_spark_scaler.activity import parse_users_page, prewarm_credit, warm_servers
 
-from .conftest import until
+from .waiting import until
 
 PROXY = Path(__file__).resolve().parents[1] / ".cache/node/node_modules/.bin/configurable-http-proxy"
 LOG = logging.getLogger("test-activity")

@@ -10,11 +10,11 @@ With UPDATE_DOCS_SCREENSHOT=1 the 1280x900 screenshot also goes to docs/admin-pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
-import time
 import warnings
 import urllib.request
 from pathlib import Path
@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import until
+from .real_hub import alive_workers, start_server, worker_records
 from .test_admin_page import hub  # noqa: F401  (the fixture: hub + scaler + roles)
-from .test_hub_service import alive_workers, start_server, worker_records
+from .waiting import WaitTimeout, until, until_sync
 
 try:
     from playwright.async_api import Error as PlaywrightError
@@ -98,9 +98,9 @@ def reaper(tmp_path):
             os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 10
-    while _processes_under(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(WaitTimeout):  # warned about below either way
+        until_sync(lambda: not _processes_under(tmp_path), timeout=10, interval=0.1,
+                   what="the killed processes to go")
     if strays:
         warnings.warn(f"killed {len(strays)} process(es) left after the hub and scaler stopped: {strays}")
 

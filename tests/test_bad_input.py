@@ -43,15 +43,15 @@ from jhub_spark_scaler.app import SparkScalerApp, main
 from jhub_spark_scaler.backends import kubernetes as kubernetes_module
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.local import LocalBackend
-from jhub_spark_scaler.hub import ADMIN_SCOPE, configure
+from jhub_spark_scaler.hub import ADMIN_SCOPE
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.service import HubService
 from jhub_spark_scaler.spark import MAX_BODY_BYTES, SparkClient
 
 from .conftest import until
+from .real_hub import hub_api, worker_records
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
-from .test_hub_service import ADMIN_TOKEN, free_port, hub_api, hub_config, stop_scaler, worker_records
 from .test_scaling import cycles_until
 
 ERROR = "jhub-spark-scaler: error: "
@@ -542,37 +542,16 @@ MARKUP_WORKER = {"id": "worker-<i>x</i>", "host": "<svg onload=alert(2)>", "port
 
 
 @pytest.fixture
-async def hub(hub_app, spark_master, stand_in, tmp_path):
+async def hub(stand_in, scaler_hub):
     """A hub with the real scaler as its managed service, reading the master through the
-    stand-in; a service `monitor` holding the admin scope; `viewer` without it. Yields
-    (app, the service's entry, its state dir)."""
-    state = tmp_path / "scaler"
-    c = hub_config(tmp_path)
-    c.JupyterHub.services = [
-        {"name": "test-admin", "api_token": ADMIN_TOKEN},
-        {"name": "monitor", "api_token": MONITOR_TOKEN},
-    ]
-    c.JupyterHub.load_roles = [
-        {"name": "test-admin", "services": ["test-admin"],
-         "scopes": ["admin:users", "admin:servers", "tokens"]},
-        {"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
-        {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
-    ]
-    service = configure(
-        c, max_workers=3, port=free_port(), idle_workers=0, scale_down_delay=1, poll_interval=0.5,
-        hub_poll_interval=60, http_timeout=MASTER_TIMEOUT,
-        LocalBackend__start_master=False,
-        LocalBackend__master_url=spark_master.master_url,
-        LocalBackend__master_ui_url=stand_in.url,
-        LocalBackend__state_dir=str(state),
-        LocalBackend__stop_timeout=5,
+    stand-in (requested first: it outlives the scaler); a service `monitor` holding the
+    admin scope; `viewer` without it. Returns (app, the service's entry, its state dir)."""
+    return await scaler_hub(
+        services=[{"name": "monitor", "api_token": MONITOR_TOKEN}],
+        roles=[{"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
+               {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]}],
+        http_timeout=MASTER_TIMEOUT, LocalBackend__master_ui_url=stand_in.url,
     )
-    app = await hub_app(c)
-    await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
-    try:
-        yield app, service, state
-    finally:
-        await stop_scaler(app, state)
 
 
 async def call(url: str, method: str = "GET", *, token: str | None = None, auth: str | None = None,

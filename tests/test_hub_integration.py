@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from jupyterhub.utils import maybe_future
+from jupyterhub.utils import maybe_future, random_port
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -28,13 +28,12 @@ from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.events import MAX_BODY, make_events_route
 from jhub_spark_scaler.hub import ADMIN_SCOPE, configure
 
-from .conftest import until
+from .real_hub import ADMIN_TOKEN, hub_api, hub_config
+from .waiting import until
 
 HERE = Path(__file__).resolve().parent
-PROXY = HERE.parent / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 PREFIX = "/services/spark-scaler/"
 TOKEN = "a" * 64
-ADMIN_TOKEN = "test-admin-" + "0" * 32
 GOOD = json.dumps({"action": "start", "user": "alice", "server": ""})
 
 
@@ -69,12 +68,6 @@ async def events(serve_events):
     listens on the loop the tests run in, whatever the thread's current loop is."""
     sock, port = bind_unused_port()
     return f"http://127.0.0.1:{port}{PREFIX}events", serve_events(TOKEN, sock)
-
-
-def free_port() -> int:
-    sock, port = bind_unused_port()
-    sock.close()
-    return port
 
 
 async def send(url: str, body=GOOD, *, auth: str | None = f"token {TOKEN}", method="POST", **kwargs):
@@ -272,7 +265,7 @@ async def test_hook_costs_well_under_a_millisecond(serve_events):
 
 async def test_an_undeliverable_event_is_one_warning_and_never_reaches_the_spawn(caplog):
     c = Config()
-    configure(c, port=free_port(), max_workers=2)  # nothing listens there
+    configure(c, port=random_port(), max_workers=2)  # nothing listens there
     hook = c.Spawner.pre_spawn_hook
     with caplog.at_level("WARNING", logger="tornado.application"):
         assert hook(fake_spawner()) is None
@@ -284,12 +277,6 @@ async def test_an_undeliverable_event_is_one_warning_and_never_reaches_the_spawn
 
 
 # --- a real hub ---
-
-
-def proxy_command() -> list[str]:
-    if not PROXY.exists():
-        pytest.fail(f"configurable-http-proxy is missing ({PROXY}): run scripts/install-proxy.sh")
-    return [str(PROXY)]
 
 
 @pytest.fixture
@@ -309,14 +296,6 @@ def started_processes():
     assert not left, f"left running after the hub stopped: {left}"
 
 
-async def hub_api(app, method: str, path: str, body=None):
-    response = await AsyncHTTPClient().fetch(
-        f"{app.hub.url}api/{path}", method=method, headers={"Authorization": f"token {ADMIN_TOKEN}"},
-        body=None if body is None else json.dumps(body), allow_nonstandard_methods=True,
-    )
-    return json.loads(response.body) if response.body else None
-
-
 async def server_state(app, user: str) -> dict | None:
     """The user's default server as the hub's API shows it; None when there is none."""
     return (await hub_api(app, "GET", f"users/{user}"))["servers"].get("")
@@ -326,13 +305,11 @@ async def server_state(app, user: str) -> dict | None:
 async def test_a_real_hub_runs_the_hooks_and_the_service_gets_events(started_processes, hub_app, tmp_path):
     ran = []
     c = config_with_admin_hooks(ran)
-    c.ConfigurableHTTPProxy.command = proxy_command()
-    c.ConfigurableHTTPProxy.pid_file = str(tmp_path / "proxy.pid")
-    c.JupyterHub.cookie_secret_file = str(tmp_path / "cookie_secret")
+    c.merge(hub_config(tmp_path))
     c.JupyterHub.load_roles = [
         {"name": "test-admin", "services": ["test-admin"], "scopes": ["admin:servers"]},
     ]
-    service = configure(c, port=free_port(), max_workers=2)
+    service = configure(c, port=random_port(), max_workers=2)
     received = tmp_path / "events.jsonl"
     service["command"] = [sys.executable, str(HERE / "standin_service.py"), str(received)]
 

@@ -14,11 +14,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+
+from .waiting import until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -255,10 +256,8 @@ def test_the_pool_counts_worker_jvms_not_the_launcher_nor_a_copy_that_has_not_ex
     try:
         # Popen returns once exec has begun, before the kernel sets up the new argument
         # pages: until then /proc/<pid>/cmdline reads empty (most of the time, measured)
-        deadline = time.monotonic() + 10
-        while not (all(Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (launcher, worker)) and copies()):
-            assert time.monotonic() < deadline, "the stand-ins did not show their command lines within 10 s"
-            time.sleep(0.01)
+        until_sync(lambda: all(Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in (launcher, worker))
+                   and copies(), timeout=10, interval=0.01, what="the stand-ins to show their command lines")
         assert worker_processes("127.0.9.") == {worker.pid: "127.0.9.1"}
     finally:
         for process in (launcher, worker):

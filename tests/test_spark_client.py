@@ -115,43 +115,38 @@ def _set(path, value):
     return mutate
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (_set(["workers", 0, "port"], "27079"), "'port' is str, expected int"),
-    (_set(["workers", 0, "cores"], True), "'cores' is bool, expected int"),
-    (_set(["workers", 0, "coresused"], 1.0), "'coresused' is float, expected int"),
-    (_set(["workers", 0, "host"], None), "missing field 'host'"),
-    (_set(["workers", 0, "id"], 7), "'id' is int, expected str"),
-    (_set(["workers", 1, "state"], None), "missing field 'state'"),
-    (_set(["workers"], {"a": 1}), "'workers' is dict, expected list"),
-    (_set(["workers"], "none"), "'workers' is str, expected list"),
-    (_set(["workers", 0], "w1"), "workers[]: expected a JSON object, got str"),
-    (_set(["activeapps"], 3), "'activeapps' is int, expected list"),
-    (_set(["activeapps", 0, "cores"], "1"), "'cores' is str, expected int"),
-    (_set(["activeapps", 0, "id"], None), "missing field 'id'"),
-    (_set(["status"], None), "missing field 'status'"),
-    (_set(["status"], False), "'status' is bool, expected str"),
-])
-def test_malformed_master_raises_spark_error_naming_the_field(mutate, field):
-    doc = load("04_master_app1_running.json")
-    mutate(doc)
-    with pytest.raises(SparkError, match=r"^master /json/") as e:
-        parse_master(doc)
-    assert field in str(e.value) and "\n" not in str(e.value)
+MASTER = ("04_master_app1_running.json", parse_master, "master")
+WORKER = ("05_worker3_with_executor.json", parse_worker, "worker")
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (_set(["id"], None), "missing field 'id'"),
-    (_set(["executors"], {}), "'executors' is dict, expected list"),
-    (_set(["executors", 0, "appid"], None), "missing field 'appid'"),
-    (_set(["executors", 0, "id"], True), "'id' is bool, expected int"),
-    (_set(["executors", 0, "id"], "0"), "'id' is str, expected int"),
-    (_set(["executors", 0], []), "executors[]: expected a JSON object, got list"),
+@pytest.mark.parametrize("page, mutate, field", [
+    (MASTER, _set(["workers", 0, "port"], "27079"), "'port' is str, expected int"),
+    (MASTER, _set(["workers", 0, "cores"], True), "'cores' is bool, expected int"),
+    (MASTER, _set(["workers", 0, "coresused"], 1.0), "'coresused' is float, expected int"),
+    (MASTER, _set(["workers", 0, "host"], None), "missing field 'host'"),
+    (MASTER, _set(["workers", 0, "id"], 7), "'id' is int, expected str"),
+    (MASTER, _set(["workers", 1, "state"], None), "missing field 'state'"),
+    (MASTER, _set(["workers"], {"a": 1}), "'workers' is dict, expected list"),
+    (MASTER, _set(["workers"], "none"), "'workers' is str, expected list"),
+    (MASTER, _set(["workers", 0], "w1"), "workers[]: expected a JSON object, got str"),
+    (MASTER, _set(["activeapps"], 3), "'activeapps' is int, expected list"),
+    (MASTER, _set(["activeapps", 0, "cores"], "1"), "'cores' is str, expected int"),
+    (MASTER, _set(["activeapps", 0, "id"], None), "missing field 'id'"),
+    (MASTER, _set(["status"], None), "missing field 'status'"),
+    (MASTER, _set(["status"], False), "'status' is bool, expected str"),
+    (WORKER, _set(["id"], None), "missing field 'id'"),
+    (WORKER, _set(["executors"], {}), "'executors' is dict, expected list"),
+    (WORKER, _set(["executors", 0, "appid"], None), "missing field 'appid'"),
+    (WORKER, _set(["executors", 0, "id"], True), "'id' is bool, expected int"),
+    (WORKER, _set(["executors", 0, "id"], "0"), "'id' is str, expected int"),
+    (WORKER, _set(["executors", 0], []), "executors[]: expected a JSON object, got list"),
 ])
-def test_malformed_worker_raises_spark_error_naming_the_field(mutate, field):
-    doc = load("05_worker3_with_executor.json")
+def test_malformed_page_raises_spark_error_naming_the_field(page, mutate, field):
+    fixture, parse, which = page
+    doc = load(fixture)
     mutate(doc)
-    with pytest.raises(SparkError, match=r"^worker /json/") as e:
-        parse_worker(doc)
+    with pytest.raises(SparkError, match=rf"^{which} /json/") as e:
+        parse(doc)
     assert field in str(e.value) and "\n" not in str(e.value)
 
 

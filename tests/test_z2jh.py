@@ -27,7 +27,6 @@ import secrets
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from jupyterhub.app import JupyterHub
+from jupyterhub.utils import random_port
 from kubernetes_asyncio import client
 from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
@@ -50,8 +50,8 @@ from jhub_spark_scaler.constants import ADMIN_SCOPE, SERVICE_SCOPES
 from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
-from .conftest import until
-from .kube_cluster import free_port
+from .real_hub import ADMIN_TOKEN, hub_api, hub_config, start_server
+from .waiting import always, until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -628,32 +628,28 @@ def test_the_guides_error_messages_are_the_services():
 # ---- on the real kube-apiserver --------------------------------------------------------------
 
 
-def _creator(api: client.ApiClient, doc: dict):
-    return {
-        "Role": client.RbacAuthorizationV1Api(api).create_namespaced_role,
-        "RoleBinding": client.RbacAuthorizationV1Api(api).create_namespaced_role_binding,
-        "NetworkPolicy": client.NetworkingV1Api(api).create_namespaced_network_policy,
-        "Deployment": client.AppsV1Api(api).create_namespaced_deployment,
-        "Service": client.CoreV1Api(api).create_namespaced_service,
-        "Pod": client.CoreV1Api(api).create_namespaced_pod,
-    }[doc["kind"]]
+#: kind -> (the kubernetes_asyncio API class, the suffix of its namespaced methods)
+_APIS = {
+    "Role": (client.RbacAuthorizationV1Api, "namespaced_role"),
+    "RoleBinding": (client.RbacAuthorizationV1Api, "namespaced_role_binding"),
+    "NetworkPolicy": (client.NetworkingV1Api, "namespaced_network_policy"),
+    "Deployment": (client.AppsV1Api, "namespaced_deployment"),
+    "Service": (client.CoreV1Api, "namespaced_service"),
+    "Pod": (client.CoreV1Api, "namespaced_pod"),
+}
 
 
-def _replacer(api: client.ApiClient, doc: dict):
-    return {
-        "Role": client.RbacAuthorizationV1Api(api).replace_namespaced_role,
-        "RoleBinding": client.RbacAuthorizationV1Api(api).replace_namespaced_role_binding,
-        "NetworkPolicy": client.NetworkingV1Api(api).replace_namespaced_network_policy,
-        "Deployment": client.AppsV1Api(api).replace_namespaced_deployment,
-        "Service": client.CoreV1Api(api).replace_namespaced_service,
-        "Pod": client.CoreV1Api(api).replace_namespaced_pod,
-    }[doc["kind"]]
+def _method(api: client.ApiClient, verb: str, doc: dict):
+    """The client method that does `verb` ("create", "replace", "delete") to `doc`'s kind."""
+    api_class, suffix = _APIS[doc["kind"]]
+    return getattr(api_class(api), f"{verb}_{suffix}")
 
 
 async def create(api: client.ApiClient, doc: dict, *, dry_run: bool = False) -> tuple[int, dict]:
     """Create `doc` in its namespace; the HTTP status and the answer."""
     kwargs = {"dry_run": "All"} if dry_run else {}
-    response = await _creator(api, doc)(doc["metadata"]["namespace"], doc, _preload_content=False, **kwargs)
+    create_it = _method(api, "create", doc)
+    response = await create_it(doc["metadata"]["namespace"], doc, _preload_content=False, **kwargs)
     async with response:
         return response.status, json.loads(await response.read())
 
@@ -665,7 +661,7 @@ async def dry_run_apply(api: client.ApiClient, doc: dict) -> tuple[int, dict]:
     if status != 409:
         return status, answer
     name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]
-    response = await _replacer(api, doc)(name, namespace, doc, dry_run="All", _preload_content=False)
+    response = await _method(api, "replace", doc)(name, namespace, doc, dry_run="All", _preload_content=False)
     async with response:
         return response.status, json.loads(await response.read())
 
@@ -730,13 +726,7 @@ async def spark_namespace(kube_cluster):
     async with await kube_cluster.api_client("admin") as api:
         for doc in reversed(created):
             name, namespace = doc["metadata"]["name"], doc["metadata"]["namespace"]
-            delete = {
-                "Role": client.RbacAuthorizationV1Api(api).delete_namespaced_role,
-                "RoleBinding": client.RbacAuthorizationV1Api(api).delete_namespaced_role_binding,
-                "Deployment": client.AppsV1Api(api).delete_namespaced_deployment,
-                "Service": client.CoreV1Api(api).delete_namespaced_service,
-            }[doc["kind"]]
-            await delete(name, namespace)
+            await _method(api, "delete", doc)(name, namespace)
 
 
 DRIVER = """
@@ -774,9 +764,8 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
     spark_namespace, kube_cluster, kubelet, spark_master, hub_app, tmp_path, monkeypatch,
 ):
     from .test_admin_page import Browser
-    from .test_hub_service import ADMIN_TOKEN, hub_api, hub_config, start_server
 
-    port = free_port()
+    port = random_port()
     # where the test machine differs from a cluster; everything else is the values as installed
     test_layer = {
         "cull": {"enabled": False},  # jupyterhub-idle-culler is not installed here
@@ -885,10 +874,8 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
             return sum(1 for w in (await spark.master()).workers if w.state == "ALIVE" and w.cores_used) == 1
 
         await until(one_busy, timeout=30, what="alice's driver on one worker")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            assert await alive(2), "1 busy + 1 idle worker pod, and nothing for a credit already used up"
-            await asyncio.sleep(0.25)
+        await always(lambda: alive(2), seconds=5, interval=0.25,
+                     what="1 busy + 1 idle worker pod, and nothing for a credit already used up")
 
         # all stops: back to idle_workers, through decommission and pod deletion
         (control / "stop").touch()

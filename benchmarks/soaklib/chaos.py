@@ -6,6 +6,7 @@ SIGKILLed behind the scaler's back. Losses on the killed worker are the test's o
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -14,7 +15,12 @@ from dataclasses import dataclass, field
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from tests.waiting import until
+
 from .cluster import kill_quietly, service_pids
+
+#: while a fault lasts the hub or the scaler may not answer: that is "not yet"
+_until = functools.partial(until, interval=0.5, ignore=(OSError, HTTPClientError))
 
 log = logging.getLogger("soak")
 
@@ -78,7 +84,7 @@ class Chaos:
         async def restarted():
             return [p for p in service_pids(self.hub.process.pid) if p not in pids]
 
-        await self._until(restarted, 120, "the hub to restart the scaler")
+        await _until(restarted, timeout=120, what="the hub to restart the scaler")
 
     async def restart_master(self, fault: Fault) -> None:
         await asyncio.to_thread(self.master.kill)
@@ -94,9 +100,9 @@ class Chaos:
         async def busy():
             return sorted(h for h in self.sampler.members.values() if h in self.sampler.busy)
 
-        hosts = await self._until(busy, 120, "a busy worker")
+        hosts = await _until(busy, timeout=120, what="a busy worker")
         host = hosts[0]
-        view = await self._until(self._view, 60, "the scaler's api/pool")
+        view = await _until(self._view, timeout=60, what="the scaler's api/pool")
         handles = {w["handle"] for w in view["workers"] if w["host"] == host}
         if self.env.kill_worker(host):
             fault.detail = host
@@ -105,7 +111,8 @@ class Chaos:
         async def forgotten():  # the scaler saw it lost and stopped it (a new worker may reuse the host)
             return not handles & {w["handle"] for w in (await self._view())["workers"]}
 
-        await self._until(forgotten, self.converge_timeout, f"the scaler to stop the lost worker on {host}")
+        await _until(forgotten, timeout=self.converge_timeout,
+                     what=f"the scaler to stop the lost worker on {host}")
 
     async def converged(self, t0: float) -> None:
         """The scaler answers, is not blind, and neither starts workers nor has apps waiting."""
@@ -113,7 +120,8 @@ class Chaos:
             view = await self._view()
             return view["status"] == "healthy" and not view["plan"]["start"] and not view["target"]["waiting"]
 
-        await self._until(done, self.converge_timeout - (time.monotonic() - t0), "the scaler to converge")
+        await _until(done, timeout=self.converge_timeout - (time.monotonic() - t0),
+                     what="the scaler to converge")
 
     async def _view(self) -> dict:
         """The scaler's api/pool (raises OSError while it does not answer)."""
@@ -122,17 +130,3 @@ class Chaos:
         if response.code != 200:
             raise OSError(f"api/pool: {response.code}")
         return json.loads(response.body)
-
-    @staticmethod
-    async def _until(predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                value = await predicate()
-            except (OSError, HTTPClientError):
-                value = None
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-            await asyncio.sleep(0.5)

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyspark
 
 from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, MASTER_CLASS, WORKER_CLASS
 from jhub_spark_scaler.backends.processes import free_port
+from tests.waiting import until_sync
 
 SPARK_HOME = os.path.dirname(pyspark.__file__)
 
@@ -61,22 +61,13 @@ class SoakMaster:
                f"-Dspark.deploy.spreadOut={str(self.spread_out).lower()}",
                "-cp", os.path.join(SPARK_HOME, "jars", "*"), MASTER_CLASS,
                "--host", self.host, "--port", str(self.port), "--webui-port", str(self.webui_port)]
-        log = open(self.workdir / "master.log", "a")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "SPARK_HOME": SPARK_HOME})
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the Spark master exited with {self.process.returncode}; see {log.name}")
-            try:
-                if master_json(self.ui, 2).get("status") == "ALIVE":
-                    return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the Spark master was not ALIVE within {timeout:.0f} s")
-            time.sleep(0.2)
+        log = self.workdir / "master.log"
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, "SPARK_HOME": SPARK_HOME})
+        until_sync(lambda: master_json(self.ui, 2).get("status") == "ALIVE", timeout=timeout, interval=0.2,
+                   what="the Spark master to be ALIVE", ignore=(OSError, ValueError), process=self.process,
+                   log=log)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

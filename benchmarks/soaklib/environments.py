@@ -5,13 +5,14 @@ which runs each pod as a real worker process on 127.0.7.x by default)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import sys
-import time
 from pathlib import Path
 
 from jhub_spark_scaler.backends import Backend
 from jhub_spark_scaler.backends.local import LocalBackend
+from tests.waiting import WaitTimeout, until
 
 from .cluster import alive_hosts, kill_quietly, worker_processes
 
@@ -51,11 +52,11 @@ class LocalEnv:
         backend = await self.backend(master, strategy)
         try:
             [worker] = await backend.start(1)
-            deadline = time.monotonic() + ALIVE_WITHIN
-            while worker.host not in await asyncio.to_thread(alive_hosts, master.ui):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"worker {worker.handle} not ALIVE within {ALIVE_WITHIN:.0f} s")
-                await asyncio.sleep(0.2)
+
+            async def alive() -> bool:
+                return worker.host in await asyncio.to_thread(alive_hosts, master.ui)
+
+            await until(alive, timeout=ALIVE_WITHIN, what=f"worker {worker.handle} to be ALIVE")
             await backend.stop(worker)
             if not glob.glob(str(self.workdir / f"{strategy}-workers" / "cds" / "worker-*.jsa")):
                 raise RuntimeError(f"worker {worker.handle} wrote no class archive "
@@ -200,11 +201,11 @@ class KubeEnv:
                 self.namespace, label_selector=pool_selector(f"soak-{strategy}"), grace_period_seconds=0)
         # until the kubelet has ended them: a pod it was still starting would otherwise start
         # its worker after the sweep below, into the next strategy's run
-        prefix, deadline = f"spark-worker-soak-{strategy}-", time.monotonic() + 60
-        while any(p.running for p in self.kubelet.pods.values() if p.name.startswith(prefix)):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        prefix = f"spark-worker-soak-{strategy}-"
+        with contextlib.suppress(WaitTimeout):  # the sweep below ends what is left
+            await until(lambda: not any(p.running for p in self.kubelet.pods.values()
+                                        if p.name.startswith(prefix)),
+                        timeout=60, what="the kubelet to end the strategy's pods")
         for pid in worker_processes(self.host_prefix):
             kill_quietly(pid)
 

@@ -4,19 +4,19 @@ and (for the scaler strategy) the scaler as its managed service via `configure()
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jhub_spark_scaler.backends.processes import free_port
+from tests.waiting import WaitTimeout, until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -88,18 +88,13 @@ class Hub:
         with open(self.log, "a") as log:
             self.process = subprocess.Popen([jupyterhub, "-f", str(self.config)], cwd=self.state,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the hub exited with {self.process.returncode}; see {self.log}")
-            try:
-                await self.call("GET", "")
-                return
-            except (OSError, HTTPClientError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the hub did not answer within {timeout:.0f} s; see {self.log}")
-            await asyncio.sleep(0.3)
+
+        async def answers() -> bool:
+            await self.call("GET", "")
+            return True
+
+        await until(answers, timeout=timeout, interval=0.3, what="the hub to answer",
+                    ignore=(OSError, HTTPClientError), process=self.process, log=self.log)
 
     async def call(self, method: str, path: str, body=None, *, ok=(200, 201, 202, 204)):
         response = await self._client.fetch(
@@ -118,9 +113,8 @@ class Hub:
         servers; SIGKILL to the whole session after `timeout`."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            with contextlib.suppress(WaitTimeout):
+                await until(lambda: self.process.poll() is not None, timeout=timeout, what="the hub to exit")
             if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.waiting import until
+
 from .chaos import Chaos, schedule
 from .cluster import SoakMaster, alive_hosts, sweep, worker_processes
 from .hub import Hub
@@ -74,14 +76,24 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
             size = config.static_size or config.users * config.behaviour.cores_max // WORKER_CORES
             baseline = StaticPool(await env.backend(master, config.strategy), size)
             strategy_task = asyncio.create_task(baseline.run(stop))
-            await _until(lambda: _members(env) >= size and _alive(master) >= size, 300, "the static pool")
+
+            def static_pool() -> bool:  # reads /proc and the master: in a thread
+                return _members(env) >= size and _alive(master) >= size
+
+            await until(lambda: asyncio.to_thread(static_pool), timeout=300, interval=0.5,
+                        what="the static pool")
         else:
             if config.strategy == "original":
                 backend = await env.backend(master, config.strategy)
                 baseline = OriginalAutoscaler(backend, worker_cores=WORKER_CORES, extra=config.idle_workers,
                                               max_workers=config.max_workers)
                 strategy_task = asyncio.create_task(baseline.run(stop))
-            await _until(lambda: _alive(master) >= config.idle_workers, 300, "the idle workers at rest")
+
+            def at_rest() -> bool:
+                return _alive(master) >= config.idle_workers
+
+            await until(lambda: asyncio.to_thread(at_rest), timeout=300, interval=0.5,
+                        what="the idle workers at rest")
         users = [SimulatedUser(f"user{i}", hub=hub, master_url=master.url, workdir=workdir / "users",
                                seed=config.seed * 1000 + i, behaviour=config.behaviour)
                  for i in range(1, config.users + 1)]
@@ -145,8 +157,8 @@ async def _settle(env, config: RunConfig) -> dict:
 
     t0, error = time.monotonic(), ""
     try:
-        await _until(settled, config.settle_timeout,
-                     f"the pool to settle at {config.idle_workers} worker(s) with no pod lacking its worker")
+        await until(settled, timeout=config.settle_timeout, interval=0.5, what=(
+            f"the pool to settle at {config.idle_workers} worker(s) with no pod lacking its worker"))
     except TimeoutError as e:
         error = str(e)
     return {"seconds": round(time.monotonic() - t0, 1), "error": error, **seen}
@@ -169,13 +181,3 @@ def _members(env) -> int:
 
 def _alive(master: SoakMaster) -> int:
     return len(alive_hosts(master.ui))
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    """Poll `predicate`, a coroutine function or a plain one (run in a thread: it reads /proc)."""
-    check = predicate if asyncio.iscoroutinefunction(predicate) else lambda: asyncio.to_thread(predicate)
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.5)

@@ -15,11 +15,14 @@ import http.client
 import json
 import os
 import random
+import sys
 import time
 import urllib.error
 import urllib.request
 
-from pyspark.sql import SparkSession
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from tests.drivers.spark_session import seconds_to_first_executor, session_builder  # noqa: E402
 
 
 def parse_args():
@@ -37,24 +40,10 @@ def parse_args():
     return p.parse_args()
 
 
-def session(args) -> SparkSession:
-    return (
-        SparkSession.builder.master(args.master)
-        .appName(args.name)
-        .config("spark.cores.max", str(args.cores_max))
-        .config("spark.executor.cores", "1")
-        .config("spark.executor.memory", "512m")
-        .config("spark.driver.memory", "512m")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.port", "0")
-        .config("spark.decommission.enabled", "true")
-        .config("spark.storage.decommission.enabled", "true")
-        .config("spark.storage.decommission.shuffleBlocks.enabled", "true")
-        .config("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
+def session(args):
+    return session_builder(args.master, args.name, cores_max=args.cores_max, conf={
+        "spark.storage.decommission.shuffleBlocks.enabled": "true",
+    }).getOrCreate()
 
 
 def shuffle_job(sc, partitions: int, task_seconds: float) -> int:
@@ -89,14 +78,11 @@ def main():
     spark = session(args)
     sc = spark.sparkContext
     result["app_id"] = sc.applicationId
-    status = sc._jsc.sc()
-    while status.getExecutorMemoryStatus().size() <= 1:  # the driver's own block manager is one
-        if time.perf_counter() - t0 > args.first_executor_timeout:
-            result["first_executor_error"] = f"no executor within {args.first_executor_timeout:.0f} s"
-            break
-        time.sleep(0.02)
+    first = seconds_to_first_executor(spark, since=t0, timeout=args.first_executor_timeout)
+    if first is None:
+        result["first_executor_error"] = f"no executor within {args.first_executor_timeout:.0f} s"
     else:
-        result["first_executor_s"] = time.perf_counter() - t0
+        result["first_executor_s"] = first
     jobs = failed = 0
     for i in range(args.jobs):
         if i:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from jhub_spark_scaler.backends import Backend
+from tests.waiting import until
 
 from .cluster import master_json
 
@@ -29,16 +29,17 @@ class StaticPool:
 
     async def run(self, stop: asyncio.Event, *, ready_timeout: float = 300) -> None:
         await self.backend.start(self.size)
-        deadline = time.monotonic() + ready_timeout
-        while not stop.is_set():
+
+        async def alive_or_stopped() -> bool:
+            if stop.is_set():
+                return True
             doc = await _master(self.backend.master_ui_url) or {}
             hosts = {w.host for w in await self.backend.list()}
             alive = [w for w in doc.get("workers", []) if w["state"] == "ALIVE" and w["host"] in hosts]
-            if len(alive) >= self.size:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the static pool of {self.size} was not ALIVE in {ready_timeout:.0f} s")
-            await asyncio.sleep(0.5)
+            return len(alive) >= self.size
+
+        await until(alive_or_stopped, timeout=ready_timeout, interval=0.5,
+                    what=f"the static pool of {self.size} to be ALIVE")
         await stop.wait()
 
 

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.waiting import until
+
 from .hub import Hub
 
 log = logging.getLogger("soak")
@@ -100,7 +102,7 @@ class SimulatedUser:
         session.requested = time.time()
         t0 = time.monotonic()
         await self.hub.call("POST", f"users/{self.name}/server", {}, ok=(201, 202))
-        await self._until(self._server_ready, 180, "the notebook server to be ready")
+        await until(self._server_ready, timeout=180, interval=0.5, what="the notebook server to be ready")
         session.server_ready_s = time.monotonic() - t0
         await asyncio.sleep(plan["open"])
         out = self.workdir / f"session-{session.n}.json"
@@ -134,15 +136,7 @@ class SimulatedUser:
             user = await self.hub.call("GET", f"users/{self.name}")
             return "" not in user["servers"]
 
-        await self._until(gone, 120, "the notebook server to stop")
-
-    @staticmethod
-    async def _until(predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not await predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-            await asyncio.sleep(0.5)
+        await until(gone, timeout=120, interval=0.5, what="the notebook server to stop")
 
     def kill_driver(self) -> None:
         if self.driver and self.driver.returncode is None:

@@ -11,10 +11,13 @@ DIR/burst-N appears (N = 1, 2, ...) and writes DIR/done-N after it.
 import argparse
 import json
 import os
+import sys
 import time
 import urllib.request
 
-from pyspark.sql import SparkSession
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from tests.drivers.spark_session import session_builder  # noqa: E402
 
 
 def parse_args():
@@ -34,35 +37,22 @@ def parse_args():
 
 
 def session(args):
-    decommission = "false" if args.no_decommission else "true"
-    builder = (
-        SparkSession.builder.master(args.master)
-        .appName(args.name)
-        .config("spark.cores.max", str(args.cores_max))
-        .config("spark.executor.cores", "1")
-        .config("spark.executor.memory", "512m")
-        .config("spark.driver.memory", "512m")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.port", "0")
-        .config("spark.decommission.enabled", decommission)
-        .config("spark.storage.decommission.enabled", decommission)
+    conf = {
         # Spark waits this long between block migration rounds before a drained
         # executor may exit (default 30 s); tests want drains of about a second.
-        .config("spark.storage.decommission.replicationReattemptInterval", "1s")
-        .config("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
+        "spark.storage.decommission.replicationReattemptInterval": "1s",
+    }
     if args.dynamic:
-        builder = (
-            builder.config("spark.dynamicAllocation.enabled", "true")
-            .config("spark.dynamicAllocation.shuffleTracking.enabled", "true")
-            .config("spark.dynamicAllocation.minExecutors", str(args.min_executors))
-            .config("spark.dynamicAllocation.maxExecutors", str(args.cores_max))
-            .config("spark.dynamicAllocation.executorIdleTimeout", "1s")
-            .config("spark.dynamicAllocation.schedulerBacklogTimeout", "1s")
-        )
-    return builder.getOrCreate()
+        conf.update({
+            "spark.dynamicAllocation.enabled": "true",
+            "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+            "spark.dynamicAllocation.minExecutors": str(args.min_executors),
+            "spark.dynamicAllocation.maxExecutors": str(args.cores_max),
+            "spark.dynamicAllocation.executorIdleTimeout": "1s",
+            "spark.dynamicAllocation.schedulerBacklogTimeout": "1s",
+        })
+    return session_builder(args.master, args.name, cores_max=args.cores_max,
+                           decommission=not args.no_decommission, conf=conf).getOrCreate()
 
 
 def rest(ui, path):
