@@ -1,6 +1,5 @@
 """Shared fixtures: one real Spark master per session, real drivers, a real hub with the
-scaler, and the Kubernetes test infrastructure. The bounded waits are tests/waiting.py's
-(`until` is importable from here as well)."""
+scaler, and the Kubernetes test infrastructure. The bounded waits are tests/waiting.py's."""
 
 from __future__ import annotations
 

@@ -14,11 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jhub_spark_scaler.hub import ADMIN_SCOPE
 
-from .conftest import until
-from .test_hub_service import (
-    ADMIN_TOKEN, alive_workers, configure_scaler, hub_api, hub_config, start_server, stop_scaler,
-    worker_records,
-)
+from .real_hub import alive_workers, hub_api, start_server, worker_records
+from .waiting import until
 
 pytestmark = pytest.mark.spark
 
@@ -27,32 +24,20 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture
-async def hub(hub_app, spark_master, tmp_path):
+async def hub(scaler_hub):
     """A hub with the scaler and: `operator` holding the admin scope, `viewer` allowed
     to access services but without the scope, a service `monitor` with the scope.
-    Yields (app, state dir, the service's public URL)."""
-    state = tmp_path / "scaler"
-    c = hub_config(tmp_path)
-    c.JupyterHub.services = [
-        {"name": "test-admin", "api_token": ADMIN_TOKEN},
-        {"name": "monitor", "api_token": MONITOR_TOKEN},
-    ]
-    c.JupyterHub.load_roles = [
-        {"name": "test-admin", "services": ["test-admin"],
-         "scopes": ["admin:users", "admin:servers", "tokens"]},
-        {"name": "scaler-operator", "users": ["operator"],
-         "scopes": [ADMIN_SCOPE, "access:services!service=spark-scaler"]},
-        {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
-        {"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
-    ]
-    configure_scaler(c, spark_master, state)
-    app = await hub_app(c)
-    await until(lambda: (state / "workers").is_dir(), timeout=60, what="the scaler service to start")
-    base = app.proxy.public_url.rstrip("/") + "/"
-    try:
-        yield app, state, base + "services/spark-scaler/"
-    finally:
-        await stop_scaler(app, state)
+    Returns (app, state dir, the service's public URL)."""
+    app, _, state = await scaler_hub(
+        services=[{"name": "monitor", "api_token": MONITOR_TOKEN}],
+        roles=[
+            {"name": "scaler-operator", "users": ["operator"],
+             "scopes": [ADMIN_SCOPE, "access:services!service=spark-scaler"]},
+            {"name": "service-viewer", "users": ["viewer"], "scopes": ["access:services"]},
+            {"name": "monitor", "services": ["monitor"], "scopes": [ADMIN_SCOPE]},
+        ],
+    )
+    return app, state, app.proxy.public_url.rstrip("/") + "/services/spark-scaler/"
 
 
 class Browser:

@@ -49,7 +49,7 @@ from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.service import HubService
 from jhub_spark_scaler.spark import MAX_BODY_BYTES, SparkClient
 
-from .conftest import until
+from .waiting import until
 from .real_hub import hub_api, worker_records
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 from .test_scaling import cycles_until

@@ -14,7 +14,7 @@ import pytest
 from jhub_spark_scaler.app import main
 from jhub_spark_scaler.spark import SparkClient
 
-from .conftest import until
+from .waiting import until
 
 SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
 

@@ -17,11 +17,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-# ADMIN_TOKEN, configure_scaler, hub_config and stop_scaler: test_admin_page.py imports them from here
-from .real_hub import (  # noqa: F401
-    ADMIN_TOKEN, alive_workers, configure_scaler, hub_api, hub_config, start_server, stop_scaler,
-    worker_records,
-)
+from .real_hub import alive_workers, hub_api, start_server, worker_records
 from .waiting import always, until
 
 pytestmark = pytest.mark.spark

@@ -13,7 +13,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .conftest import until
+from .waiting import until
 from .kubelet import expand
 
 pytestmark = pytest.mark.timeout(240)

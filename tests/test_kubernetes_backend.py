@@ -25,7 +25,8 @@ from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Reconciler
 
-from .conftest import lost_executors, until
+from .conftest import lost_executors
+from .waiting import until
 from .test_scaling import cycles_until, idle_and_busy, never_loses_an_executor, make_reconciler, with_policy
 
 pytestmark = pytest.mark.spark

@@ -24,7 +24,8 @@ from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBa
 from jhub_spark_scaler.backends.processes import alive, catches, is_ours, processes_in, start_time
 from jhub_spark_scaler.errors import ConfigError
 
-from .conftest import Driver, until
+from .conftest import Driver
+from .waiting import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
 EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"

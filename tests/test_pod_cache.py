@@ -11,7 +11,7 @@ import pytest
 from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.pod_cache import PodCache
 
-from .conftest import until
+from .waiting import until
 
 
 def pod(name: str, version: int, **status) -> dict:

@@ -21,7 +21,8 @@ from jhub_spark_scaler.policy import explain, plan
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.spark import SparkClient
 
-from .conftest import lost_executors, until
+from .conftest import lost_executors
+from .waiting import until
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
 pytestmark = pytest.mark.spark
