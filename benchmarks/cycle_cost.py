@@ -7,6 +7,12 @@ runs in a fresh subprocess so its peak RSS is its own.
 
     python benchmarks/cycle_cost.py            # all sizes, updates benchmarks/RESULTS.md
     python benchmarks/cycle_cost.py --one 1000 # one size, prints JSON
+    python benchmarks/cycle_cost.py --against ../other-checkout   # this tree against another
+
+`--against DIR` measures this tree and the checkout in DIR (its own
+benchmarks/cycle_cost.py and package) taking turns, `--rounds` times per size,
+and writes their ratio: a change to the cycle's code is no slower when the
+ratio is at most 1.
 """
 
 from __future__ import annotations
@@ -127,18 +133,51 @@ def write_results(rows: list[dict]) -> None:
     ])
 
 
+def run_one(script: Path, n: int) -> dict:
+    """One size measured by `script` (a checkout's cycle_cost.py) in a fresh process."""
+    out = subprocess.run([sys.executable, str(script), "--one", str(n)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def compare(other: Path, rounds: int) -> None:
+    """This tree against the checkout `other`, taking turns, the order swapped each round."""
+    theirs, ours = other / "benchmarks" / "cycle_cost.py", Path(__file__).resolve()
+    table = ["| workers | this tree, median CPU per cycle | the other tree | ratio |",
+             "|---:|---:|---:|---:|"]
+    for n in SIZES:
+        times: dict[Path, list[float]] = {ours: [], theirs: []}
+        for r in range(rounds):
+            for script in (ours, theirs) if r % 2 == 0 else (theirs, ours):
+                times[script].append(run_one(script, n)["median_cpu_ms"])
+        mine, other_ms = (sorted(times[s])[len(times[s]) // 2] for s in (ours, theirs))
+        table.append(f"| {n:,} | {mine} ms | {other_ms} ms | {mine / other_ms:.2f} |")
+        print(table[-1])
+    commit = subprocess.run(["git", "-C", str(other), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or str(other)
+    write_section("Cycle cost against an earlier tree", [
+        f"`python benchmarks/cycle_cost.py --against DIR --rounds {rounds}` on {machine()}, "
+        f"DIR a checkout of {commit}: each size measured {rounds} times by each tree's own "
+        "benchmark and package, taking turns; the median of the medians (CPU time of one "
+        "cycle, as above). A ratio at most 1: this tree's cycle is no slower.", "", *table,
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", type=int, help="measure one size in this process, print JSON")
+    parser.add_argument("--against", type=Path, help="a checkout to compare this tree with")
+    parser.add_argument("--rounds", type=int, default=6, help="measurements per tree and size (--against)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one)))
         return
+    if args.against:
+        compare(args.against.resolve(), args.rounds)
+        return
     rows = []
     for n in SIZES:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True,
-                             capture_output=True, text=True).stdout
-        rows.append(json.loads(out))
+        rows.append(run_one(Path(__file__).resolve(), n))
         print(rows[-1])
     write_results(rows)
 
