@@ -40,25 +40,25 @@ from jhub_spark_scaler.backends.local import LocalBackend  # noqa: E402
 from jhub_spark_scaler.backends.pod_cache import PodCache  # noqa: E402
 from jhub_spark_scaler.backends.worker_pod import pod_worker, pool_selector  # noqa: E402
 from jhub_spark_scaler.model import WorkerState  # noqa: E402
-from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, join  # noqa: E402
+from jhub_spark_scaler.observe import build_snapshot, join  # noqa: E402
 from jhub_spark_scaler.policy import History, PolicySettings, plan  # noqa: E402
 from jhub_spark_scaler.reconciler import Reconciler  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient, parse_master  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from tests.kube_cluster import KubeCluster  # noqa: E402
 from tests.kubelet import TestKubelet  # noqa: E402
+from tests.settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
 from tests.waiting import until  # noqa: E402
 
 SIZES = (1_000, 10_000)
 REPEATS = 21
 NAMESPACE = "spark"
-OBSERVE = ObserveSettings(start_timeout=120, held_after=30)
+OBSERVE = make_observe()
 
 
 def policy_settings(max_workers: int, **changes) -> PolicySettings:
-    """The benchmark's policy: no scale-down delay unless given."""
-    values = dict(min_workers=0, idle_workers=1, max_surge=10, scale_down_delay=0, unschedulable_backoff=120)
-    return PolicySettings(max_workers=max_workers, **(values | changes))
+    """The command's policy, but no scale-down delay unless given."""
+    return make_policy(max_workers=max_workers, **({"scale_down_delay": 0} | changes))
 
 
 log = logging.getLogger("bench")
@@ -82,8 +82,9 @@ async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
                                 master_ui_url=master.master_ui_url, memory_limit="1280Mi",
                                 stop_grace_period=10)
     await backend.setup()
-    r = Reconciler(backend=backend, spark=SparkClient(master.master_ui_url),
-                   policy=policy_settings(n, idle_workers=0), observe=OBSERVE, log=log, decision_log_size=500)
+    r = Reconciler(backend=backend, spark=SparkClient(master.master_ui_url, timeout=HTTP_TIMEOUT),
+                   policy=policy_settings(n, idle_workers=0), observe=OBSERVE, log=log,
+                   decision_log_size=DECISION_LOG_SIZE)
     rows = {}
 
     def delta(before: dict) -> dict:

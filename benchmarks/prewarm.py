@@ -58,19 +58,18 @@ from jhub_spark_scaler.backends.local import LocalBackend  # noqa: E402
 from jhub_spark_scaler.backends.processes import free_port  # noqa: E402
 from jhub_spark_scaler.hub import Notifier  # noqa: E402
 from jhub_spark_scaler.metrics import ScalerMetrics  # noqa: E402
-from jhub_spark_scaler.observe import ObserveSettings  # noqa: E402
-from jhub_spark_scaler.policy import PolicySettings  # noqa: E402
 from jhub_spark_scaler.reconciler import Reconciler  # noqa: E402
 from jhub_spark_scaler.service import HubService  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient  # noqa: E402
 from jhub_spark_scaler.web.history import PoolHistory  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from tests.settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
 from tests.waiting import WaitTimeout, until  # noqa: E402
 
 TITLE = "Pre-warm: time to first executor"
 MODES = {"a": "(a) pre-warm", "b": "(b) reactive only", "c": "(c) static pool"}
 POLL_INTERVAL = 1.0
-OBSERVE = ObserveSettings(start_timeout=120, held_after=30)
+OBSERVE = make_observe()
 
 DRIVER = os.path.join(HERE, "prewarm_driver.py")
 
@@ -219,12 +218,11 @@ class Bench:
     def reconciler(self, credit: list[int]) -> Reconciler:
         return Reconciler(
             backend=self.backend,
-            spark=SparkClient(self.backend.master_ui_url),
-            policy=PolicySettings(max_workers=self.args.max_workers, min_workers=0, idle_workers=0,
-                                  max_surge=10, scale_down_delay=600, unschedulable_backoff=120),
+            spark=SparkClient(self.backend.master_ui_url, timeout=HTTP_TIMEOUT),
+            policy=make_policy(max_workers=self.args.max_workers, idle_workers=0, scale_down_delay=600),
             observe=OBSERVE,
             log=self.log,
-            decision_log_size=500,
+            decision_log_size=DECISION_LOG_SIZE,
             prewarm_credit=lambda app_starts: credit[0],  # a fixed credit, whatever apps started
         )
 
@@ -324,10 +322,10 @@ class Bench:
             return []  # entered is what is timed: no JVM spawned, the pool stays empty
 
         hb.start = start_spy
-        r = Reconciler(backend=hb, spark=SparkClient(self.backend.master_ui_url),
-                       policy=PolicySettings(max_workers=1000, min_workers=0, max_surge=1000, idle_workers=0,
-                                             scale_down_delay=600, unschedulable_backoff=120),
-                       observe=OBSERVE, log=log, decision_log_size=500)
+        r = Reconciler(backend=hb, spark=SparkClient(self.backend.master_ui_url, timeout=HTTP_TIMEOUT),
+                       policy=make_policy(max_workers=1000, max_surge=1000, idle_workers=0,
+                                          scale_down_delay=600),
+                       observe=OBSERVE, log=log, decision_log_size=DECISION_LOG_SIZE)
         cycle = r.cycle
 
         async def cycle_spy():

@@ -22,22 +22,21 @@ from tornado.log import LogFormatter
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config
 
-from . import __version__
+from . import __version__, cli
 from .backends import Backend
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
-from . import cli
 from .cli import BackendType, at_least, check_url
-from .constants import SERVICE_NAME, SERVICE_URL
+from .constants import ADMIN_SCOPE, SERVICE_NAME, SERVICE_URL
 from .errors import ConfigError
+from .metrics import ScalerMetrics
 from .model import Snapshot
 from .observe import ObserveSettings
 from .policy import PolicySettings
-from .metrics import ScalerMetrics
 from .reconciler import CycleReport, Reconciler
 from .service import HubService
-from .web.history import PoolHistory
 from .spark import SparkClient
+from .web.history import PoolHistory
 
 
 class SparkScalerApp(Application):
@@ -133,7 +132,7 @@ class SparkScalerApp(Application):
         600.0, help="Seconds after a notebook server starts during which it pre-warms workers."
     ).tag(config=True)
     authenticate_prometheus = Bool(
-        True, help="Require a hub admin, or a token with custom:spark-scaler:admin, for /metrics "
+        True, help=f"Require a hub admin, or a token with {ADMIN_SCOPE}, for /metrics "
         "(like JupyterHub.authenticate_prometheus)."
     ).tag(config=True)
     prewarm_workers_per_server = Int(

@@ -191,9 +191,11 @@ def logging_config_errors() -> Iterator[None]:
         raise ConfigError(f"logging_config: {first_line(e)}") from None
 
 
-def command_classes(app: Application) -> list[type[Configurable]]:
-    """The classes whose settings `app` takes: itself and its `classes`."""
-    return list(dict.fromkeys([type(app), *app.classes]))
+def command_classes(app: Application | type[Application]) -> list[type[Configurable]]:
+    """The classes whose settings `app` (an Application or its class) takes: itself and its
+    `classes`."""
+    app_class = app if isinstance(app, type) else type(app)
+    return list(dict.fromkeys([app_class, *app_class.classes]))
 
 
 def configurable_classes(app: Application) -> Iterator[type[Configurable]]:

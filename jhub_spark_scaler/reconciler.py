@@ -26,7 +26,13 @@ draining: it is never stopped while its executors are unknown.
 A bug (any other exception from the master client, the backend's `list()` or a
 worker read, e.g. a KeyError in a parser) is loud: logged with its traceback on
 every cycle it happens, and the cycle is blind with the reason "bug reading ...",
-so it never retires anything and never hides as a quiet endless blindness.
+so it never retires anything and never hides as a quiet endless blindness. The
+backends catch their own parsers' bugs where one bad item must not hide the rest:
+the pod cache logs a pod it cannot read with its traceback (once per distinct
+error) and its `list()` then raises `BackendError`, so the cycle is blind.
+Anything else that fails inside a cycle (the pre-warm credit, building the
+snapshot, planning) ends that cycle before it acts; the caller logs it with its
+traceback (`SparkScalerApp.reconcile`) and the next cycle starts afresh.
 `CancelledError` (and other BaseExceptions) always propagate.
 
 A failed action (start, retire, stop, a resent decommission) is logged with its
@@ -84,7 +90,8 @@ class Decision:
     at: float
     action: Action
     detail: str
-    reasons: tuple[str, ...] = ()  # the plan's words for it (`policy.explain`)
+    #: the plan's words for it: `explain(plan)` for a start, the handle's reason for the others
+    reasons: tuple[str, ...] = ()
     handles: tuple[str, ...] = ()  # the workers it concerns
 
 
@@ -213,10 +220,10 @@ class Reconciler:
                                               return_exceptions=True)
         master_error = backend_error = ""
         if isinstance(master, BaseException):
-            master_error, master = self._failure(master, SparkError, "reading the master"), None
+            master_error, master = self._failure(master, SparkError, doing="reading the master"), None
         if isinstance(listed, BaseException):
-            why = self._failure(listed, BACKEND_UNREADABLE, "listing workers")
-            backend_error = f"cannot list workers: {why}"
+            backend_error = self._failure(listed, BACKEND_UNREADABLE, doing="listing workers",
+                                          unreadable="cannot list workers: ")
             listed = []
         backend_workers: list[BackendWorker] = listed
         joined = join(master.workers if master else (), backend_workers)
@@ -235,13 +242,14 @@ class Reconciler:
             backend_error=backend_error,
         )
 
-    def _failure(self, error: BaseException, expected, doing: str) -> str:
-        """Why a read failed, in one line. An `expected` error is the part being unreadable;
-        any other Exception is a bug, logged with its traceback. Others propagate."""
+    def _failure(self, error: BaseException, expected, *, doing: str, unreadable: str = "") -> str:
+        """Why a read failed, in one line. An `expected` error is the part being unreadable
+        (its message after `unreadable`); any other Exception is a bug, logged with its
+        traceback. Others propagate."""
         if not isinstance(error, Exception):
             raise error
         if isinstance(error, expected):
-            return str(error) or type(error).__name__
+            return unreadable + (str(error) or type(error).__name__)
         self.log.error("bug %s: %s: %s", doing, type(error).__name__, error, exc_info=error)
         return f"bug {doing}: {type(error).__name__}: {error} (see the scaler's log)"
 
@@ -257,7 +265,7 @@ class Reconciler:
                 try:
                     return await self.spark.worker(url)
                 except Exception as e:
-                    return self._failure(e, SparkError, f"reading worker {b.handle}")
+                    return self._failure(e, SparkError, doing=f"reading worker {b.handle}")
 
         results = await asyncio.gather(*(read(b, m) for b, m in pairs))
         return {b.handle: result for (b, _), result in zip(pairs, results)}

@@ -53,7 +53,7 @@ class HubService:
     ):
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
-        #: what the admin page reads and changes; the app attaches its Reconciler
+        #: what the admin page reads; the app attaches its Reconciler
         self.pool = PoolState(
             activity=self.activity,
             prewarm_window=prewarm_window,

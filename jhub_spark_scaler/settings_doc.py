@@ -20,6 +20,7 @@ from traitlets.config import Application, Configurable
 from traitlets.traitlets import DefaultHandler
 
 from .app import SparkScalerApp
+from .cli import command_classes
 
 WIDTH = 100
 
@@ -36,7 +37,7 @@ passes its extra keywords on as these settings (`idle_workers=2`, `LocalBackend_
 
 def settings_reference(app_class: type[Application] = SparkScalerApp) -> str:
     """The reference for `app_class` and the classes it configures, as Markdown."""
-    classes = list(dict.fromkeys([app_class, *app_class.classes]))
+    classes = command_classes(app_class)
     options = _short_options(app_class, classes)
     computed = app_defaults(app_class)
     lines = [HEADER]

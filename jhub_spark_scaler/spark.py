@@ -128,7 +128,7 @@ def parse_worker(doc: Any) -> WorkerStatus:
 class SparkClient:
     """Reads the master and workers over HTTP; decommissions workers through the master."""
 
-    def __init__(self, master_ui_url: str, *, timeout: float = 5.0):
+    def __init__(self, master_ui_url: str, *, timeout: float):
         self.master_ui_url = master_ui_url.rstrip("/")
         self.timeout = timeout
         # Its own client: the limit of the shared one is whatever its first user set. The

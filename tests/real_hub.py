@@ -17,8 +17,11 @@ from jupyterhub.utils import random_port
 from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
 
+from jhub_spark_scaler.constants import SERVICE_NAME
 from jhub_spark_scaler.hub import configure
 from jhub_spark_scaler.spark import SparkClient
+
+from .settings import HTTP_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -70,7 +73,7 @@ def worker_records(state: Path) -> dict[str, dict]:
 async def stop_scaler(app, state: Path) -> None:
     """As at hub shutdown: the hub interrupts its managed service, which stops its
     workers; any the service left behind are killed."""
-    await app._service_map["spark-scaler"].stop()
+    await app._service_map[SERVICE_NAME].stop()
     for record in worker_records(state).values():
         try:
             os.kill(record["pid"], signal.SIGKILL)
@@ -98,5 +101,5 @@ async def start_server(app, user: str) -> float:
 async def alive_workers(spark_master, state: Path) -> set[str]:
     """Hosts of the scaler's workers (by its records) that the master has ALIVE."""
     hosts = {r["host"] for r in worker_records(state).values()}
-    master = await SparkClient(spark_master.master_ui_url).master()
+    master = await SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT).master()
     return {m.host for m in master.workers if m.host in hosts and m.state == "ALIVE"}

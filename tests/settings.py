@@ -3,6 +3,8 @@ so no test restates a default."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.observe import ObserveSettings
 from jhub_spark_scaler.policy import PolicySettings
@@ -12,16 +14,13 @@ def default(trait: str):
     return SparkScalerApp.class_traits()[trait].default()
 
 
+#: PolicySettings as the command builds them from its defaults
+COMMAND_POLICY = SparkScalerApp(max_workers=10).policy_settings()
+
+
 def make_policy(*, max_workers: int = 10, **changes) -> PolicySettings:
-    """PolicySettings as the command would build them, with `changes`."""
-    values = {
-        "min_workers": default("min_workers"),
-        "idle_workers": default("idle_workers"),
-        "max_surge": default("max_surge"),
-        "scale_down_delay": default("scale_down_delay"),
-        "unschedulable_backoff": default("start_timeout"),
-    }
-    return PolicySettings(max_workers=max_workers, **(values | changes))
+    """The command's default PolicySettings, with `changes`."""
+    return replace(COMMAND_POLICY, max_workers=max_workers, **changes)
 
 
 def make_observe(**changes) -> ObserveSettings:
@@ -30,3 +29,4 @@ def make_observe(**changes) -> ObserveSettings:
 
 
 DECISION_LOG_SIZE = default("decision_log_size")
+HTTP_TIMEOUT = default("http_timeout")

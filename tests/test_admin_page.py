@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from jhub_spark_scaler.hub import ADMIN_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE
 
 from .real_hub import alive_workers, hub_api, start_server, worker_records
 from .waiting import until

@@ -43,7 +43,7 @@ from jhub_spark_scaler.app import SparkScalerApp, main
 from jhub_spark_scaler.backends import kubernetes as kubernetes_module
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.local import LocalBackend
-from jhub_spark_scaler.hub import ADMIN_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.service import HubService

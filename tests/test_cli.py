@@ -14,6 +14,7 @@ import pytest
 from jhub_spark_scaler.app import main
 from jhub_spark_scaler.spark import SparkClient
 
+from .settings import HTTP_TIMEOUT
 from .waiting import until
 
 SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
@@ -128,7 +129,7 @@ def alive(pid: int) -> bool:
 
 async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
     state = tmp_path / "state"
-    master = SparkClient(spark_master.master_ui_url)
+    master = SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT)
     scalers = []
 
     async def our_workers():
@@ -193,7 +194,7 @@ async def test_embedded_default_cleans_up_on_sigterm(tmp_path):
                 return None
 
         master = await until(master_record, timeout=60, what="the master to be started")
-        client = SparkClient(f"http://127.0.0.1:{master['webui_port']}")
+        client = SparkClient(f"http://127.0.0.1:{master['webui_port']}", timeout=HTTP_TIMEOUT)
 
         async def one_alive_worker():
             try:

@@ -26,7 +26,8 @@ from traitlets.config import Config
 
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.events import MAX_BODY, make_events_route
-from jhub_spark_scaler.hub import ADMIN_SCOPE, configure
+from jhub_spark_scaler.constants import ADMIN_SCOPE
+from jhub_spark_scaler.hub import configure
 
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config
 from .waiting import until

@@ -204,6 +204,39 @@ async def test_a_failed_start_is_logged_with_its_traceback_and_reported(scaler, 
     assert logged.exc_info[1] is backend.start_error and logged.getMessage() == "start 1 workers failed"
 
 
+async def test_a_failed_retire_or_stop_is_logged_with_its_traceback_and_the_others_go_on(scaler, caplog):
+    r, backend, spark, reports = scaler
+    for _ in range(3):
+        backend.add()  # w1, w2, w3 idle; one wanted: w1 and w2 retired, the longest idle first
+    refused = OSError("SIGPWR: operation not permitted")
+    decommission = backend.decommission
+
+    async def decommission_but_w1(worker):
+        if worker.handle == "w1":
+            raise refused
+        await decommission(worker)
+
+    backend.decommission = decommission_but_w1
+    await r.cycle()
+    assert reports[-1].retired == ("w2",)
+    (error,) = reports[-1].errors
+    assert (error.detail, error.handles) == (f"retire w1 failed: {refused}", ("w1",))
+
+    gone = RuntimeError("the process table is unreadable")
+
+    async def stop_fails(worker):
+        raise gone
+
+    backend.decommission = decommission
+    backend.stop = stop_fails
+    await r.cycle()  # w2 is drained now (its own /json/ lists no executors): stopped, which fails
+    assert "w2" in r.last_plan.stop and reports[-1].stopped == ()
+    assert [(e.detail, e.handles) for e in reports[-1].errors] == [(f"stop w2 failed: {gone}", ("w2",))]
+    logged = [(rec.getMessage(), rec.exc_info[1]) for rec in tracebacks(caplog)]
+    assert logged == [("retire w1 failed", refused), ("stop w2 failed", gone)]
+    assert set(backend.workers) == {"w1", "w2", "w3"}, "a failed stop leaves the worker for the next cycle"
+
+
 async def test_decisions_and_the_report_carry_the_handles_and_each_handles_reason(scaler):
     r, backend, spark, reports = scaler
     await r.cycle()

@@ -22,8 +22,8 @@ from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import lost_executors
+from .settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy
 from .waiting import until
-from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
 pytestmark = pytest.mark.spark
 
@@ -35,7 +35,7 @@ def make_reconciler(backend, spark_master, *, start_timeout: float = 120, held_a
     policy.setdefault("scale_down_delay", 0)
     return Reconciler(
         backend=backend,
-        spark=SparkClient(spark_master.master_ui_url),
+        spark=SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT),
         policy=make_policy(**policy),
         observe=make_observe(start_timeout=start_timeout, held_after=held_after),
         log=logging.getLogger("test.scaler"),

@@ -10,7 +10,7 @@ import jinja2
 from jhub_spark_scaler.activity import Server
 from jhub_spark_scaler.model import Executor, MasterApp, WorkerState
 from jhub_spark_scaler.policy import History, plan
-from jhub_spark_scaler.reconciler import Decision
+from jhub_spark_scaler.reconciler import Action, Decision
 from jhub_spark_scaler.web.handlers import TEMPLATES
 from jhub_spark_scaler.web.view import pool_view
 
@@ -35,8 +35,8 @@ def test_view_of_a_pool():
     snapshot = snap(worker("local-1", S.BUSY, created_at=400.0), draining, worker("x", S.IDLE, ours=False),
                     apps=[MasterApp("app-1", EVIL, 2, "RUNNING", "alice", 0)], credit=1)
     servers = [Server("alice", "", 950.0, None, True), Server("bob", "gpu", 1.0, None, True)]
-    decisions = [Decision(10.0, "start", "started 1 (local-1)", ("target 1",)),
-                 Decision(20.0, "pause", "by admin")]
+    decisions = [Decision(10.0, Action.START, "started 1 (local-1)", ("target 1",)),
+                 Decision(20.0, Action.PAUSE, "by admin")]
     v = view(snapshot, paused=True, override=3, decisions=decisions, servers=servers)
     json.dumps(v)  # serialisable as it is
     assert v["status"] == "paused" and v["paused"]
@@ -65,7 +65,7 @@ def test_blind_wins_over_paused_and_no_snapshot_is_blind():
 def test_page_escapes_spark_and_user_values():
     snapshot = snap(worker("local-1", S.BUSY, why=EVIL),
                     apps=[MasterApp("app-1", EVIL, 1, "RUNNING", EVIL, 0)])
-    v = view(snapshot, decisions=[Decision(1.0, "pause", f"by {EVIL}")],
+    v = view(snapshot, decisions=[Decision(1.0, Action.PAUSE, f"by {EVIL}")],
              servers=[Server(EVIL, "", 990.0, None, True)])
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     html = env.get_template("pool.html").render(

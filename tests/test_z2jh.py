@@ -51,6 +51,7 @@ from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config, start_server
+from .settings import HTTP_TIMEOUT
 from .waiting import always, until
 
 HERE = Path(__file__).resolve().parent
@@ -794,7 +795,7 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
     c.JupyterHub.load_roles.append({"name": "test-admin", "services": ["test-admin"],
                                     "scopes": ["admin:users", "admin:servers", "admin:groups"]})
     pool = values["custom"]["sparkScaler"]["KubernetesBackend__pool"]
-    spark = SparkClient(spark_master.master_ui_url)
+    spark = SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT)
     driver = None
 
     async def pool_pods() -> list[dict]:

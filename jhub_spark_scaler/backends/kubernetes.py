@@ -17,7 +17,7 @@ import re
 
 from traitlets import Bool, Callable, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
-from ..clock import now
+from .. import clock
 from ..errors import ConfigError
 from ..model import BackendWorker
 from . import Backend, BackendError
@@ -344,7 +344,7 @@ class KubernetesBackend(Backend):
     async def decommission(self, worker: BackendWorker) -> None:
         if worker.retiring_since is not None:
             return  # marked already (the reconciler re-sends the master's decommission itself)
-        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{now():.3f}"})
+        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{clock.now():.3f}"})
         self.cache.put(pod)
 
     async def stop(self, worker: BackendWorker) -> None:

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
-from ..clock import now
+from .. import clock
 from ..errors import ConfigError
 from ..httpjson import fetch_json
 from ..model import BackendWorker
@@ -227,7 +227,7 @@ class LocalBackend(Backend):
         env = {**os.environ, "SPARK_HOME": self.spark_home, "SPARK_SCALA_VERSION": self._scala}
         env["SPARK_LOCAL_IP"] = host
         pid = self._children.spawn(cmd, env, log_path=self._path("logs", log_name))
-        return {"pid": pid, "start_time": start_time(pid), "created_at": now(), "host": host}
+        return {"pid": pid, "start_time": start_time(pid), "created_at": clock.now(), "host": host}
 
     async def _terminate(self, rec: dict, what: str, timeout: float) -> bool:
         """End the daemon of state record `rec`; True if it exited on SIGTERM (see `Children`)."""
@@ -384,7 +384,7 @@ class LocalBackend(Backend):
             self.log.warning("LocalBackend: cannot decommission %s: no state file", worker.handle)
             return
         if rec.get("retiring_since") is None:
-            rec["retiring_since"] = now()
+            rec["retiring_since"] = clock.now()
             write_json(path, rec)
         if not is_ours(rec, WORKER_CLASS) or self.decommission_via_master:
             return  # with "master", the reconciler asks the master after this
