@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from jupyterhub.utils import random_port
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
@@ -232,12 +232,6 @@ async def server():
     await http.close_all_connections()
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def master_error(url: str) -> str:
     with pytest.raises(SparkError) as e:
         await SparkClient(url, timeout=TIMEOUT).master()
@@ -289,7 +283,7 @@ async def test_a_master_that_never_answers_times_out(server):
 
 @pytest.mark.asyncio
 async def test_a_closed_port_cannot_be_reached():
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{random_port()}"  # free: nothing listens there
     message = await master_error(url)
     assert message.startswith(f"cannot reach Spark master at {url}/json/")
 
@@ -335,7 +329,7 @@ async def test_decommission_of_a_host_without_workers_does_not_blame_allow_mode(
 
 @pytest.mark.asyncio
 async def test_decommission_on_a_closed_port_cannot_be_reached():
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{random_port()}"  # free: nothing listens there
     with pytest.raises(SparkError, match=r"^cannot reach Spark master at http://127\.0\.0\.1:\d+: "):
         await SparkClient(url, timeout=TIMEOUT).decommission_host("10.1.2.3")
 
