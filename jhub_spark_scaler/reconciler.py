@@ -49,7 +49,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from . import clock
 from .backends import Backend, BackendError
@@ -109,16 +109,6 @@ class CycleReport:
     errors: tuple[Decision, ...] = ()  # failed actions
 
 
-@dataclass(slots=True)
-class _Pass:
-    """What the running pass has done so far."""
-
-    decisions: list[Decision] = field(default_factory=list)
-    acted: dict[Action, list[str]] = field(
-        default_factory=lambda: {Action.START: [], Action.RETIRE: [], Action.STOP: []})
-    errors: list[Decision] = field(default_factory=list)
-
-
 class Reconciler:
     def __init__(
         self,
@@ -140,7 +130,7 @@ class Reconciler:
         self.log = log
         self.prewarm_credit = prewarm_credit
         self.on_cycle = on_cycle
-        self._pass = _Pass()
+        self._pass: list[Decision] = []  # recorded during the running pass
         self.history = History()
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self.last_snapshot: Snapshot | None = None
@@ -165,7 +155,7 @@ class Reconciler:
             self._again = True
             while self._again:
                 self._again = False
-                self._pass, began = _Pass(), clock.now()
+                self._pass, began = [], clock.now()
                 snapshot = await self.observe()
                 decided = plan(snapshot, self.effective_policy(), self.history)
                 self.history = decided.history
@@ -175,11 +165,13 @@ class Reconciler:
             return decided
 
     def _report(self, snapshot: Snapshot, decided: Plan, duration: float) -> CycleReport:
-        done = self._pass
+        def handles(action: Action) -> tuple[str, ...]:
+            return tuple(h for d in self._pass if d.action is action for h in d.handles)
+
         return CycleReport(
-            snapshot, decided, duration, tuple(done.decisions),
-            started=tuple(done.acted[Action.START]), retired=tuple(done.acted[Action.RETIRE]),
-            stopped=tuple(done.acted[Action.STOP]), errors=tuple(done.errors),
+            snapshot, decided, duration, tuple(self._pass),
+            started=handles(Action.START), retired=handles(Action.RETIRE), stopped=handles(Action.STOP),
+            errors=tuple(d for d in self._pass if d.action is Action.ERROR),
         )
 
     # -- admin controls ----------------------------------------------------------
@@ -276,11 +268,7 @@ class Reconciler:
                handles: tuple[str, ...] = ()) -> Decision:
         decision = Decision(clock.now(), action, detail, reasons, handles)
         self.decisions.append(decision)
-        self._pass.decisions.append(decision)
-        if action is Action.ERROR:
-            self._pass.errors.append(decision)
-        elif action in self._pass.acted:
-            self._pass.acted[action].extend(handles)
+        self._pass.append(decision)
         self.log.info("%s: %s", action.value, detail)
         return decision
 

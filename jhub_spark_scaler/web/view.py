@@ -19,6 +19,7 @@ from typing import Any
 from ..activity import Server, warm_servers
 from ..model import Snapshot, Worker, WorkerState
 from ..policy import Plan, explain
+from ..reconciler import Decision
 
 STATES = tuple(state.value for state in WorkerState)
 
@@ -96,7 +97,7 @@ def _plan(plan: Plan | None) -> dict[str, Any]:
     }
 
 
-def _decision(d: Any) -> dict[str, Any]:
+def _decision(d: Decision) -> dict[str, Any]:
     return {"at": iso(d.at), "action": str(d.action), "detail": d.detail, "reasons": list(d.reasons)}
 
 
@@ -104,7 +105,7 @@ def pool_view(
     *,
     snapshot: Snapshot | None,
     plan: Plan | None,
-    decisions: Iterable[Any],
+    decisions: Iterable[Decision],
     servers: Iterable[Server],
     hub_healthy: bool,
     hub_error: str,
