@@ -21,14 +21,16 @@ from traitlets import TraitError
 
 from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBackend
-from jhub_spark_scaler.backends.processes import alive, catches, is_ours, processes_in, start_time
+from jhub_spark_scaler.backends.children import Children
+from jhub_spark_scaler.backends.processes import (
+    EXECUTOR_CLASS, Daemon, alive, catches, executors_in, is_ours, start_time,
+)
 from jhub_spark_scaler.errors import ConfigError
 
 from .conftest import Driver
 from .waiting import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
-EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 
 def backend(state_dir: str, **kwargs) -> LocalBackend:
@@ -56,7 +58,8 @@ def command_line(pid: int) -> list[str]:
 
 
 def running(rec: dict) -> bool:
-    return is_ours(rec, MASTER_CLASS) or is_ours(rec, WORKER_CLASS)
+    """A master or worker JVM of this state dir's still runs (by its class, whatever its marker)."""
+    return alive(rec) and bool({MASTER_CLASS, WORKER_CLASS} & set(command_line(rec["pid"])))
 
 
 @pytest.fixture
@@ -242,19 +245,26 @@ async def test_a_starting_master_is_judged_by_pid_not_command_line(tmp_path):
         sleeper.wait()
 
 
-async def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable():
-    """Popen returns before the kernel has set up the new program's arguments: checked at
-    once, a fresh worker's /proc cmdline mostly reads empty (330 of 400 reads on this
-    machine), and start() reported the worker it had just started as not running. Each
-    stand-in carries the worker class on its command line; each is checked at once."""
+async def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable(tmp_path):
+    """The spawn returns before the kernel has set up the new program's arguments: checked
+    at once, a fresh worker's /proc cmdline mostly reads empty (330 of 400 reads on this
+    machine), and start() reported the worker it had just started as not running. A child
+    spawned here and not reaped is ours by its pid; one adopted from a state file is not
+    until its command line shows it. Each stand-in carries the worker's arguments."""
+    daemon = Daemon(WORKER_CLASS, ("--work-dir", str(tmp_path)))
+    children = Children()
     for _ in range(20):
-        stand_in = subprocess.Popen(["/bin/bash", "-c", "sleep 60; true", "java", WORKER_CLASS])
+        pid = children.spawn(["/bin/bash", "-c", "sleep 60; true", "java", WORKER_CLASS, "--work-dir",
+                              str(tmp_path)], {}, log_path=str(tmp_path / "stand-in.log"))
         try:
-            rec = {"pid": stand_in.pid, "start_time": start_time(stand_in.pid)}
-            assert is_ours(rec, WORKER_CLASS)
+            rec = {"pid": pid, "start_time": start_time(pid)}
+            assert children.ours(rec, daemon)
+            assert await until(lambda: command_line(pid)[1:2] == ["-c"], timeout=10, what="its command line")
+            assert is_ours(rec, daemon)  # as an adopted process: by its command line
         finally:
-            stand_in.kill()
-            stand_in.wait()
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            children.reap()
 
 
 async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_dir, tmp_path):
@@ -273,7 +283,7 @@ async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_di
         work = os.path.join(state_dir, "work", worker.handle)
 
         async def launched():  # the executor JVM, the moment the worker has spawned it
-            return [pid for pid in processes_in(work) if EXECUTOR_CLASS in command_line(pid)]
+            return [pid for pid in executors_in(os.path.realpath(work)) if EXECUTOR_CLASS in command_line(pid)]
 
         [executor] = await until(launched, timeout=180, what="the worker to launch an executor")
         os.kill(rec["pid"], signal.SIGKILL)

@@ -13,9 +13,13 @@ worker web UI binds 0.0.0.0).
     cds/worker-<key>.jsa                 AppCDS archive: workers start about twice as fast
     next-id                              handle counter: handles are never reused
 
-A pid counts as ours only if its start time (/proc/<pid>/stat field 22) and the
-main class on its command line match the state file: pids get reused. (Right after
-the spawn, before the command line is readable, the start time alone.)
+Anyone running as the service's user (every executor) can plant files there, so a
+pid counts as ours only if its start time (/proc/<pid>/stat field 22) matches the state
+file (pids get reused) and its command line is the daemon we start: the Worker class
+with its own --work-dir, or the Master class with this state directory as a property.
+(Right after a spawn, before the command line is readable, a child of this process
+not yet reaped is ours by its pid and start time: see `processes.is_ours`.) Nothing
+under the state directory is followed through a symlink (see `state_files`).
 
 The parts with a job of their own: `processes` reads /proc and sockets, `children`
 spawns and ends the daemons, `state_files` reads and writes the files above, and
@@ -45,14 +49,14 @@ from ..httpjson import fetch_json
 from ..model import BackendWorker
 from . import Backend, BackendError, class_data, state_files
 from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
-from .children import Children
-from .processes import (
-    alive, bind_error, catches, free_port, is_ours, listening_hosts, processes_in, start_time,
-)
+from .children import Children, end_executors
+from .processes import Daemon, alive, bind_error, catches, free_port, listening_hosts, start_time
 from .state_files import read_json, remove, write_json
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+#: a JVM property only our master carries, naming its state directory (Spark ignores it)
+STATE_DIR_PROPERTY = "jhub_spark_scaler.state_dir"
 _OPENS = (
     "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.net", "java.nio", "java.util",
     "java.util.concurrent", "java.util.concurrent.atomic", "jdk.internal.ref", "sun.nio.ch", "sun.nio.cs",
@@ -229,9 +233,16 @@ class LocalBackend(Backend):
         pid = self._children.spawn(cmd, env, log_path=self._path("logs", log_name))
         return {"pid": pid, "start_time": start_time(pid), "created_at": clock.now(), "host": host}
 
-    async def _terminate(self, rec: dict, what: str, timeout: float) -> bool:
-        """End the daemon of state record `rec`; True if it exited on SIGTERM (see `Children`)."""
-        return await self._children.terminate(rec, what=what, timeout=timeout, log=self.log)
+    def _worker_daemon(self, handle: str) -> Daemon:
+        return Daemon(WORKER_CLASS, ("--work-dir", self._path("work", handle)))
+
+    def _master_daemon(self) -> Daemon:
+        return Daemon(MASTER_CLASS, (f"-D{STATE_DIR_PROPERTY}={self.state_dir}",))
+
+    async def _terminate(self, rec: dict, daemon: Daemon, what: str, timeout: float) -> bool:
+        """End `daemon`, the process of state record `rec`; True if it exited on SIGTERM
+        (see `Children`)."""
+        return await self._children.terminate(rec, daemon, what=what, timeout=timeout, log=self.log)
 
     # -- master ----------------------------------------------------------------
 
@@ -255,8 +266,8 @@ class LocalBackend(Backend):
                       running, len(workers) - running, self.state_dir)
 
     async def _setup_master(self) -> None:
-        rec = read_json(self._path("master.json"))
-        if rec is not None and is_ours(rec, MASTER_CLASS):
+        rec = read_json(self._path("master.json"), root=self.state_dir, log=self.log)
+        if rec is not None and self._children.ours(rec, self._master_daemon()):
             self.log.info("LocalBackend: adopting the Spark master, pid %d", rec["pid"])
         else:
             rec = self._start_master()
@@ -274,11 +285,12 @@ class LocalBackend(Backend):
             if error := bind_error(host, port):
                 raise ConfigError(f"LocalBackend.{name}: cannot listen on {host}:{port}: {error}")
             ports.append(port or free_port(host, avoid=ports))
-        args = ["-Xmx256m", "-Dspark.master.rest.enabled=false", "-cp", self._classpath(), MASTER_CLASS,
+        args = ["-Xmx256m", "-Dspark.master.rest.enabled=false", *self._master_daemon().marker,
+                "-cp", self._classpath(), MASTER_CLASS,
                 "--host", host, "--port", str(ports[0]), "--webui-port", str(ports[1])]
         rec = {**self._spawn(args, host=host, log_name="master.log"), "port": ports[0]}
         rec["webui_port"] = ports[1]
-        write_json(self._path("master.json"), rec)
+        write_json(self._path("master.json"), rec, root=self.state_dir)
         self.log.info("LocalBackend: started Spark master pid %d on %s:%d, UI :%d", rec["pid"], host, *ports)
         return rec
 
@@ -294,7 +306,7 @@ class LocalBackend(Backend):
             if await self._master_status() == "ALIVE":
                 return
             if time.monotonic() >= deadline:
-                await self._terminate(rec, "Spark master", self.stop_timeout)
+                await self._terminate(rec, self._master_daemon(), "Spark master", self.stop_timeout)
                 raise BackendError(f"LocalBackend: the Spark master was not ALIVE within "
                                    f"{self.master_start_timeout:.0f}s; see {log}")
             await asyncio.sleep(0.2)
@@ -314,7 +326,8 @@ class LocalBackend(Backend):
         elsewhere = rec.get("master", self.master_url) != self.master_url
         return BackendWorker(
             handle=rec["handle"], host=rec["host"], created_at=rec["created_at"], port=rec["port"],
-            running=is_ours(rec, WORKER_CLASS), webui_url=f"http://{rec['host']}:{rec['webui_port']}",
+            running=self._children.ours(rec, self._worker_daemon(rec["handle"])),
+            webui_url=f"http://{rec['host']}:{rec['webui_port']}",
             retiring_since=rec.get("retiring_since"),
             problem=f"it joins {rec.get('master')}, not {self.master_url}" if elsewhere else "",
         )
@@ -361,7 +374,7 @@ class LocalBackend(Backend):
                "master": self.master_url, "retiring_since": None}
         if dump := class_data.dump_file(cds):
             rec["cds_dump"] = dump
-        write_json(self._worker_file(handle), rec)
+        write_json(self._worker_file(handle), rec, root=self.state_dir)
         self.log.info("LocalBackend: started worker %s pid %d on %s:%d", handle, rec["pid"], host, port)
         return {**rec, "handle": handle}
 
@@ -379,41 +392,43 @@ class LocalBackend(Backend):
         master still shows the worker ALIVE, and the reconciler calls this again.
         """
         path = self._worker_file(worker.handle)
-        rec = read_json(path)
+        rec = read_json(path, root=self.state_dir, log=self.log)
         if rec is None:
             self.log.warning("LocalBackend: cannot decommission %s: no state file", worker.handle)
             return
         if rec.get("retiring_since") is None:
             rec["retiring_since"] = clock.now()
-            write_json(path, rec)
-        if not is_ours(rec, WORKER_CLASS) or self.decommission_via_master:
-            return  # with "master", the reconciler asks the master after this
-        if catches(rec["pid"], signal.SIGPWR):
-            os.kill(rec["pid"], signal.SIGPWR)
+            write_json(path, rec, root=self.state_dir)
+        if self.decommission_via_master:
+            return  # the reconciler asks the master after this
+        daemon = self._worker_daemon(worker.handle)
+        if self._children.send(rec, daemon, signal.SIGPWR, check=lambda: catches(rec["pid"], signal.SIGPWR)):
             self.log.info("LocalBackend: sent SIGPWR to worker %s (pid %d)", worker.handle, rec["pid"])
-        else:
+        elif self._children.ours(rec, daemon):
             self.log.info("LocalBackend: worker %s cannot take SIGPWR yet (still starting)", worker.handle)
 
     async def stop(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
-        rec = read_json(path) or {}
-        # pid + start time name one process for good: stop it even if its command line
-        # cannot be read right now (a JVM still starting was seen to slip through)
-        ours = bool(rec) and alive(rec)
+        rec = read_json(path, root=self.state_dir, log=self.log) or {}
+        # a process that is not this worker (a pid reused, a state file planted) is a dead
+        # worker's: forgotten, nothing signalled
+        if not state_files.own_dump(rec, cds_dir=self._path("cds"), handle=worker.handle):
+            rec.pop("cds_dump")  # finish_dump would move or delete the file it names
+        daemon = self._worker_daemon(worker.handle)
+        ours = bool(rec) and await self._children.identify(rec, daemon)
         timeout = self.cds_dump_timeout if rec.get("cds_dump") else self.stop_timeout
-        exited = await self._terminate(rec, f"worker {worker.handle}", timeout) if ours else False
+        exited = await self._terminate(rec, daemon, f"worker {worker.handle}", timeout) if ours else False
         # a worker that died (SIGKILL, OOM) leaves its executors running in its work dir,
         # unknown to the master; deleting that dir under them would fail their tasks
-        if left := processes_in(self._path("work", worker.handle)):
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        work = state_files.work_dir(self.state_dir, worker.handle, log=self.log)
+        if work and (killed := end_executors(work)):
             self.log.warning("LocalBackend: killed %d executor process(es) worker %s left behind",
-                             len(left), worker.handle)
+                             killed, worker.handle)
         class_data.finish_dump(rec, handle=worker.handle, stopped=ours, exited=exited, log=self.log)
         log = self._path("logs", f"{worker.handle}.log")
-        remove(path, f"{path}.tmp", *([log] if ours else []))  # keep the log of one that died on its own
-        shutil.rmtree(self._path("work", worker.handle), ignore_errors=True)
+        # keep the log of one that died on its own
+        remove(path, f"{path}.tmp", *([log] if ours else []), root=self.state_dir)
+        state_files.remove_work_dir(self.state_dir, worker.handle)
         self.log.info("LocalBackend: %s worker %s", "stopped" if ours else "forgot", worker.handle)
 
     async def shutdown(self) -> None:
@@ -421,9 +436,9 @@ class LocalBackend(Backend):
             self.log.info("LocalBackend: leaving workers and master running (stop_on_exit is False)")
             return
         await asyncio.gather(*(self.stop(w) for w in await self.list()))
-        if self._master is not None and is_ours(self._master, MASTER_CLASS):
-            await self._terminate(self._master, "Spark master", self.stop_timeout)
+        if self._master is not None and self._children.ours(self._master, self._master_daemon()):
+            await self._terminate(self._master, self._master_daemon(), "Spark master", self.stop_timeout)
             self.log.info("LocalBackend: stopped the Spark master")
         if self._master is not None:
-            remove(self._path("master.json"))
+            remove(self._path("master.json"), root=self.state_dir)
             self._master = None
