@@ -283,7 +283,7 @@ async def test_stopping_a_dead_worker_ends_the_executors_it_left_behind(state_di
         work = os.path.join(state_dir, "work", worker.handle)
 
         async def launched():  # the executor JVM, the moment the worker has spawned it
-            return [pid for pid in executors_in(os.path.realpath(work)) if EXECUTOR_CLASS in command_line(pid)]
+            return [p for p in executors_in(os.path.realpath(work)) if EXECUTOR_CLASS in command_line(p)]
 
         [executor] = await until(launched, timeout=180, what="the worker to launch an executor")
         os.kill(rec["pid"], signal.SIGKILL)
