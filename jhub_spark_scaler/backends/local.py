@@ -410,11 +410,11 @@ class LocalBackend(Backend):
     async def stop(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
         rec = read_json(path, root=self.state_dir, log=self.log) or {}
-        # a process that is not this worker (a pid reused, a state file planted) is a dead
-        # worker's: forgotten, nothing signalled
         if not state_files.own_dump(rec, cds_dir=self._path("cds"), handle=worker.handle):
             rec.pop("cds_dump")  # finish_dump would move or delete the file it names
         daemon = self._worker_daemon(worker.handle)
+        # a process that is not this worker (a pid reused, a state file planted) is a dead
+        # worker's: forgotten, nothing signalled
         ours = bool(rec) and await self._children.identify(rec, daemon)
         timeout = self.cds_dump_timeout if rec.get("cds_dump") else self.stop_timeout
         exited = await self._terminate(rec, daemon, f"worker {worker.handle}", timeout) if ours else False
