@@ -21,7 +21,6 @@ For admins who prefer to write it out, the call is equivalent to:
                     "--SparkScalerApp.idle_workers=2", "--LocalBackend.worker_cores=4"],
         "display": True,
         "oauth_no_confirm": True,
-        # the admin page's tokens
         "oauth_client_allowed_scopes": ["custom:spark-scaler:admin", "custom:spark-scaler:read"],
         "api_token": token,  # the hub hands it to the service as JUPYTERHUB_API_TOKEN
     })

@@ -1,0 +1,192 @@
+"""What the service's HTTP clients and its hub helper refuse: redirects that would carry a
+token elsewhere (real tornado servers on 127.0.0.1), JupyterHub's internal_ssl (the real
+command), and spawner-class hooks that would drop the scaler's (a real Spawner's config)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import pytest_asyncio
+from jupyterhub.spawner import LocalProcessSpawner
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
+from traitlets.config import Config
+
+from jhub_spark_scaler.activity import HubActivity
+from jhub_spark_scaler.hub import Notifier, SpawnerHook, configure
+from jhub_spark_scaler.spark import SparkClient, SparkError
+
+from .waiting import until
+
+TOKEN = "secret-" + "7" * 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Trap(RequestHandler):
+    """Where the redirects point (`/elsewhere/...`): records every request's Authorization header.
+    On the same origin as the redirector, as a user's server is behind the hub's proxy: tornado
+    strips Authorization on a redirect to another origin, never on one within the origin."""
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    def initialize(self, seen: list) -> None:
+        self.seen = seen
+
+    def get(self, path: str) -> None:
+        self.seen.append((self.request.method, self.request.path, self.request.headers.get("Authorization")))
+        self.finish({"status": "ALIVE", "items": [], "_pagination": {"next": None}})
+
+    post = get
+
+
+class Redirect(RequestHandler):
+    """Answers every other request with a redirect to the trap, keeping the method (307) for a POST."""
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    def initialize(self, seen: list) -> None:
+        self.seen = seen
+
+    def get(self, path: str) -> None:
+        self.seen.append((self.request.method, self.request.path, self.request.headers.get("Authorization")))
+        self.redirect("/elsewhere" + self.request.uri, status=302 if self.request.method == "GET" else 307)
+
+    post = get
+
+
+@pytest_asyncio.fixture
+async def redirect():
+    """A server redirecting everything to its own `/elsewhere/`: (its url, the trap's url,
+    what the redirecting side saw, what the trap saw)."""
+    seen_there, seen_here = [], []
+    sockets = bind_sockets(0, "127.0.0.1")
+    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    server = HTTPServer(Application([
+        (r"/elsewhere(.*)", Trap, {"seen": seen_there}), (r"(.*)", Redirect, {"seen": seen_here}),
+    ]))
+    server.add_sockets(sockets)
+    try:
+        yield SimpleNamespace(url=url, trap=url + "/elsewhere", seen_here=seen_here, seen_there=seen_there)
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_the_attack_works_on_a_client_that_follows_redirects(redirect):
+    """The control: tornado, following a redirect within the origin, sends the token on."""
+    await AsyncHTTPClient().fetch(redirect.url + "/hub/api/users", headers={"Authorization": f"token {TOKEN}"})
+    assert redirect.seen_there == [("GET", "/elsewhere/hub/api/users", f"token {TOKEN}")]
+
+
+async def test_the_hub_api_client_does_not_follow_a_redirect(redirect):
+    activity = HubActivity(api_url=redirect.url + "/hub/api", api_token=TOKEN,
+                           log=logging.getLogger("test"), stale_after=300)
+    await activity.poll()
+    assert not activity.healthy
+    assert "redirect (HTTP 302) to /elsewhere/hub/api/users" in activity.last_error, activity.last_error
+    assert "\n" not in activity.last_error
+    assert redirect.seen_here and redirect.seen_here[0][2] == f"token {TOKEN}", "it did ask the redirector"
+    assert redirect.seen_there == [], "the token reached the redirect's target"
+
+
+async def test_the_spark_client_sends_no_credentials_and_follows_no_redirect(redirect):
+    client = SparkClient(redirect.url, timeout=5)
+    with pytest.raises(SparkError, match=r"Spark master at .* answered a redirect \(HTTP 302\)"):
+        await client.master()
+    with pytest.raises(SparkError, match="redirect"):
+        await client.worker(redirect.url)
+    with pytest.raises(SparkError, match=r"answered a redirect \(HTTP 307\)"):  # 302/303: Spark's "done"
+        await client.decommission_host("10.0.0.1")
+    assert [auth for _, _, auth in redirect.seen_here] == [None, None, None]
+    assert redirect.seen_there == []
+
+
+def stand_in_spawner(user: str = "alice", server: str = "") -> SimpleNamespace:
+    """What a hook reads of a Spawner: its user's name and settings, its name."""
+    return SimpleNamespace(user=SimpleNamespace(name=user, settings={"base_url": "/"}), name=server)
+
+
+async def test_the_hooks_notifier_does_not_follow_a_redirect(redirect, caplog):
+    notifier = Notifier(name="spark-scaler", url=redirect.url, token=TOKEN)
+    with caplog.at_level(logging.WARNING, logger="tornado.application"):
+        notifier.send("start", stand_in_spawner())
+        await until(lambda: not notifier.pending, timeout=10, what="the event's POST to end")
+    assert redirect.seen_here == [("POST", "/services/spark-scaler/events", f"token {TOKEN}")]
+    assert redirect.seen_there == [], "the token reached the redirect's target"
+    warnings = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(warnings) == 1 and "redirect (HTTP 307) to /elsewhere/services/" in warnings[0], warnings
+    assert "\n" not in warnings[0]
+
+
+# -- internal_ssl ---------------------------------------------------------------------------
+
+
+def test_the_service_refuses_internal_ssl_at_start_in_one_line(tmp_path):
+    """What the hub gives a managed service under internal_ssl: the command exits 2 at once,
+    before it starts any Spark process (its state dir is never made)."""
+    env = {
+        **os.environ, "PYTHONPATH": ROOT,
+        "JUPYTERHUB_API_URL": "https://127.0.0.1:1/hub/api", "JUPYTERHUB_API_TOKEN": TOKEN,
+        "JUPYTERHUB_SERVICE_URL": "https://127.0.0.1:1", "JUPYTERHUB_SERVICE_PREFIX": "/services/spark-scaler/",
+        "JUPYTERHUB_SSL_KEYFILE": str(tmp_path / "spark-scaler.key"),
+        "JUPYTERHUB_SSL_CERTFILE": str(tmp_path / "spark-scaler.crt"),
+        "JUPYTERHUB_SSL_CLIENT_CA": str(tmp_path / "hub-ca.crt"),
+    }
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-m", "jhub_spark_scaler", "--max-workers=1", f"--LocalBackend.state_dir={state}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal_ssl" in lines[0] and "JUPYTERHUB_SSL_KEYFILE" in lines[0], lines
+    assert not state.exists()
+
+
+def test_configure_refuses_internal_ssl():
+    c = Config()
+    c.JupyterHub.internal_ssl = True
+    with pytest.raises(ValueError, match="c.JupyterHub.internal_ssl is True") as refused:
+        configure(c, max_workers=2)
+    assert "\n" not in str(refused.value)
+
+
+# -- spawner hooks in a spawner class's section ----------------------------------------------
+
+
+def test_a_spawner_class_sections_hooks_are_wrapped_not_lost(caplog):
+    """`c.LocalProcessSpawner.pre_spawn_hook` takes precedence over `c.Spawner`'s for that class:
+    configure() wraps it, so a real LocalProcessSpawner runs the scaler's hook and then the admin's."""
+    ran = []
+    c = Config()
+    c.LocalProcessSpawner.pre_spawn_hook = lambda spawner: ran.append(("pre", spawner.name))
+    c.Spawner.post_stop_hook = lambda spawner: ran.append(("stop", spawner.name))
+    with caplog.at_level(logging.WARNING, logger="tornado.application"):
+        configure(c, max_workers=2)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "c.LocalProcessSpawner.pre_spawn_hook" in warnings[0], warnings
+    assert "before calling" in warnings[0]
+
+    spawner = LocalProcessSpawner(config=c)
+    for hook, action in ((spawner.pre_spawn_hook, "start"), (spawner.post_stop_hook, "stop")):
+        assert isinstance(hook, SpawnerHook) and hook.action == action, hook
+    sent = []
+    spawner.pre_spawn_hook.notifier.send = lambda action, s: sent.append(action)
+    spawner.pre_spawn_hook(stand_in_spawner(server="gpu"))
+    spawner.post_stop_hook(stand_in_spawner(server="gpu"))
+    assert sent == ["start", "stop"] and ran == [("pre", "gpu"), ("stop", "gpu")]
+
+
+def test_without_configure_the_class_section_would_replace_the_spawner_hook():
+    """The control: traitlets gives a class's own section precedence over `c.Spawner`."""
+    c = Config()
+    c.Spawner.pre_spawn_hook = print
+    c.LocalProcessSpawner.pre_spawn_hook = len
+    assert LocalProcessSpawner(config=c).pre_spawn_hook is len
