@@ -4,6 +4,7 @@ command), and spawner-class hooks that would drop the scaler's (a real Spawner's
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -20,9 +21,12 @@ from tornado.web import Application, RequestHandler
 from traitlets.config import Config
 
 from jhub_spark_scaler.activity import HubActivity
+from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE
 from jhub_spark_scaler.hub import Notifier, SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient, SparkError
 
+from .real_hub import hub_api
+from .test_admin_page import Browser, xsrf_of
 from .waiting import until
 
 TOKEN = "secret-" + "7" * 32
@@ -190,3 +194,87 @@ def test_without_configure_the_class_section_would_replace_the_spawner_hook():
     c.Spawner.pre_spawn_hook = print
     c.LocalProcessSpawner.pre_spawn_hook = len
     assert LocalProcessSpawner(config=c).pre_spawn_hook is len
+
+
+# -- on a real hub: who may read, who may act; the headers; bad bodies ------------------------
+
+READER, OPERATOR, NOBODY = "reader", "operator", "nobody"
+SCRAPER_TOKEN = "scraper-" + "3" * 32
+GETS = ("", "api/pool", "metrics")
+POSTS = ("api/pause", "api/resume", "api/idle-target")
+
+
+@pytest_asyncio.fixture
+async def hub(scaler_hub):
+    """A hub with the scaler; `reader` holds the read scope, `operator` the admin scope (both may
+    log in to the service's page), `nobody` neither; the service `scraper` holds the hub's
+    read:metrics. Returns (app, the service's entry, its public URL)."""
+    access = "access:services!service=spark-scaler"
+    app, service, _ = await scaler_hub(
+        services=[{"name": "scraper", "api_token": SCRAPER_TOKEN}],
+        roles=[{"name": "scaler-reader", "users": [READER], "scopes": [READ_SCOPE, access]},
+               {"name": "scaler-operator", "users": [OPERATOR], "scopes": [ADMIN_SCOPE, access]},
+               {"name": "scraper", "services": ["scraper"], "scopes": ["read:metrics"]}],
+    )
+    return app, service, app.proxy.public_url.rstrip("/") + "/services/spark-scaler/"
+
+
+async def token_of(app, user: str) -> str:
+    """A new API token of `user` (created if missing) with all the user's permissions."""
+    if user not in [u["name"] for u in await hub_api(app, "GET", "users")]:
+        await hub_api(app, "POST", f"users/{user}", {})
+    return (await hub_api(app, "POST", f"users/{user}/tokens", {"scopes": ["inherit"]}))["token"]
+
+
+async def answer(url: str, method: str = "GET", *, token: str | None = None, body: bytes | str = b"",
+                 content_type: str = "application/x-www-form-urlencoded", accept: str = "application/json"):
+    headers = {"Accept": accept, **({"Authorization": f"token {token}"} if token else {})}
+    if method == "POST":
+        headers["Content-Type"] = content_type
+    return await AsyncHTTPClient().fetch(
+        url, method=method, headers=headers, body=body if method == "POST" else None, raise_error=False,
+        follow_redirects=False, request_timeout=30,
+    )
+
+
+@pytest.mark.spark
+async def test_read_scope_reads_admin_scope_acts_and_every_answer_carries_the_headers(hub):
+    app, service, url = hub
+    tokens = {name: await token_of(app, name) for name in (READER, OPERATOR, NOBODY)}
+    tokens["scraper"] = SCRAPER_TOKEN
+    # who may do what: the page, api/pool, metrics, then each POST
+    allowed = {READER: {*GETS}, OPERATOR: {*GETS, *POSTS}, NOBODY: set(), "scraper": {"metrics"}}
+    for who, token in tokens.items():
+        for path in GETS + POSTS:
+            method = "POST" if path in POSTS else "GET"
+            got = await answer(url + path, method, token=token, body="idle_workers=")
+            expected = 200 if path in allowed[who] else 403
+            assert got.code == expected, (who, method, path, got.code, got.body[:200])
+            if expected == 403:
+                error = json.loads(got.body)["error"]
+                assert "\n" not in error and ADMIN_SCOPE in error, error
+                assert (READ_SCOPE in error) == (method == "GET"), error
+    assert not json.loads((await answer(url + "api/pool", token=tokens[READER])).body)["paused"]
+
+    # a reader logged in with the browser: the OAuth token carries the read scope, not more
+    reader = Browser(url)
+    await reader.login(READER)
+    page = await reader.page()
+    assert page.status_code == 200 and page.url.rstrip("/") == url.rstrip("/")
+    refused = await reader.post("pause", {"_xsrf": xsrf_of(page)})
+    assert refused.status_code == 403 and "may not change the Spark scaler" in refused.json()["error"]
+
+    # the headers: the page, the JSON API, metrics, a refusal, a redirect, a 404, the events route
+    direct = f"{service['url']}{app._service_map['spark-scaler'].prefix}"
+    answers = [await answer(url, token=tokens[READER], accept="text/html"),
+               await answer(url + "api/pool", token=tokens[READER]),
+               await answer(url + "metrics", token=SCRAPER_TOKEN),
+               await answer(url + "api/pause", "POST", token=tokens[READER]),
+               await answer(url, accept="text/html"),  # anonymous: to the hub's login
+               await answer(direct + "no-such-page", token=tokens[READER]),
+               await answer(direct + "events", "POST", token="wrong", body="{}")]
+    assert [a.code for a in answers] == [200, 200, 200, 403, 302, 404, 403]
+    for got in answers:
+        assert got.headers["Content-Security-Policy"] == "frame-ancestors 'none'", (got.effective_url, got.code)
+        assert got.headers["X-Frame-Options"] == "DENY"
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
