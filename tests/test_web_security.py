@@ -278,3 +278,64 @@ async def test_read_scope_reads_admin_scope_acts_and_every_answer_carries_the_he
         assert got.headers["Content-Security-Policy"] == "frame-ancestors 'none'", (got.effective_url, got.code)
         assert got.headers["X-Frame-Options"] == "DENY"
         assert got.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def service_log(request) -> str:
+    """What the hub's managed service wrote since the last call: it writes to the pytest
+    process's captured stdout and stderr, which it inherited when the hub started it."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if not capture.is_globally_capturing():
+        pytest.skip("the service's log is read from pytest's capture: run without -s")
+    captured = capture.read_global_capture()
+    return captured.out + captured.err
+
+
+@pytest.mark.spark
+async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request):
+    """Deep, oversized, non-object and mistyped bodies to the admin API (an admin's token) and to
+    the hooks' events route (the service's token): refused in one JSON line; the service logs
+    no traceback and goes on serving."""
+    app, service, url = hub
+    operator = await token_of(app, OPERATOR)
+    events = f"{service['url']}{app._service_map['spark-scaler'].prefix}events"
+    as_json = "application/json"
+    cases = [  # (url, token, body, content type, status, what the error says)
+        (url + "api/idle-target", operator, "[" * 3000, as_json, 400, "nested too deeply"),
+        (url + "api/idle-target", operator, '{"":' * 1020, as_json, 400, "nested too deeply"),
+        (url + "api/idle-target", operator, '{"idle_workers": ' + "[" * 2000, as_json, 400, "nested too deeply"),
+        (url + "api/idle-target", operator, "[1, 2]", as_json, 400, "must be a JSON object"),
+        (url + "api/idle-target", operator, '"2"', as_json, 400, "must be a JSON object"),
+        (url + "api/idle-target", operator, '{"idle_workers": 1.5}', as_json, 400, "idle_workers must be"),
+        (url + "api/idle-target", operator, '{"idle_workers": [1]}', as_json, 400, "idle_workers must be"),
+        (url + "api/idle-target", operator, '{"idle_workers": false}', as_json, 400, "idle_workers must be"),
+        (url + "api/idle-target", operator, "idle_workers=1&x=" + "y" * 5000, None, 413, "body over 4096"),
+        (url + "api/pause", operator, "[" * 50_000, as_json, 413, "body over 4096"),
+        (events, service["api_token"], "[" * 4000, as_json, 400, "nested too deeply"),
+        (events, service["api_token"], '{"":' * 1020, as_json, 400, "nested too deeply"),
+        (events, service["api_token"], '["start", "alice", ""]', as_json, 400, "must be a JSON object"),
+        (events, service["api_token"], '{"action": "start", "user": 7, "server": ""}', as_json, 400, "user must"),
+        (events, service["api_token"], '{"action": ["start"], "user": "a", "server": ""}', as_json, 400,
+         "action must"),
+        (events, service["api_token"], '{"action": "stop", "user": "a", "server": null}', as_json, 400,
+         "server must"),
+        (events, service["api_token"], "[" * 100_000, as_json, 413, "body over 4096"),
+    ]
+    service_log(request)  # what came before
+    for target, token, body, content_type, status, says in cases:
+        got = await answer(target, "POST", token=token, body=body,
+                           content_type=content_type or "application/x-www-form-urlencoded")
+        assert got.code == status, (target, body[:40], got.code, got.body[:200])
+        assert got.headers["Content-Type"].startswith("application/json"), got.headers
+        error = json.loads(got.body)["error"]
+        assert says in error and "\n" not in error, (body[:40], error)
+
+    # past the server's limit (64 KiB) tornado refuses before any handler: a plain 400, no 500
+    # (straight to the service: the hub's proxy turns a refused upload into its own 503)
+    for target, token in ((events.replace("events", "api/idle-target"), operator), (events, service["api_token"])):
+        got = await answer(target, "POST", token=token, body="[" * 100_000, content_type=as_json)
+        assert got.code in (400, 413), (target, got.code)
+    pool = await answer(url + "api/pool", token=operator)
+    assert pool.code == 200 and json.loads(pool.body)["target"]["idle_override"] is None
+    log = service_log(request)
+    assert "body is JSON nested too deeply" in log, "the service's log is read"
+    assert "Traceback" not in log and "RecursionError" not in log and " 500 " not in log, log[-3000:]
