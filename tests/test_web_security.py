@@ -85,7 +85,8 @@ async def redirect():
 
 async def test_the_attack_works_on_a_client_that_follows_redirects(redirect):
     """The control: tornado, following a redirect within the origin, sends the token on."""
-    await AsyncHTTPClient().fetch(redirect.url + "/hub/api/users", headers={"Authorization": f"token {TOKEN}"})
+    await AsyncHTTPClient().fetch(redirect.url + "/hub/api/users",
+                                  headers={"Authorization": f"token {TOKEN}"})
     assert redirect.seen_there == [("GET", "/elsewhere/hub/api/users", f"token {TOKEN}")]
 
 
@@ -138,7 +139,8 @@ def test_the_service_refuses_internal_ssl_at_start_in_one_line(tmp_path):
     env = {
         **os.environ, "PYTHONPATH": ROOT,
         "JUPYTERHUB_API_URL": "https://127.0.0.1:1/hub/api", "JUPYTERHUB_API_TOKEN": TOKEN,
-        "JUPYTERHUB_SERVICE_URL": "https://127.0.0.1:1", "JUPYTERHUB_SERVICE_PREFIX": "/services/spark-scaler/",
+        "JUPYTERHUB_SERVICE_URL": "https://127.0.0.1:1",
+        "JUPYTERHUB_SERVICE_PREFIX": "/services/spark-scaler/",
         "JUPYTERHUB_SSL_KEYFILE": str(tmp_path / "spark-scaler.key"),
         "JUPYTERHUB_SSL_CERTFILE": str(tmp_path / "spark-scaler.crt"),
         "JUPYTERHUB_SSL_CLIENT_CA": str(tmp_path / "hub-ca.crt"),
@@ -275,7 +277,8 @@ async def test_read_scope_reads_admin_scope_acts_and_every_answer_carries_the_he
                await answer(direct + "events", "POST", token="wrong", body="{}")]
     assert [a.code for a in answers] == [200, 200, 200, 403, 302, 404, 403]
     for got in answers:
-        assert got.headers["Content-Security-Policy"] == "frame-ancestors 'none'", (got.effective_url, got.code)
+        csp = got.headers["Content-Security-Policy"]
+        assert csp == "frame-ancestors 'none'", (got.effective_url, got.code, csp)
         assert got.headers["X-Frame-Options"] == "DENY"
         assert got.headers["X-Content-Type-Options"] == "nosniff"
 
@@ -302,7 +305,8 @@ async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request)
     cases = [  # (url, token, body, content type, status, what the error says)
         (url + "api/idle-target", operator, "[" * 3000, as_json, 400, "nested too deeply"),
         (url + "api/idle-target", operator, '{"":' * 1020, as_json, 400, "nested too deeply"),
-        (url + "api/idle-target", operator, '{"idle_workers": ' + "[" * 2000, as_json, 400, "nested too deeply"),
+        (url + "api/idle-target", operator, '{"idle_workers": ' + "[" * 2000, as_json, 400,
+         "nested too deeply"),
         (url + "api/idle-target", operator, "[1, 2]", as_json, 400, "must be a JSON object"),
         (url + "api/idle-target", operator, '"2"', as_json, 400, "must be a JSON object"),
         (url + "api/idle-target", operator, '{"idle_workers": 1.5}', as_json, 400, "idle_workers must be"),
@@ -313,7 +317,8 @@ async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request)
         (events, service["api_token"], "[" * 4000, as_json, 400, "nested too deeply"),
         (events, service["api_token"], '{"":' * 1020, as_json, 400, "nested too deeply"),
         (events, service["api_token"], '["start", "alice", ""]', as_json, 400, "must be a JSON object"),
-        (events, service["api_token"], '{"action": "start", "user": 7, "server": ""}', as_json, 400, "user must"),
+        (events, service["api_token"], '{"action": "start", "user": 7, "server": ""}', as_json, 400,
+         "user must"),
         (events, service["api_token"], '{"action": ["start"], "user": "a", "server": ""}', as_json, 400,
          "action must"),
         (events, service["api_token"], '{"action": "stop", "user": "a", "server": null}', as_json, 400,
@@ -331,7 +336,8 @@ async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request)
 
     # past the server's limit (64 KiB) tornado refuses before any handler: a plain 400, no 500
     # (straight to the service: the hub's proxy turns a refused upload into its own 503)
-    for target, token in ((events.replace("events", "api/idle-target"), operator), (events, service["api_token"])):
+    direct = events.replace("events", "api/idle-target")
+    for target, token in ((direct, operator), (events, service["api_token"])):
         got = await answer(target, "POST", token=token, body="[" * 100_000, content_type=as_json)
         assert got.code in (400, 413), (target, got.code)
     pool = await answer(url + "api/pool", token=operator)
