@@ -91,11 +91,11 @@ from traitlets.config import Config, LazyConfigValue
 from .constants import (
     ADMIN_SCOPE,
     ADMIN_SCOPE_DESCRIPTION,
-    READ_SCOPE,
-    READ_SCOPE_DESCRIPTION,
     EVENT_START,
     EVENT_STOP,
     EVENTS_PATH,
+    READ_SCOPE,
+    READ_SCOPE_DESCRIPTION,
     SERVICE_HOST,
     SERVICE_NAME,
     SERVICE_PORT,
