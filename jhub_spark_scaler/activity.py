@@ -298,7 +298,8 @@ class HubActivity:
 
     async def _get_json(self, url: str) -> Any:
         request = HTTPRequest(
-            url, headers=self._headers, connect_timeout=self.timeout, request_timeout=self.timeout
+            url, headers=self._headers, connect_timeout=self.timeout, request_timeout=self.timeout,
+            follow_redirects=False,  # it carries the token: never sent on to where an answer points
         )
         scopes = " and ".join(SERVICE_SCOPES)
         advice = f"check hub_api_token and that the service's role has the scopes {scopes}"

@@ -27,7 +27,7 @@ from .backends import Backend
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .cli import BackendType, at_least, check_url
-from .constants import ADMIN_SCOPE, SERVICE_NAME, SERVICE_URL
+from .constants import ADMIN_SCOPE, HUB_METRICS_SCOPE, READ_SCOPE, SERVICE_NAME, SERVICE_URL
 from .errors import ConfigError
 from .metrics import ScalerMetrics
 from .model import Snapshot
@@ -132,8 +132,8 @@ class SparkScalerApp(Application):
         600.0, help="Seconds after a notebook server starts during which it pre-warms workers."
     ).tag(config=True)
     authenticate_prometheus = Bool(
-        True, help=f"Require a hub admin, or a token with {ADMIN_SCOPE}, for /metrics "
-        "(like JupyterHub.authenticate_prometheus)."
+        True, help=f"Require a hub admin, or a token with {READ_SCOPE}, {ADMIN_SCOPE} or the hub's "
+        f"{HUB_METRICS_SCOPE}, for /metrics (like JupyterHub.authenticate_prometheus)."
     ).tag(config=True)
     prewarm_workers_per_server = Int(
         1, help="Idle workers added to the idle target for each notebook server started within "

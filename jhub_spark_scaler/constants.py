@@ -15,9 +15,17 @@ SERVICE_URL = f"http://{SERVICE_HOST}:{SERVICE_PORT}"
 
 #: The scopes the service's own token needs: it reads `GET /users?state=active` and nothing else.
 SERVICE_SCOPES = ["list:users", "read:servers"]
-#: Held by those who may use the admin page and its API besides the hub's admins.
+#: Held by those who may use the admin page and its API besides the hub's admins: read and act
+#: (pause, resume, the idle override). It implies READ_SCOPE.
 ADMIN_SCOPE = "custom:spark-scaler:admin"
-ADMIN_SCOPE_DESCRIPTION = "Use the Spark scaler's admin page and API (pool, decisions, settings)."
+ADMIN_SCOPE_DESCRIPTION = (
+    "Use the Spark scaler's admin page and API: read the pool, pause, resume, set the idle target."
+)
+#: Held by those who may only read: the page, its JSON API (`api/pool`) and `/metrics`.
+READ_SCOPE = "custom:spark-scaler:read"
+READ_SCOPE_DESCRIPTION = "Read the Spark scaler's admin page, its pool API and its metrics; change nothing."
+#: JupyterHub's own scope for scraping its /metrics: a scraper holding it may read ours too.
+HUB_METRICS_SCOPE = "read:metrics"
 
 #: The service's endpoint for the hooks' events, below its prefix.
 EVENTS_PATH = "events"

@@ -76,7 +76,9 @@ def parse_event(body: bytes) -> tuple[str, str, str]:
     """(action, user, server) from a JSON body, or HTTPError 400 saying what is wrong."""
     try:
         event = json.loads(body)
-    except ValueError:
+    except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
+        raise web.HTTPError(400, "body is JSON nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError too
         raise web.HTTPError(400, "body is not JSON") from None
     if not isinstance(event, dict):
         raise web.HTTPError(400, "body must be a JSON object")

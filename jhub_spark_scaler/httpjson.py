@@ -1,4 +1,9 @@
-"""GET a JSON document over HTTP, turning every failure into one line."""
+"""GET a JSON document over HTTP, turning every failure into one line.
+
+Redirects are never followed: a request may carry credentials (the hub API's token), and
+tornado would send its headers on to wherever the answer points. A 3xx is an error naming
+where it pointed, so that the admin can set the address it should have been.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +46,9 @@ async def fetch_json(
 ) -> Any:
     """The decoded body of `request`, or `error` saying what went wrong with `what`
     (e.g. "Spark master"); `advice` adds a hint for some HTTP status codes; an answer
-    over `max_bytes` is refused, and not kept in memory."""
+    over `max_bytes` is refused, and not kept in memory; a redirect is refused, not followed."""
     url = request.url
+    request.follow_redirects = False
     chunks: list[bytes] = []
     too_large = _limit(request, max_bytes, chunks) if max_bytes is not None else lambda: False
     try:
@@ -52,6 +58,8 @@ async def fetch_json(
             raise error(f"{what} at {url} answered more than {max_bytes / 2**20:g} MiB") from None
         if e.code == 599:  # tornado's code for "no HTTP answer": a timeout
             raise error(f"cannot reach {what} at {url}: {e.message}") from None
+        if 300 <= e.code < 400:
+            raise error(redirect_error(what, url, e)) from None
         hint = f": {advice[e.code]}" if e.code in advice else ""
         raise error(f"{what} at {url} answered HTTP {e.code}{hint}") from None
     except Exception as e:  # connection refused, DNS, body too large
@@ -68,3 +76,10 @@ async def fetch_json(
     except (ValueError, UnicodeDecodeError):
         start = body[:40].decode("utf-8", "replace")
         raise error(f"{what} at {url} did not answer JSON (starts {start!r})") from None
+
+
+def redirect_error(what: str, url: str, error: HTTPClientError) -> str:
+    """One line for a redirect that was not followed."""
+    location = error.response.headers.get("Location", "?") if error.response is not None else "?"
+    return (f"{what} at {url} answered a redirect (HTTP {error.code}) to {location[:200]}: "
+            "not followed, the request may carry credentials; use the address it should reach")

@@ -21,7 +21,7 @@ For admins who prefer to write it out, the call is equivalent to:
                     "--SparkScalerApp.idle_workers=2", "--LocalBackend.worker_cores=4"],
         "display": True,
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": ["custom:spark-scaler:admin"],  # the admin page's tokens
+        "oauth_client_allowed_scopes": ["custom:spark-scaler:admin", "custom:spark-scaler:read"],
         "api_token": token,  # the hub hands it to the service as JUPYTERHUB_API_TOKEN
     })
     c.JupyterHub.load_roles.append({
@@ -29,12 +29,24 @@ For admins who prefer to write it out, the call is equivalent to:
         "services": ["spark-scaler"],
         "scopes": ["list:users", "read:servers"],
     })
-    c.JupyterHub.custom_scopes = {
-        "custom:spark-scaler:admin": {"description": "..."},  # see constants.ADMIN_SCOPE_DESCRIPTION
+    c.JupyterHub.custom_scopes = {  # the descriptions: constants.ADMIN_SCOPE_DESCRIPTION, ...
+        "custom:spark-scaler:admin": {"description": "...", "subscopes": ["custom:spark-scaler:read"]},
+        "custom:spark-scaler:read": {"description": "..."},
     }
     notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=token)
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
     c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", then=None)
+
+A spawner class's own section (`c.KubeSpawner.pre_spawn_hook = ...`) takes precedence over
+`c.Spawner`'s for that class: `configure()` wraps the hooks of every section set before the
+call in the same way. Set such hooks before calling `configure()` (on z2jh: in an extraConfig
+snippet whose name sorts before the scaler's); one set after it replaces the scaler's hook.
+
+Users and services see the admin page with a role granting `custom:spark-scaler:read` (read
+only: the page, `api/pool`, `/metrics`) or `custom:spark-scaler:admin` (also pause, resume and
+the idle override), plus `access:services!service=spark-scaler` to log in to the page; hub
+admins need no role. A Prometheus token with the hub's own `read:metrics` may read `/metrics`.
+JupyterHub's `internal_ssl` is refused: the service serves plain HTTP.
 
 On Kubernetes (zero-to-jupyterhub) the proxy runs in another pod: it reaches the
 service through the hub's Service (`url="http://hub:10101"`), so the service must
@@ -71,7 +83,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
 from traitlets.config import Config, LazyConfigValue
 
@@ -82,6 +94,8 @@ from .constants import (
     EVENT_START,
     EVENT_STOP,
     EVENTS_PATH,
+    READ_SCOPE,
+    READ_SCOPE_DESCRIPTION,
     SERVICE_HOST,
     SERVICE_NAME,
     SERVICE_PORT,
@@ -128,14 +142,23 @@ class Notifier:
             body=json.dumps(event),
             connect_timeout=self.timeout,
             request_timeout=self.timeout,
+            follow_redirects=False,  # never send the token on to where an answer points
         )
         try:
             await AsyncHTTPClient().fetch(request)
         except Exception as e:
             app_log.warning(
                 "%s: %s event for %s/%s not delivered to %s: %s",
-                self.name, event["action"], event["user"], event["server"], url, e,
+                self.name, event["action"], event["user"], event["server"], url, _why(e),
             )
+
+
+def _why(error: Exception) -> str:
+    """What went wrong with a POST, in words; a redirect says where it pointed."""
+    if isinstance(error, HTTPClientError) and 300 <= error.code < 400:
+        location = error.response.headers.get("Location", "?") if error.response is not None else "?"
+        return f"answered a redirect (HTTP {error.code}) to {location[:200]}, not followed"
+    return str(error)
 
 
 class SpawnerHook:
@@ -180,8 +203,9 @@ def configure(
     pass_env: Iterable[str] = (),
     **settings: Any,
 ) -> dict:
-    """Add the scaler to a hub's config `c`: managed service, its role, the admin
-    scope and the spawn hooks (composed with any the admin had set). Returns the
+    """Add the scaler to a hub's config `c`: managed service, its role, the admin and read
+    scopes and the spawn hooks (composed with any the admin had set, in `c.Spawner` or a
+    spawner class's section). Returns the
     service entry; its `api_token` is fresh on every call unless the entry existed.
 
     `url` is where the hub and its proxy reach the service (default
@@ -197,6 +221,11 @@ def configure(
     `pass_env`: names of the hub's environment variables to hand to the service
     (those that are set), e.g. KUBERNETES_SERVICE_HOST/PORT for in-cluster access.
     """
+    if _current(c.JupyterHub, "internal_ssl", False):
+        raise ValueError(
+            "configure: c.JupyterHub.internal_ssl is True, which the Spark scaler does not support "
+            "(its service serves plain HTTP): set it to False"
+        )
     services = _current(c.JupyterHub, "services", [])
     existing = _existing_entry(services, name, existing_service=existing_service)
     service = _service_entry(
@@ -211,7 +240,11 @@ def configure(
     _add_service_role(c, name, existing_service=existing_service)
     if admin_scope:
         custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
-        c.JupyterHub.custom_scopes = {ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION}, **custom_scopes}
+        c.JupyterHub.custom_scopes = {
+            ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION, "subscopes": [READ_SCOPE]},
+            READ_SCOPE: {"description": READ_SCOPE_DESCRIPTION},
+            **custom_scopes,
+        }
     _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=service["api_token"]))
     return service
 
@@ -246,10 +279,26 @@ def _notify_url(listen: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+#: The Spawner traits configure() sets, and the event each hook sends.
+HOOKS = (("pre_spawn_hook", EVENT_START), ("post_stop_hook", EVENT_STOP))
+
+
 def _install_hooks(c: Config, notifier: Notifier) -> None:
-    """The spawn hooks, each followed by the hook the admin had set."""
-    c.Spawner.pre_spawn_hook = SpawnerHook(notifier, EVENT_START, _current(c.Spawner, "pre_spawn_hook", None))
-    c.Spawner.post_stop_hook = SpawnerHook(notifier, EVENT_STOP, _current(c.Spawner, "post_stop_hook", None))
+    """The spawn hooks, each followed by the hook the admin had set: in `c.Spawner`, and in
+    any other section (a spawner class's, e.g. `c.KubeSpawner`) that sets one, since a class's
+    own section takes precedence over `c.Spawner` for that class and would drop the scaler's."""
+    for trait, action in HOOKS:
+        c.Spawner[trait] = SpawnerHook(notifier, action, _current(c.Spawner, trait, None))
+    for section in [key for key in c if key != "Spawner" and isinstance(c[key], Config)]:
+        for trait, action in HOOKS:
+            theirs = _current(c[section], trait, None)
+            if theirs is not None and not isinstance(theirs, SpawnerHook):
+                c[section][trait] = SpawnerHook(notifier, action, theirs)
+                app_log.warning(
+                    "%s: c.%s.%s is set; the scaler's hook now runs before it. A %s set after "
+                    "configure() would replace the scaler's hook: set spawner hooks before calling it",
+                    notifier.name, section, trait, trait,
+                )
 
 
 def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flags: list[str],
@@ -275,7 +324,7 @@ def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flag
         "oauth_no_confirm": True,
         # the admin page's OAuth tokens carry the admin scope of users who hold it
         # (the hub drops it for those who do not)
-        "oauth_client_allowed_scopes": [ADMIN_SCOPE] if admin_scope else [],
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE, READ_SCOPE] if admin_scope else [],
         "api_token": secrets.token_hex(32),
     }
     service.update({key: value for key, value in entry.items() if key != "environment"})

@@ -22,11 +22,13 @@ from .constants import SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
-from .web.handlers import admin_routes, admin_settings
+from .web.handlers import SecurityHeaders, admin_routes, admin_settings
 from .web.history import PoolHistory
 from .web.pool import PoolState
 
 
+#: What JupyterHub sets for a managed service when it runs with internal_ssl.
+INTERNAL_SSL_VARIABLES = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA")
 #: Bodies are read before a request is authenticated: nothing the service takes (an event, a
 #: form) is near this; tornado's default would buffer 100 MB for anyone.
 MAX_REQUEST_BODY = 64 * 1024
@@ -51,6 +53,7 @@ class HubService:
         cycle_interval: float,
         authenticate_prometheus: bool,
     ):
+        refuse_internal_ssl()
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
         #: what the admin page reads; the app attaches its Reconciler
@@ -114,10 +117,21 @@ class HubService:
             )
         else:
             self.log.warning("admin page off: no OAuth client ($JUPYTERHUB_CLIENT_ID); run as a hub service")
-        return Application(routes, **settings)
+        return Application(routes, transforms=[SecurityHeaders], **settings)
 
     def stop(self) -> None:
         if self._ticker:
             self._ticker.stop()
         if self._server:
             self._server.stop()
+
+
+def refuse_internal_ssl() -> None:
+    """ConfigError when the hub runs with internal_ssl: the hub's proxy and hooks would then
+    need TLS with client certificates from the service's server, which it does not serve."""
+    found = [name for name in INTERNAL_SSL_VARIABLES if os.environ.get(name)]
+    if found:
+        raise ConfigError(
+            f"the hub runs with internal_ssl ({found[0]} is set), which the Spark scaler does not support: "
+            "set c.JupyterHub.internal_ssl = False"
+        )

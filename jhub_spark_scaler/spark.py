@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .httpjson import fetch_json
+from .httpjson import fetch_json, redirect_error
 from .model import Executor, MasterApp, MasterStatus, MasterWorker, WorkerStatus
 
 #: /json/ of a master with 10,000 workers is ~5 MB; anything far larger is not a master.
@@ -169,6 +169,8 @@ class SparkClient:
         except HTTPClientError as e:
             if e.code in (302, 303):  # Spark redirects to the master page on success
                 return
+            if 300 <= e.code < 400:
+                raise SparkError(redirect_error("Spark master", url, e)) from None
             if e.code == 599:  # no HTTP answer: a timeout
                 raise SparkError(f"cannot reach Spark master at {self.master_ui_url}: {e.message}") from None
             if e.code == 404:  # Spark: no worker registered on that host

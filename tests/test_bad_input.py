@@ -640,7 +640,7 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
     form, as_json = "application/x-www-form-urlencoded", "application/json"
     bad_values = [("idle_workers=many", form), ("idle_workers=-1", form), ("idle_workers=4", form),
                   ("idle_workers=1.5", form), ("idle_workers=1e3", form),
-                  ("idle_workers=" + "9" * 5000, form),
+                  ("idle_workers=" + "9" * 4000, form),
                   (f"idle_workers={XSS}", form), ("[1]", as_json), ('{"idle_workers": [1]}', as_json),
                   ('{"idle_workers": true}', as_json), ('{"idle_workers": {"n": 1}}', as_json),
                   ('{"idle_workers": 1', as_json), ("\xff\xfe", as_json)]

@@ -26,7 +26,7 @@ from traitlets.config import Config
 
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.events import MAX_BODY, make_events_route
-from jhub_spark_scaler.constants import ADMIN_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE
 from jhub_spark_scaler.hub import configure
 
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config
@@ -213,7 +213,7 @@ def test_configure_writes_exactly_the_service_role_and_scope():
                     "--LocalBackend.state_dir=/srv/spark"],
         "display": True,
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE, READ_SCOPE],
         "api_token": token,
     }
     assert c.JupyterHub.services == [{"name": "test-admin", "api_token": ADMIN_TOKEN}, service]
@@ -221,8 +221,9 @@ def test_configure_writes_exactly_the_service_role_and_scope():
         {"name": "spark-scaler-service", "services": ["spark-scaler"],
          "scopes": ["list:users", "read:servers"]},
     ]
-    assert set(c.JupyterHub.custom_scopes) == {"custom:other:thing", ADMIN_SCOPE}
+    assert set(c.JupyterHub.custom_scopes) == {"custom:other:thing", ADMIN_SCOPE, READ_SCOPE}
     assert c.JupyterHub.custom_scopes[ADMIN_SCOPE]["description"]
+    assert c.JupyterHub.custom_scopes[ADMIN_SCOPE]["subscopes"] == [READ_SCOPE]  # acting implies reading
 
     app = SparkScalerApp()
     app.parse_command_line(service["command"][3:])  # the scaler understands its command line

@@ -25,6 +25,7 @@ from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.constants import (
     ADMIN_SCOPE,
     EVENT_ACTIONS,
+    READ_SCOPE,
     SERVICE_NAME,
     SERVICE_SCOPES,
     SERVICE_URL,
@@ -151,7 +152,7 @@ def test_the_hub_helpers_written_out_form_states_the_same_values():
     doc = hub.__doc__
     assert f'"name": "{SERVICE_NAME}"' in doc and f'"url": "{SERVICE_URL}"' in doc
     assert f'"scopes": {json.dumps(SERVICE_SCOPES)}' in doc
-    assert f'"oauth_client_allowed_scopes": ["{ADMIN_SCOPE}"]' in doc
+    assert f'"oauth_client_allowed_scopes": ["{ADMIN_SCOPE}", "{READ_SCOPE}"]' in doc
     assert f'Notifier(name="{SERVICE_NAME}", url="{SERVICE_URL}"' in doc
 
 

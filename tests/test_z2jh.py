@@ -46,7 +46,7 @@ from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector, worker_pod
-from jhub_spark_scaler.constants import ADMIN_SCOPE, SERVICE_SCOPES
+from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE, SERVICE_SCOPES
 from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
@@ -225,7 +225,7 @@ def test_extra_config_completes_the_charts_service_and_adds_roles_and_hooks(tmp_
         "url": "http://hub:10101",  # the proxy reaches it through the hub's Service
         "display": True,
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE, READ_SCOPE],
         "api_token": tokens["spark-scaler"],  # the chart's, from its Secret
         "environment": {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
     }

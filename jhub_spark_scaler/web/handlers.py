@@ -5,12 +5,14 @@
     POST <prefix>api/pause         stop acting (observe and plan go on, shown as "would")
     POST <prefix>api/resume
     POST <prefix>api/idle-target   idle_workers=N overrides the configured value; empty clears it
-    GET  <prefix>metrics           Prometheus metrics (same rule, unless authenticate_prometheus is off)
+    GET  <prefix>metrics           Prometheus metrics (readers, and holders of the hub's `read:metrics`,
+                                   unless authenticate_prometheus is off)
     GET  <prefix>oauth_callback    the end of the hub's OAuth dance
 
-Who may: hub admins (whose token may access this service), and holders of
-`custom:spark-scaler:admin`. The hub only lets users who may access the
-service (`access:services!service=<name>`) log in to it at all.
+Who may: hub admins (whose token may access this service) everything; holders of
+`custom:spark-scaler:admin` everything; holders of `custom:spark-scaler:read` the GETs
+only (`constants`). The hub only lets users who may access the service
+(`access:services!service=<name>`) log in to it at all; API tokens need only the scope.
 
 Pause, resume and the idle override are the reconciler's own controls
 (`Reconciler.pause`, `resume`, `set_idle_override`): the handlers call them with
@@ -39,21 +41,31 @@ from jupyterhub.services.auth import (
     check_scopes,
 )
 from tornado import web
+from tornado.httputil import HTTPHeaders
 
-from ..constants import ADMIN_SCOPE
+from ..constants import ADMIN_SCOPE, HUB_METRICS_SCOPE, READ_SCOPE
 from ..reconciler import Reconciler
 from .pool import PoolState
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+#: Bytes of a request body the handlers take: `_xsrf` and `idle_workers` are under 200.
+MAX_BODY = 4096
 
 
 class AdminHandler(HubOAuthenticated, web.RequestHandler):
-    """Base: hub OAuth, admins or ADMIN_SCOPE holders; `self.user` is the model."""
+    """Base: hub OAuth, admins or holders of a scope (`hub_scopes`); `self.user` is the model."""
 
-    #: the scope that admits a user, service or token; admins are admitted too (check_hub_user)
-    hub_scopes = {ADMIN_SCOPE}
+    #: any one of these admits a user, service or token to a GET; admins are admitted too
+    read_scopes = frozenset({READ_SCOPE, ADMIN_SCOPE})
+    #: any one of these admits to anything else (POST)
+    write_scopes = frozenset({ADMIN_SCOPE})
     #: anonymous GET: True redirects to the hub's login, False answers 403 (APIs)
     login_redirect = False
+
+    @property
+    def hub_scopes(self) -> frozenset[str]:
+        """The scopes of which one admits this request: reading or acting."""
+        return self.read_scopes if self.request.method in ("GET", "HEAD") else self.write_scopes
 
     @property
     def hub_auth(self) -> HubOAuth:
@@ -90,6 +102,9 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
             super().check_xsrf_cookie()
 
     async def prepare(self) -> None:
+        if len(self.request.body) > MAX_BODY:  # the server's max_body_size bounds what was read
+            raise web.HTTPError(413, "body over %d bytes: a form or JSON object of idle_workers is enough",
+                                MAX_BODY)
         self._authenticating = True
         try:
             model = await self.hub_auth.get_user(self, sync=False)
@@ -104,11 +119,16 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
         except UserNotAllowed:
             kind = model.get("kind", "user")
             raise web.HTTPError(
-                403, "%s %s may not use the Spark scaler: it needs to be a hub admin or hold the scope %s",
-                kind, model.get("name"), ADMIN_SCOPE,
+                403, "%s %s may not %s: it needs to be a hub admin or hold the scope %s",
+                kind, model.get("name"), self.refused_what(), " or ".join(sorted(self.hub_scopes)),
             ) from None
         if self.pool.reconciler is None:
             raise web.HTTPError(503, "the scaler is starting: no pool observed yet")
+
+    def refused_what(self) -> str:
+        if self.request.method in ("GET", "HEAD"):
+            return "use the Spark scaler"
+        return "change the Spark scaler"
 
     def refuse_anonymous(self) -> None:
         if self.request.method in ("GET", "HEAD") and self.login_redirect:
@@ -222,15 +242,25 @@ class IdleTargetHandler(AdminHandler):
         """`idle_workers` from a form, a query or a JSON body; "" when absent (clear)."""
         if self.request.headers.get("Content-Type", "").startswith("application/json") and self.request.body:
             try:
-                value = json.loads(self.request.body).get("idle_workers")
-            except (ValueError, AttributeError):
-                raise web.HTTPError(400, "body is not a JSON object") from None
+                document = json.loads(self.request.body)
+            except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
+                raise web.HTTPError(400, "body is JSON nested too deeply") from None
+            except ValueError:  # UnicodeDecodeError too
+                raise web.HTTPError(400, "body is not JSON") from None
+            if not isinstance(document, dict):
+                raise web.HTTPError(400, "body must be a JSON object, like {\"idle_workers\": 2}")
+            value = document.get("idle_workers")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
+                raise web.HTTPError(400, "idle_workers must be a whole number or a string of one, got %s",
+                                    type(value).__name__)
             return "" if value is None else str(value).strip()
         return self.get_argument("idle_workers", "").strip()
 
 
 class MetricsHandler(AdminHandler):
-    """Prometheus metrics, for admins or holders of the admin scope (the default)."""
+    """Prometheus metrics, for admins, readers, and the hub's scrapers (the default)."""
+
+    read_scopes = AdminHandler.read_scopes | {HUB_METRICS_SCOPE}
 
     def get(self) -> None:
         body, content_type = self.pool.metrics.render()
@@ -251,6 +281,25 @@ class CallbackHandler(HubOAuthCallbackHandler):
     @property
     def hub_auth(self) -> HubOAuth:
         return self.settings["hub_auth"]
+
+
+class SecurityHeaders(web.OutputTransform):
+    """Headers on every answer of the service's application (pages, JSON, errors, redirects,
+    404s): framing refused, as the hub refuses it for its own pages, so that no page (another
+    site, or a user's server on the hub's origin) can frame the buttons; no MIME sniffing. A
+    Content-Security-Policy a handler set is kept, with `frame-ancestors` added if it lacks one."""
+
+    FRAME_ANCESTORS = "frame-ancestors 'none'"
+
+    def transform_first_chunk(self, status_code: int, headers: HTTPHeaders, chunk: bytes,
+                              finishing: bool) -> tuple[int, HTTPHeaders, bytes]:
+        policy = headers.get("Content-Security-Policy", "").strip().rstrip(";")
+        if "frame-ancestors" not in policy:
+            policy = "; ".join(part for part in (policy, self.FRAME_ANCESTORS) if part)
+        headers["Content-Security-Policy"] = policy
+        headers["X-Frame-Options"] = "DENY"  # for browsers without CSP frame-ancestors
+        headers["X-Content-Type-Options"] = "nosniff"
+        return status_code, headers, chunk
 
 
 def admin_routes(prefix: str, *, authenticate_prometheus: bool) -> list[tuple[str, type]]:
