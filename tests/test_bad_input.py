@@ -51,7 +51,7 @@ from jhub_spark_scaler.spark import MAX_BODY_BYTES, SparkClient
 
 from .waiting import until
 from .real_hub import hub_api, worker_records
-from .settings import DECISION_LOG_SIZE, make_observe, make_policy
+from .settings import AS_ROOT, DECISION_LOG_SIZE, make_observe, make_policy
 from .test_scaling import cycles_until
 
 ERROR = "jhub-spark-scaler: error: "
@@ -232,7 +232,8 @@ async def command(tmp_path, monkeypatch, capsys):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    base = {("SparkScalerApp", "max_workers"): "3", ("LocalBackend", "state_dir"): str(tmp_path / "state")}
+    base = {("SparkScalerApp", "max_workers"): "3", ("LocalBackend", "state_dir"): str(tmp_path / "state"),
+            ("LocalBackend", "allow_root"): str(AS_ROOT["allow_root"])}
 
     def run(settings: dict, *, config: str = "", args: tuple[str, ...] = ()) -> list[str]:
         chosen = {**base, **settings}
@@ -490,8 +491,8 @@ async def test_a_master_answering_garbage_blinds_the_reconciler_which_retires_no
     spark_master, stand_in, tmp_path
 ):
     stand_in.huge = _huge_master(HUGE)
-    backend = LocalBackend(start_master=False, master_url=spark_master.master_url, master_ui_url=stand_in.url,
-                           state_dir=str(tmp_path / "state"), stop_timeout=5)
+    backend = LocalBackend(**AS_ROOT, start_master=False, master_url=spark_master.master_url,
+                           master_ui_url=stand_in.url, state_dir=str(tmp_path / "state"), stop_timeout=5)
     await backend.setup()
     try:
         r = Reconciler(

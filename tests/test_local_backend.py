@@ -25,6 +25,7 @@ from jhub_spark_scaler.backends.processes import alive, catches, is_ours, proces
 from jhub_spark_scaler.errors import ConfigError
 
 from .conftest import Driver
+from .settings import AS_ROOT
 from .waiting import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
@@ -34,7 +35,7 @@ EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 def backend(state_dir: str, **kwargs) -> LocalBackend:
     settings = dict(master_port=0, master_webui_port=0, worker_memory="512m", stop_timeout=5,
                     class_data_sharing=False)
-    return LocalBackend(state_dir=state_dir, **{**settings, **kwargs})
+    return LocalBackend(state_dir=state_dir, **{**AS_ROOT, **settings, **kwargs})
 
 
 def records(state_dir: str) -> list[dict]:

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+from .daemon_user import DaemonUser, spawn
 from .processes import alive
 
 
@@ -17,14 +18,12 @@ class Children:
     def __init__(self) -> None:
         self.pids: set[int] = set()
 
-    def spawn(self, cmd: list[str], env: dict[str, str], *, log_path: str) -> int:
-        """Start `cmd` in a new session, output appended to `log_path`; its pid."""
+    def spawn(self, cmd: list[str], env: dict[str, str], *, log_path: str, user: DaemonUser | None) -> int:
+        """Start `cmd` in a new session as `user` (None: this process's), output appended
+        to `log_path` (opened here: the log stays ours); its pid."""
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:  # a plain pid, not a Popen: nothing warns when a scaler leaves its workers running
-            pid = os.posix_spawn(cmd[0], cmd, env, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
-            ])
+        try:
+            pid = spawn(cmd, env, log_fd=log, user=user)
         finally:
             os.close(log)
         self.pids.add(pid)
