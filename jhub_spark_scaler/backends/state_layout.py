@@ -36,7 +36,7 @@ def _mode(user: DaemonUser | None, *, traversed: bool) -> int:
     return 0o711 if user is not None and traversed else 0o700
 
 
-def _own(path: str, *, uid: int, mode: int) -> None:
+def _own(path: str, *, uid: int, gid: int, mode: int) -> None:
     """Create directory `path` (or take the one there: only the scaler's user can have made
     it) for `uid` with `mode`; refuse anything else there, a symlink above all."""
     try:
@@ -48,8 +48,8 @@ def _own(path: str, *, uid: int, mode: int) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"LocalBackend.state_dir: {path} is not a directory (a symlink?); remove it")
-    if st.st_uid != uid:
-        os.chown(path, uid, -1, follow_symlinks=False)
+    if st.st_uid != uid or gid not in (-1, st.st_gid):
+        os.chown(path, uid, gid, follow_symlinks=False)
     if st.st_mode & 0o7777 != mode:
         os.chmod(path, mode)  # a directory, not a symlink: checked above
 
@@ -77,9 +77,10 @@ def prepare(state_dir: str, user: DaemonUser | None) -> None:
     if st.st_mode & 0o7777 != mode:
         os.chmod(state_dir, mode)
     for name, traversed in SCALER_DIRS.items():
-        _own(os.path.join(state_dir, name), uid=os.geteuid(), mode=_mode(user, traversed=traversed))
+        _own(os.path.join(state_dir, name), uid=os.geteuid(), gid=-1, mode=_mode(user, traversed=traversed))
     for name in DAEMON_DIRS:
-        _own(os.path.join(state_dir, name), uid=daemon_uid(user), mode=0o700)
+        _own(os.path.join(state_dir, name), uid=daemon_uid(user), gid=-1 if user is None else user.gid,
+             mode=0o700)
 
 
 def daemon_uid(user: DaemonUser | None) -> int:
