@@ -126,7 +126,10 @@ async def test_start_decommission_stop(state_dir):
 
 
 def cds_files(state_dir: str) -> list[str]:
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(state_dir, "cds", "*")))
+    """The archives, marks and dumps (cds/dumps/ is the daemons' directory for the last)."""
+    cds = os.path.join(state_dir, "cds")
+    paths = [*glob.glob(os.path.join(cds, "*")), *glob.glob(os.path.join(cds, "dumps", "*"))]
+    return sorted(os.path.basename(p) for p in paths if not os.path.isdir(p))
 
 
 def dumps_classes(rec: dict) -> bool:
