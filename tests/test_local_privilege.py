@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from traitlets.config import Config
 
 from jhub_spark_scaler.backends import daemon_env
 from jhub_spark_scaler.backends.local import LocalBackend
 from jhub_spark_scaler.backends.processes import alive
 from jhub_spark_scaler.errors import ConfigError
+from jhub_spark_scaler.hub import configure
 
 from .test_local_backend import get_json, records
 from .waiting import until
@@ -100,14 +102,15 @@ async def pool(traversable_dir):
 def probe(pool, traversable_dir):
     """What a real driver's task saw and did inside an executor of the pool (privilege_probe.py)."""
     out = Path(traversable_dir) / "probe.json"
-    python = shutil.which("python3", path="/usr/bin:/bin")  # one `nobody` can run (the venv's is root's)
-    site = os.path.dirname(os.path.dirname(__import__("pyspark").__file__))
+    python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}", path="/usr/bin:/bin")
+    if not python:  # executors need a Python of the driver's version that `nobody` can run
+        pytest.skip(f"no /usr/bin/python{sys.version_info[0]}.{sys.version_info[1]} for `nobody`")
     # not the hub's variables: the only way for them into the executor would be the daemons
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
     env.update(PYSPARK_PYTHON=python, PYTHONPATH=str(ROOT))
     driver = subprocess.Popen(
         [sys.executable, str(PROBE), "--master", pool.master_url, "--state-dir", pool.state_dir,
-         "--executor-pythonpath", site, "--out", str(out)],
+         "--out", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -187,6 +190,13 @@ async def test_a_state_dir_of_another_user_is_refused(tmp_path):
     assert os.listdir(state_dir) == []
 
 
+def test_configure_runs_the_service_as_the_user_given():
+    c = Config()
+    service = configure(c, max_workers=2, user="spark", LocalBackend__run_as="spark-executors")
+    assert service["user"] == "spark" and "--LocalBackend.run_as=spark-executors" in service["command"]
+    assert "user" not in configure(Config(), max_workers=2)
+
+
 def test_the_daemons_environment_is_an_allowlist():
     env = daemon_env.daemon_env(
         {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "SPARK_LOCAL_DIRS": "/scratch",
@@ -227,3 +237,17 @@ async def test_an_executor_cannot_plant_or_replace_the_scalers_records(probe, po
     assert not (state / "workers" / "local-999.json").exists()
     assert not (state / "work" / "local-998").is_symlink()
     assert json.loads((state / "master.json").read_text())["pid"] == pool._master["pid"]
+
+
+async def test_daemons_of_another_user_are_not_adopted(pool, tmp_path):
+    """A pool started before run_as was set (or with another one) would go on running executors
+    as that user: the scaler refuses it rather than adopt it. The records are copied: the pool's
+    own state dir is left to its scaler."""
+    state_dir = tmp_path / "state"
+    shutil.copytree(pool.state_dir, state_dir, ignore=shutil.ignore_patterns("work", "cds", "home", "logs"))
+    backend = LocalBackend(state_dir=str(state_dir), allow_root=True, **SETTINGS)
+    with pytest.raises(ConfigError) as refused:
+        await backend.setup()
+    line = one_line(refused.value)
+    assert line.startswith("LocalBackend.run_as: the Spark processes ") and "stop them" in line, line
+    assert str(pool._master["pid"]) in line and not backend._children.pids

@@ -63,6 +63,28 @@ def daemon_user(run_as: str, *, allow_root: bool) -> DaemonUser | None:
     return None
 
 
+def _uid_of(pid: int) -> int | None:
+    """The real uid of process `pid`; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_adoptable(pids: list[int], user: DaemonUser | None, *, state_dir: str) -> None:
+    """ConfigError if a daemon to adopt (`pids`, running) runs as another user than `user`
+    (None: the scaler's): one started before `run_as` was set would go on running
+    executors as root."""
+    want = os.geteuid() if user is None else user.uid
+    if others := [pid for pid in pids if _uid_of(pid) not in (want, None)]:
+        who = repr(user.name) if user else f"the scaler's user {scaler_user()!r}"
+        raise ConfigError(
+            f"LocalBackend.run_as: the Spark processes {', '.join(map(str, others))} of {state_dir} run as "
+            f"another user than {who}; stop them (kill them by pid) so that the scaler starts new ones"
+        )
+
+
 def daemon_home(user: DaemonUser | None, fallback: str) -> str:
     """HOME for the daemons: `user`'s home if it exists, else `fallback` (a directory of
     the backend's); the scaler's own HOME when they run as the scaler's user."""

@@ -3,9 +3,8 @@ runs as, its environment, and what became of its attacks on the scaler's state d
 
     python privilege_probe.py --master spark://... --state-dir DIR --out FILE
 
-The executors run the Python of PYSPARK_PYTHON (from this driver's environment) with
---executor-pythonpath on their PYTHONPATH, so that a user other than the driver's can
-run pyspark's worker. Writes FILE (JSON) and exits 0, or exits non-zero.
+The executors run the Python of PYSPARK_PYTHON (from this driver's environment), with
+pyspark from the workers' SPARK_HOME. Writes FILE (JSON) and exits 0, or exits non-zero.
 """
 
 import argparse
@@ -48,12 +47,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--master", required=True)
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--executor-pythonpath", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    conf = {"spark.executorEnv.PYTHONPATH": args.executor_pythonpath}
-    spark = session_builder(args.master, "privilege-probe", cores_max=1, decommission=False,
-                            conf=conf).getOrCreate()
+    spark = session_builder(args.master, "privilege-probe", cores_max=1, decommission=False).getOrCreate()
     try:
         state_dir = args.state_dir
         [found] = spark.sparkContext.parallelize([0], 1).map(lambda _: attack(state_dir)).collect()
