@@ -165,6 +165,24 @@ async def test_a_spark_home_run_as_cannot_read_is_one_line(tmp_path):
     assert line.startswith("LocalBackend.spark_home: LocalBackend.run_as user 'nobody' cannot reach "), line
 
 
+def test_not_as_root_run_as_may_only_name_the_scalers_own_user():
+    """Run as `nobody`, by the system's Python (the venv's is under root's 0700 home)."""
+    python = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} for `nobody`")
+    site = os.path.dirname(os.path.dirname(__import__("traitlets").__file__))
+    code = ("from jhub_spark_scaler.backends.daemon_user import daemon_user\n"
+            "print(daemon_user('', allow_root=False), daemon_user('nobody', allow_root=False))\n"
+            "daemon_user('root', allow_root=True)\n")
+    done = subprocess.run([python, "-c", code], user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+                          env={"PYTHONPATH": f"{ROOT}:{site}"}, capture_output=True, text=True, timeout=60)
+    assert done.stdout == "None None\n", done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "jhub_spark_scaler.errors.ConfigError: LocalBackend.run_as: 'root' needs the scaler to run as "
+        "root (it runs as 'nobody'); leave run_as empty to run Spark as 'nobody'"
+    ), done.stderr
+
+
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
 async def test_a_state_dir_others_may_write_to_is_refused(tmp_path, mode):
     state_dir = tmp_path / "state"

@@ -20,6 +20,8 @@ NAMES = ("PATH", "JAVA_HOME", "LANG", "TZ")
 PREFIXES = ("LC_", "SPARK_")
 #: never passed on, whatever the lists above say: the hub's tokens and the service's identity
 NEVER = ("JUPYTERHUB_", "JPY_")
+#: PATH when the scaler has none
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def allowed(name: str) -> bool:
@@ -35,7 +37,7 @@ def daemon_env(source: Mapping[str, str], *, home: str, spark_home: str, scala: 
     environment), then what the backend sets. `java_home` ("" to keep `source`'s)
     makes the executors a worker launches use the daemons' Java."""
     env = {name: value for name, value in source.items() if allowed(name)}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("PATH", DEFAULT_PATH)
     if java_home:
         env["JAVA_HOME"] = java_home
     # Spark's launcher code in the worker needs SPARK_SCALA_VERSION (spark-class sets it);

@@ -9,13 +9,23 @@ import shutil
 from typing import NamedTuple
 
 from ..errors import ConfigError
-from .daemon_user import DaemonUser, readable_check
+from .daemon_user import DaemonUser, readable_check, unreachable
 
 
 class Installation(NamedTuple):
     java: str  # the java executable, found on PATH if need be
     java_home: str  # the JDK it belongs to ("" if it is not in one): the executors' Java too
     scala: str  # Spark's Scala version, which the worker's launcher code needs
+
+
+def executor_python(path: str, user: DaemonUser | None) -> str:
+    """The `python3` an executor finds on `path` (the daemons' PATH) when the driver names
+    none (PYSPARK_PYTHON): the first one `user` can run, as exec's search does; "" if none."""
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", "python3")
+        if os.path.isfile(candidate) and (user is None or not unreachable(candidate, user, bits=1)):
+            return candidate
+    return ""
 
 
 def find(*, java: str, spark_home: str, user: DaemonUser | None) -> Installation:

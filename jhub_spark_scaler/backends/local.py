@@ -48,7 +48,7 @@ from ..model import BackendWorker
 from . import Backend, BackendError, class_data, installation, state_files, state_layout
 from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
 from .children import Children
-from .daemon_env import daemon_env
+from .daemon_env import DEFAULT_PATH, daemon_env
 from .daemon_user import DaemonUser, check_adoptable, daemon_home, daemon_user
 from .processes import (
     alive, bind_error, catches, free_port, is_ours, listening_hosts, processes_in, start_time,
@@ -241,6 +241,9 @@ class LocalBackend(Backend):
         found = installation.find(java=self.java, spark_home=self.spark_home, user=self._user)
         self.java, self._java_home, self._scala = found
         state_layout.prepare(self.state_dir, self._user)
+        if self._user and not installation.executor_python(os.environ.get("PATH", DEFAULT_PATH), self._user):
+            self.log.warning("LocalBackend: no python3 on PATH that run_as user %r can run: PySpark jobs "
+                             "work only from drivers whose PYSPARK_PYTHON it can run", self._user.name)
         running = [r for r in (read_json(self._path("master.json")), *self._records()) if r and alive(r)]
         check_adoptable([r["pid"] for r in running], self._user, state_dir=self.state_dir)
         if self.start_master:
