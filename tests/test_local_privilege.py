@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -269,3 +270,19 @@ async def test_daemons_of_another_user_are_not_adopted(pool, tmp_path):
     line = one_line(refused.value)
     assert line.startswith("LocalBackend.run_as: the Spark processes ") and "stop them" in line, line
     assert str(pool._master["pid"]) in line and not backend._children.pids
+
+
+async def test_a_state_dir_symlink_planted_by_another_user_is_refused(tmp_path):
+    """In a directory others may write to (/tmp), another user can put a symlink where the
+    state dir is to be made, pointing at a directory of the scaler's user (/etc for root)."""
+    target = tmp_path / "not-the-state-dir"
+    target.mkdir(mode=0o755)
+    state_dir = tmp_path / "state"
+    state_dir.symlink_to(target)
+    os.lchown(state_dir, NOBODY, -1)
+    backend = LocalBackend(state_dir=str(state_dir), allow_root=True, **SETTINGS)
+    with pytest.raises(ConfigError) as refused:
+        await backend.setup()
+    line = one_line(refused.value)
+    assert line.startswith(f"LocalBackend.state_dir: {state_dir} is a symlink of uid {NOBODY}"), line
+    assert os.listdir(target) == [] and stat.S_IMODE(target.stat().st_mode) == 0o755

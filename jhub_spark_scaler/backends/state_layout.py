@@ -64,6 +64,10 @@ def prepare(state_dir: str, user: DaemonUser | None) -> None:
         pass
     except OSError as e:
         raise ConfigError(f"LocalBackend.state_dir: cannot create {state_dir}: {e.strerror}") from None
+    link = os.lstat(state_dir)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():  # planted, e.g. in /tmp
+        raise ConfigError(f"LocalBackend.state_dir: {state_dir} is a symlink of uid {link.st_uid}, not the "
+                          f"scaler's {os.geteuid()}; use a directory of the scaler's user")
     st = os.stat(state_dir)  # the admin may point it through a symlink of theirs
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"LocalBackend.state_dir: {state_dir} is not a directory")
