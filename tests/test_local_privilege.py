@@ -82,7 +82,10 @@ async def pool(traversable_dir):
         [worker] = await backend.start(1)
     finally:
         for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     try:
         async def registered():
             workers = (await get_json(f"{backend.master_ui_url}/json/"))["workers"]

@@ -244,8 +244,8 @@ class LocalBackend(Backend):
         if self._user and not installation.executor_python(os.environ.get("PATH", DEFAULT_PATH), self._user):
             self.log.warning("LocalBackend: no python3 on PATH that run_as user %r can run: PySpark jobs "
                              "work only from drivers whose PYSPARK_PYTHON it can run", self._user.name)
-        running = [r for r in (read_json(self._path("master.json")), *self._records()) if r and alive(r)]
-        check_adoptable([r["pid"] for r in running], self._user, state_dir=self.state_dir)
+        adopting = [r for r in (read_json(self._path("master.json")), *self._records()) if r and alive(r)]
+        check_adoptable([r["pid"] for r in adopting], self._user, state_dir=self.state_dir)
         if self.start_master:
             await self._setup_master()
         elif not self.master_url:
