@@ -20,6 +20,7 @@ listing or changing anything on the way.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -70,7 +71,7 @@ def prepare(state_dir: str, user: DaemonUser | None) -> None:
                           f"scaler's {os.geteuid()}; use a directory of the scaler's user")
     st = os.stat(state_dir)  # the admin may point it through a symlink of theirs
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"LocalBackend.state_dir: {state_dir} is not a directory")
+        raise ConfigError(f"LocalBackend.state_dir: cannot use {state_dir}: {os.strerror(errno.ENOTDIR)}")
     if st.st_uid != os.geteuid():
         raise ConfigError(f"LocalBackend.state_dir: {state_dir} belongs to uid {st.st_uid}, not the "
                           f"scaler's {os.geteuid()}; use a directory of the scaler's user")
