@@ -34,6 +34,7 @@ sys.path.insert(0, HERE)
 
 from jhub_spark_scaler.backends.local import LocalBackend  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from tests.settings import AS_ROOT  # noqa: E402
 from soaklib.environments import WORKER_CORES  # noqa: E402
 from soaklib.users import DRIVER  # noqa: E402
 from worker_start import wait_alive  # noqa: E402
@@ -61,8 +62,8 @@ async def main(runs: int, leads: list[float]) -> None:
     kinds = [None, *leads]  # None: a ready worker; else a fresh one started that many s before the driver
     times: dict[float | None, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="driver-start-") as tmp:
-        b = LocalBackend(state_dir=os.path.join(tmp, "workers"), master_port=0, master_webui_port=0,
-                         worker_cores=WORKER_CORES, stop_timeout=20, log=log)
+        b = LocalBackend(**AS_ROOT, state_dir=os.path.join(tmp, "workers"), master_port=0,
+                         master_webui_port=0, worker_cores=WORKER_CORES, stop_timeout=20, log=log)
         await b.setup()
         try:
             [w] = await b.start(1)

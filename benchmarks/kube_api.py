@@ -47,7 +47,7 @@ from jhub_spark_scaler.spark import SparkClient, parse_master  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from tests.kube_cluster import KubeCluster  # noqa: E402
 from tests.kubelet import TestKubelet  # noqa: E402
-from tests.settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
+from tests.settings import AS_ROOT, DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
 from tests.waiting import until  # noqa: E402
 
 SIZES = (1_000, 10_000)
@@ -72,7 +72,7 @@ def pod_ip(i: int) -> str:
 
 
 async def count_requests(cluster: KubeCluster, workdir: Path, n: int) -> dict:
-    master = LocalBackend(state_dir=str(workdir / "master"), master_port=0, master_webui_port=0,
+    master = LocalBackend(**AS_ROOT, state_dir=str(workdir / "master"), master_port=0, master_webui_port=0,
                           stop_on_exit=True)
     await master.setup()
     kubelet = TestKubelet(cluster, workdir / "kubelet")

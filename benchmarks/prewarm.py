@@ -63,7 +63,7 @@ from jhub_spark_scaler.service import HubService  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient  # noqa: E402
 from jhub_spark_scaler.web.history import PoolHistory  # noqa: E402
 from results import machine, write_section  # noqa: E402
-from tests.settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
+from tests.settings import AS_ROOT, DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
 from tests.waiting import WaitTimeout, until  # noqa: E402
 
 TITLE = "Pre-warm: time to first executor"
@@ -112,8 +112,8 @@ class Bench:
     # -- setup and cleanup -----------------------------------------------------
 
     async def setup(self) -> None:
-        b = LocalBackend(state_dir=os.path.join(self.tmp, "state"), master_port=0, master_webui_port=0,
-                         stop_timeout=20, log=self.log)
+        b = LocalBackend(**AS_ROOT, state_dir=os.path.join(self.tmp, "state"), master_port=0,
+                         master_webui_port=0, stop_timeout=20, log=self.log)
         spawn, start = b._spawn, b.start
 
         def spawn_spy(*a, **k):  # remember every daemon's pid: its session is swept at the end
@@ -304,7 +304,7 @@ class Bench:
 
     async def hook_latency(self, n: int) -> dict:
         log = quiet_logger("prewarm.hook")
-        hb = LocalBackend(state_dir=os.path.join(self.tmp, "hook-state"), start_master=False,
+        hb = LocalBackend(**AS_ROOT, state_dir=os.path.join(self.tmp, "hook-state"), start_master=False,
                           master_url=self.backend.master_url, master_ui_url=self.backend.master_ui_url,
                           log=log)
         await hb.setup()

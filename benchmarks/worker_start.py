@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend  # noqa: E402
 from jhub_spark_scaler.backends.processes import free_port  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from tests.settings import AS_ROOT  # noqa: E402
 from tests.waiting import until  # noqa: E402
 
 
@@ -104,7 +105,8 @@ async def main(runs: int) -> None:
     log.addHandler(logging.NullHandler())
     log.propagate = False
     with tempfile.TemporaryDirectory(prefix="worker-start-") as tmp:
-        b = LocalBackend(state_dir=tmp, master_port=0, master_webui_port=0, stop_timeout=20, log=log)
+        b = LocalBackend(**AS_ROOT, state_dir=tmp, master_port=0, master_webui_port=0, stop_timeout=20,
+                         log=log)
         await b.setup()
         try:
             launcher = launcher_command(b)

@@ -42,4 +42,7 @@ configure(
     scale_down_delay=30,
     poll_interval=1,
     LocalBackend__state_dir=f"{state}/spark",
+    # The single-user demo: its one notebook user runs as the hub's user, root included, so
+    # Spark may too. A multi-user hub running as root sets LocalBackend__run_as instead.
+    LocalBackend__allow_root=os.geteuid() == 0,
 )

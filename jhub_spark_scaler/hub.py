@@ -201,6 +201,7 @@ def configure(
     listen: str = SERVICE_HOST,
     existing_service: bool = False,
     pass_env: Iterable[str] = (),
+    user: str | None = None,
     **settings: Any,
 ) -> dict:
     """Add the scaler to a hub's config `c`: managed service, its role, the admin and read
@@ -220,6 +221,10 @@ def configure(
 
     `pass_env`: names of the hub's environment variables to hand to the service
     (those that are set), e.g. KUBERNETES_SERVICE_HOST/PORT for in-cluster access.
+
+    `user`: the Unix user the hub runs the service as (the entry's `user` key; the hub
+    must run as root). Without it the service runs as the hub's user; a hub running as
+    root then needs `LocalBackend__run_as` for the local backend (docs/backends.md).
     """
     if _current(c.JupyterHub, "internal_ssl", False):
         raise ValueError(
@@ -233,6 +238,8 @@ def configure(
         flags=[f"--max-workers={max_workers}", *(_flag(key, value) for key, value in settings.items())],
         admin_scope=admin_scope, environment={key: os.environ[key] for key in pass_env if key in os.environ},
     )
+    if user is not None:
+        service["user"] = user
     if existing:
         c.JupyterHub.services = [service if s.get("name") == name else s for s in services]
     else:

@@ -16,6 +16,7 @@ import pytest
 from jhub_spark_scaler.backends.local import LocalBackend
 
 from .real_hub import ADMIN_TOKEN, configure_scaler, hub_config, stop_scaler
+from .settings import AS_ROOT
 from .waiting import until
 
 # A suite started as a background job (`.ci/run &`, nohup) begins with SIGINT ignored, and
@@ -32,6 +33,7 @@ DRIVER = HERE / "drivers" / "busy_driver.py"
 async def spark_master(tmp_path_factory):
     """A real Spark master for the whole session, started by the local backend."""
     backend = LocalBackend(
+        **AS_ROOT,
         state_dir=str(tmp_path_factory.mktemp("spark-master")),
         master_port=0,
         master_webui_port=0,

@@ -21,7 +21,7 @@ from jhub_spark_scaler.constants import SERVICE_NAME
 from jhub_spark_scaler.hub import configure
 from jhub_spark_scaler.spark import SparkClient
 
-from .settings import HTTP_TIMEOUT
+from .settings import AS_ROOT_SETTING, HTTP_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -55,6 +55,7 @@ def configure_scaler(c: Config, spark_master, state: Path, **settings) -> dict:
         "LocalBackend__master_ui_url": spark_master.master_ui_url,
         "LocalBackend__state_dir": str(state),
         "LocalBackend__stop_timeout": 5,
+        **AS_ROOT_SETTING,
         **settings,
     })
 

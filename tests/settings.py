@@ -30,3 +30,11 @@ def make_observe(**changes) -> ObserveSettings:
 
 DECISION_LOG_SIZE = default("decision_log_size")
 HTTP_TIMEOUT = default("http_timeout")
+
+
+#: The suite runs as root (its machines have no other user for Spark) and these tests are not
+#: about privilege (tests/test_local_privilege.py is): their local backends run Spark as root,
+#: as the single-user demo does. As a LocalBackend keyword, a configure() keyword and a flag.
+AS_ROOT = {"allow_root": True}
+AS_ROOT_SETTING = {"LocalBackend__allow_root": True}
+AS_ROOT_FLAG = "--LocalBackend.allow_root=True"

@@ -51,7 +51,7 @@ from jhub_spark_scaler.spark import MAX_BODY_BYTES, SparkClient
 
 from .waiting import until
 from .real_hub import hub_api, worker_records
-from .settings import DECISION_LOG_SIZE, make_observe, make_policy
+from .settings import AS_ROOT, DECISION_LOG_SIZE, make_observe, make_policy
 from .test_scaling import cycles_until
 
 ERROR = "jhub-spark-scaler: error: "
@@ -128,6 +128,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("SparkScalerApp", "service_url"): ("http://127.0.0.1:port", "is not a URL"),
     ("SparkScalerApp", "start_timeout"): ("-1", ">= 0"),
     ("LocalBackend", "cds_dump_timeout"): ("-1", "must not be negative"),
+    ("LocalBackend", "run_as"): ("no-such-user-here", "no Unix user"),
     ("LocalBackend", "extra_java_options"): ("Xmx1g", "JVM options"),
     ("LocalBackend", "host_range"): ("10.0.0.2-10.0.0.9", "127.x.x.x"),
     ("LocalBackend", "java"): ("/nonexistent/java", "no Java executable"),
@@ -179,6 +180,7 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("SparkScalerApp", "show_config_json"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "log_level"): "an Enum: a value outside its choices is the wrong-type case",
     ("LocalBackend", "class_data_sharing"): "a Bool: both values are meaningful",
+    ("LocalBackend", "allow_root"): "a Bool: both values are meaningful",
     ("LocalBackend", "start_master"): "a Bool: both values are meaningful",
     ("LocalBackend", "stop_on_exit"): "a Bool: both values are meaningful",
     ("LocalBackend", "decommission_method"): "an Enum: a value outside its choices is the wrong-type case",
@@ -232,7 +234,8 @@ async def command(tmp_path, monkeypatch, capsys):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    base = {("SparkScalerApp", "max_workers"): "3", ("LocalBackend", "state_dir"): str(tmp_path / "state")}
+    base = {("SparkScalerApp", "max_workers"): "3", ("LocalBackend", "state_dir"): str(tmp_path / "state"),
+            ("LocalBackend", "allow_root"): str(AS_ROOT["allow_root"])}
 
     def run(settings: dict, *, config: str = "", args: tuple[str, ...] = ()) -> list[str]:
         chosen = {**base, **settings}
@@ -490,8 +493,8 @@ async def test_a_master_answering_garbage_blinds_the_reconciler_which_retires_no
     spark_master, stand_in, tmp_path
 ):
     stand_in.huge = _huge_master(HUGE)
-    backend = LocalBackend(start_master=False, master_url=spark_master.master_url, master_ui_url=stand_in.url,
-                           state_dir=str(tmp_path / "state"), stop_timeout=5)
+    backend = LocalBackend(**AS_ROOT, start_master=False, master_url=spark_master.master_url,
+                           master_ui_url=stand_in.url, state_dir=str(tmp_path / "state"), stop_timeout=5)
     await backend.setup()
     try:
         r = Reconciler(

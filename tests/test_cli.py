@@ -14,10 +14,10 @@ import pytest
 from jhub_spark_scaler.app import main
 from jhub_spark_scaler.spark import SparkClient
 
-from .settings import HTTP_TIMEOUT
+from .settings import AS_ROOT_FLAG, HTTP_TIMEOUT
 from .waiting import until
 
-SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
+SCALER = [sys.executable, "-m", "jhub_spark_scaler", AS_ROOT_FLAG]
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from jhub_spark_scaler.backends.processes import (
 from jhub_spark_scaler.errors import ConfigError
 
 from .conftest import Driver
+from .settings import AS_ROOT
 from .waiting import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
 def backend(state_dir: str, **kwargs) -> LocalBackend:
     settings = dict(master_port=0, master_webui_port=0, worker_memory="512m", stop_timeout=5,
                     class_data_sharing=False)
-    return LocalBackend(state_dir=state_dir, **{**settings, **kwargs})
+    return LocalBackend(state_dir=state_dir, **{**AS_ROOT, **settings, **kwargs})
 
 
 def records(state_dir: str) -> list[dict]:
@@ -128,7 +129,10 @@ async def test_start_decommission_stop(state_dir):
 
 
 def cds_files(state_dir: str) -> list[str]:
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(state_dir, "cds", "*")))
+    """The archives, marks and dumps (cds/dumps/ is the daemons' directory for the last)."""
+    cds = os.path.join(state_dir, "cds")
+    paths = [*glob.glob(os.path.join(cds, "*")), *glob.glob(os.path.join(cds, "dumps", "*"))]
+    return sorted(os.path.basename(p) for p in paths if not os.path.isdir(p))
 
 
 def dumps_classes(rec: dict) -> bool:
@@ -255,7 +259,7 @@ async def test_a_daemon_just_spawned_is_ours_before_its_command_line_is_readable
     children = Children()
     for _ in range(20):
         pid = children.spawn(["/bin/bash", "-c", "sleep 60; true", "java", WORKER_CLASS, "--work-dir",
-                              str(tmp_path)], {}, log_path=str(tmp_path / "stand-in.log"))
+                              str(tmp_path)], {}, log_path=str(tmp_path / "stand-in.log"), user=None)
         try:
             rec = {"pid": pid, "start_time": start_time(pid)}
             assert children.ours(rec, daemon)

@@ -27,6 +27,7 @@ from jhub_spark_scaler.backends.processes import (
 from jhub_spark_scaler.backends.state_files import next_handle, read_json
 from jhub_spark_scaler.model import BackendWorker
 
+from .settings import AS_ROOT
 from .waiting import always, until, until_sync
 
 pytestmark = pytest.mark.asyncio
@@ -85,7 +86,8 @@ def state_dir(tmp_path):
 
 
 def backend(state_dir: str) -> LocalBackend:
-    return LocalBackend(state_dir=state_dir, stop_on_exit=True, stop_timeout=1, class_data_sharing=False)
+    return LocalBackend(state_dir=state_dir, **AS_ROOT, stop_on_exit=True, stop_timeout=1,
+                        class_data_sharing=False)
 
 
 def plant(state_dir: str, handle: str, rec: dict) -> BackendWorker:
@@ -257,7 +259,8 @@ async def test_symlinked_state_files_are_not_followed(state_dir, victims, tmp_pa
     assert read_json(os.path.join(state_dir, "master.json"), root=state_dir, log=b.log) is None
     os.symlink(tmp_path / "precious", os.path.join(state_dir, "logs", "local-3.log"))
     with pytest.raises(BackendError, match=r"^LocalBackend: refusing the log file .*local-3\.log: a symlink"):
-        Children().spawn(["/bin/true"], {}, log_path=os.path.join(state_dir, "logs", "local-3.log"))
+        Children().spawn(["/bin/true"], {}, log_path=os.path.join(state_dir, "logs", "local-3.log"),
+                         user=None)
     assert read(str(tmp_path / "precious")) == "mine"
     os.rename(os.path.join(state_dir, "workers"), tmp_path / "workers")
     os.symlink(tmp_path / "workers", os.path.join(state_dir, "workers"))
@@ -281,7 +284,7 @@ async def test_a_planted_master_record_is_neither_adopted_nor_stopped(state_dir,
     child = await victim.child()
     with open(os.path.join(state_dir, "master.json"), "w") as f:
         json.dump({**victim.rec, "host": "127.0.0.1", "port": 9, "webui_port": 9, "created_at": 1.0}, f)
-    b = LocalBackend(state_dir=state_dir, master_port=0, master_webui_port=0, stop_on_exit=True,
+    b = LocalBackend(state_dir=state_dir, **AS_ROOT, master_port=0, master_webui_port=0, stop_on_exit=True,
                      stop_timeout=5, class_data_sharing=False)
     try:
         await b.setup()  # starts a master of its own

@@ -22,7 +22,7 @@ from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import lost_executors
-from .settings import DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy
+from .settings import AS_ROOT, DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy
 from .waiting import until
 
 pytestmark = pytest.mark.spark
@@ -50,6 +50,7 @@ async def make_scaler(spark_master, tmp_path):
 
     async def make(*, held_after: float = 60.0, decommission_method="signal", **policy) -> Reconciler:
         backend = LocalBackend(
+            **AS_ROOT,
             decommission_method=decommission_method,
             start_master=False,
             master_url=spark_master.master_url,

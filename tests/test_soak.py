@@ -60,7 +60,8 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
     # the sampler read the pool before every driver started
     assert s["pool_by_session"].keys() == s["ttfe_by_session"].keys(), s["pool_by_session"]
     # the class archive the environment prepared, as a deployed hub keeps it: nothing else
-    archives = sorted(p.name for p in (tmp_path / "scaler-workers" / "cds").iterdir())
+    cds = tmp_path / "scaler-workers" / "cds"
+    archives = sorted(p.name for p in [*cds.iterdir(), *(cds / "dumps").iterdir()] if p.is_file())
     assert len(archives) == 1 and archives[0].endswith(".jsa"), archives
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jhub_spark_scaler.backends import Backend
 from jhub_spark_scaler.backends.local import LocalBackend
+from tests.settings import AS_ROOT
 from tests.waiting import WaitTimeout, until
 
 from .cluster import alive_hosts, kill_quietly, worker_processes
@@ -32,7 +33,7 @@ class LocalEnv:
         pass
 
     def _settings(self, master, strategy: str) -> dict:
-        return {"start_master": False, "master_url": master.url, "master_ui_url": master.ui,
+        return {**AS_ROOT, "start_master": False, "master_url": master.url, "master_ui_url": master.ui,
                 "state_dir": str(self.workdir / f"{strategy}-workers"), "worker_cores": WORKER_CORES,
                 "worker_memory": "1g", "host_range": f"{self.host_prefix}2-{self.host_prefix}254",
                 "stop_timeout": 10}

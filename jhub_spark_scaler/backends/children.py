@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from . import BackendError
+from .daemon_user import DaemonUser, spawn
 from .processes import Daemon, alive, command_line, executor_in, executors_in, is_ours, record_pid, start_time
 
 #: pidfd_send_signal flag (linux/pidfd.h, Linux 6.9+): the process group the pidfd's process leads
@@ -106,14 +107,12 @@ class Children:
     def __init__(self) -> None:
         self.pids: dict[int, int | None] = {}  # pid -> its start time
 
-    def spawn(self, cmd: list[str], env: dict[str, str], *, log_path: str) -> int:
-        """Start `cmd` in a new session, output appended to `log_path`; its pid."""
+    def spawn(self, cmd: list[str], env: dict[str, str], *, log_path: str, user: DaemonUser | None) -> int:
+        """Start `cmd` in a new session as `user` (None: this process's), output appended
+        to `log_path` (opened here: the log stays ours); its pid."""
         log = _open_log(log_path)
-        try:  # a plain pid, not a Popen: nothing warns when a scaler leaves its workers running
-            pid = os.posix_spawn(cmd[0], cmd, env, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
-            ])
+        try:
+            pid = spawn(cmd, env, log_fd=log, user=user)
         finally:
             os.close(log)
         self.pids[pid] = start_time(pid)

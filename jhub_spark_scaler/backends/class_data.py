@@ -3,8 +3,9 @@
 An archive is named by a key of what makes it valid (the JVM, the Spark jars, the worker
 daemon's JVM options): a change of any of them starts a new archive, and `remove_stale()`
 deletes the others. Java 17 cannot create an archive by itself, so one worker at a time
-starts with -XX:ArchiveClassesAtExit and dumps its classes as it exits; `finish_dump()`,
-called when that worker is stopped, moves the dump in place, or marks the archive
+starts with -XX:ArchiveClassesAtExit and dumps its classes as it exits, into a directory
+of the daemons' user (the archives' own is the scaler's); `finish_dump()`, called when
+that worker is stopped, moves the dump in place, or marks the archive
 `<archive>.failed` so that no worker tries again until an admin removes the mark.
 """
 
@@ -37,9 +38,10 @@ def remove_stale(cds_dir: str, archive: str) -> None:
     remove(*(p for p in glob.glob(os.path.join(cds_dir, "worker-*")) if not p.startswith(archive)))
 
 
-def worker_options(archive: str, *, handle: str, records: Iterable[dict], enabled: bool) -> list[str]:
+def worker_options(archive: str, *, dump_dir: str, handle: str, records: Iterable[dict],
+                   enabled: bool) -> list[str]:
     """The JVM options for worker `handle`: use the archive; else have this worker dump
-    its classes when it exits, unless a worker of `records` (the state files) is dumping
+    its classes into `dump_dir` when it exits, unless a worker of `records` (the state files) is dumping
     them already, or the archive is marked failed."""
     if not enabled or os.path.exists(f"{archive}.failed"):
         return []
@@ -47,7 +49,7 @@ def worker_options(archive: str, *, handle: str, records: Iterable[dict], enable
         return [f"-XX:SharedArchiveFile={archive}"]
     if any(r.get("cds_dump") and alive(r) for r in records):
         return []
-    return [f"{DUMP_OPTION}{archive}.{handle}.tmp"]
+    return [f"{DUMP_OPTION}{os.path.join(dump_dir, os.path.basename(archive))}.{handle}.tmp"]
 
 
 def dump_file(options: list[str]) -> str:
@@ -56,15 +58,19 @@ def dump_file(options: list[str]) -> str:
     return options[0].removeprefix(DUMP_OPTION) if options and options[0].startswith(DUMP_OPTION) else ""
 
 
-def finish_dump(rec: dict, *, handle: str, stopped: bool, exited: bool, log: logging.Logger) -> None:
-    """After worker `handle` (state file `rec`) is gone: move its dump in place. One that
+def finish_dump(rec: dict, *, cds_dir: str, handle: str, stopped: bool, exited: bool,
+                log: logging.Logger) -> None:
+    """After worker `handle` (state file `rec`, its "cds_dump" checked by
+    `state_files.own_dump`) is gone: move its dump into `cds_dir` as the archive, if a
+    file (the daemons' user may have put anything there). One that
     died before its stop (SIGKILL, OOM) never got to dump: the next worker tries. One
     that exited without a dump, or outlived cds_dump_timeout, marks the archive failed."""
     dump = rec.get("cds_dump")
     if not dump:
         return
-    archive = dump.removesuffix(f".{handle}.tmp")
-    if exited and os.path.exists(dump):
+    # named from the dump, never from the record: a record may be planted
+    archive = os.path.join(cds_dir, os.path.basename(dump).removesuffix(f".{handle}.tmp"))
+    if exited and os.path.isfile(dump) and not os.path.islink(dump):
         os.replace(dump, archive)
         log.info("LocalBackend: wrote %s; workers will start from it", archive)
         return

@@ -20,17 +20,18 @@ with its own --work-dir, or the Master class with this state directory as a prop
 (Right after a spawn, before the command line is readable, a child of this process
 not yet reaped is ours by its pid and start time: see `processes.is_ours`.) Nothing
 under the state directory is followed through a symlink (see `state_files`).
+Who may write which of them (the daemons may run as another user): see `state_layout`.
 
 The parts with a job of their own: `processes` reads /proc and sockets, `children`
-spawns and ends the daemons, `state_files` reads and writes the files above, and
-`class_data` keeps the AppCDS archive.
+spawns and ends the daemons, `daemon_user` says as whom, `daemon_env` with which
+environment, `state_files` reads and writes the files above, `state_layout` makes
+their directories, and `class_data` keeps the AppCDS archive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import importlib.util
 import ipaddress
 import os
@@ -47,9 +48,11 @@ from .. import clock
 from ..errors import ConfigError
 from ..httpjson import fetch_json
 from ..model import BackendWorker
-from . import Backend, BackendError, class_data, state_files
+from . import Backend, BackendError, class_data, installation, state_files, state_layout
 from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
 from .children import Children, end_executors
+from .daemon_env import DEFAULT_PATH, daemon_env
+from .daemon_user import DaemonUser, check_adoptable, daemon_home, daemon_user
 from .processes import Daemon, alive, bind_error, catches, free_port, listening_hosts, start_time
 from .state_files import read_json, remove, write_json
 
@@ -122,6 +125,14 @@ class LocalBackend(Backend):
         help="State files, logs, work dirs. Default: $XDG_STATE_HOME/jhub-spark-scaler/local "
         "($XDG_STATE_HOME defaults to ~/.local/state)."
     ).tag(config=True)
+    run_as = Unicode(
+        "", help="Unix user the Spark master and workers, and so every executor, run as when the scaler "
+        "runs as root. Not as root: empty or the scaler's own user.",
+    ).tag(config=True)
+    allow_root = Bool(
+        False, help="Let a scaler running as root, with no run_as, run Spark as root: only where every "
+        "notebook user may be root anyway (a single-user machine)."
+    ).tag(config=True)
     start_master = Bool(
         True, help="Start a Spark master as a child process; if False, workers join LocalBackend.master_url."
     ).tag(config=True)
@@ -193,6 +204,8 @@ class LocalBackend(Backend):
         self._children = Children()
         self._master: dict | None = None  # the master we started or adopted
         self._scala = ""
+        self._user: DaemonUser | None = None  # who the daemons run as (None: this process's user)
+        self._java_home = ""
 
     # -- state files -----------------------------------------------------------
 
@@ -210,27 +223,14 @@ class LocalBackend(Backend):
     def _classpath(self) -> str:
         return os.path.join(self.spark_home, "jars", "*")
 
-    def _check_environment(self) -> None:
-        java = shutil.which(self.java)
-        if not java:
-            raise ConfigError(f"LocalBackend.java: no Java executable at {self.java!r}; "
-                              "install Java 17+ or set LocalBackend.java")
-        self.java = java
-        cores = glob.glob(os.path.join(self.spark_home, "jars", "spark-core_*.jar"))
-        if not self.spark_home or not cores:
-            raise ConfigError(f"LocalBackend.spark_home: no Spark jars in {self.spark_home!r}/jars; "
-                              "pip install pyspark or set LocalBackend.spark_home")
-        # the worker launches executors with Spark's launcher code, which needs it (spark-class sets it)
-        self._scala = re.search(r"spark-core_([\d.]+)-", os.path.basename(cores[0])).group(1)
-
     def _spawn(self, args: list[str], *, host: str, log_name: str) -> dict:
         """Start a Spark daemon in a session of its own; return its identity for a state file."""
         # maxRetries=0: a daemon binds the ports in its state file or fails, never port+1 unnoticed
         cmd = [self.java, *FAST_JVM_OPTIONS, "-Dspark.decommission.enabled=true", "-Dspark.port.maxRetries=0",
                *[f"-D{k}={v}" for k, v in self.spark_conf.items()], *args]
-        env = {**os.environ, "SPARK_HOME": self.spark_home, "SPARK_SCALA_VERSION": self._scala}
-        env["SPARK_LOCAL_IP"] = host
-        pid = self._children.spawn(cmd, env, log_path=self._path("logs", log_name))
+        env = daemon_env(os.environ, home=daemon_home(self._user, self._path("home")), local_ip=host,
+                         spark_home=self.spark_home, scala=self._scala, java_home=self._java_home)
+        pid = self._children.spawn(cmd, env, log_path=self._path("logs", log_name), user=self._user)
         return {"pid": pid, "start_time": start_time(pid), "created_at": clock.now(), "host": host}
 
     def _worker_daemon(self, handle: str) -> Daemon:
@@ -247,19 +247,24 @@ class LocalBackend(Backend):
     # -- master ----------------------------------------------------------------
 
     async def setup(self) -> None:
-        self._check_environment()
-        for sub in ("workers", "logs", "work", "cds"):
-            try:
-                os.makedirs(self._path(sub), exist_ok=True)
-            except OSError as e:
-                raise ConfigError(
-                    f"LocalBackend.state_dir: cannot create {self._path(sub)}: {e.strerror}"
-                ) from None
+        self._user = daemon_user(self.run_as, allow_root=self.allow_root)
+        found = installation.find(java=self.java, spark_home=self.spark_home, user=self._user)
+        self.java, self._java_home, self._scala = found
+        state_layout.prepare(self.state_dir, self._user)
+        if self._user and not installation.executor_python(os.environ.get("PATH", DEFAULT_PATH), self._user):
+            self.log.warning("LocalBackend: no python3 on PATH that run_as user %r can run: PySpark jobs "
+                             "work only from drivers whose PYSPARK_PYTHON it can run", self._user.name)
+        master = read_json(self._path("master.json"), root=self.state_dir, log=self.log)
+        adopting = [r for r in (master, *self._records()) if r and alive(r)]
+        check_adoptable([r["pid"] for r in adopting], self._user, state_dir=self.state_dir)
         if self.start_master:
             await self._setup_master()
         elif not self.master_url:
             raise ConfigError("LocalBackend.master_url: must be set when LocalBackend.start_master is False")
-        class_data.remove_stale(self._path("cds"), self._cds_archive())
+        archive = self._cds_archive()
+        class_data.remove_stale(self._path("cds"), archive)
+        dumps = self._path("cds", "dumps")
+        class_data.remove_stale(dumps, os.path.join(dumps, os.path.basename(archive)))
         workers = await self.list()
         running = sum(w.running for w in workers)
         self.log.info("LocalBackend: adopted %d running worker(s) and %d dead one(s); state in %s",
@@ -363,9 +368,10 @@ class LocalBackend(Backend):
     def _start_worker(self, *, host: str, port: int, ui: int, records: list[dict]) -> dict:
         handle = state_files.next_handle(self.state_dir, self.log)
         work_dir = self._path("work", handle)
-        os.makedirs(work_dir, exist_ok=True)
-        cds = class_data.worker_options(self._cds_archive(), handle=handle, records=records,
-                                        enabled=self.class_data_sharing)
+        state_layout.work_dir(work_dir, self._user)
+        archive = self._cds_archive()
+        cds = class_data.worker_options(archive, dump_dir=self._path("cds", "dumps"), handle=handle,
+                                        records=records, enabled=self.class_data_sharing)
         args = [f"-Xmx{self.worker_heap}", *cds, *self.extra_java_options,
                 "-cp", self._classpath(), WORKER_CLASS, "--host", host, "--port", str(port),
                 "--webui-port", str(ui), "--cores", str(self.worker_cores), "--memory", self.worker_memory,
@@ -410,7 +416,7 @@ class LocalBackend(Backend):
     async def stop(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
         rec = read_json(path, root=self.state_dir, log=self.log) or {}
-        if not state_files.own_dump(rec, cds_dir=self._path("cds"), handle=worker.handle):
+        if not state_files.own_dump(rec, cds_dir=self._path("cds", "dumps"), handle=worker.handle):
             rec.pop("cds_dump")  # finish_dump would move or delete the file it names
         daemon = self._worker_daemon(worker.handle)
         # a process that is not this worker (a pid reused, a state file planted) is a dead
@@ -424,7 +430,8 @@ class LocalBackend(Backend):
         if work and (killed := end_executors(work)):
             self.log.warning("LocalBackend: killed %d executor process(es) worker %s left behind",
                              killed, worker.handle)
-        class_data.finish_dump(rec, handle=worker.handle, stopped=ours, exited=exited, log=self.log)
+        class_data.finish_dump(rec, cds_dir=self._path("cds"), handle=worker.handle, stopped=ours,
+                               exited=exited, log=self.log)
         log = self._path("logs", f"{worker.handle}.log")
         # keep the log of one that died on its own
         remove(path, f"{path}.tmp", *([log] if ours else []), root=self.state_dir)
