@@ -33,7 +33,7 @@ def resources(**overrides):
 
 def template(**overrides) -> WorkerPodTemplate:
     settings = dict(namespace="spark", pool="default", image="apache/spark:4.3.0",
-                    master_url="spark://spark-master.spark.svc:7077", resources=resources())
+                    master_url="spark://spark-master.spark.svc:7077", resources=resources(), run_as_user=185)
     settings.update(overrides)
     return WorkerPodTemplate(**settings)
 
@@ -132,7 +132,7 @@ def manifests():
     yield worker_pod(template())
     yield worker_pod(template(owner=owner, service_account="spark", image_pull_secrets=("regcred",),
                               tolerations=({"key": "spark", "operator": "Exists"},)))
-    yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0")
+    yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0", run_as_user=185)
     yield from master_services(name="spark-master", namespace="spark")
 
 

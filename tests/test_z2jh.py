@@ -156,6 +156,7 @@ def chart_values(*layers: dict) -> dict:
 
 VALUES = chart_values(guide_set_values())
 SCALER = VALUES["custom"]["sparkScaler"]
+RUN_AS_USER = SCALER.get("KubernetesBackend__run_as_user", KubernetesBackend.run_as_user.default_value)
 
 
 def chart_config(values: dict, root: Path) -> tuple[Config, dict[str, str]]:
@@ -503,7 +504,7 @@ def test_every_manifest_passes_kubernetes_validate_strict():
 def test_the_master_manifest_is_what_the_backend_would_create():
     assert load_all(HELM / "spark-master.yaml") == [
         master_deployment(name="spark-master", namespace=SPARK_NAMESPACE,
-                          image=SCALER["KubernetesBackend__image"]),
+                          image=SCALER["KubernetesBackend__image"], run_as_user=RUN_AS_USER),
         *master_services(name="spark-master", namespace=SPARK_NAMESPACE),
     ]
 

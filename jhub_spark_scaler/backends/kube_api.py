@@ -156,10 +156,15 @@ class KubeApi:
         return await self._call("patch", "pods", self.core.patch_namespaced_pod, name, self.namespace,
                                 {"metadata": {"annotations": annotations}})
 
-    async def delete_pod(self, name: str, grace_period: int) -> dict:
+    async def delete_pod(self, name: str, grace_period: int, uid: str = "") -> dict:
+        """Delete the pod `name`; with `uid`, only if it is still that pod (Conflict if a
+        pod of the same name replaced it)."""
         # in the body: the apiserver ignores query parameters when a delete has a body
+        body: dict[str, Any] = {"gracePeriodSeconds": grace_period}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         return await self._call("delete", "pods", self.core.delete_namespaced_pod, name, self.namespace,
-                                body={"gracePeriodSeconds": grace_period})
+                                body=body)
 
     # -- other objects ---------------------------------------------------------
 
