@@ -350,8 +350,9 @@ class KubernetesBackend(Backend):
     def template(self) -> WorkerPodTemplate:
         return WorkerPodTemplate(
             namespace=self.namespace, pool=self.pool, image=self.image, master_url=self.master_url,
-            resources=self.resources(), run_as_user=self.run_as_user, image_pull_policy=self.image_pull_policy,
-            image_pull_secrets=tuple(self.image_pull_secrets), daemon_memory=self.daemon_memory,
+            resources=self.resources(), run_as_user=self.run_as_user,
+            image_pull_policy=self.image_pull_policy, image_pull_secrets=tuple(self.image_pull_secrets),
+            daemon_memory=self.daemon_memory,
             spark_conf=dict(self.spark_conf), env=dict(self.extra_env), labels=dict(self.extra_labels),
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),

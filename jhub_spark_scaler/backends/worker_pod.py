@@ -268,7 +268,7 @@ def hook_result_error(pod, *, namespace: str, pool: str, owner_uid: str) -> str:
     """Why the pod `modify_pod_hook` returned must not be created ("" if it may): without
     the pool's labels, its owner or in another namespace it would be a pod the scaler never
     sees again, outside max_workers; with a fixed name only the first such pod could exist."""
-    if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod" or not isinstance(pod.get("metadata"), dict):
+    if not isinstance(pod, dict) or pod.get("kind") != "Pod" or not isinstance(pod.get("metadata"), dict):
         return f"returned {type(pod).__name__}, not a Pod manifest (a dict)"
     metadata = pod["metadata"]
     labels = metadata.get("labels") or {}
