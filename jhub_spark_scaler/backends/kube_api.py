@@ -79,6 +79,11 @@ def _message(body: bytes) -> str:
 def request_error(status: int, body: bytes, verb: str, resource: str, namespace: str) -> BackendError:
     """One line naming what failed and what to fix."""
     message = _message(body)
+    if status == 403 and ("PodSecurity" in message or "pod security policy" in message):
+        return BackendError(
+            f"the namespace's pod security refused to {verb} {resource} in namespace {namespace!r} "
+            f"({message}); see KubernetesBackend.run_as_user and modify_pod_hook"
+        )
     if status == 403:
         return BackendError(
             f"missing RBAC permission: cannot {verb} {resource} in namespace {namespace!r} "
