@@ -10,12 +10,18 @@
    refused.
 3. helm-values/networkpolicy.yaml applied to the real apiserver, its egress rules checked as
    data: DNS and the master admitted, the cloud metadata address never.
+4. The backend acts on its own pods only (the shared test apiserver, no kubelet: the pods
+   stay Pending, which is all these tests need): deletion with a uid precondition, pods of
+   another owner never adopted, a bad retiring mark, a modify_pod_hook that would let a pod
+   escape the pool.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import itertools
+import logging
 import re
 from pathlib import Path
 
@@ -27,9 +33,11 @@ from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.kube_api import KubeApi
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment
-from jhub_spark_scaler.backends.worker_pod import worker_pod
+from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_selector, worker_pod
+from jhub_spark_scaler.observe import is_retiring
 
 from .kube_cluster import KubeCluster
+from .waiting import until
 
 HELM = Path(__file__).resolve().parent.parent / "helm-values"
 NAMESPACE = "spark"
@@ -41,7 +49,8 @@ def load_all(path: Path) -> list[dict]:
 
 
 def backend(**settings) -> KubernetesBackend:
-    return KubernetesBackend(namespace=NAMESPACE, master_url="spark://spark-master.spark.svc:7077", **settings)
+    return KubernetesBackend(namespace=NAMESPACE, master_url="spark://spark-master.spark.svc:7077",
+                             **settings)
 
 
 def as_pod(deployment: dict, name: str) -> dict:
@@ -117,7 +126,8 @@ RESTRICTED = [
     ("seccompProfile_restricted", "pod or container", "securityContext.seccompProfile",
      lambda v: bool(v) and v.get("type") in ("RuntimeDefault", "Localhost")),
     ("capabilities_restricted", "container", "securityContext.capabilities",
-     lambda v: bool(v) and "ALL" in (v.get("drop") or ()) and set(v.get("add") or ()) <= {"NET_BIND_SERVICE"}),
+     lambda v: bool(v) and "ALL" in (v.get("drop") or ())
+     and set(v.get("add") or ()) <= {"NET_BIND_SERVICE"}),
 ]
 
 
@@ -184,7 +194,12 @@ async def psp_api(kube_cluster, tmp_path_factory):
     await cluster.start()
     try:
         async with await cluster.api_client("admin") as admin:
-            await client.PolicyV1beta1Api(admin).create_pod_security_policy(RESTRICTED_PSP)
+            # the client has no PodSecurityPolicy API left (removed in 1.25): posted as is
+            response = await admin.call_api(
+                "/apis/policy/v1beta1/podsecuritypolicies", "POST", body=RESTRICTED_PSP,
+                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False)
+            assert response.status == 201, await response.text()
             rbac = client.RbacAuthorizationV1Api(admin)
             await rbac.create_cluster_role({
                 "metadata": {"name": "psp-restricted"},
@@ -289,8 +304,8 @@ def test_egress_never_admits_the_cloud_metadata_address():
     # the optional block does open the public internet, and not the cluster's private ranges
     (public,) = _public_internet_block()
     assert _ip_admitted(public, ipaddress.ip_address("8.8.8.8"))
-    assert not any(_ip_admitted(public, ipaddress.ip_address(ip)) for ip in ("10.0.0.1", "172.16.0.1",
-                                                                              "192.168.0.1"))
+    for private in ("10.0.0.1", "172.16.0.1", "192.168.0.1"):
+        assert not _ip_admitted(public, ipaddress.ip_address(private))
 
 
 def _admits_port(rule: dict, port: int, protocol: str = "TCP") -> bool:
@@ -309,7 +324,8 @@ def test_egress_admits_dns_and_the_master():
                 in dns["to"], name
     worker_rules = policies["spark-worker"]["spec"]["egress"]
     (to_master,) = [r for r in worker_rules if _admits_port(r, 7077)]
-    assert to_master["to"] == [{"podSelector": {"matchLabels": {"jhub-spark-scaler/component": "spark-master"}}}]
+    master = {"podSelector": {"matchLabels": {"jhub-spark-scaler/component": "spark-master"}}}
+    assert to_master["to"] == [master]
 
 
 async def test_networkpolicy_yaml_is_accepted_by_the_apiserver(kube_cluster):
@@ -326,3 +342,146 @@ async def test_networkpolicy_yaml_is_accepted_by_the_apiserver(kube_cluster):
         finally:
             for doc in docs:
                 await networking.delete_namespaced_network_policy(doc["metadata"]["name"], NAMESPACE)
+
+
+# ---- 4. the backend acts on its own pods only -----------------------------------------------
+
+_pools = itertools.count(1)
+
+
+async def pods_of(kube_cluster, pool: str) -> list[dict]:
+    """The pool's pods as the apiserver has them (read as admin, not through the cache)."""
+    async with await kube_cluster.api_client("admin") as admin:
+        listed = await client.CoreV1Api(admin).list_namespaced_pod(
+            NAMESPACE, label_selector=pool_selector(pool))
+        return [admin.sanitize_for_serialization(p) for p in listed.items]
+
+
+@pytest.fixture
+async def make_backend(kube_cluster, kube_rbac):
+    """`await make_backend(user=..., pool=..., **settings)`: a set-up KubernetesBackend (the
+    scaler's user and a pool of its own by default); its pods are deleted at teardown."""
+    backends = []
+
+    async def make(*, user: str = SCALER_USER, pool: str = "", **settings) -> KubernetesBackend:
+        b = backend(kubeconfig=str(kube_cluster.kubeconfig(user)), pool=pool or f"sec{next(_pools)}",
+                    stop_grace_period=0, log=logging.getLogger("test-kube-security"), **settings)
+        await b.setup()
+        backends.append(b)
+        return b
+
+    yield make
+    async with await kube_cluster.api_client("admin") as admin:
+        for b in backends:
+            await b.shutdown()
+            await client.CoreV1Api(admin).delete_collection_namespaced_pod(
+                NAMESPACE, label_selector=pool_selector(b.pool), grace_period_seconds=0)
+
+
+async def test_stop_spares_a_pod_that_replaced_the_listed_one(make_backend, kube_cluster):
+    """The attack: between the scaler's list and its stop, the pod is deleted and another is
+    created under the same name (with the pool's labels). Only the listed pod may be deleted."""
+    b = await make_backend()
+    await b.start(1)
+    (worker,) = await b.list()
+    async with await kube_cluster.api_client("admin") as admin:
+        core = client.CoreV1Api(admin)
+        (old,) = await pods_of(kube_cluster, b.pool)
+        await core.delete_namespaced_pod(worker.handle, NAMESPACE, grace_period_seconds=0)
+
+        async def gone():
+            return not await pods_of(kube_cluster, b.pool)
+
+        await until(gone, timeout=30, what="the listed pod to be deleted")
+        replacement = copy.deepcopy(old)
+        for key in ("uid", "resourceVersion", "creationTimestamp", "generateName", "managedFields"):
+            replacement["metadata"].pop(key, None)
+        replacement.pop("status", None)
+        await core.create_namespaced_pod(NAMESPACE, replacement)
+        (new,) = await pods_of(kube_cluster, b.pool)
+        assert new["metadata"]["name"] == worker.handle and new["metadata"]["uid"] != old["metadata"]["uid"]
+
+        await b.stop(worker)
+        assert [p["metadata"]["uid"] for p in await pods_of(kube_cluster, b.pool)] == [new["metadata"]["uid"]]
+        # without the precondition, the same request by name deletes the replacement
+        await b.api.delete_pod(worker.handle, 0)
+        assert await pods_of(kube_cluster, b.pool) == []
+
+
+async def test_another_owners_pods_are_never_adopted_listed_or_stopped(make_backend, kube_cluster, caplog):
+    """Two hubs with pool `default` in one namespace, told apart by their pods' owners."""
+    async with await kube_cluster.api_client("admin") as admin:
+        await client.CoreV1Api(admin).create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "hub-b"}})
+    try:
+        a = await make_backend(pool="default")  # owner: Deployment/spark-master
+        a_pods = {w.handle for w in await a.start(2)}
+        b = await make_backend(user="admin", pool="default", owner="ConfigMap/hub-b")
+        assert await b.list() == [], "a's pods are not b's"
+        b_pods = {w.handle for w in await b.start(2)}
+
+        async def seen(backend) -> set[str]:
+            return {w.handle for w in await backend.list()}
+
+        await until(lambda: a.cache.stats["events"] >= 4, timeout=30, what="a's watch to see b's pods come")
+        assert await seen(a) == a_pods and await seen(b) == b_pods
+        for worker in await a.list():
+            await a.stop(worker)
+        assert {p["metadata"]["name"] for p in await pods_of(kube_cluster, "default")} == b_pods
+        refusals = sorted(r.getMessage() for r in caplog.records if "not adopted" in r.getMessage())
+        assert len(refusals) == 4, "each hub logs each of the other's pods once, whatever its events"
+        assert sum("owner ConfigMap/hub-b, not Deployment/spark-master" in m for m in refusals) == 2
+    finally:
+        async with await kube_cluster.api_client("admin") as admin:
+            await client.CoreV1Api(admin).delete_namespaced_config_map("hub-b", NAMESPACE)
+
+
+async def test_a_bad_retiring_mark_means_retiring_since_the_pods_creation(make_backend, kube_cluster, caplog):
+    b = await make_backend()
+    (worker,) = await b.start(1)
+    async with await kube_cluster.api_client("admin") as admin:
+        core = client.CoreV1Api(admin)
+        await core.patch_namespaced_pod(worker.handle, NAMESPACE,
+                                        {"metadata": {"annotations": {ANNOTATION_RETIRING: "soon"}}})
+
+        async def marked():
+            (w,) = await b.list()  # never blind: list() raises while the cache cannot be trusted
+            return w if w.retiring_since is not None else None
+
+        retiring = await until(marked, timeout=30, what="the bad mark to reach the cache")
+        assert retiring.retiring_since == retiring.created_at
+        assert is_retiring(retiring, None), "drained, never taken for an idle worker"
+        for i in range(3):  # more events of the same pod
+            await core.patch_namespaced_pod(worker.handle, NAMESPACE, {"metadata": {"labels": {"n": str(i)}}})
+        await until(lambda: b.cache.stats["events"] >= 5, timeout=30, what="the further events")
+    assert not b.cache.error
+    logged = [r.getMessage() for r in caplog.records if ANNOTATION_RETIRING in r.getMessage()]
+    assert logged == [f"pod {worker.handle}: annotation {ANNOTATION_RETIRING}='soon' is not a time: "
+                      "retiring, since unknown (counted from the pod's creation); its drain goes on"]
+
+
+def _relabel(pod):
+    pod["metadata"]["labels"]["jhub-spark-scaler/pool"] = "elsewhere"
+    return pod
+
+
+_ESCAPING_HOOKS = {
+    "drops-pool-label": lambda backend, pod: (
+        pod["metadata"]["labels"].pop("app.kubernetes.io/name"), pod)[1],
+    "changes-pool-label": lambda backend, pod: _relabel(pod),
+    "changes-namespace": lambda backend, pod: (pod["metadata"].update(namespace="default"), pod)[1],
+    "drops-owner": lambda backend, pod: (pod["metadata"].pop("ownerReferences"), pod)[1],
+    "fixed-name": lambda backend, pod: (pod["metadata"].update(name="spark-worker-x"), pod)[1],
+    "returns-none": lambda backend, pod: None,
+}
+
+
+@pytest.mark.parametrize("hook", list(_ESCAPING_HOOKS))
+async def test_modify_pod_hook_that_lets_a_pod_escape_creates_nothing(make_backend, kube_cluster, hook):
+    b = await make_backend(modify_pod_hook=_ESCAPING_HOOKS[hook])
+    with pytest.raises(BackendError) as refused:
+        await b.start(2)
+    message = str(refused.value)
+    assert message.startswith("KubernetesBackend.modify_pod_hook ") and "\n" not in message
+    assert message.endswith(": no worker pod created")
+    assert "create pods" not in b.api.requests
+    assert await pods_of(kube_cluster, b.pool) == []

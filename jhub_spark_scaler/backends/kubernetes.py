@@ -324,7 +324,7 @@ class KubernetesBackend(Backend):
             return True
         owners = ", ".join(f"{r.get('kind')}/{r.get('name')}" for r in pod["metadata"].get(
             "ownerReferences") or ()) or "none"
-        self._log_once("owner", pod, "pod %s has pool %r's labels but owner %s, not %s: not adopted, "
+        self._log_once("owner", pod, "pod %s has the labels of pool %r but owner %s, not %s: not adopted, "
                        "never stopped (another scaler's pool of the same name?)", pod["metadata"]["name"],
                        self.pool, owners, self.owner or "none")
         return False
