@@ -601,6 +601,9 @@ def test_the_guide_uses_what_the_tests_use():
     # kubectl apply: every manifest, each tested below (strict validation, server dry run)
     assert sorted(set(guide_applied_manifests())) == MANIFESTS
     assert ["kubectl", "create", "namespace", SPARK_NAMESPACE] in commands
+    # the Spark pods pass `restricted` (tests/test_kube_security.py): the namespace enforces it
+    assert ["kubectl", "label", "namespace", SPARK_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+            ] in commands
     deleted = [f for w in commands if w[:2] == ["kubectl", "delete"] for f in flag_values(w, "-f")]
     assert set(deleted) == set(guide_applied_manifests()) - {"helm-values/rbac-manage-master.yaml"}
     assert ["kubectl", "delete", "namespace", SPARK_NAMESPACE] in commands

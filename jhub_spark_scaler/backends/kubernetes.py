@@ -324,9 +324,9 @@ class KubernetesBackend(Backend):
             return True
         owners = ", ".join(f"{r.get('kind')}/{r.get('name')}" for r in pod["metadata"].get(
             "ownerReferences") or ()) or "none"
-        self._log_once("owner", pod, "pod %s has the labels of pool %r but owner %s, not %s: not adopted, "
-                       "never stopped (another scaler's pool of the same name?)", pod["metadata"]["name"],
-                       self.pool, owners, self.owner or "none")
+        self._log_once("owner", pod, "pod %s has the labels of pool %r but owner %s, not %s: "
+                       "not adopted, never stopped (another scaler's pool of the same name?)",
+                       pod["metadata"]["name"], self.pool, owners, self.owner or "none")
         return False
 
     def _worker(self, pod: dict) -> BackendWorker:
