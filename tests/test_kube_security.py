@@ -378,9 +378,10 @@ async def make_backend(kube_cluster, kube_rbac):
                 NAMESPACE, label_selector=pool_selector(b.pool), grace_period_seconds=0)
 
 
-async def test_stop_spares_a_pod_that_replaced_the_listed_one(make_backend, kube_cluster):
-    """The attack: between the scaler's list and its stop, the pod is deleted and another is
-    created under the same name (with the pool's labels). Only the listed pod may be deleted."""
+async def test_retire_and_stop_spare_a_pod_that_replaced_the_listed_one(make_backend, kube_cluster):
+    """The attack: between the scaler's list and its retire and stop, the pod is deleted and
+    another is created under the same name (with the pool's labels). Only the listed pod may
+    be marked or deleted."""
     b = await make_backend()
     await b.start(1)
     (worker,) = await b.list()
@@ -401,8 +402,12 @@ async def test_stop_spares_a_pod_that_replaced_the_listed_one(make_backend, kube
         (new,) = await pods_of(kube_cluster, b.pool)
         assert new["metadata"]["name"] == worker.handle and new["metadata"]["uid"] != old["metadata"]["uid"]
 
+        with pytest.raises(BackendError, match="uid"):
+            await b.decommission(worker)
         await b.stop(worker)
-        assert [p["metadata"]["uid"] for p in await pods_of(kube_cluster, b.pool)] == [new["metadata"]["uid"]]
+        (survivor,) = await pods_of(kube_cluster, b.pool)
+        assert survivor["metadata"]["uid"] == new["metadata"]["uid"]
+        assert ANNOTATION_RETIRING not in (survivor["metadata"].get("annotations") or {})
         # without the precondition, the same request by name deletes the replacement
         await b.api.delete_pod(worker.handle, 0)
         assert await pods_of(kube_cluster, b.pool) == []

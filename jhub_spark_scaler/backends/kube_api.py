@@ -157,9 +157,14 @@ class KubeApi:
         return await self._call("create", "pods", self.core.create_namespaced_pod, self.namespace, pod,
                                 **kwargs)
 
-    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> dict:
+    async def annotate_pod(self, name: str, annotations: dict[str, str], uid: str = "") -> dict:
+        """Set annotations of the pod `name`; with `uid`, only if it is still that pod (the
+        apiserver refuses a patch that would change a pod's uid: HTTP 422)."""
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if uid:
+            metadata["uid"] = uid
         return await self._call("patch", "pods", self.core.patch_namespaced_pod, name, self.namespace,
-                                {"metadata": {"annotations": annotations}})
+                                {"metadata": metadata})
 
     async def delete_pod(self, name: str, grace_period: int, uid: str = "") -> dict:
         """Delete the pod `name`; with `uid`, only if it is still that pod (Conflict if a

@@ -382,6 +382,9 @@ class KubernetesBackend(Backend):
         self._listed_uids = dict(self.cache.uids)
         return workers
 
+    def _uid(self, name: str) -> str:
+        return self._listed_uids.get(name) or self.cache.uids.get(name, "")
+
     async def start(self, n: int) -> list[BackendWorker]:
         pods = [await self.new_pod() for _ in range(n)]
         results = await asyncio.gather(*(self.api.create_pod(p) for p in pods), return_exceptions=True)
@@ -399,15 +402,15 @@ class KubernetesBackend(Backend):
     async def decommission(self, worker: BackendWorker) -> None:
         if worker.retiring_since is not None:
             return  # marked already (the reconciler re-sends the master's decommission itself)
-        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{clock.now():.3f}"})
+        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{clock.now():.3f}"},
+                                          self._uid(worker.handle))
         self.cache.put(pod)
 
     async def stop(self, worker: BackendWorker) -> None:
         if worker.stopping:
             return
-        uid = self._listed_uids.get(worker.handle) or self.cache.uids.get(worker.handle, "")
         try:
-            pod = await self.api.delete_pod(worker.handle, self.stop_grace_period, uid)
+            pod = await self.api.delete_pod(worker.handle, self.stop_grace_period, self._uid(worker.handle))
         except NotFound:
             self.cache.remove(worker.handle)
             return
