@@ -160,7 +160,8 @@ class KubernetesBackend(Backend):
     modify_pod_hook = Callable(
         None, allow_none=True,
         help="Called as hook(backend, pod) with each new worker pod manifest (a dict); returns the pod "
-        "to create (may be a coroutine). For anything the settings do not cover.",
+        "to create (may be a coroutine), which must keep the pool's labels, the namespace, the owner "
+        "reference and generateName. For anything the settings do not cover.",
     ).tag(config=True)
     owner = Unicode(
         help="'Kind/name' of the object in the namespace that owns the worker pods (deleting it deletes "
