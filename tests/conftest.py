@@ -195,6 +195,7 @@ async def kube_rbac(kube_cluster):
     that owns the worker pods; returns the Deployment."""
     import yaml
 
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
     from jhub_spark_scaler.backends.master_manifests import master_deployment
 
     namespace = kube_cluster.namespace
@@ -205,7 +206,8 @@ async def kube_rbac(kube_cluster):
                 await rbac.create_namespaced_role(namespace, doc)
             else:
                 await rbac.create_namespaced_role_binding(namespace, doc)
-        deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0")
+        deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0",
+                                       run_as_user=KubernetesBackend.run_as_user.default_value)
         return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)
 
 

@@ -75,11 +75,15 @@ class KubeCluster:
     `USERS` (plus `users`); `stop()` ends everything. `stop_apiserver()` /
     `await start_apiserver()` simulate an apiserver outage (same port, certs, tokens,
     etcd); `compact_etcd()` makes every older resourceVersion answer 410 Gone.
+    `admission_plugins` are enabled beside the default ones (a second cluster of its own,
+    for example with PodSecurityPolicy, which would refuse the other tests' pods).
     """
 
     def __init__(self, workdir: Path, *, namespace: str = "spark",
-                 users: dict[str, tuple[str, list[str]]] | None = None, start_timeout: float = 60):
+                 users: dict[str, tuple[str, list[str]]] | None = None, start_timeout: float = 60,
+                 admission_plugins: tuple[str, ...] = ()):
         self.workdir = Path(workdir)
+        self.admission_plugins = admission_plugins
         self.namespace = namespace
         self.users = {**USERS, **(users or {})}
         self.tokens = {name: secrets.token_hex(16) for name in self.users}
@@ -162,6 +166,8 @@ class KubeCluster:
             # no controller-manager creates service accounts or their tokens, so the admission
             # plugin that requires them would reject every pod
             "--disable-admission-plugins=ServiceAccount",
+            *([f"--enable-admission-plugins={','.join(self.admission_plugins)}"]
+              if self.admission_plugins else []),
             # watches read etcd directly: after compact_etcd() an old resourceVersion is
             # 410 Gone at once (the watch cache would keep serving it)
             "--watch-cache=false",

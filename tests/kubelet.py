@@ -15,7 +15,10 @@ pod's process behind everyone's back.
 
 Supported: exactly one container with an explicit `command`, `env` with `value` and
 `valueFrom.fieldRef`, emptyDir volumes. Anything else is reported like a kubelet would
-(CreateContainerConfigError, StartError) rather than emulated.
+(CreateContainerConfigError, StartError) rather than emulated. `securityContext` is
+ignored: the processes run as the test's user, with its capabilities and no seccomp
+filter (tests/test_kube_security.py checks the pods' securityContext against the
+apiserver's admission instead).
 """
 
 from __future__ import annotations

@@ -78,3 +78,20 @@ async def test_a_pod_it_cannot_read_is_blindness_with_a_traceback_an_outage_with
         c.values()
     [record] = [r for r in caplog.records if r.getMessage().startswith("pod cache: ")]
     assert bool(record.exc_info) == (case == "bug")
+
+
+def test_pods_keep_refuses_are_left_out_and_dropped_when_they_turn_foreign():
+    """`keep` (the backend's owner check): a refused pod is never an item, and a kept pod
+    whose owner is changed to another's leaves; `uids` follows the items."""
+    c = PodCache(api=None, selector="app=x", convert=lambda p: p["status"], log=logging.getLogger("test"),
+                 keep=lambda p: p["metadata"].get("owner") == "us")
+    ours = {**pod("w-1", 5, phase="Running"), "metadata": {"name": "w-1", "resourceVersion": "5",
+                                                           "uid": "u-1", "owner": "us"}}
+    theirs = {**pod("w-2", 6), "metadata": {"name": "w-2", "resourceVersion": "6", "uid": "u-2",
+                                            "owner": "them"}}
+    c._apply({"type": "ADDED", "object": ours})
+    c._apply({"type": "ADDED", "object": theirs})
+    assert set(c.items) == set(c.uids) == {"w-1"} and c.uids["w-1"] == "u-1"
+    turned = {**ours, "metadata": {**ours["metadata"], "resourceVersion": "7", "owner": "them"}}
+    c._apply({"type": "MODIFIED", "object": turned})
+    assert c.items == {} and c.uids == {}

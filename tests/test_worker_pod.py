@@ -12,6 +12,8 @@ from jhub_spark_scaler.backends.master_manifests import master_deployment, maste
 from jhub_spark_scaler.backends.worker_pod import (
     ANNOTATION_RETIRING,
     WorkerPodTemplate,
+    bad_retiring_mark,
+    hook_result_error,
     parse_quantity,
     pod_selector_error,
     pod_worker,
@@ -33,7 +35,7 @@ def resources(**overrides):
 
 def template(**overrides) -> WorkerPodTemplate:
     settings = dict(namespace="spark", pool="default", image="apache/spark:4.3.0",
-                    master_url="spark://spark-master.spark.svc:7077", resources=resources())
+                    master_url="spark://spark-master.spark.svc:7077", resources=resources(), run_as_user=185)
     settings.update(overrides)
     return WorkerPodTemplate(**settings)
 
@@ -132,7 +134,8 @@ def manifests():
     yield worker_pod(template())
     yield worker_pod(template(owner=owner, service_account="spark", image_pull_secrets=("regcred",),
                               tolerations=({"key": "spark", "operator": "Exists"},)))
-    yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0")
+    yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0",
+                            run_as_user=185)
     yield from master_services(name="spark-master", namespace="spark")
 
 
@@ -194,3 +197,43 @@ def test_standby_masters_are_a_valid_master_url():
     assert KubernetesBackend(namespace="spark", master_url=url).master_url == url
     with pytest.raises(TraitError, match="is not spark://host:port"):
         KubernetesBackend(namespace="spark", master_url="spark://a:7077,b")
+
+
+def test_worker_pod_is_confined():
+    spec = worker_pod(template(run_as_user=1000))["spec"]
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize("mark", ["soon", "", "nan", "inf", "1,5"])
+def test_a_bad_retiring_mark_is_retiring_since_the_pods_creation(mark):
+    bad = pod(metadata={"annotations": {ANNOTATION_RETIRING: mark}})
+    w = pod_worker(bad)
+    assert w.retiring_since == w.created_at, "still retiring: the drain goes on"
+    assert bad_retiring_mark(bad) == repr(mark)
+    assert bad_retiring_mark(pod(metadata={"annotations": {ANNOTATION_RETIRING: "1795604500.5"}})) == ""
+    assert bad_retiring_mark(pod()) == ""
+
+
+def test_hook_result_error_names_what_the_hook_broke():
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "spark-master", "uid": "u-1"}
+    good = worker_pod(template(owner=owner))
+
+    def check(pod, owner_uid="u-1"):
+        return hook_result_error(pod, namespace="spark", pool="default", owner_uid=owner_uid)
+
+    assert check(good) == ""
+    assert check(worker_pod(template())) != "" and check(worker_pod(template()), owner_uid="") == ""
+    assert check(None) == "returned NoneType, not a Pod manifest (a dict)"
+    relabelled = copy.deepcopy(good)
+    relabelled["metadata"]["labels"]["jhub-spark-scaler/pool"] = "other"
+    assert check(relabelled) == "removed or changed the pool's labels jhub-spark-scaler/pool"
+    moved = copy.deepcopy(good)
+    moved["metadata"]["namespace"] = "default"
+    assert check(moved) == "moved the pod to namespace 'default' (the pool's is 'spark')"
+    named = copy.deepcopy(good)
+    named["metadata"]["name"] = "w"
+    assert "fixed name 'w'" in check(named)

@@ -156,6 +156,7 @@ def chart_values(*layers: dict) -> dict:
 
 VALUES = chart_values(guide_set_values())
 SCALER = VALUES["custom"]["sparkScaler"]
+RUN_AS_USER = SCALER.get("KubernetesBackend__run_as_user", KubernetesBackend.run_as_user.default_value)
 
 
 def chart_config(values: dict, root: Path) -> tuple[Config, dict[str, str]]:
@@ -411,9 +412,16 @@ def test_spark_namespace_policies_admit_exactly_what_they_say():
     def ingress(target: str, port: int) -> set[str]:
         pod = pods[target]
         selecting = [p for p in policies if _selects(p["spec"]["podSelector"], pod.labels)]
-        assert selecting and all(p["spec"]["policyTypes"] == ["Ingress"] for p in selecting)
+        assert selecting and all(p["spec"]["policyTypes"] == ["Ingress", "Egress"] for p in selecting)
         rules = [rule for p in selecting for rule in p["spec"]["ingress"]]
         return admitted(rules, "from", SPARK_NAMESPACE, everyone, port)
+
+    def egress(source: str, port: int) -> set[str]:
+        """The pods `source` may reach on `port` (the ipBlock rules, DNS on private addresses,
+        name no pod: tests/test_kube_security.py checks them)."""
+        rules = [rule for p in policies if _selects(p["spec"]["podSelector"], pods[source].labels)
+                 for rule in p["spec"]["egress"] if not any("ipBlock" in peer for peer in rule["to"])]
+        return admitted(rules, "to", SPARK_NAMESPACE, everyone, port)
 
     assert ingress("master", 8080) == {"hub"}, "the UI and its /workers/kill/: the scaler only"
     assert ingress("master", 7077) == {"worker", "notebook"}
@@ -425,6 +433,16 @@ def test_spark_namespace_policies_admit_exactly_what_they_say():
     for port in (7799, 7817, 4040):
         assert ingress("worker", port) == set()
     assert not any(_selects(p["spec"]["podSelector"], pods["spark-stranger"].labels) for p in policies)
+    # egress: the executors on the workers reach what a notebook's code reaches, no more
+    assert egress("worker", 7077) == {"master"}
+    assert egress("worker", 7078) == set(), "no worker RPC to other workers"
+    for port in (7800, 7816):
+        assert egress("worker", port) == {"worker"}
+    for port in (7777, 7778, 7794):
+        assert egress("worker", port) == egress("master", port) == {"notebook"}
+    assert egress("master", 7078) == {"worker"}
+    for port in (8080, 8081, 10101, 443):
+        assert egress("worker", port) == egress("master", port) == set(), port
 
 
 def test_values_policies_admit_the_proxy_and_the_spark_pods():
@@ -503,7 +521,7 @@ def test_every_manifest_passes_kubernetes_validate_strict():
 def test_the_master_manifest_is_what_the_backend_would_create():
     assert load_all(HELM / "spark-master.yaml") == [
         master_deployment(name="spark-master", namespace=SPARK_NAMESPACE,
-                          image=SCALER["KubernetesBackend__image"]),
+                          image=SCALER["KubernetesBackend__image"], run_as_user=RUN_AS_USER),
         *master_services(name="spark-master", namespace=SPARK_NAMESPACE),
     ]
 
@@ -583,6 +601,9 @@ def test_the_guide_uses_what_the_tests_use():
     # kubectl apply: every manifest, each tested below (strict validation, server dry run)
     assert sorted(set(guide_applied_manifests())) == MANIFESTS
     assert ["kubectl", "create", "namespace", SPARK_NAMESPACE] in commands
+    # the Spark pods pass `restricted` (tests/test_kube_security.py): the namespace enforces it
+    assert ["kubectl", "label", "namespace", SPARK_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+            ] in commands
     deleted = [f for w in commands if w[:2] == ["kubectl", "delete"] for f in flag_values(w, "-f")]
     assert set(deleted) == set(guide_applied_manifests()) - {"helm-values/rbac-manage-master.yaml"}
     assert ["kubectl", "delete", "namespace", SPARK_NAMESPACE] in commands

@@ -123,6 +123,7 @@ class KubeEnv:
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
         from jhub_spark_scaler.backends.master_manifests import master_deployment
 
         async with await self.cluster.api_client("admin") as admin:
@@ -131,7 +132,8 @@ class KubeEnv:
             creates = [(rbac.create_namespaced_role if doc["kind"] == "Role"
                         else rbac.create_namespaced_role_binding, doc) for doc in rbac_docs]
             deployment = master_deployment(name="spark-master", namespace=self.namespace,
-                                           image="apache/spark:4.3.0")
+                                           image="apache/spark:4.3.0",
+                                           run_as_user=KubernetesBackend.run_as_user.default_value)
             creates.append((client.AppsV1Api(admin).create_namespaced_deployment, deployment))
             for create, doc in creates:
                 try:

@@ -79,6 +79,11 @@ def _message(body: bytes) -> str:
 def request_error(status: int, body: bytes, verb: str, resource: str, namespace: str) -> BackendError:
     """One line naming what failed and what to fix."""
     message = _message(body)
+    if status == 403 and ("PodSecurity" in message or "pod security policy" in message):
+        return BackendError(
+            f"the namespace's pod security refused to {verb} {resource} in namespace {namespace!r} "
+            f"({message}); see KubernetesBackend.run_as_user and modify_pod_hook"
+        )
     if status == 403:
         return BackendError(
             f"missing RBAC permission: cannot {verb} {resource} in namespace {namespace!r} "
@@ -152,14 +157,24 @@ class KubeApi:
         return await self._call("create", "pods", self.core.create_namespaced_pod, self.namespace, pod,
                                 **kwargs)
 
-    async def annotate_pod(self, name: str, annotations: dict[str, str]) -> dict:
+    async def annotate_pod(self, name: str, annotations: dict[str, str], uid: str = "") -> dict:
+        """Set annotations of the pod `name`; with `uid`, only if it is still that pod (the
+        apiserver refuses a patch that would change a pod's uid: HTTP 422)."""
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if uid:
+            metadata["uid"] = uid
         return await self._call("patch", "pods", self.core.patch_namespaced_pod, name, self.namespace,
-                                {"metadata": {"annotations": annotations}})
+                                {"metadata": metadata})
 
-    async def delete_pod(self, name: str, grace_period: int) -> dict:
+    async def delete_pod(self, name: str, grace_period: int, uid: str = "") -> dict:
+        """Delete the pod `name`; with `uid`, only if it is still that pod (Conflict if a
+        pod of the same name replaced it)."""
         # in the body: the apiserver ignores query parameters when a delete has a body
+        body: dict[str, Any] = {"gracePeriodSeconds": grace_period}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         return await self._call("delete", "pods", self.core.delete_namespaced_pod, name, self.namespace,
-                                body={"gracePeriodSeconds": grace_period})
+                                body=body)
 
     # -- other objects ---------------------------------------------------------
 

@@ -4,9 +4,11 @@ Reading the pool costs no API request: a watch keeps a cache of this scaler's
 pods (`pod_cache.py`). Starting creates pods, retiring marks a pod with an
 annotation (so a restarted scaler resumes the drain) and the reconciler then
 decommissions it through the master (`/workers/kill/?host=<pod IP>`), stopping
-deletes the pod with a grace period. Pods carry labels that tell this scaler's
-pool apart from everything else, and an owner reference (by default to the
-master Deployment) so that uninstalling garbage-collects them.
+deletes the pod with a grace period, and only the pod it listed (a uid
+precondition). Pods carry labels that tell this scaler's pool apart from
+everything else, and an owner reference (by default to the master Deployment) so
+that uninstalling garbage-collects them: a pod with the pool's labels but another
+owner (a second hub's pool of the same name) is never adopted, listed or deleted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .worker_pod import (
     ANNOTATION_RETIRING,
     WorkerPodTemplate,
     WorkerResources,
+    bad_retiring_mark,
+    hook_result_error,
+    owned_by,
     owner_reference,
     parse_quantity,
     pod_selector_error,
@@ -85,6 +90,7 @@ _CHECKS = {
     "worker_cores": Check(lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
     "jvm_overhead": Check(lambda v: v >= 0, "must not be negative"),
     "stop_grace_period": Check(lambda v: v >= 0, "must not be negative"),
+    "run_as_user": Check(lambda v: v > 0, "must be a user id other than root's 0"),
     "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": Check(lambda v: v > 0, "must be positive"),
     "api_timeout": Check(lambda v: v > 0, "must be positive"),
@@ -144,13 +150,18 @@ class KubernetesBackend(Backend):
     affinity = Dict(help="affinity of the worker pods.").tag(config=True)
     volumes = List(help="Extra volumes of the worker pods.").tag(config=True)
     volume_mounts = List(help="Extra volumeMounts of the worker container.").tag(config=True)
+    run_as_user = Int(
+        185, help="Numeric user id the worker and managed master containers run as, never root: 185 is "
+        "`spark` in the apache/spark images. The pods pass Pod Security Standards `restricted`.",
+    ).tag(config=True)
     service_account = Unicode(
         "", help="Service account of the worker pods. Default: none mounted (workers need no API access)."
     ).tag(config=True)
     modify_pod_hook = Callable(
         None, allow_none=True,
         help="Called as hook(backend, pod) with each new worker pod manifest (a dict); returns the pod "
-        "to create (may be a coroutine). For anything the settings do not cover.",
+        "to create (may be a coroutine), which must keep the pool's labels, the namespace, the owner "
+        "reference and generateName. For anything the settings do not cover.",
     ).tag(config=True)
     owner = Unicode(
         help="'Kind/name' of the object in the namespace that owns the worker pods (deleting it deletes "
@@ -195,6 +206,7 @@ class KubernetesBackend(Backend):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         revalidate(self, _CHECKS)
+        self._logged, self._listed_uids = set(), {}
 
     _check = validator(_CHECKS, owner="KubernetesBackend")
 
@@ -240,8 +252,8 @@ class KubernetesBackend(Backend):
             if self.manage_master:
                 await self._ensure_master()
             self._owner = await self._resolve_owner()
-            self.cache = PodCache(self.api, pool_selector(self.pool), pod_worker, self.log,
-                                  watch_timeout=self.watch_timeout)
+            self.cache = PodCache(self.api, pool_selector(self.pool), self._worker, self.log,
+                                  watch_timeout=self.watch_timeout, keep=self._ours)
             self.cache.start()
             await self.cache.wait_listed(self.setup_timeout)
         except BaseException:
@@ -271,7 +283,8 @@ class KubernetesBackend(Backend):
         """Create what is missing of the master Deployment and Services; adopt what exists."""
         manifests = [
             master_deployment(name=self.master_name, namespace=self.namespace, image=self.image,
-                              image_pull_policy=self.image_pull_policy, memory=self.master_memory),
+                              run_as_user=self.run_as_user, image_pull_policy=self.image_pull_policy,
+                              memory=self.master_memory),
             *master_services(name=self.master_name, namespace=self.namespace),
         ]
         for manifest in manifests:
@@ -294,6 +307,37 @@ class KubernetesBackend(Backend):
                 "set KubernetesBackend.owner to an existing 'Kind/name', or '' for none"
             ) from None
 
+    #: (what, pod uid) already logged: a pod's problem is logged once, not at every event
+    _logged: set[tuple[str, str]]
+
+    def _log_once(self, what: str, pod: dict, message: str, *args) -> None:
+        key = (what, pod["metadata"].get("uid", pod["metadata"]["name"]))
+        if key not in self._logged:
+            if len(self._logged) > 10_000:  # bounded, whatever comes and goes
+                self._logged.clear()
+            self._logged.add(key)
+            self.log.warning(message, *args)
+
+    def _ours(self, pod: dict) -> bool:
+        """A pod with the pool's labels is ours only with our owner reference."""
+        owner_uid = self._owner["uid"] if self._owner else ""
+        if owned_by(pod, owner_uid):
+            return True
+        owners = ", ".join(f"{r.get('kind')}/{r.get('name')}" for r in pod["metadata"].get(
+            "ownerReferences") or ()) or "none"
+        self._log_once("owner", pod, "pod %s has the labels of pool %r but owner %s, not %s: "
+                       "not adopted, never stopped (another scaler's pool of the same name?)",
+                       pod["metadata"]["name"], self.pool, owners, self.owner or "none")
+        return False
+
+    def _worker(self, pod: dict) -> BackendWorker:
+        bad = bad_retiring_mark(pod)
+        if bad:
+            self._log_once("mark", pod, "pod %s: annotation %s=%s is not a time: retiring, since unknown "
+                           "(counted from the pod's creation); its drain goes on", pod["metadata"]["name"],
+                           ANNOTATION_RETIRING, bad)
+        return pod_worker(pod)
+
     async def shutdown(self) -> None:
         cache = getattr(self, "cache", None)
         if cache is not None:
@@ -307,8 +351,9 @@ class KubernetesBackend(Backend):
     def template(self) -> WorkerPodTemplate:
         return WorkerPodTemplate(
             namespace=self.namespace, pool=self.pool, image=self.image, master_url=self.master_url,
-            resources=self.resources(), image_pull_policy=self.image_pull_policy,
-            image_pull_secrets=tuple(self.image_pull_secrets), daemon_memory=self.daemon_memory,
+            resources=self.resources(), run_as_user=self.run_as_user,
+            image_pull_policy=self.image_pull_policy, image_pull_secrets=tuple(self.image_pull_secrets),
+            daemon_memory=self.daemon_memory,
             spark_conf=dict(self.spark_conf), env=dict(self.extra_env), labels=dict(self.extra_labels),
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),
@@ -317,16 +362,29 @@ class KubernetesBackend(Backend):
         )
 
     async def new_pod(self) -> dict:
-        """The manifest of the next worker pod, after `modify_pod_hook`."""
+        """The manifest of the next worker pod, after `modify_pod_hook`; BackendError if the
+        hook's pod would escape the pool."""
         pod = worker_pod(self.template())
         if self.modify_pod_hook is not None:
             pod = self.modify_pod_hook(self, pod)
             if inspect.isawaitable(pod):
                 pod = await pod
+            error = hook_result_error(pod, namespace=self.namespace, pool=self.pool,
+                                      owner_uid=self._owner["uid"] if self._owner else "")
+            if error:
+                raise BackendError(f"KubernetesBackend.modify_pod_hook {error}: no worker pod created")
         return pod
 
+    #: the uid of each pod as the last list() saw it: stop() deletes that pod, not a later one
+    _listed_uids: dict[str, str]
+
     async def list(self) -> list[BackendWorker]:
-        return self.cache.values()
+        workers = self.cache.values()
+        self._listed_uids = dict(self.cache.uids)
+        return workers
+
+    def _uid(self, name: str) -> str:
+        return self._listed_uids.get(name) or self.cache.uids.get(name, "")
 
     async def start(self, n: int) -> list[BackendWorker]:
         pods = [await self.new_pod() for _ in range(n)]
@@ -335,6 +393,7 @@ class KubernetesBackend(Backend):
         for result in results:
             if isinstance(result, dict):
                 self.cache.put(result)
+                self._listed_uids[result["metadata"]["name"]] = result["metadata"]["uid"]
                 started.append(pod_worker(result))
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -344,16 +403,20 @@ class KubernetesBackend(Backend):
     async def decommission(self, worker: BackendWorker) -> None:
         if worker.retiring_since is not None:
             return  # marked already (the reconciler re-sends the master's decommission itself)
-        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{clock.now():.3f}"})
+        pod = await self.api.annotate_pod(worker.handle, {ANNOTATION_RETIRING: f"{clock.now():.3f}"},
+                                          self._uid(worker.handle))
         self.cache.put(pod)
 
     async def stop(self, worker: BackendWorker) -> None:
         if worker.stopping:
             return
         try:
-            pod = await self.api.delete_pod(worker.handle, self.stop_grace_period)
+            pod = await self.api.delete_pod(worker.handle, self.stop_grace_period, self._uid(worker.handle))
         except NotFound:
             self.cache.remove(worker.handle)
+            return
+        except Conflict:  # another pod took the name: ours is gone, the new one is not ours to delete
+            self.log.warning("pod %s was replaced by a pod of the same name: not deleted", worker.handle)
             return
         if pod.get("kind") == "Pod":
             self.cache.put(pod)

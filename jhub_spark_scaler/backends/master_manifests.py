@@ -8,6 +8,8 @@ why the deployment guide's NetworkPolicy admits only the hub to the UI port.
 
 from __future__ import annotations
 
+from .worker_pod import container_security_context, pod_security_context
+
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 MASTER_PORT = 7077
 MASTER_UI_PORT = 8080
@@ -31,8 +33,10 @@ def master_ui_url(name: str, namespace: str) -> str:
     return f"http://{name}-ui.{namespace}.svc:{MASTER_UI_PORT}"
 
 
-def master_deployment(*, name: str, namespace: str, image: str, image_pull_policy: str = "IfNotPresent",
-                      memory: str = "1Gi", cpu: str = "1") -> dict:
+def master_deployment(*, name: str, namespace: str, image: str, run_as_user: int,
+                      image_pull_policy: str = "IfNotPresent", memory: str = "1Gi", cpu: str = "1") -> dict:
+    """The master's Deployment; its pod passes Pod Security Standards `restricted` as the
+    workers' do, running as `run_as_user`."""
     selector = {"app.kubernetes.io/instance": name, LABEL_COMPONENT: "spark-master"}
     options = " ".join([
         "-Dspark.decommission.enabled=true",
@@ -53,6 +57,7 @@ def master_deployment(*, name: str, namespace: str, image: str, image_pull_polic
                 "metadata": {"labels": _labels(name)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(run_as_user),
                     "containers": [{
                         "name": "spark-master",
                         "image": image,
@@ -75,6 +80,7 @@ def master_deployment(*, name: str, namespace: str, image: str, image_pull_polic
                             "requests": {"cpu": cpu, "memory": memory},
                             "limits": {"memory": memory},
                         },
+                        "securityContext": container_security_context(),
                     }],
                 },
             },

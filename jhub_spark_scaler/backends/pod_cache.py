@@ -6,7 +6,8 @@ resourceVersion (list again after three failures in a row) with exponential
 backoff (0.1 s doubling to `backoff_max`), and report the failure in `error`
 until a watch is open again, so the reconciler knows it is blind. The backend also
 `put()`s the objects its own create/patch/delete calls return, so a pod it just
-created is counted before its watch event arrives.
+created is counted before its watch event arrives. Pods that match the selector
+but fail `keep` (another scaler's, by their owner) are left out as if absent.
 """
 
 from __future__ import annotations
@@ -42,15 +43,19 @@ def _version(obj: dict) -> int:
 
 
 class PodCache(Generic[T]):
-    """Pods matching a label selector, each kept as `convert(pod)`, keyed by name."""
+    """Pods matching a label selector and `keep`, each kept as `convert(pod)`, keyed by name;
+    `uids` holds each kept pod's uid."""
 
     def __init__(
         self, api: KubeApi, selector: str, convert: Callable[[dict], T], log: logging.Logger,
         watch_timeout: int = 300, backoff_max: float = 30.0, page_size: int = 500,
+        keep: Callable[[dict], bool] | None = None,
     ):
         self.api, self.selector, self.convert, self.log = api, selector, convert, log
+        self.keep = keep
         self.watch_timeout, self.backoff_max, self.page_size = watch_timeout, backoff_max, page_size
         self.items: dict[str, T] = {}
+        self.uids: dict[str, str] = {}
         self._versions: dict[str, int] = {}
         # what must not come back: pods deleted since the last list (name -> version of the
         # DELETED event), and anything the last list (at version _floor) did not have
@@ -100,12 +105,18 @@ class PodCache(Generic[T]):
         self._store(name, version, pod)
 
     def _store(self, name: str, version: int, pod: dict) -> None:
+        if self.keep is not None and not self.keep(pod):
+            self.items.pop(name, None)  # e.g. its owner reference was changed to another's
+            self.uids.pop(name, None)
+            return
         self._versions[name] = version
         self.items[name] = self.convert(pod)
+        self.uids[name] = pod["metadata"].get("uid", "")
 
     def remove(self, name: str, version: int = 0) -> None:
         """Forget a pod; `version`, that of its DELETED event, keeps older copies out."""
         self.items.pop(name, None)
+        self.uids.pop(name, None)
         self._versions.pop(name, None)
         if version:
             self._deleted[name] = version
@@ -145,7 +156,7 @@ class PodCache(Generic[T]):
     async def _list(self) -> None:
         """All pods, a page at a time: memory stays bounded by a page, not the pool."""
         self.stats["lists"] += 1
-        self.items, self._versions = {}, {}
+        self.items, self.uids, self._versions = {}, {}, {}
         continue_from = ""
         while True:
             answer = await self.api.list_pods(self.selector, self.page_size, continue_from)

@@ -131,6 +131,7 @@ class WorkerPodTemplate:
     image: str
     master_url: str
     resources: WorkerResources
+    run_as_user: int
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     daemon_memory: str = "256m"
@@ -156,6 +157,17 @@ def pod_selector_error(pool: str) -> str:
     if not _DNS_LABEL.match(pool) or len(pool) > 40:
         return "use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
     return ""
+
+
+def pod_security_context(run_as_user: int) -> dict:
+    """The pod half of Pod Security Standards `restricted`: never root (a numeric user, so the
+    kubelet can check it without reading the image), the container runtime's seccomp profile."""
+    return {"runAsNonRoot": True, "runAsUser": run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict:
+    """The container half of `restricted`: no capabilities, no setuid gains."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def pool_labels(pool: str) -> dict[str, str]:
@@ -204,9 +216,11 @@ def worker_pod(t: WorkerPodTemplate) -> dict:
             "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit},
         },
         "volumeMounts": [{"name": "spark-work", "mountPath": WORK_DIR}, *t.volume_mounts],
+        "securityContext": container_security_context(),
     }
     spec = {
         "restartPolicy": "Never",
+        "securityContext": pod_security_context(t.run_as_user),
         "terminationGracePeriodSeconds": t.termination_grace_period,
         "automountServiceAccountToken": False,
         "containers": [container],
@@ -244,6 +258,56 @@ def owner_reference(obj: dict) -> dict:
     }
 
 
+def owned_by(pod: dict, owner_uid: str) -> bool:
+    """Whether `pod` has an owner reference to `owner_uid` ("": whether it has no owner)."""
+    refs = pod["metadata"].get("ownerReferences") or ()
+    return any(r.get("uid") == owner_uid for r in refs) if owner_uid else not refs
+
+
+def hook_result_error(pod, *, namespace: str, pool: str, owner_uid: str) -> str:
+    """Why the pod `modify_pod_hook` returned must not be created ("" if it may): without
+    the pool's labels, its owner or in another namespace it would be a pod the scaler never
+    sees again, outside max_workers; with a fixed name only the first such pod could exist."""
+    if not isinstance(pod, dict) or pod.get("kind") != "Pod" or not isinstance(pod.get("metadata"), dict):
+        return f"returned {type(pod).__name__}, not a Pod manifest (a dict)"
+    metadata = pod["metadata"]
+    labels = metadata.get("labels") or {}
+    lost = sorted(k for k, v in pool_labels(pool).items() if labels.get(k) != v)
+    if lost:
+        return f"removed or changed the pool's labels {', '.join(lost)}"
+    if metadata.get("namespace", namespace) != namespace:
+        return f"moved the pod to namespace {metadata['namespace']!r} (the pool's is {namespace!r})"
+    if not owned_by(pod, owner_uid):
+        return "changed the pod's owner references (the pool's pods are told apart by their owner)"
+    if metadata.get("name"):
+        return f"set the fixed name {metadata['name']!r} (worker pods are named by generateName)"
+    return ""
+
+
+def bad_retiring_mark(pod: dict) -> str:
+    """The pod's retiring annotation, quoted, when it is there but not a time ("" otherwise)."""
+    mark = (pod["metadata"].get("annotations") or {}).get(ANNOTATION_RETIRING)
+    if mark is None:
+        return ""
+    try:
+        return "" if math.isfinite(float(mark)) else repr(mark)
+    except ValueError:
+        return repr(mark)
+
+
+def _retiring_since(mark: str | None, created_at: float) -> float | None:
+    """When the worker was marked retiring. A mark that is not a time still means
+    retiring (someone marked it, the drain must go on): since the pod's creation, so the
+    drain is not cut short and the worker is never taken for an idle one."""
+    if mark is None:
+        return None
+    try:
+        since = float(mark)
+    except ValueError:
+        return created_at
+    return since if math.isfinite(since) else created_at
+
+
 def _timestamp(text: str | None) -> float:
     if not text:
         return 0.0
@@ -267,20 +331,22 @@ def pod_problem(pod: dict) -> str:
 
 def pod_worker(pod: dict) -> BackendWorker:
     """One of our pods as the reconciler sees it. Terminating and finished pods are
-    not running; the retiring mark comes from the pod's annotation."""
+    not running; the retiring mark comes from the pod's annotation (one that is not a
+    time: retiring since the pod's creation)."""
     metadata, status = pod["metadata"], pod.get("status") or {}
     host = status.get("podIP") or ""
     retiring = (metadata.get("annotations") or {}).get(ANNOTATION_RETIRING)
     deleting = bool(metadata.get("deletionTimestamp"))
     ui_host = f"[{host}]" if ":" in host else host  # IPv6 pod IPs
+    created_at = _timestamp(metadata.get("creationTimestamp"))
     return BackendWorker(
         handle=metadata["name"],
         host=host,
-        created_at=_timestamp(metadata.get("creationTimestamp")),
+        created_at=created_at,
         running=status.get("phase") not in ("Succeeded", "Failed") and not deleting,
         port=WORKER_PORT,
         webui_url=f"http://{ui_host}:{WORKER_UI_PORT}" if host else "",
-        retiring_since=float(retiring) if retiring else None,
+        retiring_since=_retiring_since(retiring, created_at),
         problem=pod_problem(pod),
         stopping=deleting,
     )
