@@ -104,7 +104,8 @@ async def main(runs: int) -> None:
     log.addHandler(logging.NullHandler())
     log.propagate = False
     with tempfile.TemporaryDirectory(prefix="worker-start-") as tmp:
-        b = LocalBackend(state_dir=tmp, master_port=0, master_webui_port=0, stop_timeout=20, log=log)
+        b = LocalBackend(state_dir=tmp, master_port=0, master_webui_port=0, stop_timeout=20, log=log,
+                         stop_on_exit=True)
         await b.setup()
         try:
             launcher = launcher_command(b)

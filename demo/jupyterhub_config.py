@@ -42,4 +42,6 @@ configure(
     scale_down_delay=30,
     poll_interval=1,
     LocalBackend__state_dir=f"{state}/spark",
+    # Ctrl-C ends the whole demo; a deployed hub leaves the pool to the next scaler (the default)
+    LocalBackend__stop_on_exit=True,
 )

@@ -55,6 +55,7 @@ def configure_scaler(c: Config, spark_master, state: Path, **settings) -> dict:
         "LocalBackend__master_ui_url": spark_master.master_ui_url,
         "LocalBackend__state_dir": str(state),
         "LocalBackend__stop_timeout": 5,
+        "LocalBackend__stop_on_exit": True,  # the hub's stop of the service ends the pool (stop_scaler)
         **settings,
     })
 

@@ -33,7 +33,7 @@ EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 def backend(state_dir: str, **kwargs) -> LocalBackend:
     settings = dict(master_port=0, master_webui_port=0, worker_memory="512m", stop_timeout=5,
-                    class_data_sharing=False)
+                    class_data_sharing=False, stop_on_exit=True)
     return LocalBackend(state_dir=state_dir, **{**settings, **kwargs})
 
 

@@ -5,7 +5,9 @@ daemon's JVM options): a change of any of them starts a new archive, and `remove
 deletes the others. Java 17 cannot create an archive by itself, so one worker at a time
 starts with -XX:ArchiveClassesAtExit and dumps its classes as it exits; `finish_dump()`,
 called when that worker is stopped, moves the dump in place, or marks the archive
-`<archive>.failed` so that no worker tries again until an admin removes the mark.
+`<archive>.failed` so that no worker tries again until an admin removes the mark. An
+archive in place is complete (only `os.replace` puts one there): it is used, and never
+marked failed.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ def worker_options(archive: str, *, handle: str, records: Iterable[dict], enable
     """The JVM options for worker `handle`: use the archive; else have this worker dump
     its classes when it exits, unless a worker of `records` (the state files) is dumping
     them already, or the archive is marked failed."""
-    if not enabled or os.path.exists(f"{archive}.failed"):
+    if not enabled:
         return []
-    if os.path.exists(archive):
+    if os.path.exists(archive):  # complete: only os.replace puts one there
         return [f"-XX:SharedArchiveFile={archive}"]
+    if os.path.exists(f"{archive}.failed"):
+        return []
     if any(r.get("cds_dump") and alive(r) for r in records):
         return []
     return [f"{DUMP_OPTION}{archive}.{handle}.tmp"]
@@ -69,6 +73,8 @@ def finish_dump(rec: dict, *, handle: str, stopped: bool, exited: bool, log: log
         log.info("LocalBackend: wrote %s; workers will start from it", archive)
         return
     remove(dump)
+    if os.path.exists(archive):
+        return  # in place already (moved by an earlier stop of this worker, or another's): nothing failed
     if not stopped:
         log.warning("LocalBackend: worker %s died before writing the class data archive; "
                     "the next worker writes it", handle)

@@ -141,7 +141,8 @@ class LocalBackend(Backend):
     ).tag(config=True)
     stop_timeout = Float(10.0, help="Seconds from SIGTERM to SIGKILL when stopping.").tag(config=True)
     stop_on_exit = Bool(
-        True, help="shutdown() stops all workers and the master; False leaves them for the next scaler."
+        False, help="On exit (SIGTERM, SIGINT: a hub restart too) stop all workers, busy ones included, "
+        "and the master. False leaves them running, and the next scaler adopts them, jobs intact."
     ).tag(config=True)
     extra_java_options = List(Unicode(), help="More JVM options for the worker daemons.").tag(config=True)
     spark_conf = Dict(
@@ -189,6 +190,7 @@ class LocalBackend(Backend):
         self._children = Children()
         self._master: dict | None = None  # the master we started or adopted
         self._scala = ""
+        self._stopping: dict[str, asyncio.Future] = {}  # handle -> its stop in flight
 
     # -- state files -----------------------------------------------------------
 
@@ -395,6 +397,15 @@ class LocalBackend(Backend):
             self.log.info("LocalBackend: worker %s cannot take SIGPWR yet (still starting)", worker.handle)
 
     async def stop(self, worker: BackendWorker) -> None:
+        """Stop a worker once: a second stop while one runs (a cycle's and shutdown's) waits
+        for the first; two would signal it twice and both settle its class data dump."""
+        if worker.handle not in self._stopping:
+            self._stopping[worker.handle] = asyncio.ensure_future(self._stop_once(worker))
+            self._stopping[worker.handle].add_done_callback(lambda _: self._stopping.pop(worker.handle))
+        # shielded: a caller cancelled (the cycle, at exit) leaves the stop to finish for the other
+        await asyncio.shield(self._stopping[worker.handle])
+
+    async def _stop_once(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
         rec = read_json(path) or {}
         # pid + start time name one process for good: stop it even if its command line
@@ -418,7 +429,9 @@ class LocalBackend(Backend):
 
     async def shutdown(self) -> None:
         if not self.stop_on_exit:
-            self.log.info("LocalBackend: leaving workers and master running (stop_on_exit is False)")
+            if self._master is not None or self._records():  # nothing to say after a failed setup
+                self.log.info("LocalBackend: leaving the workers and master running for the next scaler "
+                              "(stop_on_exit is False)")
             return
         await asyncio.gather(*(self.stop(w) for w in await self.list()))
         if self._master is not None and is_ours(self._master, MASTER_CLASS):
