@@ -63,7 +63,8 @@ async def main(runs: int, leads: list[float]) -> None:
     times: dict[float | None, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="driver-start-") as tmp:
         b = LocalBackend(**AS_ROOT, state_dir=os.path.join(tmp, "workers"), master_port=0,
-                         master_webui_port=0, worker_cores=WORKER_CORES, stop_timeout=20, log=log)
+                         master_webui_port=0, worker_cores=WORKER_CORES, stop_timeout=20, log=log,
+                         stop_on_exit=True)
         await b.setup()
         try:
             [w] = await b.start(1)

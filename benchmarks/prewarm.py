@@ -113,7 +113,7 @@ class Bench:
 
     async def setup(self) -> None:
         b = LocalBackend(**AS_ROOT, state_dir=os.path.join(self.tmp, "state"), master_port=0,
-                         master_webui_port=0, stop_timeout=20, log=self.log)
+                         master_webui_port=0, stop_timeout=20, log=self.log, stop_on_exit=True)
         spawn, start = b._spawn, b.start
 
         def spawn_spy(*a, **k):  # remember every daemon's pid: its session is swept at the end

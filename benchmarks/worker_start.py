@@ -106,7 +106,7 @@ async def main(runs: int) -> None:
     log.propagate = False
     with tempfile.TemporaryDirectory(prefix="worker-start-") as tmp:
         b = LocalBackend(**AS_ROOT, state_dir=tmp, master_port=0, master_webui_port=0, stop_timeout=20,
-                         log=log)
+                         log=log, stop_on_exit=True)
         await b.setup()
         try:
             launcher = launcher_command(b)

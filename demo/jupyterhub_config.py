@@ -45,4 +45,6 @@ configure(
     # The single-user demo: its one notebook user runs as the hub's user, root included, so
     # Spark may too. A multi-user hub running as root sets LocalBackend__run_as instead.
     LocalBackend__allow_root=os.geteuid() == 0,
+    # Ctrl-C ends the whole demo; a deployed hub leaves the pool to the next scaler (the default)
+    LocalBackend__stop_on_exit=True,
 )

@@ -94,7 +94,20 @@ class SparkScalerApp(Application):
         help="Seconds after decommission that a worker still running executors is shown as held "
         "(its app does not release them; the scaler keeps waiting).",
     ).tag(config=True)
+    count_foreign_workers = Bool(
+        False,
+        help="Count workers registered at the master that this scaler did not start as demand (busy) "
+        "and capacity (busy or idle), so fewer of its own are kept. Off by default: anyone who reaches "
+        "the master's port can register a worker (Spark's RPC has no authentication), and fake idle "
+        "ones would shrink the pool. Foreign workers are shown either way.",
+    ).tag(config=True)
     poll_interval = Float(2.0, help="Seconds between reconcile cycles.").tag(config=True)
+    exit_timeout = Float(
+        8.0,
+        help="Seconds the command waits on SIGTERM or SIGINT for the cycle in flight to end (a worker "
+        "being stopped, say) before cancelling it; keep it below the hub's 10 s between its SIGINT "
+        "and SIGTERM to a managed service. A cancelled stop is finished by the next scaler.",
+    ).tag(config=True)
     http_timeout = Float(5.0, help="Seconds before a request to the master or a worker gives up.").tag(
         config=True)
     decision_log_size = Int(500, help="Decisions kept in memory for display.").tag(config=True)
@@ -162,6 +175,7 @@ class SparkScalerApp(Application):
     _validate_max_surge = validate("max_surge")(at_least(1))
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(at_least(0.05))
+    _validate_exit_timeout = validate("exit_timeout")(at_least(0))
     _validate_windows = validate("prewarm_window", "hub_stale_after")(at_least(0))
     _validate_log_size = validate("decision_log_size")(at_least(0))
     _validate_urls = validate("master_ui_url", "hub_api_url")(check_url())
@@ -248,6 +262,7 @@ class SparkScalerApp(Application):
             max_surge=self.max_surge,
             scale_down_delay=self.scale_down_delay,
             unschedulable_backoff=self.start_timeout,
+            count_foreign_workers=self.count_foreign_workers,
         )
 
     def start(self):
@@ -273,6 +288,7 @@ class SparkScalerApp(Application):
         self.pool_history = PoolHistory(interval=self.poll_interval)
         self.hub = self.make_hub_service() if self.hub_api_url else None
         self.reconciler: Reconciler | None = None  # events may arrive before it exists
+        self._cycles: set[asyncio.Future] = set()  # the cycle in flight, if any
         try:
             await backend.setup()
             if self.hub:
@@ -300,6 +316,7 @@ class SparkScalerApp(Application):
             await stopping.wait()
             ticker.stop()
             self.log.info("stopping")
+            await self.end_cycles()
         finally:
             if self.hub:
                 self.hub.stop()
@@ -341,14 +358,36 @@ class SparkScalerApp(Application):
         if self.reconciler is not None:
             IOLoop.current().add_callback(self.reconcile)
 
+    _exiting = False
+
     async def reconcile(self) -> None:
-        """One cycle; errors are logged and the loop goes on."""
-        try:
-            await self.reconciler.cycle()
-        except Exception:
-            self.log.exception("reconcile cycle failed")
+        """One cycle; errors are logged and the loop goes on. None once exiting."""
+        if self._exiting:
+            return
+        cycle = asyncio.ensure_future(self.reconciler.cycle())
+        self._cycles.add(cycle)
+        cycle.add_done_callback(self._cycles.discard)
+        await asyncio.wait([cycle])
+        if cycle.cancelled():  # by end_cycles, at exit
+            return
+        if error := cycle.exception():
+            self.log.error("reconcile cycle failed", exc_info=error)
             return
         self.log_pool(self.reconciler.last_snapshot)
+
+    async def end_cycles(self) -> None:
+        """At exit, start no more cycles and let the one in flight end, so that shutdown never
+        acts on a worker halfway through a stop; after exit_timeout, cancel it."""
+        self._exiting = True
+        if not self._cycles:
+            return
+        _, pending = await asyncio.wait(set(self._cycles), timeout=self.exit_timeout)
+        if pending:
+            self.log.warning("the cycle in flight did not end within exit_timeout (%.0f s): cancelling it",
+                             self.exit_timeout)
+            for cycle in pending:
+                cycle.cancel()
+            await asyncio.wait(pending)
 
     _last_pool_line = ""
 

@@ -8,8 +8,11 @@ worker has been idle) goes in and comes out as a `History` value.
     target = clamp(busy + waiting + idle_target - foreign capacity, min_workers, max_workers)
     idle_target = idle_workers + prewarm_credit
 
-Only workers this scaler owns are started or retired; workers registered at
-the master by someone else ("foreign") count as demand and capacity.
+Only workers this scaler owns are started or retired. Workers registered at
+the master by someone else ("foreign") count as demand and capacity only with
+`count_foreign_workers`: anyone who reaches the master's port can register a
+worker (Spark's RPC has no authentication), and fake idle ones would shrink the
+pool. Without it, busy counts our workers only and foreign capacity is 0.
 
 A `Plan` says why as data: a reason per worker it stops or retires
 (`Plan.why`, by handle) and notes on the pool as a whole (`Plan.notes`).
@@ -40,6 +43,8 @@ class PolicySettings:
     scale_down_delay: float
     #: after removing unschedulable workers, start no new ones for this long
     unschedulable_backoff: float
+    #: workers of others at the master count as demand (busy) and capacity (busy or idle)
+    count_foreign_workers: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +207,11 @@ def explain(plan: Plan) -> tuple[str, ...]:
 
 def demand(snapshot: Snapshot, settings: PolicySettings) -> Demand:
     """The target size of our pool and what it is made of."""
-    busy = snapshot.count(WorkerState.BUSY, ours_only=False)
+    counted = settings.count_foreign_workers
+    busy = snapshot.count(WorkerState.BUSY, ours_only=not counted)
     waiting = sum(1 for app in snapshot.apps if app.cores == 0)
     idle_target = settings.idle_workers + snapshot.prewarm_credit
-    foreign = sum(1 for w in snapshot.workers if not w.ours and w.state in CAPACITY_STATES)
+    foreign = sum(1 for w in snapshot.workers if not w.ours and w.state in CAPACITY_STATES) if counted else 0
     wanted = busy + waiting + idle_target - foreign
     target = min(max(wanted, settings.min_workers), settings.max_workers)
     return Demand(busy, waiting, idle_target, foreign, target)

@@ -83,6 +83,10 @@ class Driver:
 
         await until(done, timeout=timeout, what=f"{n} jobs of the driver")
 
+    def jobs(self) -> int:
+        """Jobs done so far."""
+        return (self._read("progress.json") or {}).get("jobs", 0)
+
     def burst(self, n: int) -> None:
         (self.control / f"burst-{n}").touch()
 

@@ -56,6 +56,7 @@ def configure_scaler(c: Config, spark_master, state: Path, **settings) -> dict:
         "LocalBackend__state_dir": str(state),
         "LocalBackend__stop_timeout": 5,
         **AS_ROOT_SETTING,
+        "LocalBackend__stop_on_exit": True,  # the hub's stop of the service ends the pool (stop_scaler)
         **settings,
     })
 

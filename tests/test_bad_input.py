@@ -106,6 +106,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
                                           "subclass of 'jhub_spark_scaler.backends"),
     ("SparkScalerApp", "config_file"): ("/nonexistent/scaler_config.py", "not found"),
     ("SparkScalerApp", "decision_log_size"): ("-1", ">= 0"),
+    ("SparkScalerApp", "exit_timeout"): ("-1", ">= 0"),
     ("SparkScalerApp", "held_after"): ("-1", ">= 0"),
     ("SparkScalerApp", "http_timeout"): ("0", ">= 0.05"),
     ("SparkScalerApp", "hub_api_token"): (Py("two words"), "space"),
@@ -175,6 +176,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
 #: type is refused for these too: the generated case above.)
 ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("SparkScalerApp", "authenticate_prometheus"): "a Bool: both values are meaningful",
+    ("SparkScalerApp", "count_foreign_workers"): "a Bool: both values are meaningful",
     ("SparkScalerApp", "generate_config"): "a Bool: both values are meaningful",
     ("SparkScalerApp", "show_config"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "show_config_json"): "a Bool (traitlets'): both values are meaningful",
@@ -494,7 +496,8 @@ async def test_a_master_answering_garbage_blinds_the_reconciler_which_retires_no
 ):
     stand_in.huge = _huge_master(HUGE)
     backend = LocalBackend(**AS_ROOT, start_master=False, master_url=spark_master.master_url,
-                           master_ui_url=stand_in.url, state_dir=str(tmp_path / "state"), stop_timeout=5)
+                           master_ui_url=stand_in.url, state_dir=str(tmp_path / "state"), stop_timeout=5,
+                           stop_on_exit=True)
     await backend.setup()
     try:
         r = Reconciler(

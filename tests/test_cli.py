@@ -174,14 +174,15 @@ async def _states(our_workers, expected):
     return sorted((await our_workers()).values()) == expected
 
 
-async def test_embedded_default_cleans_up_on_sigterm(tmp_path):
-    """The demo's shape: the scaler starts its own master and workers; SIGTERM (or
-    Ctrl-C) ends every process it started."""
+async def test_embedded_with_stop_on_exit_cleans_up_on_sigterm(tmp_path):
+    """The demo's shape: the scaler starts its own master and workers, with stop_on_exit;
+    SIGTERM (or Ctrl-C) ends every process it started."""
     state = tmp_path / "state"
     log = open(tmp_path / "scaler.log", "w")
     scaler = subprocess.Popen(
         [*SCALER, "--max-workers=2", "--idle-workers=1", "--poll-interval=0.5", f"--state-dir={state}",
          "--LocalBackend.master_port=0", "--LocalBackend.master_webui_port=0",
+         "--LocalBackend.stop_on_exit=True",
          "--LocalBackend.stop_timeout=30"],  # the first worker writes the class archive as it exits
         stdout=log, stderr=subprocess.STDOUT,
     )

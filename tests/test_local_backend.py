@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.spark]
 
 def backend(state_dir: str, **kwargs) -> LocalBackend:
     settings = dict(master_port=0, master_webui_port=0, worker_memory="512m", stop_timeout=5,
-                    class_data_sharing=False)
+                    class_data_sharing=False, stop_on_exit=True)
     return LocalBackend(state_dir=state_dir, **{**AS_ROOT, **settings, **kwargs})
 
 

@@ -276,9 +276,12 @@ def test_build_snapshot_from_the_busy_decommission_sample():
     assert [a.id for a in snapshot.apps] == ["app-20261125141926-0004"]
     assert (snapshot.taken_at, snapshot.prewarm_credit, snapshot.blind) == (1795616440.0, 2, False)
     # and the policy stops the drained worker; target 3 = 1 waiting + (1 + 2 prewarm) idle - 1 foreign
-    p = plan(snapshot, make_policy(max_workers=10, idle_workers=1), History())
+    p = plan(snapshot, make_policy(max_workers=10, idle_workers=1, count_foreign_workers=True), History())
     assert p.stop == ("local-1",) and p.start == 2 and not p.retire
     assert (p.demand.waiting, p.demand.foreign_capacity, p.demand.target) == (1, 1, 3)
+    # by default the foreign idle worker does not count: target 4 = 1 waiting + 3 idle
+    p = plan(snapshot, make_policy(max_workers=10, idle_workers=1), History())
+    assert (p.demand.foreign_capacity, p.demand.target, p.start) == (0, 4, 3)
 
 
 def test_build_snapshot_without_a_master_is_blind_and_has_no_apps():

@@ -96,7 +96,7 @@ def capacity(s: Snapshot) -> int:
 # -- target ---------------------------------------------------------------------
 
 
-def test_target_counts_busy_waiting_idle_target_minus_foreign_capacity():
+def test_target_counts_busy_waiting_idle_target_minus_foreign_capacity_when_counted():
     s = snap(
         worker("b1", S.BUSY), worker("b2", S.BUSY), worker("i1", S.IDLE),
         worker("fb", S.BUSY, ours=False),  # +1 busy, -1 foreign capacity
@@ -106,9 +106,22 @@ def test_target_counts_busy_waiting_idle_target_minus_foreign_capacity():
         apps=(app("a-running", 3), app("a-wait1", 0), app("a-wait2", 0)),
         credit=2,
     )
-    d = plan(s, make_policy(max_workers=50, idle_workers=1), History()).demand
+    d = plan(s, make_policy(max_workers=50, idle_workers=1, count_foreign_workers=True), History()).demand
     assert (d.busy, d.waiting, d.idle_target, d.foreign_capacity) == (3, 2, 3, 3)
     assert d.target == 3 + 2 + 3 - 3
+
+
+def test_foreign_workers_are_neither_demand_nor_capacity_by_default():
+    ours = (worker("b1", S.BUSY), worker("i1", S.IDLE))
+    foreign = (worker("fb", S.BUSY, ours=False), *(worker(f"fi{i}", S.IDLE, ours=False) for i in range(5)),
+               worker("fs", S.STARTING, ours=False))
+    pol = make_policy(max_workers=50, idle_workers=1)
+    assert not pol.count_foreign_workers
+    alone = plan(snap(*ours), pol, History())
+    among = plan(snap(*ours, *foreign), pol, History())
+    assert (among.demand.busy, among.demand.foreign_capacity, among.demand.target) == (1, 0, 2)
+    assert among.demand == alone.demand and not among.acts
+    assert describe(among.notes[0]) == describe(alone.notes[0])
 
 
 @pytest.mark.parametrize(
@@ -123,8 +136,9 @@ def test_target_is_clamped_to_min_and_max(min_workers, max_workers, expected):
 
 def test_foreign_capacity_can_push_the_wanted_size_below_zero_then_min_applies():
     s = snap(*(worker(f"f{i}", S.IDLE, ours=False) for i in range(4)))
-    assert plan(s, make_policy(max_workers=10, idle_workers=1), History()).demand.target == 0
-    assert plan(s, make_policy(max_workers=10, min_workers=2), History()).demand.target == 2
+    counted = make_policy(max_workers=10, idle_workers=1, count_foreign_workers=True)
+    assert plan(s, counted, History()).demand.target == 0
+    assert plan(s, replace(counted, min_workers=2), History()).demand.target == 2
 
 
 def test_an_app_with_zero_granted_cores_counts_as_one_waiting_worker():
@@ -214,7 +228,7 @@ def test_scale_up_room_counts_our_workers_in_every_state():
 
 
 def test_foreign_workers_do_not_take_room_under_max_workers():
-    pol = make_policy(max_workers=2, idle_workers=0)
+    pol = make_policy(max_workers=2, idle_workers=0, count_foreign_workers=True)
     p = plan(snap(worker("f1", S.BUSY, ours=False), worker("f2", S.BUSY, ours=False), apps=waiting_apps(2)),
              pol, History())
     assert p.start == 2
@@ -402,6 +416,7 @@ def policy_settings(draw):
         max_surge=draw(st.integers(1, 10)),
         scale_down_delay=draw(st.sampled_from([0.0, 1.0, 10.0, 60.0])),
         unschedulable_backoff=draw(st.sampled_from([0.0, 30.0, 120.0])),
+        count_foreign_workers=draw(st.booleans()),
     )
 
 

@@ -57,6 +57,7 @@ async def make_scaler(spark_master, tmp_path):
             master_ui_url=spark_master.master_ui_url,
             state_dir=str(tmp_path / f"scaler-{len(backends)}"),
             stop_timeout=5,
+            stop_on_exit=True,
         )
         backends.append(backend)
         await backend.setup()

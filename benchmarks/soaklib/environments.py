@@ -36,7 +36,7 @@ class LocalEnv:
         return {**AS_ROOT, "start_master": False, "master_url": master.url, "master_ui_url": master.ui,
                 "state_dir": str(self.workdir / f"{strategy}-workers"), "worker_cores": WORKER_CORES,
                 "worker_memory": "1g", "host_range": f"{self.host_prefix}2-{self.host_prefix}254",
-                "stop_timeout": 10}
+                "stop_timeout": 10, "stop_on_exit": True}
 
     def scaler_flags(self, master, strategy: str) -> dict:
         return {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}

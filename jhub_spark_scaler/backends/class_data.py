@@ -6,7 +6,9 @@ deletes the others. Java 17 cannot create an archive by itself, so one worker at
 starts with -XX:ArchiveClassesAtExit and dumps its classes as it exits, into a directory
 of the daemons' user (the archives' own is the scaler's); `finish_dump()`, called when
 that worker is stopped, moves the dump in place, or marks the archive
-`<archive>.failed` so that no worker tries again until an admin removes the mark.
+`<archive>.failed` so that no worker tries again until an admin removes the mark. An
+archive in place is complete (only `os.replace` puts one there): it is used, and never
+marked failed.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def worker_options(archive: str, *, dump_dir: str, handle: str, records: Iterabl
     """The JVM options for worker `handle`: use the archive; else have this worker dump
     its classes into `dump_dir` when it exits, unless a worker of `records` (the state files) is dumping
     them already, or the archive is marked failed."""
-    if not enabled or os.path.exists(f"{archive}.failed"):
+    if not enabled:
         return []
-    if os.path.exists(archive):
+    if os.path.exists(archive):  # complete: only os.replace puts one there
         return [f"-XX:SharedArchiveFile={archive}"]
+    if os.path.exists(f"{archive}.failed"):
+        return []
     if any(r.get("cds_dump") and alive(r) for r in records):
         return []
     return [f"{DUMP_OPTION}{os.path.join(dump_dir, os.path.basename(archive))}.{handle}.tmp"]
@@ -75,11 +79,14 @@ def finish_dump(rec: dict, *, cds_dir: str, handle: str, stopped: bool, exited: 
         log.info("LocalBackend: wrote %s; workers will start from it", archive)
         return
     remove(dump)
+    if os.path.exists(archive):
+        return  # in place already (moved by an earlier stop of this worker, or another's): nothing failed
     if not stopped:
         log.warning("LocalBackend: worker %s died before writing the class data archive; "
                     "the next worker writes it", handle)
         return
-    open(f"{archive}.failed", "w").close()
+    # not through a symlink: cds/ is the scaler's, but a state_dir shared with the daemons is not
+    os.close(os.open(f"{archive}.failed", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     why = "exited without one" if exited else "was killed after LocalBackend.cds_dump_timeout"
     log.warning("LocalBackend: worker %s wrote no class data archive (%s); not trying again "
                 "until %s.failed is removed", handle, why, archive)

@@ -25,15 +25,14 @@ Who may write which of them (the daemons may run as another user): see `state_la
 The parts with a job of their own: `processes` reads /proc and sockets, `children`
 spawns and ends the daemons, `daemon_user` says as whom, `daemon_env` with which
 environment, `state_files` reads and writes the files above, `state_layout` makes
-their directories, and `class_data` keeps the AppCDS archive.
+their directories, `class_data` keeps the AppCDS archive, and `loopback` picks the
+workers' addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import ipaddress
 import os
 import re
 import shutil
@@ -48,7 +47,7 @@ from .. import clock
 from ..errors import ConfigError
 from ..httpjson import fetch_json
 from ..model import BackendWorker
-from . import Backend, BackendError, class_data, installation, state_files, state_layout
+from . import Backend, BackendError, class_data, installation, loopback, state_files, state_layout
 from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
 from .children import Children, end_executors
 from .daemon_env import DEFAULT_PATH, daemon_env
@@ -72,21 +71,6 @@ FAST_JVM_OPTIONS = (
 )
 
 
-def _parse_range(text: str) -> tuple[int, int]:
-    """'127.0.0.2-127.0.0.254' (or one address) -> (first, last) as integers."""
-    first, _, last = text.partition("-")
-    a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address((last or first).strip())
-    if not (a.is_loopback and b.is_loopback and a <= b):
-        raise ValueError(text)
-    return int(a), int(b)
-
-
-def _range_ok(text: str) -> bool:
-    with contextlib.suppress(ValueError):
-        return bool(_parse_range(text))
-    return False
-
-
 _PORT_CHECK = Check(lambda v: 0 <= v <= 65535, "is not a port (0 picks a free one)")
 #: what each setting must be (the master's URLs are empty until a started master sets them)
 _CHECKS = {
@@ -101,7 +85,7 @@ _CHECKS = {
     "stop_timeout": Check(lambda v: v >= 0, "must not be negative"),
     "cds_dump_timeout": Check(lambda v: v >= 0, "must not be negative"),
     "master_start_timeout": Check(lambda v: v > 0, "must be positive"),
-    "host_range": Check(_range_ok,
+    "host_range": Check(loopback.range_ok,
                         "is not 'FIRST-LAST' (or one address) of 127.x.x.x addresses, FIRST <= LAST"),
     "master_url": master_url_check(empty_ok=True),
     "master_ui_url": master_ui_url_check(empty_ok=True),
@@ -156,7 +140,8 @@ class LocalBackend(Backend):
     ).tag(config=True)
     stop_timeout = Float(10.0, help="Seconds from SIGTERM to SIGKILL when stopping.").tag(config=True)
     stop_on_exit = Bool(
-        True, help="shutdown() stops all workers and the master; False leaves them for the next scaler."
+        False, help="On exit (SIGTERM, SIGINT: a hub restart too) stop all workers, busy ones included, "
+        "and the master. False leaves them running, and the next scaler adopts them, jobs intact."
     ).tag(config=True)
     extra_java_options = List(Unicode(), help="More JVM options for the worker daemons.").tag(config=True)
     spark_conf = Dict(
@@ -206,6 +191,7 @@ class LocalBackend(Backend):
         self._scala = ""
         self._user: DaemonUser | None = None  # who the daemons run as (None: this process's user)
         self._java_home = ""
+        self._stopping: dict[str, asyncio.Future] = {}  # handle -> its stop in flight
 
     # -- state files -----------------------------------------------------------
 
@@ -342,14 +328,9 @@ class LocalBackend(Backend):
         return [self._worker(rec) for rec in self._records()]
 
     def _pick_host(self, used: set[str]) -> str:
-        first, last = _parse_range(self.host_range)
         # skip addresses others listen on too: workers of another state dir, on the same master maybe
         taken = used | {self.master_host, urlsplit(self.master_url).hostname or ""} | listening_hosts()
-        for n in range(first, last + 1):
-            if str(ipaddress.IPv4Address(n)) not in taken:
-                return str(ipaddress.IPv4Address(n))
-        raise BackendError(f"LocalBackend.host_range: no address left in {self.host_range} "
-                           f"({len(used)} workers hold one); widen it")
+        return loopback.pick_host(self.host_range, taken=taken, held=len(used))
 
     async def start(self, n: int) -> list[BackendWorker]:
         if not self._scala:
@@ -414,6 +395,15 @@ class LocalBackend(Backend):
             self.log.info("LocalBackend: worker %s cannot take SIGPWR yet (still starting)", worker.handle)
 
     async def stop(self, worker: BackendWorker) -> None:
+        """Stop a worker once: a second stop while one runs (a cycle's and shutdown's) waits
+        for the first; two would signal it twice and both settle its class data dump."""
+        if worker.handle not in self._stopping:
+            self._stopping[worker.handle] = asyncio.ensure_future(self._stop_once(worker))
+            self._stopping[worker.handle].add_done_callback(lambda _: self._stopping.pop(worker.handle))
+        # shielded: a caller cancelled (the cycle, at exit) leaves the stop to finish for the other
+        await asyncio.shield(self._stopping[worker.handle])
+
+    async def _stop_once(self, worker: BackendWorker) -> None:
         path = self._worker_file(worker.handle)
         rec = read_json(path, root=self.state_dir, log=self.log) or {}
         if not state_files.own_dump(rec, cds_dir=self._path("cds", "dumps"), handle=worker.handle):
@@ -440,7 +430,9 @@ class LocalBackend(Backend):
 
     async def shutdown(self) -> None:
         if not self.stop_on_exit:
-            self.log.info("LocalBackend: leaving workers and master running (stop_on_exit is False)")
+            if self._master is not None or self._records():  # nothing to say after a failed setup
+                self.log.info("LocalBackend: leaving the workers and master running for the next scaler "
+                              "(stop_on_exit is False)")
             return
         await asyncio.gather(*(self.stop(w) for w in await self.list()))
         if self._master is not None and self._children.ours(self._master, self._master_daemon()):
