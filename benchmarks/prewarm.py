@@ -344,7 +344,8 @@ class Bench:
         port, dead = free_port("127.0.0.1"), free_port("127.0.0.1")
         service = HubService(
             api_url=f"http://127.0.0.1:{dead}/hub/api",  # no hub: its poll fails quietly, events still apply
-            api_token=token, service_url=f"http://127.0.0.1:{port}", prefix="/services/spark-scaler/",
+            api_token=token, events_secret=token, service_url=f"http://127.0.0.1:{port}",
+            prefix="/services/spark-scaler/",
             poll_interval=3600, stale_after=3600, prewarm_window=600, prewarm_per_server=1,
             on_change=app.reconcile_soon, log=log,
             metrics=ScalerMetrics(), pool_history=PoolHistory(interval=POLL_INTERVAL),

@@ -27,7 +27,9 @@ from .backends import Backend
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
 from .cli import BackendType, at_least, check_url
-from .constants import ADMIN_SCOPE, HUB_METRICS_SCOPE, READ_SCOPE, SERVICE_NAME, SERVICE_URL
+from .constants import (
+    ADMIN_SCOPE, EVENTS_SECRET_ENV, HUB_METRICS_SCOPE, READ_SCOPE, SERVICE_NAME, SERVICE_URL,
+)
 from .errors import ConfigError
 from .metrics import ScalerMetrics
 from .model import Snapshot
@@ -326,6 +328,8 @@ class SparkScalerApp(Application):
         return HubService(
             api_url=self.hub_api_url,
             api_token=self.hub_api_token,
+            # a secret (environment only: never on a command line) that configure() sets
+            events_secret=os.environ.get(EVENTS_SECRET_ENV) or self.hub_api_token,
             service_url=self.service_url,
             prefix=self.service_prefix,
             poll_interval=self.hub_poll_interval,

@@ -29,6 +29,10 @@ HUB_METRICS_SCOPE = "read:metrics"
 
 #: The service's endpoint for the hooks' events, below its prefix.
 EVENTS_PATH = "events"
+#: The service's environment variable with the secret the hub's hooks send with each event:
+#: not the service's API token, which would go to whoever listens on the service's port
+#: while it is down (on one machine, any local user can)
+EVENTS_SECRET_ENV = "JHUB_SPARK_SCALER_EVENTS_SECRET"
 #: What a hook reports of a notebook server.
 EVENT_START = "start"
 EVENT_STOP = "stop"

@@ -2,7 +2,8 @@
 
 The hooks installed by `jhub_spark_scaler.hub.configure` send
 `{"action": "start"|"stop", "user": "...", "server": "..."}` (`constants.EVENT_ACTIONS`) with the header
-`Authorization: token <the service's API token>`. A valid event is handed to
+`Authorization: token <the events secret>` (`constants.EVENTS_SECRET_ENV`, set by
+`configure()`; without it, the service's API token). A valid event is handed to
 `on_event(action, user, server)` and answered 202; anything else gets a
 one-line JSON error `{"error": "..."}`.
 """
@@ -95,10 +96,11 @@ def parse_event(body: bytes) -> tuple[str, str, str]:
 def make_events_route(prefix: str, *, token: str, on_event: EventCallback) -> tuple[str, type, dict]:
     """The tornado route `(pattern, EventsHandler, kwargs)` for `POST <prefix>events` (`EVENTS_PATH`).
 
-    `prefix` is the service's JUPYTERHUB_SERVICE_PREFIX; `token` its own API token
-    (JUPYTERHUB_API_TOKEN), the one the hub's hooks send.
+    `prefix` is the service's JUPYTERHUB_SERVICE_PREFIX; `token` what the hub's hooks send
+    (see the module's docstring).
     """
     if not token:
-        raise ValueError("events: the service's API token is empty (JUPYTERHUB_API_TOKEN)")
+        raise ValueError("events: the events secret is empty (JHUB_SPARK_SCALER_EVENTS_SECRET, "
+                         "else JUPYTERHUB_API_TOKEN)")
     pattern = re.escape(f"{prefix.rstrip('/')}/{EVENTS_PATH}")
     return pattern, EventsHandler, {"token": token, "on_event": on_event}

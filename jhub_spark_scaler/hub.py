@@ -94,6 +94,7 @@ from .constants import (
     EVENT_START,
     EVENT_STOP,
     EVENTS_PATH,
+    EVENTS_SECRET_ENV,
     READ_SCOPE,
     READ_SCOPE_DESCRIPTION,
     SERVICE_HOST,
@@ -252,8 +253,15 @@ def configure(
             READ_SCOPE: {"description": READ_SCOPE_DESCRIPTION},
             **custom_scopes,
         }
-    _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=service["api_token"]))
+    _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=_events_secret(service)))
     return service
+
+
+def _events_secret(service: dict) -> str:
+    """The secret the hooks send with each event (`EVENTS_SECRET_ENV`): the entry's own, or a
+    fresh one put in its environment."""
+    environment = service.setdefault("environment", {})
+    return environment.setdefault(EVENTS_SECRET_ENV, secrets.token_hex(32))
 
 
 def _add_service_role(c: Config, name: str, *, existing_service: bool) -> None:

@@ -40,6 +40,7 @@ class HubService:
         *,
         api_url: str,
         api_token: str,
+        events_secret: str,
         service_url: str,
         prefix: str,
         poll_interval: float,
@@ -73,6 +74,7 @@ class HubService:
         self.on_change = on_change
         self.log = log
         self._token = api_token
+        self._events_secret = events_secret
         self._ticker: PeriodicCallback | None = None
         self._server: HTTPServer | None = None
 
@@ -108,7 +110,7 @@ class HubService:
 
     def make_application(self) -> Application:
         """The events route, plus the admin page when the hub gave us an OAuth client."""
-        routes: list = [make_events_route(self.prefix, token=self._token, on_event=self._on_event)]
+        routes: list = [make_events_route(self.prefix, token=self._events_secret, on_event=self._on_event)]
         settings: dict = {}
         if os.environ.get("JUPYTERHUB_CLIENT_ID"):
             routes += admin_routes(self.prefix, authenticate_prometheus=self.authenticate_prometheus)

@@ -43,7 +43,7 @@ from jhub_spark_scaler.app import SparkScalerApp, main
 from jhub_spark_scaler.backends import kubernetes as kubernetes_module
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.local import LocalBackend
-from jhub_spark_scaler.constants import ADMIN_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE, EVENTS_SECRET_ENV
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.reconciler import Reconciler
 from jhub_spark_scaler.service import HubService
@@ -660,13 +660,14 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
     # -- bodies are bounded before anyone is authenticated --
     refused = await declared_body_answer(service["url"], f"{scaler.prefix}api/idle-target")
     assert refused.startswith(b"HTTP/1.1 400"), refused[:200] or "waited for a 100 MB body"
+    secret = service["environment"][EVENTS_SECRET_ENV]
     refused = await declared_body_answer(service["url"], f"{scaler.prefix}events",
-                                         f"Authorization: token {service['api_token']}\r\n")
+                                         f"Authorization: token {secret}\r\n")
     assert refused.startswith(b"HTTP/1.1 413"), refused[:200] or "waited for a 100 MB event"
 
     # -- names with markup: from the hub's hooks (an event) and from Spark (the master) --
     event = json.dumps({"action": "start", "user": XSS + SURROGATE, "server": "<b>gpu</b>"})
-    assert (await call(f"{direct}events", "POST", token=service["api_token"], body=event)).code == 202
+    assert (await call(f"{direct}events", "POST", token=secret, body=event)).code == 202
     stand_in.extra_apps, stand_in.extra_workers = [MARKUP_APP], [MARKUP_WORKER]
 
     async def shown():

@@ -18,6 +18,7 @@ import pytest
 from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, WORKER_CLASS, LocalBackend
 from jhub_spark_scaler.model import WorkerState
 
+from .settings import AS_ROOT
 from .test_scaling import cycles_until, make_reconciler, with_policy
 from .waiting import always
 
@@ -38,7 +39,8 @@ def start_foreign_worker(backend: LocalBackend, host: str, work_dir: str, log) -
 
 async def test_fake_idle_workers_registered_from_outside_leave_the_pool_unchanged(spark_master, tmp_path):
     backend = LocalBackend(
-        start_master=False, master_url=spark_master.master_url, master_ui_url=spark_master.master_ui_url,
+        **AS_ROOT, start_master=False, master_url=spark_master.master_url,
+        master_ui_url=spark_master.master_ui_url,
         state_dir=str(tmp_path / "state"), stop_timeout=5, stop_on_exit=True, worker_memory="512m",
     )
     foreign: list[subprocess.Popen] = []

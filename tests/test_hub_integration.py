@@ -21,12 +21,12 @@ from jupyterhub.utils import maybe_future, random_port
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
-from tornado.web import Application
+from tornado.web import Application, RequestHandler
 from traitlets.config import Config
 
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.events import MAX_BODY, make_events_route
-from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE, EVENTS_SECRET_ENV, READ_SCOPE
 from jhub_spark_scaler.hub import configure
 
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config
@@ -153,7 +153,7 @@ async def test_only_post_is_allowed(events):
     assert (await send(url, GOOD, method="PUT")).code == 405
 
 
-def test_an_empty_service_token_is_refused():
+def test_an_empty_events_secret_is_refused():
     with pytest.raises(ValueError, match="JUPYTERHUB_API_TOKEN"):
         make_events_route("/services/spark-scaler/", token="", on_event=print)
 
@@ -186,7 +186,7 @@ async def test_configure_keeps_the_admins_hooks_and_notifies(serve_events):
     c = config_with_admin_hooks(ran)
     sock, port = bind_unused_port()
     service = configure(c, port=port, max_workers=2)
-    received = serve_events(service["api_token"], sock)
+    received = serve_events(service["environment"][EVENTS_SECRET_ENV], sock)
 
     spawner = fake_spawner("bob")
     assert await maybe_future(c.Spawner.pre_spawn_hook(spawner)) == "pre-result"
@@ -203,8 +203,8 @@ def test_configure_writes_exactly_the_service_role_and_scope():
     c = config_with_admin_hooks([])
     service = configure(c, max_workers=3, idle_workers=2, scale_down_delay=10.5,
                         LocalBackend__state_dir="/srv/spark")
-    token = service["api_token"]
-    assert len(bytes.fromhex(token)) == 32
+    token, secret = service["api_token"], service["environment"][EVENTS_SECRET_ENV]
+    assert len(bytes.fromhex(token)) == 32 and len(bytes.fromhex(secret)) == 32 and secret != token
     assert service == {
         "name": "spark-scaler",
         "url": "http://127.0.0.1:10101",
@@ -215,6 +215,8 @@ def test_configure_writes_exactly_the_service_role_and_scope():
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": [ADMIN_SCOPE, READ_SCOPE],
         "api_token": token,
+        # the hooks' secret, not the API token (test_a_listener_in_the_services_place_gets_no_api_token)
+        "environment": {EVENTS_SECRET_ENV: secret},
     }
     assert c.JupyterHub.services == [{"name": "test-admin", "api_token": ADMIN_TOKEN}, service]
     assert c.JupyterHub.load_roles == [
@@ -248,10 +250,34 @@ def test_configure_twice_with_the_same_name_is_an_error():
         configure(c, max_workers=2)
 
 
+async def test_a_listener_in_the_services_place_gets_no_api_token():
+    """While the service is down, anyone on the machine may listen on its port and take
+    the hooks' posts. What they carry is the events secret, which can only send spawn
+    events (and the service polls the hub for the truth), never the service's API token."""
+    c = Config()
+    sock, port = bind_unused_port()
+    service = configure(c, port=port, max_workers=2)
+    seen = []
+
+    class Impostor(RequestHandler):
+        def post(self, *args) -> None:
+            seen.append(self.request.headers.get("Authorization", ""))
+
+    server = HTTPServer(Application([(r".*", Impostor)]))
+    server.add_sockets([sock])
+    try:
+        await maybe_future(c.Spawner.pre_spawn_hook(fake_spawner("mallory")))
+        await until(lambda: seen, timeout=5, what="the hook's post at the impostor")
+    finally:
+        server.stop()
+    assert service["api_token"] not in seen[0]
+    assert seen[0] == f"token {service['environment'][EVENTS_SECRET_ENV]}"
+
+
 async def test_hook_costs_well_under_a_millisecond(serve_events):
     c = Config()
     sock, port = bind_unused_port()
-    received = serve_events(configure(c, port=port, max_workers=2)["api_token"], sock)
+    received = serve_events(configure(c, port=port, max_workers=2)["environment"][EVENTS_SECRET_ENV], sock)
     hook = c.Spawner.pre_spawn_hook
     spawner = fake_spawner()
     costs = []

@@ -23,18 +23,24 @@ import pytest
 from jupyterhub.utils import random_port
 from traitlets.config import Config
 
+from jhub_spark_scaler.backends import state_files
 from jhub_spark_scaler.backends.local import MASTER_CLASS, WORKER_CLASS, LocalBackend
-from jhub_spark_scaler.backends.processes import is_ours
-from jhub_spark_scaler.backends.state_files import read_json, worker_records
+from jhub_spark_scaler.backends.processes import Daemon, is_ours
+from jhub_spark_scaler.backends.state_files import worker_records
 from jhub_spark_scaler.constants import SERVICE_NAME
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import Driver, lost_executors
 from .real_hub import configure_scaler, hub_config
-from .settings import HTTP_TIMEOUT
+from .settings import AS_ROOT, AS_ROOT_FLAG, HTTP_TIMEOUT
 from .waiting import always, until
 
 pytestmark = pytest.mark.spark
+
+
+def read_json(path: str) -> dict | None:
+    """A state file as the scaler reads it (never through a symlink)."""
+    return state_files.read_json(path, root=os.path.dirname(path), log=logging.getLogger("test"))
 
 
 async def _alive_at(master_ui_url: str, host: str) -> bool:
@@ -46,7 +52,7 @@ def kill_pool(state_dir: str) -> None:
     """SIGKILL what a state dir's records name, by pid and start time: the last resort of a teardown."""
     master = read_json(f"{state_dir}/master.json")
     for rec in [*worker_records(state_dir, logging.getLogger("teardown")), master]:
-        if rec and (is_ours(rec, WORKER_CLASS) or is_ours(rec, MASTER_CLASS)):
+        if rec and any(is_ours(rec, Daemon(main, ())) for main in (WORKER_CLASS, MASTER_CLASS)):
             os.killpg(rec["pid"], signal.SIGKILL)
 
 
@@ -58,7 +64,8 @@ async def test_a_stop_and_shutdown_at_once_stop_the_worker_once_and_keep_its_arc
     and used, no `.failed` mark."""
     state = str(tmp_path / "state")
     backend = LocalBackend(
-        start_master=False, master_url=spark_master.master_url, master_ui_url=spark_master.master_ui_url,
+        **AS_ROOT, start_master=False, master_url=spark_master.master_url,
+        master_ui_url=spark_master.master_ui_url,
         state_dir=state, stop_on_exit=True, class_data_sharing=True, cds_dump_timeout=60,
     )
     try:
@@ -96,7 +103,7 @@ async def test_sigterm_while_a_cycle_stops_a_worker_waits_for_that_stop(spark_ma
              "--LocalBackend.start_master=False",
              f"--LocalBackend.master_url=spark://127.0.0.1:{random_port()}",  # nothing listens there
              f"--LocalBackend.master_ui_url={spark_master.master_ui_url}",
-             "--LocalBackend.stop_on_exit=True", "--LocalBackend.cds_dump_timeout=60"],
+             "--LocalBackend.stop_on_exit=True", "--LocalBackend.cds_dump_timeout=60", AS_ROOT_FLAG],
             stdout=out, stderr=subprocess.STDOUT,
         )
     try:
@@ -198,7 +205,8 @@ async def test_a_hub_restart_under_a_running_driver_loses_no_executor(hub_app, s
         if app is not None:
             await app._service_map[SERVICE_NAME].stop()
         # stop_on_exit is False for the service: the teardown stops the pool it left
-        cleanup = LocalBackend(state_dir=str(state), master_port=0, master_webui_port=0, stop_timeout=5,
+        cleanup = LocalBackend(**AS_ROOT, state_dir=str(state), master_port=0, master_webui_port=0,
+                               stop_timeout=5,
                                stop_on_exit=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cleanup.setup(), timeout=60)

@@ -46,7 +46,7 @@ from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector, worker_pod
-from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE, SERVICE_SCOPES
+from jhub_spark_scaler.constants import ADMIN_SCOPE, EVENTS_SECRET_ENV, READ_SCOPE, SERVICE_SCOPES
 from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
@@ -228,7 +228,8 @@ def test_extra_config_completes_the_charts_service_and_adds_roles_and_hooks(tmp_
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": [ADMIN_SCOPE, READ_SCOPE],
         "api_token": tokens["spark-scaler"],  # the chart's, from its Secret
-        "environment": {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
+        "environment": {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                        EVENTS_SECRET_ENV: c.Spawner.pre_spawn_hook.notifier.token},
     }
     assert command[:3] == [sys.executable, "-m", "jhub_spark_scaler"]
     app = SparkScalerApp()
@@ -256,7 +257,8 @@ def test_extra_config_completes_the_charts_service_and_adds_roles_and_hooks(tmp_
     assert isinstance(start, SpawnerHook) and isinstance(stop, SpawnerHook)
     assert (start.action, stop.action) == ("start", "stop")
     assert start.notifier.url == "http://127.0.0.1:10101", "the hooks post over loopback in the hub pod"
-    assert start.notifier.token == tokens["spark-scaler"]
+    assert start.notifier.token == service["environment"][EVENTS_SECRET_ENV] != tokens["spark-scaler"], \
+        "the hooks send their own secret, never the service's API token"
 
 
 def test_configure_completes_an_existing_service_only_when_asked():
@@ -287,7 +289,8 @@ def test_configure_completes_an_existing_service_only_when_asked():
     assert (service["api_token"], service["url"]) == ("t" * 64, "http://hub:10101")
     assert "--SparkScalerApp.service_url=http://[::]:10101" in service["command"]
     assert c.Spawner.pre_spawn_hook.notifier.url == "http://[::1]:10101"
-    assert "environment" not in service, "nothing to pass on"
+    assert service["environment"] == {EVENTS_SECRET_ENV: c.Spawner.pre_spawn_hook.notifier.token}, \
+        "only the hooks' secret"
 
 
 def test_the_ports_and_names_agree():
