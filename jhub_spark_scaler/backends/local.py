@@ -12,6 +12,7 @@ worker web UI binds 0.0.0.0).
     work/<handle>/                       a worker's --work-dir
     cds/worker-<key>.jsa                 AppCDS archive: workers start about twice as fast
     next-id                              handle counter: handles are never reused
+    scaler.lock                          the active scaler's pid, flock-ed while it runs
 
 A pid counts as ours only if its start time (/proc/<pid>/stat field 22) and the
 main class on its command line match the state file: pids get reused. (Right after
@@ -50,6 +51,7 @@ from .processes import (
     alive, bind_error, catches, free_port, is_ours, listening_hosts, processes_in, start_time,
 )
 from .state_files import read_json, remove, write_json
+from .state_lock import StateDirLock
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -232,6 +234,10 @@ class LocalBackend(Backend):
     async def _terminate(self, rec: dict, what: str, timeout: float) -> bool:
         """End the daemon of state record `rec`; True if it exited on SIGTERM (see `Children`)."""
         return await self._children.terminate(rec, what=what, timeout=timeout, log=self.log)
+
+    def leadership(self) -> StateDirLock:
+        """One active scaler per state_dir: an exclusive lock in it (state_lock.py)."""
+        return StateDirLock(self.state_dir, log=self.log)
 
     # -- master ----------------------------------------------------------------
 
