@@ -43,7 +43,7 @@ class Leader:
             if acquiring.cancelled():
                 return False
             raise acquiring.exception()
-        self.log.info("the active scaler of %s", self.leadership.what)
+        self.log.debug("the active scaler of %s", self.leadership.what)
         return True
 
     async def may_act(self) -> bool:

@@ -119,7 +119,7 @@ async def test_one_active_scaler_per_pool_and_the_standby_finishes_the_drains(
 
     try:
         first = start("first", "--idle-workers=2", "--poll-interval=0.5")
-        await first.logged(f"the active scaler of Lease {NAMESPACE}/{LEASE}", timeout=60)
+        await first.logged(f"Kubernetes backend: pool '{POOL}'", timeout=60)
         await until(lambda: ready_pods(2), timeout=120, what="2 worker pods ALIVE at the master")
         names = set(watch.names)
 
