@@ -100,6 +100,7 @@ class PodWatch:
 def took_over_in(seconds: float) -> None:
     """The standby waited out the lease (it may not act sooner) and no longer than the lease
     and one retry, plus 1.5 s for the test's polling and a loaded machine."""
+    print(f"took over after {seconds:.2f} s")  # shown with pytest -s
     assert DURATION - RETRY - 0.3 <= seconds <= DURATION + RETRY + 1.5, f"took over after {seconds:.2f} s"
 
 
@@ -148,7 +149,8 @@ async def test_one_active_scaler_per_pool_and_the_standby_finishes_the_drains(
             return len(watch.pods) == 2 and all(
                 ANNOTATION_RETIRING in (p.metadata.annotations or {}) for p in watch.pods)
 
-        await until(retiring, timeout=30, what="both pods marked retiring", process=second.process)
+        await until(retiring, timeout=30, what="both pods marked retiring", process=second.process,
+                    log=second.log_path)
 
         third = start("third", "--standby", "--idle-workers=0", "--poll-interval=0.5")
         await third.logged(f"standing by: {second.identity} is the active scaler", timeout=60)
@@ -200,3 +202,20 @@ async def spark_workers(spark_master):
 
 def alive_hosts(workers) -> set[str]:
     return {w.host for w in workers if w.state == "ALIVE"}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lease_renew_deadline=20", "KubernetesBackend.lease_duration (15) must be greater than "
+                                "KubernetesBackend.lease_renew_deadline (20)"),
+    ("lease_retry_period=9", "KubernetesBackend.lease_renew_deadline (10) must be greater than 1.2 x "
+                             "KubernetesBackend.lease_retry_period (9)"),
+])
+def test_lease_timings_that_cannot_keep_two_holders_apart_are_one_line(setting, message, tmp_path):
+    """Refused before any connection: no cluster needed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "jhub_spark_scaler", "--backend=kubernetes", "--max-workers=2",
+         "--master-ui-url=http://spark-master-ui:8080", f"--KubernetesBackend.{setting}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"jhub-spark-scaler: error: {message}"]

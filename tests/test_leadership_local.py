@@ -128,7 +128,8 @@ async def test_one_active_scaler_per_state_dir_and_the_standby_finishes_the_drai
         first.stop(signal.SIGKILL)
         await standby.logged("now the active scaler of", timeout=10)
         await until(lambda: _equal(our_states, ["DECOMMISSIONED", "DECOMMISSIONED"]), timeout=60,
-                    what="the new active scaler to decommission both workers", process=standby.process)
+                    what="the new active scaler to decommission both workers", process=standby.process,
+                    log=standby.log_path)
 
         third = start("third", "--standby", "--idle-workers=0", "--poll-interval=0.5")
         await third.logged(f"standing by: jhub-spark-scaler pid {standby.pid} is the active", timeout=30)

@@ -57,10 +57,13 @@ class LeaseTimings:
 
     def problem(self) -> str:
         """Why these timings cannot keep two holders apart ("" if they can)."""
+        name = "KubernetesBackend.lease_"
         if not self.duration > self.renew_deadline:
-            return "lease_duration must be greater than lease_renew_deadline"
+            return (f"{name}duration ({self.duration:g}) must be greater than {name}renew_deadline "
+                    f"({self.renew_deadline:g})")
         if not self.renew_deadline > 1.2 * self.retry_period:  # client-go's JitterFactor
-            return "lease_renew_deadline must be greater than 1.2 x lease_retry_period"
+            return (f"{name}renew_deadline ({self.renew_deadline:g}) must be greater than 1.2 x "
+                    f"{name}retry_period ({self.retry_period:g})")
         return ""
 
 
@@ -75,7 +78,7 @@ class Lease(Leadership):
     def __init__(self, *, name: str, namespace: str, identity: str, timings: LeaseTimings,
                  connect: Callable[[], Awaitable[KubeApi]], log: logging.Logger):
         if problem := timings.problem():
-            raise ConfigError(f"KubernetesBackend: {problem} (now {timings})")
+            raise ConfigError(problem)
         self.name, self.namespace, self.identity = name, namespace, identity
         self.timings = timings
         self.what = f"Lease {namespace}/{name}"
