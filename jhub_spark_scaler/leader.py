@@ -57,6 +57,7 @@ class Leader:
             if error is not None:  # tried again at the next cycle
                 self.log.error("cannot take over %s again: %s", self.leadership.what, _first_line(error))
                 return False
+            self.log.info("the active scaler of %s again", self.leadership.what)
         if await self.leadership.still_held():
             return True
         self.log.warning("no longer the active scaler of %s: standing by, acting on nothing",

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,60 @@ async def test_one_active_scaler_per_pool_and_the_standby_finishes_the_drains(
         for scaler in scalers:
             scaler.stop(signal.SIGKILL)
         coordination = client.CoordinationV1Api(admin)
+        try:
+            await coordination.delete_namespaced_lease(LEASE, NAMESPACE)
+        except client.ApiException:
+            pass
+        await admin.close()
+
+
+async def hold_lease_as(coordination, holder: str, seconds: float) -> None:
+    """Take the Lease and renew it every 0.3 s for `seconds`, as a live scaler would."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        lease = await coordination.read_namespaced_lease(LEASE, NAMESPACE)
+        body = coordination.api_client.sanitize_for_serialization(lease)
+        body["spec"].update(holderIdentity=holder,
+                            renewTime=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        try:
+            await coordination.replace_namespaced_lease(LEASE, NAMESPACE, body)
+        except client.ApiException as e:
+            if e.status != 409:  # a conflict: the scaler renewed in between; take it next time
+                raise
+        await asyncio.sleep(0.3)
+
+
+async def test_a_scaler_that_loses_the_lease_acts_on_nothing_until_it_holds_it_again(
+        kube_cluster, kube_rbac, kubelet, spark_master, tmp_path):
+    admin = await kube_cluster.api_client("admin")
+    coordination = client.CoordinationV1Api(admin)
+    watch = PodWatch(admin)
+    scaler = Scaler(command(kube_cluster, spark_master, "--idle-workers=2", "--poll-interval=0.5"),
+                    tmp_path / "scaler.log")
+    try:
+        await until(lambda: len(watch.pods) == 2, timeout=120, what="2 worker pods", process=scaler.process,
+                    log=scaler.log_path)
+        # another holder takes the Lease (as after a partition) and keeps renewing it
+        intruder = asyncio.ensure_future(hold_lease_as(coordination, "intruder", seconds=6))
+        await scaler.logged(f"no longer the active scaler of Lease {NAMESPACE}/{LEASE}", timeout=10)
+        # a worker lost meanwhile is not replaced: the scaler acts on nothing
+        await client.CoreV1Api(admin).delete_namespaced_pod(watch.pods[0].metadata.name, NAMESPACE,
+                                                            grace_period_seconds=0)
+        await until(lambda: len(watch.pods) == 1, timeout=30, what="the pod deleted")
+        before = scaler.text()
+        await always(lambda: len(watch.pods) == 1, seconds=3, what="no pod started for a scaler on standby")
+        await intruder
+        # the intruder stops renewing: the scaler takes over after lease_duration and replaces it
+        await scaler.logged(f"the active scaler of Lease {NAMESPACE}/{LEASE} again", timeout=DURATION + 5)
+        await until(lambda: len(watch.pods) == 2, timeout=60, what="the lost worker replaced",
+                    process=scaler.process, log=scaler.log_path)
+        during = scaler.text()[len(before):].split("the active scaler of")[0]
+        assert not acts(during), acts(during)
+        assert scaler.text().count("no longer the active scaler") == 1
+        assert watch.most <= MAX_WORKERS
+    finally:
+        await watch.close()
+        scaler.stop(signal.SIGKILL)
         try:
             await coordination.delete_namespaced_lease(LEASE, NAMESPACE)
         except client.ApiException:

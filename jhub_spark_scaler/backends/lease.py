@@ -161,7 +161,7 @@ class Lease(Leadership):
                 self._seen = (version, time.monotonic())
             if time.monotonic() - self._seen[1] < self.timings.duration:
                 return False
-            self.log.info("%s: %s renewed nothing for %.0f s: taking over", self.what, holder,
+            self.log.info("%s: not renewed by %s for %.0f s: taking over", self.what, holder,
                           self.timings.duration)
         try:
             return self._won(await self._write(lease, self.identity), sent)
@@ -177,7 +177,7 @@ class Lease(Leadership):
         async with self._lock:
             try:
                 held = await self._try()
-            except BackendError as e:
+            except (BackendError, ValueError, KeyError, TypeError) as e:  # an answer that is not a Lease too
                 if str(e) != self._trouble:
                     self.log.warning("%s: %s", self.what, e)
                 self._trouble = str(e)
