@@ -13,10 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from jhub_spark_scaler.backends.state_lock import RETRY
 from jhub_spark_scaler.spark import SparkClient
 
 from .settings import HTTP_TIMEOUT
@@ -47,9 +49,11 @@ class Command:
     def text(self) -> str:
         return self.log_path.read_text()
 
-    async def logged(self, line: str, *, timeout: float) -> None:
+    async def logged(self, line: str, *, timeout: float) -> float:
+        """Wait for `line` in the log; the monotonic time it was seen (polled every 0.05 s)."""
         await until(lambda: line in self.text(), timeout=timeout, what=f"{line!r} in {self.log_path.name}",
-                    process=self.process, log=self.log_path)
+                    process=self.process, log=self.log_path, interval=0.05)
+        return time.monotonic()
 
     def stop(self, sig=signal.SIGKILL) -> int:
         if self.process.poll() is None:
@@ -74,6 +78,13 @@ class PoolWatch:
     async def close(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+def took_over_in(seconds: float) -> None:
+    """The kernel drops a dead holder's lock at once; the standby tries every RETRY s (plus
+    1 s for the test's polling and a loaded machine)."""
+    print(f"took over after {seconds:.2f} s")  # shown with pytest -s
+    assert seconds <= RETRY + 1, f"took over after {seconds:.2f} s"
 
 
 def acts(log: str) -> list[str]:
@@ -125,16 +136,19 @@ async def test_one_active_scaler_per_state_dir_and_the_standby_finishes_the_drai
                      and not acts(standby.text()), seconds=3, what="the standby touches nothing")
         assert (state / "scaler.lock").read_text() == f"{first.pid}\n"
 
+        killed = time.monotonic()
         first.stop(signal.SIGKILL)
-        await standby.logged("now the active scaler of", timeout=10)
+        took_over_in(await standby.logged("now the active scaler of", timeout=10) - killed)
         await until(lambda: _equal(our_states, ["DECOMMISSIONED", "DECOMMISSIONED"]), timeout=60,
                     what="the new active scaler to decommission both workers", process=standby.process,
                     log=standby.log_path)
 
         third = start("third", "--standby", "--idle-workers=0", "--poll-interval=0.5")
         await third.logged(f"standing by: jhub-spark-scaler pid {standby.pid} is the active", timeout=30)
+        killed = time.monotonic()
         standby.stop(signal.SIGKILL)
         assert worker_pids(state) == pids and all(alive(p) for p in pids.values()), "still draining"
+        took_over_in(await third.logged("now the active scaler of", timeout=10) - killed)
         await until(lambda: not worker_pids(state) and not any(alive(p) for p in pids.values()),
                     timeout=60, what="the standby to take over and stop the drained workers",
                     process=third.process, log=third.log_path)
