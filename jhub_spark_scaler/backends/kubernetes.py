@@ -285,6 +285,7 @@ class KubernetesBackend(Backend):
     async def _lease_api(self) -> KubeApi:
         """A client of the Lease's own, once the pool's permissions are there (the first error an
         admin meets is the same as without a Lease)."""
+        self.resources()  # settings that need no request are refused before any
         api_client = await make_api_client(self.kubeconfig, self.context)
         api = KubeApi(api_client, self.namespace, timeout=self.api_timeout)
         try:

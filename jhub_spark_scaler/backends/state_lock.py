@@ -40,6 +40,10 @@ class StateDirLock(Leadership):
     def _open(self) -> int:
         try:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        except OSError as e:  # a file where the directory belongs: "File exists" would mislead
+            why = "Not a directory" if isinstance(e, FileExistsError) else e.strerror
+            raise ConfigError(f"LocalBackend.state_dir: cannot create {self.state_dir}: {why}") from None
+        try:
             # O_NOFOLLOW: a symlink planted in its place is refused, not followed.
             # O_CLOEXEC: the Spark daemons started later must not inherit the lock:
             # the master outlives the scaler and would hold it for good.
