@@ -274,6 +274,9 @@ class SparkScalerApp(Application):
             f.write(self.generate_config_file())
         print(f"wrote {self.config_file}")
 
+    #: the pool's one-active-scaler guard, from run() (None: a reconciler driven without it)
+    leader: Leader | None = None
+
     async def run(self) -> None:
         """Become the pool's active scaler, set up the backend, reconcile until SIGTERM/SIGINT,
         then clean up."""
@@ -362,7 +365,7 @@ class SparkScalerApp(Application):
     async def reconcile(self) -> None:
         """One cycle, if this scaler is the pool's active one; errors are logged and the
         loop goes on."""
-        if not await self.leader.may_act():
+        if self.leader is not None and not await self.leader.may_act():
             return
         try:
             await self.reconciler.cycle()
