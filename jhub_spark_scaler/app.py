@@ -31,6 +31,7 @@ from .constants import (
     ADMIN_SCOPE, EVENTS_SECRET_ENV, HUB_METRICS_SCOPE, READ_SCOPE, SERVICE_NAME, SERVICE_URL,
 )
 from .errors import ConfigError
+from .leader import Leader
 from .metrics import ScalerMetrics
 from .model import Snapshot
 from .observe import ObserveSettings
@@ -59,6 +60,7 @@ class SparkScalerApp(Application):
         "poll-interval": "SparkScalerApp.poll_interval",
         "master-ui-url": "SparkScalerApp.master_ui_url",
         "backend": "SparkScalerApp.backend_class",
+        "standby": "SparkScalerApp.standby",
         "log-level": "Application.log_level",
         "state-dir": "LocalBackend.state_dir",
         "worker-cores": "LocalBackend.worker_cores",
@@ -68,6 +70,10 @@ class SparkScalerApp(Application):
         "generate-config": (
             {"SparkScalerApp": {"generate_config": True}},
             "Write a commented config file (config_file) with every setting and exit.",
+        ),
+        "standby": (
+            {"SparkScalerApp": {"standby": True}},
+            "If another scaler is active on this pool, wait and take over when it exits.",
         ),
     }
     classes = [LocalBackend, KubernetesBackend]
@@ -120,6 +126,13 @@ class SparkScalerApp(Application):
         LocalBackend, klass=Backend,
         help="Where workers run: 'local' (processes on this machine), 'kubernetes' (pods), "
         "or the import path of a Backend subclass.",
+    ).tag(config=True)
+
+    standby = Bool(
+        False, help="When another scaler is already active on this pool (the same LocalBackend.state_dir, "
+        "or a valid Lease of the same KubernetesBackend.pool): False exits with an error naming it; True "
+        "waits as standby and takes over when it exits or dies. On Kubernetes a scaler waits out a lease "
+        "that is no longer renewed either way.",
     ).tag(config=True)
 
     hub_api_url = Unicode(
@@ -278,14 +291,21 @@ class SparkScalerApp(Application):
             f.write(self.generate_config_file())
         print(f"wrote {self.config_file}")
 
+    #: the pool's one-active-scaler guard, from run() (None: a reconciler driven without it)
+    leader: Leader | None = None
+
     async def run(self) -> None:
-        """Set up the backend, reconcile until SIGTERM/SIGINT, then clean up."""
+        """Become the pool's active scaler, set up the backend, reconcile until SIGTERM/SIGINT,
+        then clean up."""
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Our own handlers: a service started by a backgrounded hub inherits SIGINT ignored.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         backend = self.backend_class(parent=self, log=self.log)
+        self.leader = Leader(backend.leadership(), log=self.log)
+        if not await self.leader.lead(wait=self.standby, stopping=stopping):
+            return  # stopped while standing by: nothing was adopted, nothing to clean up
         self.metrics = ScalerMetrics()
         self.pool_history = PoolHistory(interval=self.poll_interval)
         self.hub = self.make_hub_service() if self.hub_api_url else None
@@ -323,6 +343,7 @@ class SparkScalerApp(Application):
             if self.hub:
                 self.hub.stop()
             await backend.shutdown()
+            await self.leader.resign()
 
     def make_hub_service(self) -> HubService:
         return HubService(
@@ -365,8 +386,11 @@ class SparkScalerApp(Application):
     _exiting = False
 
     async def reconcile(self) -> None:
-        """One cycle; errors are logged and the loop goes on. None once exiting."""
-        if self._exiting:
+        """One cycle, if this scaler is the pool's active one; errors are logged and the
+        loop goes on. None once exiting."""
+        if self._exiting or self.leader is not None and not await self.leader.may_act():
+            return
+        if self._exiting:  # began while the lease was checked
             return
         cycle = asyncio.ensure_future(self.reconciler.cycle())
         self._cycles.add(cycle)

@@ -146,6 +146,9 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("LocalBackend", "worker_heap"): ("lots", "not a JVM heap size"),
     ("LocalBackend", "worker_memory"): ("512", "not a size"),  # Spark would read bytes
     ("KubernetesBackend", "api_timeout"): ("0", "must be positive"),
+    ("KubernetesBackend", "lease_duration"): ("0", "must be positive"),
+    ("KubernetesBackend", "lease_renew_deadline"): ("0", "must be positive"),
+    ("KubernetesBackend", "lease_retry_period"): ("0", "must be positive"),
     ("KubernetesBackend", "context"): ("no-such-context", "no-such-context"),
     ("KubernetesBackend", "cpu_guarantee"): ("lots", "not a Kubernetes quantity"),
     ("KubernetesBackend", "cpu_limit"): ("0", "not a Kubernetes quantity"),
@@ -178,6 +181,7 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("SparkScalerApp", "authenticate_prometheus"): "a Bool: both values are meaningful",
     ("SparkScalerApp", "count_foreign_workers"): "a Bool: both values are meaningful",
     ("SparkScalerApp", "generate_config"): "a Bool: both values are meaningful",
+    ("SparkScalerApp", "standby"): "a Bool: both values are meaningful",
     ("SparkScalerApp", "show_config"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "show_config_json"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "log_level"): "an Enum: a value outside its choices is the wrong-type case",

@@ -79,7 +79,7 @@ async def test_a_stop_and_shutdown_at_once_stop_the_worker_once_and_keep_its_arc
         ends = ("LocalBackend: stopped worker", "LocalBackend: forgot worker")
         stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith(ends)]
         assert stops == [f"LocalBackend: stopped worker {worker.handle}"]
-        cds = sorted(os.path.basename(p) for p in glob.glob(f"{state}/cds/*"))
+        cds = sorted(os.path.basename(p) for p in glob.glob(f"{state}/cds/worker-*"))
         assert len(cds) == 1 and cds[0].endswith(".jsa"), cds  # the archive, no .failed, no dump left
         # and the next worker starts from it
         [after] = await backend.start(1)
@@ -121,7 +121,7 @@ async def test_sigterm_while_a_cycle_stops_a_worker_waits_for_that_stop(spark_ma
         assert await asyncio.to_thread(scaler.wait, 90) == 0
         log = (tmp_path / "scaler.log").read_text()
         assert log.count("LocalBackend: stopped worker local-1") == 1, log
-        cds = sorted(os.path.basename(p) for p in glob.glob(f"{state}/cds/*"))
+        cds = sorted(os.path.basename(p) for p in glob.glob(f"{state}/cds/worker-*"))
         assert len(cds) == 1 and cds[0].endswith(".jsa"), (cds, log)  # the archive; no .failed, no dump
         assert not worker_records(str(state), logging.getLogger("test"))
     finally:

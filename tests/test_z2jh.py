@@ -531,6 +531,7 @@ def test_the_master_manifest_is_what_the_backend_would_create():
 
 def test_rbac_grants_what_the_backend_checks_and_nothing_more():
     from jhub_spark_scaler.backends.kubernetes import MASTER_PERMISSIONS, WORKER_PERMISSIONS
+    from jhub_spark_scaler.backends.lease import lease_name, lease_permissions
 
     def granted(path: str) -> set[tuple[str, str, str, str]]:
         (role,) = [d for d in load_all(HELM / path) if d["kind"] == "Role"]
@@ -538,7 +539,9 @@ def test_rbac_grants_what_the_backend_checks_and_nothing_more():
                 for group in rule["apiGroups"] for resource in rule["resources"]
                 for name in rule.get("resourceNames", [""])}
 
-    assert granted("rbac.yaml") == {*WORKER_PERMISSIONS, ("get", "apps", "deployments", "spark-master")}
+    lease = lease_permissions(lease_name(SCALER["KubernetesBackend__pool"]))  # the pool's Lease only
+    owner = ("get", "apps", "deployments", "spark-master")
+    assert granted("rbac.yaml") == {*WORKER_PERMISSIONS, owner, *lease}
     assert granted("rbac-manage-master.yaml") == set(MASTER_PERMISSIONS)
 
 

@@ -18,6 +18,11 @@ Errors follow one rule in every backend, each a single line that says what to fi
   reconciler takes that as "blind" and retires nothing until it sees the pool again.
 
 The command line prints TraitError, ConfigError and BackendError alike, as one line.
+
+One scaler acts on a pool at a time. `Backend.leadership()` returns the pool's
+`Leadership` (an exclusive lock on the local `state_dir`, a Lease per Kubernetes pool);
+the command acquires it before `setup()` adopts anything, renews it before every cycle,
+and acts only while it holds it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,28 @@ from ..model import BackendWorker
 
 class BackendError(Exception):
     """The backend failed at run time (cannot list, start, mark or stop); one line saying why."""
+
+
+class Leadership:
+    """Who may act on a pool: at most one holder at a time, across processes and machines.
+
+    This base class is the no-op a backend without a shared pool uses: it is always held.
+    """
+
+    #: what is held, for log lines ("state_dir /srv/spark", "Lease spark/jhub-spark-scaler-default")
+    what = "the pool (not shared)"
+
+    async def acquire(self, *, wait: bool) -> None:
+        """Become the holder. If another holds it: with `wait`, stand by until it is free
+        (logging that, once); without, raise BackendError naming the holder."""
+
+    async def still_held(self) -> bool:
+        """Renew; True if this process may act now. Never raises: trouble renewing counts
+        as lost once it lasts too long for another holder to be excluded."""
+        return True
+
+    async def release(self) -> None:
+        """Let the next holder in at once; safe to call when not held, and more than once."""
 
 
 class Backend(LoggingConfigurable):
@@ -71,3 +98,8 @@ class Backend(LoggingConfigurable):
 
     async def shutdown(self) -> None:
         """Release what `setup()` acquired (the scaler is exiting)."""
+
+    def leadership(self) -> Leadership:
+        """The pool's one-active-scaler guard; made before `setup()`, acquired before it runs.
+        A backend that owns a pool others could share returns a real one."""
+        return Leadership()

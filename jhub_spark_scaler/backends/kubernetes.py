@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
+import socket
 
 from traitlets import Bool, Callable, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
@@ -25,6 +27,7 @@ from ..model import BackendWorker
 from . import Backend, BackendError
 from .checks import Check, master_ui_url_check, master_url_check, revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
+from .lease import Lease, LeaseTimings, lease_name
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
 from .pod_cache import PodCache
 from .worker_pod import (
@@ -94,6 +97,9 @@ _CHECKS = {
     "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": Check(lambda v: v > 0, "must be positive"),
     "api_timeout": Check(lambda v: v > 0, "must be positive"),
+    "lease_duration": Check(lambda v: v > 0, "must be positive"),
+    "lease_renew_deadline": Check(lambda v: v > 0, "must be positive"),
+    "lease_retry_period": Check(lambda v: v > 0, "must be positive"),
     "master_url": master_url_check(empty_ok=False),
     "master_ui_url": master_ui_url_check(empty_ok=False),
 }
@@ -186,6 +192,16 @@ class KubernetesBackend(Backend):
     watch_timeout = Int(300, help="Seconds before a pod watch is renewed.").tag(config=True)
     setup_timeout = Float(30.0, help="Seconds to wait at start for the first list of pods.").tag(config=True)
     api_timeout = Float(30.0, help="Seconds before a Kubernetes API request gives up.").tag(config=True)
+    # One active scaler per pool: the Lease jhub-spark-scaler-<pool> (backends/lease.py)
+    lease_duration = Float(
+        15.0, help="Seconds a standby scaler waits, after the pool's Lease was last renewed, before it "
+        "takes over (client-go's LeaseDuration).").tag(config=True)
+    lease_renew_deadline = Float(
+        10.0, help="Seconds the active scaler goes on acting without renewing the Lease; less than "
+        "lease_duration (client-go's RenewDeadline).").tag(config=True)
+    lease_retry_period = Float(
+        2.0, help="Seconds between renewals of the Lease, and between a standby's tries "
+        "(client-go's RetryPeriod).").tag(config=True)
 
     @default("namespace")
     def _default_namespace(self) -> str:
@@ -271,8 +287,28 @@ class KubernetesBackend(Backend):
             needed.append(("get", *OWNER_RESOURCES[kind], name))
         return needed
 
-    async def _check_permissions(self) -> None:
-        missing = await self.api.missing_permissions(self._needed_permissions())
+    def leadership(self) -> Lease:
+        """One active scaler per pool: a Lease named for it, in the namespace (lease.py)."""
+        timings = LeaseTimings(duration=self.lease_duration, renew_deadline=self.lease_renew_deadline,
+                               retry_period=self.lease_retry_period)
+        return Lease(name=lease_name(self.pool), namespace=self.namespace, timings=timings, log=self.log,
+                     identity=f"{socket.gethostname()}_{os.getpid()}", connect=self._lease_api)
+
+    async def _lease_api(self) -> KubeApi:
+        """A client of the Lease's own, once the pool's permissions are there (the first error an
+        admin meets is the same as without a Lease)."""
+        self.resources()  # settings that need no request are refused before any
+        api_client = await make_api_client(self.kubeconfig, self.context)
+        api = KubeApi(api_client, self.namespace, timeout=self.api_timeout)
+        try:
+            await self._check_permissions(api)
+        except BaseException:
+            await api.api_client.close()
+            raise
+        return api
+
+    async def _check_permissions(self, api: KubeApi | None = None) -> None:
+        missing = await (api or self.api).missing_permissions(self._needed_permissions())
         if missing:
             raise ConfigError(
                 f"missing RBAC permissions in namespace {self.namespace!r}: {', '.join(missing)}; "

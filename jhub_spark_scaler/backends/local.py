@@ -12,6 +12,7 @@ worker web UI binds 0.0.0.0).
     work/<handle>/                       a worker's --work-dir
     cds/worker-<key>.jsa                 AppCDS archive: workers start about twice as fast
     next-id                              handle counter: handles are never reused
+    scaler.lock                          the active scaler's pid, flock-ed while it runs
 
 Anyone running as the service's user (every executor) can plant files there, so a
 pid counts as ours only if its start time (/proc/<pid>/stat field 22) matches the state
@@ -54,6 +55,7 @@ from .daemon_env import DEFAULT_PATH, daemon_env
 from .daemon_user import DaemonUser, check_adoptable, daemon_home, daemon_user
 from .processes import Daemon, alive, bind_error, catches, free_port, listening_hosts, start_time
 from .state_files import read_json, remove, write_json
+from .state_lock import StateDirLock
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -229,6 +231,10 @@ class LocalBackend(Backend):
         """End `daemon`, the process of state record `rec`; True if it exited on SIGTERM
         (see `Children`)."""
         return await self._children.terminate(rec, daemon, what=what, timeout=timeout, log=self.log)
+
+    def leadership(self) -> StateDirLock:
+        """One active scaler per state_dir: an exclusive lock in it (state_lock.py)."""
+        return StateDirLock(self.state_dir, log=self.log)
 
     # -- master ----------------------------------------------------------------
 
