@@ -326,7 +326,9 @@ def _service_entry(entry: dict, *, url: str | None, port: int, listen: str, flag
     if url is not None and entry.get("url", url) != url:
         raise ValueError(f"configure: service {name!r} has url {entry['url']!r}, not {url!r}")
     url = entry.get("url") or url or f"http://{SERVICE_HOST}:{port}"
-    command = [sys.executable, "-m", "jhub_spark_scaler", flags[0]]
+    # --standby: the hub restarts a service that exits at once, so one that found the pool
+    # still held (by a scaler the hub left behind) waits for it instead of exiting in a loop
+    command = [sys.executable, "-m", "jhub_spark_scaler", flags[0], "--standby"]
     where = urlsplit(url)
     if (where.hostname, where.port) != (listen.strip("[]"), port):
         # the hub hands the service `url` as JUPYTERHUB_SERVICE_URL: listen elsewhere

@@ -147,6 +147,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("LocalBackend", "worker_memory"): ("512", "not a size"),  # Spark would read bytes
     ("KubernetesBackend", "api_timeout"): ("0", "must be positive"),
     ("KubernetesBackend", "lease_duration"): ("0", "must be positive"),
+    ("KubernetesBackend", "run_as_user"): ("0", "must be a user id other than root's 0"),
     ("KubernetesBackend", "lease_renew_deadline"): ("0", "must be positive"),
     ("KubernetesBackend", "lease_retry_period"): ("0", "must be positive"),
     ("KubernetesBackend", "context"): ("no-such-context", "no-such-context"),

@@ -208,7 +208,7 @@ def test_configure_writes_exactly_the_service_role_and_scope():
     assert service == {
         "name": "spark-scaler",
         "url": "http://127.0.0.1:10101",
-        "command": [sys.executable, "-m", "jhub_spark_scaler", "--max-workers=3",
+        "command": [sys.executable, "-m", "jhub_spark_scaler", "--max-workers=3", "--standby",
                     "--SparkScalerApp.idle_workers=2", "--SparkScalerApp.scale_down_delay=10.5",
                     "--LocalBackend.state_dir=/srv/spark"],
         "display": True,

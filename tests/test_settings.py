@@ -132,7 +132,8 @@ def test_no_module_restates_a_default_of_the_command():
 def test_the_hub_helper_sets_only_max_workers_and_listens_where_the_command_does(outside_a_hub):
     c = Config()
     service = configure(c, max_workers=3)
-    assert service["command"][3:] == ["--max-workers=3"], "the command's own defaults, no others"
+    # --standby is how a managed service waits for a pool still held, not a setting's default
+    assert service["command"][3:] == ["--max-workers=3", "--standby"], "the command's own defaults, no others"
     assert service["name"] == SERVICE_NAME
     app = SparkScalerApp()
     app.parse_command_line(service["command"][3:])
