@@ -13,16 +13,18 @@ For admins who prefer to write it out, the call is equivalent to:
     import secrets, sys
     from jhub_spark_scaler.hub import Notifier, SpawnerHook
 
-    token = secrets.token_hex(32)
+    token, events_secret = secrets.token_hex(32), secrets.token_hex(32)
     c.JupyterHub.services.append({
         "name": "spark-scaler",
         "url": "http://127.0.0.1:10101",
-        "command": [sys.executable, "-m", "jhub_spark_scaler", "--max-workers=20",
+        "command": [sys.executable, "-m", "jhub_spark_scaler", "--max-workers=20", "--standby",
                     "--SparkScalerApp.idle_workers=2", "--LocalBackend.worker_cores=4"],
         "display": True,
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": ["custom:spark-scaler:admin", "custom:spark-scaler:read"],
         "api_token": token,  # the hub hands it to the service as JUPYTERHUB_API_TOKEN
+        # what the hooks send: a secret of their own, not the service's API token
+        "environment": {"JHUB_SPARK_SCALER_EVENTS_SECRET": events_secret},
     })
     c.JupyterHub.load_roles.append({
         "name": "spark-scaler-service",
@@ -33,7 +35,7 @@ For admins who prefer to write it out, the call is equivalent to:
         "custom:spark-scaler:admin": {"description": "...", "subscopes": ["custom:spark-scaler:read"]},
         "custom:spark-scaler:read": {"description": "..."},
     }
-    notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=token)
+    notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=events_secret)
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
     c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", then=None)
 

@@ -21,13 +21,13 @@ import pytest
 from jhub_spark_scaler.backends.state_lock import RETRY
 from jhub_spark_scaler.spark import SparkClient
 
-from .settings import HTTP_TIMEOUT
+from .settings import AS_ROOT_FLAG, HTTP_TIMEOUT
 from .test_cli import alive, worker_pids
 from .waiting import always, until
 
 pytestmark = pytest.mark.spark
 
-SCALER = [sys.executable, "-m", "jhub_spark_scaler"]
+SCALER = [sys.executable, "-m", "jhub_spark_scaler", AS_ROOT_FLAG]
 MAX_WORKERS = 2
 
 

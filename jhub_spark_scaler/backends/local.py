@@ -234,6 +234,7 @@ class LocalBackend(Backend):
 
     def leadership(self) -> StateDirLock:
         """One active scaler per state_dir: an exclusive lock in it (state_lock.py)."""
+        daemon_user(self.run_as, allow_root=self.allow_root)  # first: a refused scaler creates nothing
         return StateDirLock(self.state_dir, log=self.log)
 
     # -- master ----------------------------------------------------------------
