@@ -32,12 +32,7 @@ from traitlets.config.loader import (
 from .backends import BackendError
 from .backends.kubernetes import KubernetesBackend
 from .backends.local import LocalBackend
-from .errors import ConfigError
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message as one line (its type's name when it has none)."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+from .errors import ConfigError, first_line
 
 
 def at_least(minimum: float) -> Callable:

@@ -12,10 +12,7 @@ import asyncio
 import logging
 
 from .backends import Leadership
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+from .errors import first_line
 
 
 class Leader:
@@ -55,7 +52,7 @@ class Leader:
             error = None if self._standing_by.cancelled() else self._standing_by.exception()
             self._standing_by = None
             if error is not None:  # tried again at the next cycle
-                self.log.error("cannot take over %s again: %s", self.leadership.what, _first_line(error))
+                self.log.error("cannot take over %s again: %s", self.leadership.what, first_line(error))
                 return False
             self.log.info("the active scaler of %s again", self.leadership.what)
         if await self.leadership.still_held():
