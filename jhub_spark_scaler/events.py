@@ -11,13 +11,13 @@ one-line JSON error `{"error": "..."}`.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Callable
 
 from tornado import web
 
 from .constants import EVENT_ACTIONS, EVENTS_PATH
+from .httpjson import json_object
 
 MAX_BODY = 4096
 MAX_USER_NAME = 255
@@ -75,14 +75,7 @@ class EventsHandler(web.RequestHandler):
 
 def parse_event(body: bytes) -> tuple[str, str, str]:
     """(action, user, server) from a JSON body, or HTTPError 400 saying what is wrong."""
-    try:
-        event = json.loads(body)
-    except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
-        raise web.HTTPError(400, "body is JSON nested too deeply") from None
-    except ValueError:  # UnicodeDecodeError too
-        raise web.HTTPError(400, "body is not JSON") from None
-    if not isinstance(event, dict):
-        raise web.HTTPError(400, "body must be a JSON object")
+    event = json_object(body, like='{"action": "start", "user": "alice", "server": ""}')
     action, user, server = event.get("action"), event.get("user"), event.get("server")
     if action not in EVENT_ACTIONS:
         raise web.HTTPError(400, "action must be " + " or ".join(map(repr, EVENT_ACTIONS)))

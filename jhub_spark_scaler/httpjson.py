@@ -1,4 +1,5 @@
-"""GET a JSON document over HTTP, turning every failure into one line.
+"""JSON over HTTP, every failure one line: GET a document (`fetch_json`), read a request's
+body (`json_object`).
 
 Redirects are never followed: a request may carry credentials (the hub API's token), and
 tornado would send its headers on to wherever the answer points. A 3xx is an error naming
@@ -11,7 +12,22 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+
+def json_object(body: bytes, *, like: str) -> dict:
+    """A request body's JSON object, or HTTPError 400 saying what is wrong with it (`like`:
+    an example of a good one, for the message)."""
+    try:
+        document = json.loads(body)
+    except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
+        raise web.HTTPError(400, "body is JSON nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError too
+        raise web.HTTPError(400, "body is not JSON") from None
+    if not isinstance(document, dict):
+        raise web.HTTPError(400, "body must be a JSON object, like %s", like)
+    return document
 
 
 def _limit(request: HTTPRequest, max_bytes: int, chunks: list[bytes]) -> Callable[[], bool]:

@@ -14,6 +14,7 @@ import pytest
 from jhub_spark_scaler.app import main
 from jhub_spark_scaler.spark import SparkClient
 
+from .scaler_process import ScalerProcess
 from .settings import AS_ROOT_FLAG, HTTP_TIMEOUT
 from .waiting import until
 
@@ -78,25 +79,17 @@ def test_a_config_file_that_raises_is_one_line_too(name, text, message, tmp_path
     assert lines[0].startswith("jhub-spark-scaler: error: ") and message in lines[0]
 
 
-class Scaler:
+class Scaler(ScalerProcess):
     """The scaler as a child process, attached to the session's master."""
 
     def __init__(self, master, state_dir: Path, log: Path, *args: str):
-        self.log = open(log, "w")
-        self.process = subprocess.Popen(
+        super().__init__(
             [*SCALER, "--max-workers=3", "--LocalBackend.start_master=False",
              f"--LocalBackend.master_url={master.master_url}",
              f"--LocalBackend.master_ui_url={master.master_ui_url}",
              f"--state-dir={state_dir}", *args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            log,
         )
-
-    def kill(self, sig=signal.SIGKILL) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=60)
-        self.log.close()
-        return code
 
 
 def worker_pids(state_dir: Path) -> dict[str, int]:
@@ -142,7 +135,7 @@ async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
         scalers.append(first)
         await until(lambda: _states(our_workers, ["ALIVE", "ALIVE"]), timeout=90, what="2 ALIVE workers")
         pids = worker_pids(state)
-        first.kill()
+        first.stop()
         assert all(alive(p) for p in pids.values()), "workers outlive a SIGKILLed scaler"
 
         # Retire both at its first cycle, then sleep a minute: killed mid-drain.
@@ -151,7 +144,7 @@ async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
         scalers.append(second)
         await until(lambda: _states(our_workers, ["DECOMMISSIONED", "DECOMMISSIONED"]),
                     timeout=60, what="both workers decommissioned")
-        second.kill()
+        second.stop()
         assert worker_pids(state) == pids, "adopted, not replaced: no duplicates"
         assert all(alive(p) for p in pids.values())
 
@@ -160,12 +153,12 @@ async def test_sigkill_mid_drain_new_scaler_finishes_it(spark_master, tmp_path):
         scalers.append(third)
         await until(lambda: not worker_pids(state) and not any(alive(p) for p in pids.values()),
                     timeout=60, what="the new scaler to stop the drained workers")
-        assert third.kill(signal.SIGTERM) == 0
+        assert third.stop(signal.SIGTERM) == 0
         log = (tmp_path / "third.log").read_text()
         assert log.count("stop: ") == 2 and "start: " not in log
     finally:
         for scaler in scalers:
-            scaler.kill()
+            scaler.stop()
         for pid in worker_pids(state).values():
             os.kill(pid, signal.SIGKILL)
 

@@ -24,6 +24,7 @@ from jhub_spark_scaler.backends.lease import lease_name
 from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_selector
 from jhub_spark_scaler.spark import SparkClient
 
+from .scaler_process import ScalerProcess
 from .settings import HTTP_TIMEOUT
 from .test_leadership_local import acts
 from .waiting import always, until
@@ -53,27 +54,10 @@ def command(kube_cluster, spark_master, *args: str, pool: str = POOL) -> list[st
     ]
 
 
-class Scaler:
+class Scaler(ScalerProcess):
     def __init__(self, argv: list[str], log: Path):
-        self.log_path, self.log = log, open(log, "w")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(argv, log)
         self.identity = f"{socket.gethostname()}_{self.process.pid}"
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    async def logged(self, line: str, *, timeout: float) -> float:
-        """Wait for `line` in the log; the monotonic time it was seen (polled every 0.05 s)."""
-        await until(lambda: line in self.text(), timeout=timeout, interval=0.05, process=self.process,
-                    what=f"{line!r} in {self.log_path.name}", log=self.log_path)
-        return time.monotonic()
-
-    def stop(self, sig=signal.SIGKILL) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=60)
-        self.log.close()
-        return code
 
 
 class PodWatch:

@@ -21,6 +21,7 @@ import pytest
 from jhub_spark_scaler.backends.state_lock import RETRY
 from jhub_spark_scaler.spark import SparkClient
 
+from .scaler_process import ScalerProcess
 from .settings import AS_ROOT_FLAG, HTTP_TIMEOUT
 from .test_cli import alive, worker_pids
 from .waiting import always, until
@@ -31,36 +32,17 @@ SCALER = [sys.executable, "-m", "jhub_spark_scaler", AS_ROOT_FLAG]
 MAX_WORKERS = 2
 
 
-class Command:
+class Command(ScalerProcess):
     """A scaler process on `state_dir`, its workers joining the session's master."""
 
     def __init__(self, spark_master, state_dir: Path, log: Path, *args: str):
-        self.log_path = log
-        self.log = open(log, "w")
-        self.process = subprocess.Popen(
+        super().__init__(
             [*SCALER, f"--max-workers={MAX_WORKERS}", "--LocalBackend.start_master=False",
              f"--LocalBackend.master_url={spark_master.master_url}",
              f"--LocalBackend.master_ui_url={spark_master.master_ui_url}",
              f"--state-dir={state_dir}", "--LocalBackend.stop_timeout=5", *args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            log,
         )
-        self.pid = self.process.pid
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    async def logged(self, line: str, *, timeout: float) -> float:
-        """Wait for `line` in the log; the monotonic time it was seen (polled every 0.05 s)."""
-        await until(lambda: line in self.text(), timeout=timeout, what=f"{line!r} in {self.log_path.name}",
-                    process=self.process, log=self.log_path, interval=0.05)
-        return time.monotonic()
-
-    def stop(self, sig=signal.SIGKILL) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=60)
-        self.log.close()
-        return code
 
 
 class PoolWatch:

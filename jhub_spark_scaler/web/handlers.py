@@ -27,7 +27,6 @@ value, as JupyterHub's own handlers require.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
@@ -44,6 +43,7 @@ from tornado import web
 from tornado.httputil import HTTPHeaders
 
 from ..constants import ADMIN_SCOPE, HUB_METRICS_SCOPE, READ_SCOPE
+from ..httpjson import json_object
 from ..reconciler import Reconciler
 from .pool import PoolState
 
@@ -241,14 +241,7 @@ class IdleTargetHandler(AdminHandler):
     def idle_argument(self) -> str:
         """`idle_workers` from a form, a query or a JSON body; "" when absent (clear)."""
         if self.request.headers.get("Content-Type", "").startswith("application/json") and self.request.body:
-            try:
-                document = json.loads(self.request.body)
-            except RecursionError:  # the C decoder's stack: "[[[[..." thousands deep
-                raise web.HTTPError(400, "body is JSON nested too deeply") from None
-            except ValueError:  # UnicodeDecodeError too
-                raise web.HTTPError(400, "body is not JSON") from None
-            if not isinstance(document, dict):
-                raise web.HTTPError(400, "body must be a JSON object, like {\"idle_workers\": 2}")
+            document = json_object(self.request.body, like='{"idle_workers": 2}')
             value = document.get("idle_workers")
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
                 raise web.HTTPError(400, "idle_workers must be a whole number or a string of one, got %s",
