@@ -37,6 +37,7 @@ from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_sele
 from jhub_spark_scaler.observe import is_retiring
 
 from .kube_cluster import KubeCluster
+from .test_kubernetes_backend import pods_of
 from .waiting import until
 
 HELM = Path(__file__).resolve().parent.parent / "helm-values"
@@ -347,14 +348,6 @@ async def test_networkpolicy_yaml_is_accepted_by_the_apiserver(kube_cluster):
 # ---- 4. the backend acts on its own pods only -----------------------------------------------
 
 _pools = itertools.count(1)
-
-
-async def pods_of(kube_cluster, pool: str) -> list[dict]:
-    """The pool's pods as the apiserver has them (read as admin, not through the cache)."""
-    async with await kube_cluster.api_client("admin") as admin:
-        listed = await client.CoreV1Api(admin).list_namespaced_pod(
-            NAMESPACE, label_selector=pool_selector(pool))
-        return [admin.sanitize_for_serialization(p) for p in listed.items]
 
 
 @pytest.fixture

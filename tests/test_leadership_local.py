@@ -74,6 +74,16 @@ def acts(log: str) -> list[str]:
     return [line for line in log.splitlines() if any(f" {a}: " in line for a in ("start", "retire", "stop"))]
 
 
+async def end_all(watch: PoolWatch, commands: list[Command], state: Path) -> None:
+    """A test's teardown: the watch, the scalers, then any worker they left."""
+    await watch.close()
+    for command in commands:
+        command.stop(signal.SIGKILL)
+    for pid in worker_pids(state).values():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_one_active_scaler_per_state_dir_and_the_standby_finishes_the_drain(spark_master, tmp_path):
     state = tmp_path / "state"
     master = SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT)
@@ -147,12 +157,7 @@ async def test_one_active_scaler_per_state_dir_and_the_standby_finishes_the_drai
         assert third.stop(signal.SIGTERM) == 0
         assert watch.most <= MAX_WORKERS, f"{watch.most} workers at once"
     finally:
-        await watch.close()
-        for command in commands:
-            command.stop(signal.SIGKILL)
-        for pid in worker_pids(state).values():
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        await end_all(watch, commands, state)
 
 
 async def test_two_standbys_race_for_a_free_pool_and_one_wins(spark_master, tmp_path):
@@ -173,12 +178,7 @@ async def test_two_standbys_race_for_a_free_pool_and_one_wins(spark_master, tmp_
         assert f"pid {acting[0].pid} is the active scaler" in waiting[0].text()
         assert watch.most == MAX_WORKERS
     finally:
-        await watch.close()
-        for command in commands:
-            command.stop(signal.SIGKILL)
-        for pid in worker_pids(state).values():
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        await end_all(watch, commands, state)
 
 
 async def _equal(read, expected) -> bool:
