@@ -167,9 +167,11 @@ def describe(item: Note | WorkerReason) -> str:
     """One note or worker reason in words."""
     match item:
         case TargetNote(need, low, high):
+            # foreign capacity is 0 unless counted (count_foreign_workers): "- 0 foreign" would
+            # read as if foreign workers were counted
+            foreign = f" - {need.foreign_capacity} foreign" if need.foreign_capacity else ""
             return (f"target {need.target} = {need.busy} busy + {need.waiting} waiting + "
-                    f"{need.idle_target} idle target - {need.foreign_capacity} foreign, "
-                    f"clamped to [{low}, {high}]")
+                    f"{need.idle_target} idle target{foreign}, clamped to [{low}, {high}]")
         case BlindNote(why):
             return f"blind, changing nothing: {why}"
         case ScaleUpPausedNote(wanted, paused_for):

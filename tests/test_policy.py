@@ -354,7 +354,7 @@ def test_each_handle_has_its_reason_as_data_and_explain_words_the_plan_in_order(
                            "s": StopNeverRegistered("s"), "i": RetireIdle("i", 0.0)}
     assert p.notes == (TargetNote(p.demand, 0, 10),)
     assert explain(p) == (
-        "target 0 = 0 busy + 0 waiting + 0 idle target - 0 foreign, clamped to [0, 10]",
+        "target 0 = 0 busy + 0 waiting + 0 idle target, clamped to [0, 10]",
         "stopping d: drained (no executors left)",
         "stopping s: surplus, never registered",
         "retiring i: surplus, idle 0 s",
