@@ -1,8 +1,8 @@
 """A stand-in for the scaler as a hub-managed service (the real one needs Spark).
 
 Usage: standin_service.py EVENTS_FILE. Serves `<JUPYTERHUB_SERVICE_PREFIX>events`
-with the token in JUPYTERHUB_API_TOKEN, on the port of JUPYTERHUB_SERVICE_URL,
-and appends each event to EVENTS_FILE as a JSON line `[action, user, server]`.
+with the events secret configure() gives the service (as the scaler reads it), on the
+port of JUPYTERHUB_SERVICE_URL, and appends each event to EVENTS_FILE as a JSON line `[action, user, server]`.
 Stops on SIGTERM or SIGINT.
 """
 
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from tornado.web import Application
 
+from jhub_spark_scaler.constants import EVENTS_SECRET_ENV
 from jhub_spark_scaler.events import make_events_route
 
 
@@ -24,7 +25,7 @@ async def serve(events_file: str) -> None:
             f.write(json.dumps([action, user, server]) + "\n")
 
     route = make_events_route(
-        os.environ["JUPYTERHUB_SERVICE_PREFIX"], token=os.environ["JUPYTERHUB_API_TOKEN"], on_event=on_event
+        os.environ["JUPYTERHUB_SERVICE_PREFIX"], token=os.environ[EVENTS_SECRET_ENV], on_event=on_event
     )
     server = Application([route]).listen(urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port, "127.0.0.1")
     stopping = asyncio.Event()
