@@ -17,6 +17,8 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from jhub_spark_scaler.constants import EVENTS_SECRET_ENV
+
 from .real_hub import alive_workers, hub_api, start_server, worker_records
 from .waiting import always, until
 
@@ -75,11 +77,14 @@ async def test_forged_and_malformed_events_are_refused(hub):
     app, service, state = hub
     url = f"{service['url']}{app._service_map['spark-scaler'].prefix}events"
     event = json.dumps({"action": "start", "user": "mallory", "server": ""})
+    secret = service["environment"][EVENTS_SECRET_ENV]
     cases = [
         ({}, event, 401),
         ({"Authorization": "token not-the-token"}, event, 403),
-        ({"Authorization": f"token {service['api_token']}"}, "{not json", 400),
-        ({"Authorization": f"token {service['api_token']}"}, json.dumps({"action": "explode"}), 400),
+        # the service's API token is not the hooks' secret
+        ({"Authorization": f"token {service['api_token']}"}, event, 403),
+        ({"Authorization": f"token {secret}"}, "{not json", 400),
+        ({"Authorization": f"token {secret}"}, json.dumps({"action": "explode"}), 400),
     ]
     for headers, body, code in cases:
         with pytest.raises(HTTPClientError) as refused:

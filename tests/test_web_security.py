@@ -21,7 +21,7 @@ from tornado.web import Application, RequestHandler
 from traitlets.config import Config
 
 from jhub_spark_scaler.activity import HubActivity
-from jhub_spark_scaler.constants import ADMIN_SCOPE, READ_SCOPE
+from jhub_spark_scaler.constants import ADMIN_SCOPE, EVENTS_SECRET_ENV, READ_SCOPE
 from jhub_spark_scaler.hub import Notifier, SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient, SparkError
 
@@ -296,11 +296,12 @@ def service_log(request) -> str:
 @pytest.mark.spark
 async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request):
     """Deep, oversized, non-object and mistyped bodies to the admin API (an admin's token) and to
-    the hooks' events route (the service's token): refused in one JSON line; the service logs
+    the hooks' events route (their secret): refused in one JSON line; the service logs
     no traceback and goes on serving."""
     app, service, url = hub
     operator = await token_of(app, OPERATOR)
     events = f"{service['url']}{app._service_map['spark-scaler'].prefix}events"
+    secret = service["environment"][EVENTS_SECRET_ENV]
     as_json = "application/json"
     cases = [  # (url, token, body, content type, status, what the error says)
         (url + "api/idle-target", operator, "[" * 3000, as_json, 400, "nested too deeply"),
@@ -314,16 +315,16 @@ async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request)
         (url + "api/idle-target", operator, '{"idle_workers": false}', as_json, 400, "idle_workers must be"),
         (url + "api/idle-target", operator, "idle_workers=1&x=" + "y" * 5000, None, 413, "body over 4096"),
         (url + "api/pause", operator, "[" * 50_000, as_json, 413, "body over 4096"),
-        (events, service["api_token"], "[" * 4000, as_json, 400, "nested too deeply"),
-        (events, service["api_token"], '{"":' * 1020, as_json, 400, "nested too deeply"),
-        (events, service["api_token"], '["start", "alice", ""]', as_json, 400, "must be a JSON object"),
-        (events, service["api_token"], '{"action": "start", "user": 7, "server": ""}', as_json, 400,
+        (events, secret, "[" * 4000, as_json, 400, "nested too deeply"),
+        (events, secret, '{"":' * 1020, as_json, 400, "nested too deeply"),
+        (events, secret, '["start", "alice", ""]', as_json, 400, "must be a JSON object"),
+        (events, secret, '{"action": "start", "user": 7, "server": ""}', as_json, 400,
          "user must"),
-        (events, service["api_token"], '{"action": ["start"], "user": "a", "server": ""}', as_json, 400,
+        (events, secret, '{"action": ["start"], "user": "a", "server": ""}', as_json, 400,
          "action must"),
-        (events, service["api_token"], '{"action": "stop", "user": "a", "server": null}', as_json, 400,
+        (events, secret, '{"action": "stop", "user": "a", "server": null}', as_json, 400,
          "server must"),
-        (events, service["api_token"], "[" * 100_000, as_json, 413, "body over 4096"),
+        (events, secret, "[" * 100_000, as_json, 413, "body over 4096"),
     ]
     service_log(request)  # what came before
     for target, token, body, content_type, status, says in cases:
