@@ -37,7 +37,7 @@ from .model import Snapshot
 from .observe import ObserveSettings
 from .policy import PolicySettings
 from .reconciler import CycleReport, Reconciler
-from .service import HubService
+from .service import HubService, refuse_internal_ssl
 from .spark import SparkClient
 from .web.history import PoolHistory
 
@@ -302,6 +302,8 @@ class SparkScalerApp(Application):
         # Our own handlers: a service started by a backgrounded hub inherits SIGINT ignored.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        if self.hub_api_url:
+            refuse_internal_ssl()  # before the pool is taken or anything made
         backend = self.backend_class(parent=self, log=self.log)
         self.leader = Leader(backend.leadership(), log=self.log)
         if not await self.leader.lead(wait=self.standby, stopping=stopping):

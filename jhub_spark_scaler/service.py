@@ -54,7 +54,6 @@ class HubService:
         cycle_interval: float,
         authenticate_prometheus: bool,
     ):
-        refuse_internal_ssl()
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
         #: what the admin page reads; the app attaches its Reconciler

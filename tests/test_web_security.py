@@ -338,7 +338,7 @@ async def test_bad_bodies_are_a_400_or_413_in_one_line_never_a_500(hub, request)
     # past the server's limit (64 KiB) tornado refuses before any handler: a plain 400, no 500
     # (straight to the service: the hub's proxy turns a refused upload into its own 503)
     direct = events.replace("events", "api/idle-target")
-    for target, token in ((direct, operator), (events, service["api_token"])):
+    for target, token in ((direct, operator), (events, secret)):
         got = await answer(target, "POST", token=token, body="[" * 100_000, content_type=as_json)
         assert got.code in (400, 413), (target, got.code)
     pool = await answer(url + "api/pool", token=operator)
