@@ -117,18 +117,25 @@ class KubeEnv:
         await self.kubelet.start()
 
     async def _apply_rbac(self) -> None:
-        """helm-values/rbac.yaml as is, and the master Deployment that owns the worker pods
-        (what exists already is kept)."""
+        """helm-values/rbac.yaml with the soak's pools' Leases in place of the pool it names
+        (as its comment tells an admin to do), and the master Deployment that owns the worker
+        pods (an existing Role is replaced, anything else that exists is kept)."""
         import yaml
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
 
         from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+        from jhub_spark_scaler.backends.lease import lease_name
         from jhub_spark_scaler.backends.master_manifests import master_deployment
+
+        from .run import STRATEGIES  # run imports this module
 
         async with await self.cluster.api_client("admin") as admin:
             rbac = client.RbacAuthorizationV1Api(admin)
-            rbac_docs = yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text())
+            rbac_docs = list(yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text()))
+            for rule in (r for doc in rbac_docs if doc["kind"] == "Role" for r in doc["rules"]):
+                if rule["resources"] == ["leases"] and rule.get("resourceNames"):
+                    rule["resourceNames"] = [lease_name(f"soak-{strategy}") for strategy in STRATEGIES]
             creates = [(rbac.create_namespaced_role if doc["kind"] == "Role"
                         else rbac.create_namespaced_role_binding, doc) for doc in rbac_docs]
             deployment = master_deployment(name="spark-master", namespace=self.namespace,
@@ -141,6 +148,8 @@ class KubeEnv:
                 except ApiException as e:
                     if e.status != 409:
                         raise
+                    if doc["kind"] == "Role":  # the tests' fixture applied the file as is
+                        await rbac.replace_namespaced_role(doc["metadata"]["name"], self.namespace, doc)
 
     def _settings(self, master, strategy: str) -> dict:
         # the scaler is z2jh's hub service account, holding only helm-values/rbac.yaml's Role
