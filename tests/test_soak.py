@@ -68,7 +68,10 @@ async def test_short_soak_with_chaos_on_the_local_backend(tmp_path):
 async def test_short_soak_with_chaos_on_the_kubernetes_backend(tmp_path, kube_cluster, kube_rbac, kubelet):
     env = KubeEnv(tmp_path, cluster=kube_cluster, kubelet=kubelet)
     await env.start()
-    result = await run_strategy(env, RunConfig(strategy="scaler", **SHORT), tmp_path)
+    try:
+        result = await run_strategy(env, RunConfig(strategy="scaler", **SHORT), tmp_path)
+    finally:
+        await env.stop()
     s = summarize(result)
     kinds = sorted(f["kind"] for f in s["faults"])
     assert kinds == ["kill-busy-worker", "kill-scaler", "kill-scaler", "restart-apiserver", "restart-master"]

@@ -84,6 +84,10 @@ class LocalEnv:
         pass
 
 
+#: the Role and RoleBinding that grant the soak pools' Leases besides helm-values/rbac.yaml's
+SOAK_RBAC = "jhub-spark-scaler-soak"
+
+
 class KubeEnv:
     """One apiserver and kubelet for the whole soak; each strategy has a pool of its own.
     Given a running `cluster` and `kubelet` (the tests' session ones), it uses those
@@ -117,9 +121,11 @@ class KubeEnv:
         await self.kubelet.start()
 
     async def _apply_rbac(self) -> None:
-        """helm-values/rbac.yaml with the soak's pools' Leases in place of the pool it names
-        (as its comment tells an admin to do), and the master Deployment that owns the worker
-        pods (an existing Role is replaced, anything else that exists is kept)."""
+        """helm-values/rbac.yaml as is, a Role and binding of the soak's own for its pools'
+        Leases (the file names one pool's, as an admin changes it for theirs), and the master
+        Deployment that owns the worker pods (what exists already is kept)."""
+        import copy
+
         import yaml
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
@@ -132,12 +138,15 @@ class KubeEnv:
 
         async with await self.cluster.api_client("admin") as admin:
             rbac = client.RbacAuthorizationV1Api(admin)
-            rbac_docs = list(yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text()))
-            for rule in (r for doc in rbac_docs if doc["kind"] == "Role" for r in doc["rules"]):
-                if rule["resources"] == ["leases"] and rule.get("resourceNames"):
-                    rule["resourceNames"] = [lease_name(f"soak-{strategy}") for strategy in STRATEGIES]
-            creates = [(rbac.create_namespaced_role if doc["kind"] == "Role"
-                        else rbac.create_namespaced_role_binding, doc) for doc in rbac_docs]
+            role, binding = yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text())
+            soak_role = {**copy.deepcopy(role), "rules": [{
+                "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
+                "resourceNames": [lease_name(f"soak-{strategy}") for strategy in STRATEGIES]}]}
+            soak_binding = copy.deepcopy(binding)
+            soak_role["metadata"]["name"] = soak_binding["metadata"]["name"] = SOAK_RBAC
+            soak_binding["roleRef"]["name"] = SOAK_RBAC
+            creates = [(rbac.create_namespaced_role, doc) for doc in (role, soak_role)]
+            creates += [(rbac.create_namespaced_role_binding, doc) for doc in (binding, soak_binding)]
             deployment = master_deployment(name="spark-master", namespace=self.namespace,
                                            image="apache/spark:4.3.0",
                                            run_as_user=KubernetesBackend.run_as_user.default_value)
@@ -148,11 +157,23 @@ class KubeEnv:
                 except ApiException as e:
                     if e.status != 409:
                         raise
-                    if doc["kind"] == "Role":  # the tests' fixture applied the file as is
-                        await rbac.replace_namespaced_role(doc["metadata"]["name"], self.namespace, doc)
+
+    async def _remove_soak_rbac(self) -> None:
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        async with await self.cluster.api_client("admin") as admin:
+            rbac = client.RbacAuthorizationV1Api(admin)
+            for delete in (rbac.delete_namespaced_role_binding, rbac.delete_namespaced_role):
+                try:
+                    await delete(SOAK_RBAC, self.namespace)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
 
     def _settings(self, master, strategy: str) -> dict:
-        # the scaler is z2jh's hub service account, holding only helm-values/rbac.yaml's Role
+        # the scaler is z2jh's hub service account, holding helm-values/rbac.yaml's Role (and the
+        # soak pools' Leases)
         return {"kubeconfig": str(self.cluster.kubeconfig("hub")), "namespace": self.namespace,
                 "pool": f"soak-{strategy}", "master_url": master.url, "master_ui_url": master.ui,
                 "cpu_limit": str(WORKER_CORES), "memory_limit": "2Gi", "worker_memory": "1g",
@@ -222,7 +243,8 @@ class KubeEnv:
             kill_quietly(pid)
 
     async def stop(self) -> None:
-        if not self.owned:
+        if not self.owned:  # a cluster of the tests' session: as it was, but for its pods
+            await self._remove_soak_rbac()
             return
         if self.kubelet is not None:
             await self.kubelet.stop()
