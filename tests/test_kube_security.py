@@ -156,7 +156,7 @@ def violations(pod: dict) -> list[str]:
 
 @pytest.mark.parametrize("check", sorted({c[0] for c in RESTRICTED}))
 @pytest.mark.parametrize("manifest", list(pod_manifests()))
-def test_pod_passes_restricted_check(manifest, check):
+def test_pod_passes_restricted_check_as_data(manifest, check):
     assert [v for v in violations(pod_manifests()[manifest]) if v.startswith(f"{check}:")] == []
 
 
@@ -223,7 +223,7 @@ async def psp_api(kube_cluster, tmp_path_factory):
 
 
 @pytest.mark.parametrize("manifest", list(pod_manifests()))
-async def test_restricted_psp_admits_pod(psp_api, manifest):
+async def test_restricted_psp_as_stand_in_for_pod_security_admits_pod(psp_api, manifest):
     pod = pod_manifests()[manifest]
     created = await psp_api.create_pod(pod)
     try:
@@ -236,7 +236,7 @@ async def test_restricted_psp_admits_pod(psp_api, manifest):
         await psp_api.delete_pod(created["metadata"]["name"], 0)
 
 
-async def test_restricted_psp_refuses_the_unconfined_manifest(psp_api):
+async def test_restricted_psp_as_stand_in_for_pod_security_refuses_the_unconfined_manifest(psp_api):
     """The attack: the worker pod as it was made before, with no securityContext."""
     with pytest.raises(BackendError) as refused:
         await psp_api.create_pod(without_security_context(pod_manifests()["worker"]))
@@ -260,7 +260,7 @@ _PRIVILEGED = {
 
 
 @pytest.mark.parametrize("change", list(_PRIVILEGED))
-async def test_restricted_psp_refuses_a_hook_that_unconfines(psp_api, change):
+async def test_restricted_psp_as_stand_in_for_pod_security_refuses_a_hook_that_unconfines(psp_api, change):
     """An admin's modify_pod_hook wins over the package's securityContext; the namespace's
     pod security still refuses what it unconfines, and the static checks agree."""
     pod = pod_manifests()["worker"]
