@@ -76,7 +76,8 @@ new PerformanceObserver(list => list.getEntries().forEach(
   }
 })();
 """
-SETTLE = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 200))))"
+SETTLE = ("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame("
+          "() => setTimeout(r, 200))))")
 
 
 def fetch_bytes(url: str, *, data: bytes | None = None) -> bytes:
@@ -99,7 +100,8 @@ async def load_page(browser, url: str) -> tuple:
     await cdp.send("Performance.enable")
     await page.goto(url, wait_until="load", timeout=WAIT_MS)
     load_ms = await page.evaluate(
-        "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()")
+        "(() => { const n = performance.getEntriesByType('navigation')[0];"
+        " return n.loadEventEnd - n.startTime; })()")
     load_task_ms = await metric(cdp, "TaskDuration") * 1000
     return context, page, cdp, (load_ms, load_task_ms), errors
 
@@ -137,7 +139,8 @@ async def measure(browser, harness: dict, *, refreshes: int) -> dict:
             if result is not None:
                 done.append(result)
         query = (await page.evaluate("window.__bench.poolUrls"))[-1]
-        return {"load_ms": load_ms, "load_task_ms": load_task_ms, "load_longest_ms": load_longest, "refreshes": done,
+        return {"load_ms": load_ms, "load_task_ms": load_task_ms, "load_longest_ms": load_longest,
+                "refreshes": done,
                 "query": urljoin(harness["url"], query), "errors": errors}
     finally:
         await context.close()
@@ -160,22 +163,24 @@ async def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="admin-page-bench-") as tmp:
         (Path(tmp) / "before").mkdir()
-        roots = {f"before ({args.before})": export(args.before, Path(tmp) / "before"), "after (this tree)": ROOT}
+        before = export(args.before, Path(tmp) / "before")
+        roots = {f"before ({args.before})": before, "after (this tree)": ROOT}
         async with contextlib.AsyncExitStack() as stack:
             harnesses = {}
             for name, root in roots.items():
                 log = Path(tmp) / f"{name.split()[0]}.log"
                 harnesses[name] = await stack.enter_async_context(harness_process(root, log=log, **SIZES))
             playwright = await stack.enter_async_context(async_playwright())
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                       headless=True)
             stack.push_async_callback(browser.close)
             runs: dict[str, list[dict]] = {name: [] for name in harnesses}
             for rep in range(args.reps):
                 order = list(harnesses) if rep % 2 == 0 else list(reversed(harnesses))
                 for name in order:
                     runs[name].append(await measure(browser, harnesses[name], refreshes=args.refreshes))
-                    print(name, rep, json.dumps(runs[name][-1]["refreshes"]), round(runs[name][-1]["load_ms"]),
-                          file=sys.stderr)
+                    last = runs[name][-1]
+                    print(name, rep, round(last["load_ms"]), json.dumps(last["refreshes"]), file=sys.stderr)
             for name, harness in harnesses.items():
                 html = await asyncio.to_thread(fetch_bytes, harness["url"])
                 query = runs[name][-1]["query"]
@@ -188,13 +193,15 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| page | load event ms | main-thread tasks to load ms | longest task at load ms | HTML KB | api/pool KB, page's query | "
-             "api/pool KB, whole pool | refresh script ms | refresh task ms | longest task in refresh ms |",
+    lines = ["| page | load event ms | main-thread tasks to load ms | longest task at load ms | HTML KB "
+             "| api/pool KB, page's query | api/pool KB, whole pool | refresh script ms | refresh task ms "
+             "| longest task in refresh ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         refreshes = [x for run in r["runs"] for x in run["refreshes"]]
         lines.append(
-            f"| {name} | {stats([x['load_ms'] for x in r['runs']])} | {stats([x['load_task_ms'] for x in r['runs']])} "
+            f"| {name} | {stats([x['load_ms'] for x in r['runs']])} "
+            f"| {stats([x['load_task_ms'] for x in r['runs']])} "
             f"| {stats([x['load_longest_ms'] for x in r['runs']])} | {r['html'] / 1000:.0f} "
             f"| {r['query_bytes'] / 1000:.0f} | {r['full_bytes'] / 1000:.0f} "
             f"| {stats([x['script_ms'] for x in refreshes])} | {stats([x['task_ms'] for x in refreshes])} "
@@ -222,10 +229,12 @@ def main() -> None:
 
 def body(args, lines, results, load0, load1) -> list[str]:
     refreshes = {k: sum(len(r["refreshes"]) for r in v["runs"]) for k, v in results.items()}
-    queries = "; ".join(f"{k}: `{v['query'].split('/services/spark-scaler/')[-1]}`" for k, v in results.items())
+    queries = "; ".join(f"{k}: `{v['query'].split('/services/spark-scaler/')[-1]}`"
+                        for k, v in results.items())
     return [
-        f"`python benchmarks/admin_page.py --before {args.before} --reps {args.reps} --refreshes {args.refreshes}"
-        f" --write` on {machine()}, {time.strftime('%H:%M UTC', time.gmtime())}; load average {load0:.2f} at the"
+        f"`python benchmarks/admin_page.py --before {args.before} --reps {args.reps}"
+        f" --refreshes {args.refreshes} --write` on {machine()}, {time.strftime('%H:%M UTC', time.gmtime())};"
+        f" load average {load0:.2f} at the"
         f" start, {load1:.2f} at the end (2 CPUs shared with other work). Debian chromium, headless, via"
         " Playwright.",
         "",
@@ -235,9 +244,11 @@ def body(args, lines, results, load0, load1) -> list[str]:
         " an admin) and a stand-in reconciler that never cycles (tests/admin_harness.py); the hub's real"
         " stylesheet. Both pages were measured in the same run, alternating.",
         "",
-        f"Median / max of {args.reps} page loads and of {refreshes} refreshes (each with 1 % of the workers and"
+        f"Median / max of {args.reps} page loads and of {refreshes} refreshes (each with 1 % of the workers"
+        " and"
         " apps changed and 1 % new decisions). Refresh script ms: Chrome DevTools Protocol `ScriptDuration`"
-        " between the previous refresh settled and this one settled (exactly one api/pool fetch in the window);"
+        " between the previous refresh settled and this one settled (exactly one api/pool fetch in the"
+        " window);"
         " task ms: `TaskDuration` over the same window (script, style, layout, paint); long tasks: a"
         " `PerformanceObserver('longtask')` installed before the page's script. Bytes uncompressed."
         f" The page's query: {queries}.",

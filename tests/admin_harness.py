@@ -188,7 +188,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextlib.asynccontextmanager
-async def harness_process(root: Path, *, log: Path, timeout: float = 60.0, **sizes: int) -> AsyncIterator[dict]:
+async def harness_process(root: Path, *, log: Path, timeout: float = 60.0,
+                          **sizes: int) -> AsyncIterator[dict]:
     """The harness serving `root`'s package (a checkout with this module in its tests/), in a
     subprocess of its own session; yields `{"url", "base"}`; stopped by its id whatever happens."""
     args = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]

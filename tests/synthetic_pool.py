@@ -180,8 +180,9 @@ class SyntheticPool:
             for h in self._backend
         ]
         credit = sum(1 for s in self.servers if s.started and self.now - s.started < 600)
+        starts = tuple(a.start_time / 1000 for a in self.apps)
         self.snapshot = Snapshot(taken_at=self.now, workers=tuple(workers), apps=tuple(self.apps),
-                                 prewarm_credit=credit, app_starts=tuple(a.start_time / 1000 for a in self.apps))
+                                 prewarm_credit=credit, app_starts=starts)
         self.plan = plan(self.snapshot, self.policy, self.history)
         self.history = self.plan.history
 
@@ -195,16 +196,18 @@ class SyntheticPool:
         (cores) and add `fraction` of the decision log's size as new decisions; observe and
         plan again. Returns the handles of the workers changed."""
         self.now = time.time() if now is None else max(now, self.now)
-        running = [h for h in self._backend if self._master[h] is not None and self._master[h].state == "ALIVE"
-                   and self._backend[h].retiring_since is None]
-        changed = self.random.sample(running, k=min(len(running), max(1, round(fraction * len(self._backend)))))
+        running = [h for h, m in self._master.items()
+                   if m is not None and m.state == "ALIVE" and self._backend[h].retiring_since is None]
+        count = min(len(running), max(1, round(fraction * len(self._backend))))
+        changed = self.random.sample(running, k=count)
         for handle in changed:
             m = self._master[handle]
             used = self.random.choice([u for u in range(CORES + 1) if u != m.cores_used])
             self._master[handle] = m._replace(cores_used=used, memory_used=used * MEMORY // CORES)
         for i in self.random.sample(range(len(self.apps)), k=max(1, round(fraction * len(self.apps)))):
             app = self.apps[i]
-            self.apps[i] = dataclasses.replace(app, cores=self.random.choice((1, 2, 4, 8, 16)), state="RUNNING")
+            cores = self.random.choice((1, 2, 4, 8, 16))
+            self.apps[i] = dataclasses.replace(app, cores=cores, state="RUNNING")
         for _ in range(max(1, round(fraction * len(self.decisions)))):
             self._add_decision(self.now)
         self._observe()
