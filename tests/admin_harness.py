@@ -14,7 +14,8 @@ tornado routes and settings (`web.handlers.admin_routes`, `admin_settings`) and 
 The hub's real stylesheet (the installed jupyterhub package's static files) is served at
 `/hub/static/`, so that the page's colours are tested against it. A harness-only route,
 outside the service's prefix and without auth, changes the pool: `POST /harness/step?fraction=0.01`
-(answers the changed worker handles); `GET /harness/workers` lists handle, state and age.
+(`handles=a,b` among them; answers the changed worker handles); `GET /harness/workers` lists
+every worker's handle, state, age and cores used.
 
 Run as `python -m tests.admin_harness --port 0` from a checkout (its package is the one
 served): it prints one JSON line `{"url": ...}` once it listens. `harness_process` starts it
@@ -130,7 +131,8 @@ class StepHandler(web.RequestHandler):
 
     def post(self) -> None:
         pool: SyntheticPool = self.settings["synthetic_pool"]
-        changed = pool.step(float(self.get_argument("fraction", "0.01")))
+        handles = [h for h in self.get_argument("handles", "").split(",") if h]
+        changed = pool.step(float(self.get_argument("fraction", "0.01")), handles=handles)
         load(self.settings["pool"].reconciler, pool)
         self.settings["pool"].history.add(pool.now, pool.snapshot)
         self.finish({"changed": changed})
@@ -139,8 +141,9 @@ class StepHandler(web.RequestHandler):
 class WorkersHandler(web.RequestHandler):
     def get(self) -> None:
         pool: SyntheticPool = self.settings["synthetic_pool"]
-        self.finish({"workers": [{"handle": w.handle, "state": w.state.value,
-                                  "age": round(pool.now - w.created_at)} for w in pool.snapshot.workers]})
+        self.finish({"workers": [
+            {"handle": w.handle, "state": w.state.value, "age": round(pool.now - w.created_at),
+             "cores_used": w.master.cores_used if w.master else None} for w in pool.snapshot.workers]})
 
 
 def make_app(pool: SyntheticPool, *, poll_interval: float = 1.0) -> web.Application:

@@ -191,15 +191,18 @@ class SyntheticPool:
     def handles(self, state: WorkerState | None = None) -> list[str]:
         return [w.handle for w in self.snapshot.workers if state is None or w.state is state]
 
-    def step(self, fraction: float, *, now: float | None = None) -> list[str]:
+    def step(self, fraction: float, *, handles: Sequence[str] = (), now: float | None = None) -> list[str]:
         """Change about `fraction` of the workers (busy <-> idle, cores used), of the apps
         (cores) and add `fraction` of the decision log's size as new decisions; observe and
-        plan again. Returns the handles of the workers changed."""
+        plan again. `handles` (running workers) are among the workers changed. Returns the
+        handles of the workers changed."""
         self.now = time.time() if now is None else max(now, self.now)
         running = [h for h, m in self._master.items()
                    if m is not None and m.state == "ALIVE" and self._backend[h].retiring_since is None]
         count = min(len(running), max(1, round(fraction * len(self._backend))))
-        changed = self.random.sample(running, k=count)
+        changed = [h for h in handles if h in running]
+        others = [h for h in running if h not in changed]
+        changed += self.random.sample(others, k=max(0, count - len(changed)))
         for handle in changed:
             m = self._master[handle]
             used = self.random.choice([u for u in range(CORES + 1) if u != m.cores_used])
