@@ -105,9 +105,8 @@ def standin_reconciler(pool: SyntheticPool) -> Reconciler:
 def load(reconciler: Reconciler, pool: SyntheticPool) -> None:
     reconciler.last_snapshot, reconciler.last_plan = pool.snapshot, pool.plan
     reconciler.decisions = deque(pool.decisions, maxlen=reconciler.decisions.maxlen)
-    counter = getattr(reconciler, "_seq", None)
-    if isinstance(counter, int):  # the checkout's record() numbers decisions on from there
-        reconciler._seq = pool.seq
+    if isinstance(getattr(reconciler, "_decisions_recorded", None), int):
+        reconciler._decisions_recorded = pool.seq  # record() numbers an admin's decisions on from there
 
 
 def pool_state(pool: SyntheticPool, reconciler: Reconciler, *, poll_interval: float) -> PoolState:
