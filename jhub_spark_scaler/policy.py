@@ -5,8 +5,8 @@
 over from one cycle to the next (how long a surplus has lasted, since when a
 worker has been idle) goes in and comes out as a `History` value.
 
-    target = clamp(busy + waiting + idle_target - foreign capacity, min_workers, max_workers)
-    idle_target = idle_workers + prewarm_credit
+    wanted = busy + waiting + idle_workers + prewarm_credit - foreign capacity
+    target = clamp(wanted, min_workers, max_workers)
 
 Only workers this scaler owns are started or retired. Workers registered at
 the master by someone else ("foreign") count as demand and capacity only with
@@ -61,9 +61,16 @@ class History:
 class Demand:
     busy: int
     waiting: int
-    idle_target: int
+    idle_workers: int  # the idle workers in force: the admin's override, else the configured value
+    prewarm_credit: int  # idle workers asked for by recently started notebook servers
     foreign_capacity: int
+    wanted: int  # workers of ours wanted, before clamping to [min_workers, max_workers]
     target: int  # workers of ours wanted, after clamping
+
+    @property
+    def idle_target(self) -> int:
+        """The idle workers planned for: configured (or overridden) plus the pre-warm credit."""
+        return self.idle_workers + self.prewarm_credit
 
 
 # -- why: per worker ------------------------------------------------------------
@@ -169,9 +176,11 @@ def describe(item: Note | WorkerReason) -> str:
         case TargetNote(need, low, high):
             # foreign capacity is 0 unless counted (count_foreign_workers): "- 0 foreign" would
             # read as if foreign workers were counted
+            # likewise a pre-warm credit is named only when a server asks for one
+            credit = f" + {need.prewarm_credit} pre-warm credit" if need.prewarm_credit else ""
             foreign = f" - {need.foreign_capacity} foreign" if need.foreign_capacity else ""
             return (f"target {need.target} = {need.busy} busy + {need.waiting} waiting + "
-                    f"{need.idle_target} idle target{foreign}, clamped to [{low}, {high}]")
+                    f"{need.idle_workers} idle{credit}{foreign}, clamped to [{low}, {high}]")
         case BlindNote(why):
             return f"blind, changing nothing: {why}"
         case ScaleUpPausedNote(wanted, paused_for):
@@ -212,11 +221,11 @@ def demand(snapshot: Snapshot, settings: PolicySettings) -> Demand:
     counted = settings.count_foreign_workers
     busy = snapshot.count(WorkerState.BUSY, ours_only=not counted)
     waiting = sum(1 for app in snapshot.apps if app.cores == 0)
-    idle_target = settings.idle_workers + snapshot.prewarm_credit
+    idle, credit = settings.idle_workers, snapshot.prewarm_credit
     foreign = sum(1 for w in snapshot.workers if not w.ours and w.state in CAPACITY_STATES) if counted else 0
-    wanted = busy + waiting + idle_target - foreign
+    wanted = busy + waiting + idle + credit - foreign
     target = min(max(wanted, settings.min_workers), settings.max_workers)
-    return Demand(busy, waiting, idle_target, foreign, target)
+    return Demand(busy, waiting, idle, credit, foreign, wanted, target)
 
 
 def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> list[Worker]:

@@ -93,6 +93,8 @@ class Decision:
     #: the plan's words for it: `explain(plan)` for a start, the handle's reason for the others
     reasons: tuple[str, ...] = ()
     handles: tuple[str, ...] = ()  # the workers it concerns
+    #: its number in this process's log, from 1, never reused (the page keys its rows by it)
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class Reconciler:
         self._pass: list[Decision] = []  # recorded during the running pass
         self.history = History()
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
+        self._decisions_recorded = 0  # the last Decision.seq given
         self.last_snapshot: Snapshot | None = None
         self.last_plan: Plan | None = None
         self._lock = asyncio.Lock()
@@ -266,7 +269,8 @@ class Reconciler:
 
     def record(self, action: Action, detail: str, reasons: tuple[str, ...] = (),
                handles: tuple[str, ...] = ()) -> Decision:
-        decision = Decision(clock.now(), action, detail, reasons, handles)
+        self._decisions_recorded += 1
+        decision = Decision(clock.now(), action, detail, reasons, handles, self._decisions_recorded)
         self.decisions.append(decision)
         self._pass.append(decision)
         self.log.info("%s: %s", action.value, detail)

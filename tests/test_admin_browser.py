@@ -1,7 +1,8 @@
 """The admin page in a real browser: Debian's chromium driven by Playwright, on the
 same real hub as test_admin_page.py (MockHub, the real scaler service, the session's
 real Spark master). Logs in through the hub's login form, follows the OAuth redirects,
-and watches the page's own script refresh the tables without a reload.
+and watches the page's own script refresh the tables without a reload: a sort chosen by
+clicking a header, the page's scroll position and the rows themselves survive a refresh.
 
 Needs /usr/bin/chromium (scripts/install-browser.sh) and playwright (the `test` extra).
 With UPDATE_DOCS_SCREENSHOT=1 the 1280x900 screenshot also goes to docs/admin-page.png.
@@ -122,9 +123,46 @@ async def table_matches_master(page, spark_master, state: Path, n: int) -> None:
     per worker the scaler started (its handles)."""
     await until(lambda: _count_is(spark_master, state, n), timeout=90, what=f"{n} of our workers ALIVE")
     await page.wait_for_function(f"{ROWS} === {n}", timeout=WAIT_MS)
-    shown = await page.eval_on_selector_all("#workers tr", "rows => rows.map(r => r.dataset.handle)")
+    shown = await page.eval_on_selector_all("#workers tr", "rows => rows.map(r => r.dataset.key)")
     assert sorted(shown) == sorted(worker_records(state)), (shown, list(worker_records(state)))
     assert len(await our_alive_workers(spark_master, state)) == n == len(shown)
+
+
+ROW_BY_KEY = "k => [...document.querySelectorAll('#workers tr')].find(tr => tr.dataset.key === k)"
+
+
+async def sorted_by_a_click_and_kept_over_a_refresh(page) -> None:
+    """Workers sorted by handle, descending (a click, then Enter on the focused header
+    button); a refresh (observed_at changes) keeps that order, the rows' elements and the
+    page's scroll position."""
+    header = "#workers-section th[data-col='handle']"
+    keys = "[...document.querySelectorAll('#workers tr')].map(r => r.dataset.key)"
+    await page.click(f"{header} button")
+    await page.wait_for_function(
+        f"document.querySelector(\"{header}\").getAttribute('aria-sort') === 'ascending'", timeout=WAIT_MS)
+    await page.focus(f"{header} button")
+    await page.keyboard.press("Enter")
+    descending = f"JSON.stringify({keys}) === JSON.stringify({keys}.sort().reverse())"
+    await page.wait_for_function(
+        f"document.querySelector(\"{header}\").getAttribute('aria-sort') === 'descending' && {descending}",
+        timeout=WAIT_MS)
+    # a mark on each row element: gone if a refresh replaced the element
+    marked = await page.evaluate(f"{keys}.map(k => (({ROW_BY_KEY})(k).scalerMark = 1, k))")
+    await page.evaluate("window.scrollTo(0, 240)")
+    scrolled = await page.evaluate("window.scrollY")
+    assert scrolled > 200, f"the page is too short to scroll: scrollY {scrolled}"
+    observed = await page.inner_text("#observed")
+    refreshes = await page.evaluate("window.scalerPool.refreshes")
+    await page.wait_for_function(
+        f"document.getElementById('observed').textContent !== {observed!r}"
+        f" && window.scalerPool.refreshes > {refreshes}", timeout=WAIT_MS)
+    assert await page.get_attribute(header, "aria-sort") == "descending"
+    assert await page.evaluate(descending), await page.evaluate(keys)
+    kept = await page.evaluate(
+        f"marked => marked.map({ROW_BY_KEY}).filter(Boolean).every(tr => tr.scalerMark === 1)", marked)
+    assert kept, "a refresh replaced rows it should have updated in place"
+    after = await page.evaluate("window.scrollY")
+    assert abs(after - scrolled) <= 3, f"a refresh moved the page: scrollY {scrolled} -> {after}"
 
 
 async def _count_is(spark_master, state, n):
@@ -184,16 +222,27 @@ async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_ma
     await page.click("#idle-form button.btn-primary")
     await page.wait_for_function(
         "document.querySelector(\"#target [data-key='idle_workers']\").textContent"
-        " === '1 (override; configured 0)'", timeout=WAIT_MS)
+        " === '1 (override by admin; configured 0)'", timeout=WAIT_MS)
     assert await page.is_hidden("#action-error")
     await page.wait_for_function(
-        "[...document.querySelectorAll('#decisions tr td:nth-child(2)')]"
+        "[...document.querySelectorAll('#decisions tr td:nth-child(3)')]"
         ".some(td => td.textContent === 'idle-target')",
         timeout=WAIT_MS)
 
     assert page.url == url, "no navigation"
     assert len(loads) == loads_before, f"the page was loaded again: {loads[loads_before:]}"
     assert await page.evaluate("window.__beforeChange") == "still here", "the page was reloaded"
+    assert not problems, problems
+
+    await sorted_by_a_click_and_kept_over_a_refresh(page)
+    # the hub's table-cell colours do not cover the state badges
+    background = await page.evaluate(
+        "getComputedStyle(document.querySelector('#workers tr .badge')).backgroundColor")
+    assert background not in ("rgb(0, 0, 0)", "rgba(0, 0, 0, 0)", "transparent"), background
+    # everything the page loads comes from the hub or the service: no CDN
+    origins = await page.evaluate(
+        "[...document.querySelectorAll('script[src], link[href]')].map(e => new URL(e.src || e.href).origin)")
+    assert set(origins) == {f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"}, origins
     assert not problems, problems
 
     # for the picture (and the refresh once more): every worker's state caught up with the master

@@ -153,6 +153,8 @@ def test_prewarm_credit_adds_to_idle_workers():
     pol = make_policy(max_workers=50, idle_workers=2)
     p = plan(snap(credit=3), pol, History())
     assert (p.demand.idle_target, p.demand.target, p.start) == (5, 5, 5)
+    assert describe(p.notes[0]) == (
+        "target 5 = 0 busy + 0 waiting + 2 idle + 3 pre-warm credit, clamped to [0, 50]")
 
 
 # -- starting, unschedulable, stop states ------------------------------------------
@@ -354,7 +356,7 @@ def test_each_handle_has_its_reason_as_data_and_explain_words_the_plan_in_order(
                            "s": StopNeverRegistered("s"), "i": RetireIdle("i", 0.0)}
     assert p.notes == (TargetNote(p.demand, 0, 10),)
     assert explain(p) == (
-        "target 0 = 0 busy + 0 waiting + 0 idle target, clamped to [0, 10]",
+        "target 0 = 0 busy + 0 waiting + 0 idle, clamped to [0, 10]",
         "stopping d: drained (no executors left)",
         "stopping s: surplus, never registered",
         "retiring i: surplus, idle 0 s",

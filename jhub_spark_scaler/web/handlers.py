@@ -1,7 +1,10 @@
 """The admin page and its JSON API, behind the hub's OAuth.
 
     GET  <prefix>                  the page (anonymous browsers go to the hub's login)
-    GET  <prefix>api/pool          the page's data as JSON (`view.pool_view`)
+    GET  <prefix>api/pool          the page's data as JSON (`view.pool_view`), filtered, sorted and
+                                   paged by its query arguments (`query.py`); a bad one: 400
+    GET  <prefix>api/chart         the pool-by-state chart as SVG
+    GET  <prefix>static/<file>     the page's script and stylesheet (no data: no login needed)
     POST <prefix>api/pause         stop acting (observe and plan go on, shown as "would")
     POST <prefix>api/resume
     POST <prefix>api/idle-target   idle_workers=N overrides the configured value; empty clears it
@@ -46,8 +49,11 @@ from ..constants import ADMIN_SCOPE, HUB_METRICS_SCOPE, READ_SCOPE
 from ..httpjson import json_object
 from ..reconciler import Reconciler
 from .pool import PoolState
+from .query import PAGE_SIZE, Query, answer, page_query, parse
+from .view import STATE_BADGES
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: Bytes of a request body the handlers take: `_xsrf` and `idle_workers` are under 200.
 MAX_BODY = 4096
 
@@ -170,8 +176,8 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):
     def acted(self) -> None:
         if self.wants_html():
             self.redirect(self.hub_auth.base_url, status=303)
-        else:
-            self.finish(self.pool.view())
+        else:  # the pool as the page first shows it
+            self.finish(answer(self.pool.view(), page_query()))
 
 
 def render(handler: AdminHandler, name: str, **values: Any) -> bytes:
@@ -183,6 +189,7 @@ def render(handler: AdminHandler, name: str, **values: Any) -> bytes:
         hub_prefix=handler.hub_auth.hub_prefix,
         prefix=handler.hub_auth.base_url,
         user=user["name"] if user else None,
+        static_url=handler.static_url,  # "<prefix>static/pool.js?v=<hash of its content>"
         **values,
     ).encode("utf-8", "replace")
 
@@ -193,17 +200,35 @@ class PageHandler(AdminHandler):
     def get(self) -> None:
         self.render_page(
             "pool.html",
-            pool=self.pool.view(),
+            pool=answer(self.pool.view(), page_query()),
             chart=self.pool.chart(),
             xsrf=self.xsrf_token.decode("ascii"),
             poll_ms=int(max(self.pool.poll_interval, 1.0) * 1000),
+            badges=STATE_BADGES,
+            page_size=PAGE_SIZE,
         )
 
 
 class PoolAPIHandler(AdminHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.finish(self.pool.view())
+        self.finish(answer(self.pool.view(), self.query()))
+
+    def query(self) -> Query:
+        """The query arguments as a `Query`; a bad one is a 400 naming it."""
+        arguments = {name: [v.decode("utf-8", "replace") for v in values]
+                     for name, values in self.request.query_arguments.items()}
+        try:
+            return parse(arguments)
+        except ValueError as e:
+            raise web.HTTPError(400, "%s", e) from None
+
+
+class ChartHandler(AdminHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "image/svg+xml; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(str(self.pool.chart()))
 
 
 class PauseHandler(AdminHandler):
@@ -296,12 +321,14 @@ class SecurityHeaders(web.OutputTransform):
 
 
 def admin_routes(prefix: str, *, authenticate_prometheus: bool) -> list[tuple[str, type]]:
-    """The tornado routes under the service's prefix (JUPYTERHUB_SERVICE_PREFIX)."""
+    """The tornado routes under the service's prefix (JUPYTERHUB_SERVICE_PREFIX). The static
+    files' route (`<prefix>static/`) comes from `admin_settings`: tornado adds it itself."""
     p = re.escape(prefix.rstrip("/"))
     return [
         (p + "/metrics", MetricsHandler if authenticate_prometheus else OpenMetricsHandler),
         (p + "/?", PageHandler),
         (p + "/api/pool", PoolAPIHandler),
+        (p + "/api/chart", ChartHandler),
         (p + "/api/pause", PauseHandler),
         (p + "/api/resume", ResumeHandler),
         (p + "/api/idle-target", IdleTargetHandler),
@@ -321,6 +348,10 @@ def admin_settings(*, pool: PoolState, api_url: str, api_token: str, prefix: str
         "cookie_secret": os.urandom(32),
         "xsrf_cookies": True,
         "template_path": TEMPLATES,
+        # tornado serves these under the prefix (StaticFileHandler, no login: they hold no data)
+        # and `static_url` versions their URLs by content, so a browser never runs a stale script
+        "static_path": STATIC,
+        "static_url_prefix": prefix.rstrip("/") + "/static/",
         "jinja2_env": jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
         ),

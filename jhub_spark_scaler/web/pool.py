@@ -55,7 +55,9 @@ class PoolState:
             hub_healthy=self.activity.healthy,
             hub_error=self.activity.last_error,
             paused=r.paused,
+            paused_by=r.paused_by,
             idle_override=r.idle_override,
+            idle_override_by=r.idle_override_by,
             settings={
                 "max_workers": r.policy.max_workers,
                 "min_workers": r.policy.min_workers,
