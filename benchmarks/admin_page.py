@@ -255,7 +255,9 @@ def body(args, lines, results, load0, load1) -> list[str]:
         " servers, served by the page's real handlers, template and script (tests/admin_harness.py) with"
         " two stand-ins: a stand-in for the hub's OAuth (every request is an admin) and a stand-in"
         " reconciler that never cycles; the hub's real stylesheet. Both pages in the same run, alternating"
-        " in every repetition.",
+        " in every repetition. Before: the page as main serves it (every row of every table, all four"
+        " rebuilt on every refresh); after: this tree, the page with its new server side (paged, sorted,"
+        " filtered api/pool) and script (keyed rows patched in place).",
         "",
         f"Median / max of {args.reps} page loads and of at least {refreshes} refreshes per page, each with"
         " 1 % of the workers and apps changed and 1 % new decisions, fetched by the page's own timer."
@@ -273,7 +275,28 @@ def body(args, lines, results, load0, load1) -> list[str]:
         "",
         *lines,
         "",
-        "Targets: load event < 1,000 ms, refresh script < 50 ms, no long task > 100 ms, HTML < 150 KB.",
+        *verdict(results),
+    ]
+
+
+def verdict(results: dict) -> list[str]:
+    """The issue's targets against the last column (the page as it is in this tree), by the max."""
+    r = list(results.values())[-1]
+    loads = [run["load"] for run in r["runs"]]
+    refreshes = [x for run in r["runs"] for x in run["refreshes"]]
+    checks = [
+        ("load event < 1,000 ms", max(x["load_ms"] for x in loads), 1000),
+        ("refresh script < 50 ms", max(x["script"] for x in refreshes), 50),
+        ("no long task > 100 ms in a refresh", max(x["longest_task"] for x in refreshes), 100),
+        ("HTML < 150 KB", r["html"] / 1000, 150),
+    ]
+    said = [f"{name}: max {value:.0f}, {'met' if value < limit else 'NOT met'}"
+            for name, value, limit in checks]
+    longest_load = max(x["longest_task"] for x in loads)
+    return [
+        "Targets, for the page in this tree: " + "; ".join(said) + ". The longest task while loading was"
+        f" {longest_load:.0f} ms at most (parsing the first pages of five tables and the first layout); the"
+        " targets' long-task limit is for refreshes.",
     ]
 
 
