@@ -50,10 +50,7 @@ from jhub_spark_scaler.web.handlers import admin_routes, admin_settings
 from jhub_spark_scaler.web.history import PoolHistory
 from jhub_spark_scaler.web.pool import PoolState
 
-try:  # run as a module of tests/ or from a copy of tests/ in another checkout
-    from .synthetic_pool import SyntheticPool
-except ImportError:  # pragma: no cover
-    from synthetic_pool import SyntheticPool  # type: ignore[no-redef]
+from .synthetic_pool import SyntheticPool
 
 PREFIX = "/services/spark-scaler/"
 HUB_PREFIX = "/hub/"

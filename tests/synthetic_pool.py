@@ -188,9 +188,6 @@ class SyntheticPool:
 
     # -- a refresh ----------------------------------------------------------------------
 
-    def handles(self, state: WorkerState | None = None) -> list[str]:
-        return [w.handle for w in self.snapshot.workers if state is None or w.state is state]
-
     def step(self, fraction: float, *, handles: Sequence[str] = (), now: float | None = None) -> list[str]:
         """Change about `fraction` of the workers (busy <-> idle, cores used), of the apps
         (cores) and add `fraction` of the decision log's size as new decisions; observe and
@@ -215,6 +212,3 @@ class SyntheticPool:
             self._add_decision(self.now)
         self._observe()
         return changed
-
-    def rows_in(self, states: Sequence[WorkerState]) -> int:
-        return sum(1 for w in self.snapshot.workers if w.state in states)
