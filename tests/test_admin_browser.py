@@ -239,6 +239,9 @@ async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_ma
     background = await page.evaluate(
         "getComputedStyle(document.querySelector('#workers tr .badge')).backgroundColor")
     assert background not in ("rgb(0, 0, 0)", "rgba(0, 0, 0, 0)", "transparent"), background
+    # the header row sticks while its table scrolls (inside .table-responsive, bounded in height)
+    assert await page.evaluate(
+        "getComputedStyle(document.querySelector('#workers-section thead th')).position") == "sticky"
     # everything the page loads comes from the hub or the service: no CDN
     origins = await page.evaluate(
         "[...document.querySelectorAll('script[src], link[href]')].map(e => new URL(e.src || e.href).origin)")

@@ -82,7 +82,7 @@
     tr.dataset.key = key;
     this.columns.forEach(function (c, i) {
       var td = document.createElement("td");
-      if (c.kind === "wrap") td.className = "scaler-wrap";
+      if (c.kind === "wrap" || c.kind === "list") td.className = "scaler-" + c.kind;
       if (c.kind === "badge") td.appendChild(document.createElement("span"));
       tr.appendChild(td);
       writeCell(td, c, texts[i]);
