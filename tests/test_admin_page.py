@@ -127,7 +127,7 @@ async def test_who_sees_the_page_and_what_it_shows(hub, spark_master, drivers):
     assert re.search(r'<div id="chart"><svg [^>]*role="img"', page.text), "the pool chart, inline SVG"
     assert (await admin.call("GET", admin.hub_url + "static/css/style.min.css")).status_code == 200
     for worker in pool["workers"]:
-        assert f'data-handle="{worker["handle"]}"' in page.text
+        assert f'data-key="{worker["handle"]}"' in page.text
     assert XSS not in page.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
 
