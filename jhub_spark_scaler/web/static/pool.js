@@ -66,6 +66,7 @@
     this.prev = this.section.querySelector("[data-page='-1']");
     this.next = this.section.querySelector("[data-page='1']");
     this.urgent = this.section.querySelector("[data-sort-to]");
+    this.scroller = this.section.querySelector(".scaler-scroll");
     this.rows = new Map();  // key -> {tr, sig}: the rows on the page, adopted or made here
     Array.prototype.forEach.call(this.body.rows, function (tr) {
       var texts = Array.prototype.map.call(tr.cells, function (td) { return td.textContent; });
@@ -274,9 +275,12 @@
     options.credentials = "same-origin";
     options.headers = { "Accept": "application/json", "X-XSRFToken": xsrf };
     return fetch(url, options).then(function (r) {
-      return r.json().then(function (body) {
-        if (!r.ok) throw new Error(body.error || r.statusText);
-        return body;
+      // an error page that is not ours (the hub's proxy) is not JSON: its status says enough
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        if (r.ok && body.status !== undefined) return body;
+        var e = new Error(body.error || r.status + " " + r.statusText);
+        e.status = r.status;
+        throw e;
       });
     });
   }
@@ -293,8 +297,12 @@
       render(p);
     }).catch(function (e) {
       if (mine !== sequence) return;
+      if (e.status !== 400) {  // the service or the network; a 400 names a filter to fix
+        setText(document.getElementById("status-error"), "refresh failed: " + e.message);
+        return;
+      }
       var shown = document.getElementById("filter-error");
-      shown.textContent = "refresh failed: " + e.message;
+      shown.textContent = e.message;
       shown.hidden = false;
     }).finally(function () {
       if (mine === sequence) timer = setTimeout(refresh, pollMs);
@@ -319,6 +327,7 @@
         return;
       }
       t.paintSort();
+      t.scroller.scrollTop = 0;  // another order or page starts at its top
       refresh();
     });
   });
@@ -327,7 +336,7 @@
     var next = readFilters();
     if (JSON.stringify(next) === JSON.stringify(filters)) return;
     filters = next;
-    tables.forEach(function (t) { t.offset = 0; });
+    tables.forEach(function (t) { t.offset = 0; t.scroller.scrollTop = 0; });
     refresh();
   }
   filterForm.addEventListener("submit", function (event) { event.preventDefault(); applyFilters(); });
