@@ -148,7 +148,7 @@ async def sorted_by_a_click_and_kept_over_a_refresh(page) -> None:
         timeout=WAIT_MS)
     # a mark on each row element: gone if a refresh replaced the element
     marked = await page.evaluate(f"{keys}.map(k => (({ROW_BY_KEY})(k).scalerMark = 1, k))")
-    await page.evaluate("window.scrollTo(0, 240)")
+    await page.evaluate("window.scrollTo({top: 240, behavior: 'instant'})")  # the hub scrolls smoothly
     scrolled = await page.evaluate("window.scrollY")
     assert scrolled > 200, f"the page is too short to scroll: scrollY {scrolled}"
     observed = await page.inner_text("#observed")
