@@ -26,6 +26,15 @@
   }
   function number(n) { return Number(n).toLocaleString("en-US"); }
   function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+  // a property (hidden, disabled) written only when it changes: no needless style work
+  function setFlag(el, name, value) { if (el[name] !== value) el[name] = value; }
+  // JSON with the keys of every object sorted, as the template's tojson writes it
+  function canonical(value) {
+    return JSON.stringify(value, function (key, v) {
+      if (!v || typeof v !== "object" || Array.isArray(v)) return v;
+      return Object.keys(v).sort().reduce(function (o, k) { o[k] = v[k]; return o; }, {});
+    });
+  }
   function badgeClass(kind) { return "badge text-bg-" + (badges[kind] || "secondary"); }
 
   // A cell's text, as the template's `text` macro writes it; default: the row's field or "-".
@@ -140,15 +149,15 @@
       if ((c.th.getAttribute("aria-sort") || "") === state) return;
       if (state) c.th.setAttribute("aria-sort", state); else c.th.removeAttribute("aria-sort");
     });
-    if (this.urgent) this.urgent.disabled = sort === "attention";
+    if (this.urgent) setFlag(this.urgent, "disabled", sort === "attention");
   };
 
   Table.prototype.paintPager = function (meta, shown) {
     var text = (shown ? "rows " + number(this.offset + 1) + "-" + number(this.offset + shown) : "no rows") +
       " of " + number(meta.total) + (meta.matched !== meta.total ? " (matched " + number(meta.matched) + ")" : "");
     setText(this.range, text);
-    this.prev.disabled = this.offset === 0;
-    this.next.disabled = this.offset + shown >= meta.matched;
+    setFlag(this.prev, "disabled", this.offset === 0);
+    setFlag(this.next, "disabled", this.offset + shown >= meta.matched);
   };
 
   var tables = TABLE_NAMES.map(function (name) { return new Table(name); });
@@ -185,11 +194,11 @@
                                                                                               : "text-bg-danger");
     if (status.className !== cls) status.className = cls;
     setText(document.getElementById("status-error"), p.error);
-    document.getElementById("paused-note").hidden = !p.paused;
+    setFlag(document.getElementById("paused-note"), "hidden", !p.paused);
     setText(document.getElementById("paused-by"), dash(p.paused_by));
-    document.getElementById("pause-form").hidden = p.paused;
-    document.getElementById("resume-form").hidden = !p.paused;
-    document.getElementById("hub-status").hidden = p.hub.healthy;
+    setFlag(document.getElementById("pause-form"), "hidden", p.paused);
+    setFlag(document.getElementById("resume-form"), "hidden", !p.paused);
+    setFlag(document.getElementById("hub-status"), "hidden", p.hub.healthy);
     setText(document.getElementById("hub-error"), p.hub.error);
     var t = p.target, cell = function (id, key) { return document.querySelector("#" + id + " [data-key='" + key + "']"); };
     setText(cell("target", "target"), dash(t.target) +
@@ -209,11 +218,12 @@
 
   // A short list (plan reasons, problems) is remade only when its items changed; the
   // template hands the items it rendered in data-items.
+  var listSigs = new Map();
   function replaceList(list, items, make) {
-    var sig = JSON.stringify(items);
-    if (list.dataset.sig === undefined) list.dataset.sig = JSON.stringify(JSON.parse(list.dataset.items || "null"));
-    if (list.dataset.sig === sig) return;
-    list.dataset.sig = sig;
+    var sig = canonical(items);
+    if (!listSigs.has(list)) listSigs.set(list, canonical(JSON.parse(list.dataset.items || "null")));
+    if (listSigs.get(list) === sig) return;
+    listSigs.set(list, sig);
     list.replaceChildren.apply(list, items.map(make));
   }
 
@@ -232,7 +242,7 @@
       li.appendChild(badge);
       return li;
     });
-    document.getElementById("no-problems").hidden = problems.length > 0;
+    setFlag(document.getElementById("no-problems"), "hidden", problems.length > 0);
   }
 
   function render(p) {
@@ -293,7 +303,7 @@
     var mine = ++sequence;
     request(prefix + "api/pool?" + query()).then(function (p) {
       if (mine !== sequence) return;
-      document.getElementById("filter-error").hidden = true;
+      setFlag(document.getElementById("filter-error"), "hidden", true);
       render(p);
     }).catch(function (e) {
       if (mine !== sequence) return;
