@@ -148,7 +148,7 @@ async def sorted_by_a_click_and_kept_over_a_refresh(page) -> None:
         timeout=WAIT_MS)
     # a mark on each row element: gone if a refresh replaced the element
     marked = await page.evaluate(f"{keys}.map(k => (({ROW_BY_KEY})(k).scalerMark = 1, k))")
-    await page.evaluate("window.scrollTo(0, 240)")
+    await page.evaluate("window.scrollTo({top: 240, behavior: 'instant'})")  # the hub scrolls smoothly
     scrolled = await page.evaluate("window.scrollY")
     assert scrolled > 200, f"the page is too short to scroll: scrollY {scrolled}"
     observed = await page.inner_text("#observed")
@@ -239,6 +239,9 @@ async def test_the_page_in_a_browser_updates_live(browser, reaper, hub, spark_ma
     background = await page.evaluate(
         "getComputedStyle(document.querySelector('#workers tr .badge')).backgroundColor")
     assert background not in ("rgb(0, 0, 0)", "rgba(0, 0, 0, 0)", "transparent"), background
+    # the header row sticks while its table scrolls (inside .table-responsive, bounded in height)
+    assert await page.evaluate(
+        "getComputedStyle(document.querySelector('#workers-section thead th')).position") == "sticky"
     # everything the page loads comes from the hub or the service: no CDN
     origins = await page.evaluate(
         "[...document.querySelectorAll('script[src], link[href]')].map(e => new URL(e.src || e.href).origin)")

@@ -127,7 +127,7 @@ async def test_who_sees_the_page_and_what_it_shows(hub, spark_master, drivers):
     assert re.search(r'<div id="chart"><svg [^>]*role="img"', page.text), "the pool chart, inline SVG"
     assert (await admin.call("GET", admin.hub_url + "static/css/style.min.css")).status_code == 200
     for worker in pool["workers"]:
-        assert f'data-handle="{worker["handle"]}"' in page.text
+        assert f'data-key="{worker["handle"]}"' in page.text
     assert XSS not in page.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
 
@@ -207,3 +207,60 @@ async def test_pause_idle_override_and_xsrf(hub, spark_master):
     assert any(a == "idle-target" and "by admin" in d for a, d in actions)
     assert any(a == "start" for a, _ in actions)
     assert log[0]["at"] >= log[-1]["at"], "newest first"
+
+
+async def test_api_pool_queries_the_chart_and_the_static_files(hub):
+    app, state, url = hub
+
+    def get(path: str, *, token: str | None = MONITOR_TOKEN) -> requests.Response:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return requests.get(url + path, headers=headers, timeout=30)
+
+    # two idle workers wanted: the pool has rows to filter and page
+    set_idle = await asyncio.to_thread(
+        requests.post, url + "api/idle-target", data={"idle_workers": "2"},
+        headers={"Authorization": f"token {MONITOR_TOKEN}"}, timeout=30)
+    assert set_idle.status_code == 200, set_idle.text
+
+    async def two_workers():
+        pool = (await asyncio.to_thread(get, "api/pool")).json()
+        return pool if len(pool["workers"]) >= 2 else None
+
+    await until(two_workers, timeout=60, what="two workers on api/pool")
+    states = "starting,idle,busy"
+    answer = await asyncio.to_thread(get, f"api/pool?state={states}&limit=1&decisions.limit=2&sort=-age")
+    assert answer.status_code == 200, answer.text
+    pool = answer.json()
+    assert len(pool["workers"]) == 1 and len(pool["decisions"]) == 2
+    workers = pool["tables"]["workers"]
+    assert workers["total"] >= 2 and workers["matched"] >= 2
+    assert (workers["limit"], workers["sort"]) == (1, "-age")
+    assert pool["filters"]["state"] == states.split(",")
+    assert pool["workers"][0]["apps_text"] and pool["workers"][0]["key"] == pool["workers"][0]["handle"]
+    assert answer.headers["Cache-Control"] == "no-store"
+
+    # a bad parameter: 400, one line naming it
+    for query, named in (("limit=0", "limit must be"), ("state=sleepy", "state must be one or more of"),
+                         ("workers.colour=red", "unknown parameter 'workers.colour'")):
+        bad = await asyncio.to_thread(get, "api/pool?" + query)
+        assert bad.status_code == 400 and bad.json()["error"].startswith(named), (query, bad.text)
+
+    # the chart: SVG to a holder of the scope, 403 to a user without it and to no one
+    chart = await asyncio.to_thread(get, "api/chart")
+    assert chart.status_code == 200 and chart.headers["Content-Type"].startswith("image/svg+xml")
+    assert chart.text.startswith("<svg") and chart.headers["Cache-Control"] == "no-store"
+    token = (await hub_api(app, "POST", "users/viewer/tokens", {"note": "test"}))["token"]
+    refused = await asyncio.to_thread(get, "api/chart", token=token)
+    assert refused.status_code == 403 and ADMIN_SCOPE in refused.json()["error"]
+    assert "<svg" not in refused.text
+    assert (await asyncio.to_thread(get, "api/chart", token=None)).status_code == 403
+
+    # the page's script and stylesheet: no login, no data, the service's security headers
+    for name in ("pool.js", "pool.css"):
+        static = await asyncio.to_thread(get, "static/" + name, token=None)
+        assert static.status_code == 200, (name, static.status_code)
+        assert static.headers["X-Frame-Options"] == "DENY"
+        assert static.headers["X-Content-Type-Options"] == "nosniff"
+    # the service's own code next to the static directory stays out of reach
+    escape = await asyncio.to_thread(get, "static/%2e%2e/handlers.py", token=None)
+    assert escape.status_code in (403, 404) and "AdminHandler" not in escape.text

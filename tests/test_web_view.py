@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jinja2
 
@@ -194,15 +195,20 @@ def test_page_escapes_spark_and_user_values():
                     apps=[MasterApp("app-1", EVIL, 1, "RUNNING", EVIL, 0)])
     v = view(snapshot, decisions=[Decision(1.0, Action.PAUSE, f"by {EVIL}", seq=1)],
              servers=[Server(EVIL, "", 990.0, None, True)])
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined)  # as the service's own
     html = env.get_template("pool.html").render(
         hub_prefix="/hub/", prefix="/services/spark-scaler/", user=EVIL, pool=answer(v, page_query()),
-        xsrf='x"y', poll_ms=2000, badges=STATE_BADGES, page_size=PAGE_SIZE,
+        xsrf='x"y', poll_ms=2000, badges=STATE_BADGES, page_size=PAGE_SIZE, chart="",
         static_url=lambda path: "/services/spark-scaler/static/" + path)
     assert EVIL not in html
     assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 5  # app name, user, why, server user, decision
     assert 'data-xsrf="x&#34;y"' in html
-    assert "innerHTML" not in html
+    assert '<script src="/services/spark-scaler/static/pool.js" defer></script>' in html
+    assert "<script>" not in html  # no inline script: all of it in static/pool.js
+    script = (Path(TEMPLATES).parent / "static" / "pool.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "ContextualFragment"):
+        assert sink not in html and sink not in script, sink
 
 
 def test_a_server_whose_credit_an_app_used_up_shows_none():

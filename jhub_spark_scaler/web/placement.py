@@ -2,7 +2,8 @@
 
 The master's `/json/` lists each worker's cores in use and each app's cores granted,
 but not which app runs where. A worker's own `/json/` lists its executors; the scaler
-reads it only for retiring workers (`Worker.executors`). So a worker's apps are:
+reads it for some workers only (`Worker.executors`, None where not read). So a worker's
+apps are:
 
 - "worker": read from its own /json/ (`Worker.executors_read_at`);
 - "master": deduced from the master alone: no cores used means no apps; when exactly

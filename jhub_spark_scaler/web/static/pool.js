@@ -26,6 +26,15 @@
   }
   function number(n) { return Number(n).toLocaleString("en-US"); }
   function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+  // a property (hidden, disabled) written only when it changes: no needless style work
+  function setFlag(el, name, value) { if (el[name] !== value) el[name] = value; }
+  // JSON with the keys of every object sorted, as the template's tojson writes it
+  function canonical(value) {
+    return JSON.stringify(value, function (key, v) {
+      if (!v || typeof v !== "object" || Array.isArray(v)) return v;
+      return Object.keys(v).sort().reduce(function (o, k) { o[k] = v[k]; return o; }, {});
+    });
+  }
   function badgeClass(kind) { return "badge text-bg-" + (badges[kind] || "secondary"); }
 
   // A cell's text, as the template's `text` macro writes it; default: the row's field or "-".
@@ -66,6 +75,7 @@
     this.prev = this.section.querySelector("[data-page='-1']");
     this.next = this.section.querySelector("[data-page='1']");
     this.urgent = this.section.querySelector("[data-sort-to]");
+    this.scroller = this.section.querySelector(".scaler-scroll");
     this.rows = new Map();  // key -> {tr, sig}: the rows on the page, adopted or made here
     Array.prototype.forEach.call(this.body.rows, function (tr) {
       var texts = Array.prototype.map.call(tr.cells, function (td) { return td.textContent; });
@@ -82,7 +92,7 @@
     tr.dataset.key = key;
     this.columns.forEach(function (c, i) {
       var td = document.createElement("td");
-      if (c.kind === "wrap") td.className = "scaler-wrap";
+      if (c.kind === "wrap" || c.kind === "list") td.className = "scaler-" + c.kind;
       if (c.kind === "badge") td.appendChild(document.createElement("span"));
       tr.appendChild(td);
       writeCell(td, c, texts[i]);
@@ -139,15 +149,15 @@
       if ((c.th.getAttribute("aria-sort") || "") === state) return;
       if (state) c.th.setAttribute("aria-sort", state); else c.th.removeAttribute("aria-sort");
     });
-    if (this.urgent) this.urgent.disabled = sort === "attention";
+    if (this.urgent) setFlag(this.urgent, "disabled", sort === "attention");
   };
 
   Table.prototype.paintPager = function (meta, shown) {
     var text = (shown ? "rows " + number(this.offset + 1) + "-" + number(this.offset + shown) : "no rows") +
       " of " + number(meta.total) + (meta.matched !== meta.total ? " (matched " + number(meta.matched) + ")" : "");
     setText(this.range, text);
-    this.prev.disabled = this.offset === 0;
-    this.next.disabled = this.offset + shown >= meta.matched;
+    setFlag(this.prev, "disabled", this.offset === 0);
+    setFlag(this.next, "disabled", this.offset + shown >= meta.matched);
   };
 
   var tables = TABLE_NAMES.map(function (name) { return new Table(name); });
@@ -184,11 +194,11 @@
                                                                                               : "text-bg-danger");
     if (status.className !== cls) status.className = cls;
     setText(document.getElementById("status-error"), p.error);
-    document.getElementById("paused-note").hidden = !p.paused;
+    setFlag(document.getElementById("paused-note"), "hidden", !p.paused);
     setText(document.getElementById("paused-by"), dash(p.paused_by));
-    document.getElementById("pause-form").hidden = p.paused;
-    document.getElementById("resume-form").hidden = !p.paused;
-    document.getElementById("hub-status").hidden = p.hub.healthy;
+    setFlag(document.getElementById("pause-form"), "hidden", p.paused);
+    setFlag(document.getElementById("resume-form"), "hidden", !p.paused);
+    setFlag(document.getElementById("hub-status"), "hidden", p.hub.healthy);
     setText(document.getElementById("hub-error"), p.hub.error);
     var t = p.target, cell = function (id, key) { return document.querySelector("#" + id + " [data-key='" + key + "']"); };
     setText(cell("target", "target"), dash(t.target) +
@@ -208,11 +218,12 @@
 
   // A short list (plan reasons, problems) is remade only when its items changed; the
   // template hands the items it rendered in data-items.
+  var listSigs = new Map();
   function replaceList(list, items, make) {
-    var sig = JSON.stringify(items);
-    if (list.dataset.sig === undefined) list.dataset.sig = JSON.stringify(JSON.parse(list.dataset.items || "null"));
-    if (list.dataset.sig === sig) return;
-    list.dataset.sig = sig;
+    var sig = canonical(items);
+    if (!listSigs.has(list)) listSigs.set(list, canonical(JSON.parse(list.dataset.items || "null")));
+    if (listSigs.get(list) === sig) return;
+    listSigs.set(list, sig);
     list.replaceChildren.apply(list, items.map(make));
   }
 
@@ -231,7 +242,7 @@
       li.appendChild(badge);
       return li;
     });
-    document.getElementById("no-problems").hidden = problems.length > 0;
+    setFlag(document.getElementById("no-problems"), "hidden", problems.length > 0);
   }
 
   function render(p) {
@@ -274,9 +285,12 @@
     options.credentials = "same-origin";
     options.headers = { "Accept": "application/json", "X-XSRFToken": xsrf };
     return fetch(url, options).then(function (r) {
-      return r.json().then(function (body) {
-        if (!r.ok) throw new Error(body.error || r.statusText);
-        return body;
+      // an error page that is not ours (the hub's proxy) is not JSON: its status says enough
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        if (r.ok && body.status !== undefined) return body;
+        var e = new Error(body.error || r.status + " " + r.statusText);
+        e.status = r.status;
+        throw e;
       });
     });
   }
@@ -289,12 +303,16 @@
     var mine = ++sequence;
     request(prefix + "api/pool?" + query()).then(function (p) {
       if (mine !== sequence) return;
-      document.getElementById("filter-error").hidden = true;
+      setFlag(document.getElementById("filter-error"), "hidden", true);
       render(p);
     }).catch(function (e) {
       if (mine !== sequence) return;
+      if (e.status !== 400) {  // the service or the network; a 400 names a filter to fix
+        setText(document.getElementById("status-error"), "refresh failed: " + e.message);
+        return;
+      }
       var shown = document.getElementById("filter-error");
-      shown.textContent = "refresh failed: " + e.message;
+      shown.textContent = e.message;
       shown.hidden = false;
     }).finally(function () {
       if (mine === sequence) timer = setTimeout(refresh, pollMs);
@@ -319,6 +337,7 @@
         return;
       }
       t.paintSort();
+      t.scroller.scrollTop = 0;  // another order or page starts at its top
       refresh();
     });
   });
@@ -327,7 +346,7 @@
     var next = readFilters();
     if (JSON.stringify(next) === JSON.stringify(filters)) return;
     filters = next;
-    tables.forEach(function (t) { t.offset = 0; });
+    tables.forEach(function (t) { t.offset = 0; t.scroller.scrollTop = 0; });
     refresh();
   }
   filterForm.addEventListener("submit", function (event) { event.preventDefault(); applyFilters(); });
