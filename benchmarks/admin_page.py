@@ -31,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections import Counter
 import tempfile
 import time
 import urllib.request
@@ -46,6 +47,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 from results import machine, write_section  # noqa: E402
 from trace_time import main_thread  # noqa: E402
 from tests.admin_harness import harness_process  # noqa: E402
+from tests.synthetic_pool import SyntheticPool  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -250,11 +252,10 @@ def body(args, lines, results, load0, load1) -> list[str]:
         f" load average {load0:.2f} at the start, {load1:.2f} at the end (the 2 CPUs were shared with other"
         " work). Debian chromium, headless, driven by Playwright.",
         "",
-        "Synthetic pool (tests/synthetic_pool.py, seed 1): 2,000 workers (1,184 busy, 592 idle, 140 draining,"
-        " 40 held, 20 starting, 10 lost, 10 unschedulable, 4 drained), 1,000 apps, 1,000 decisions, 500"
-        " servers, served by the page's real handlers, template and script (tests/admin_harness.py) with"
-        " two stand-ins: a stand-in for the hub's OAuth (every request is an admin) and a stand-in"
-        " reconciler that never cycles; the hub's real stylesheet. Both pages in the same run, alternating"
+        f"Synthetic pool (tests/synthetic_pool.py, seed 1): {mix()}, served by the page's real handlers,"
+        " template and script (tests/admin_harness.py) with two stand-ins: a stand-in for the hub's OAuth"
+        " (every request is an admin) and a stand-in reconciler that never cycles; the hub's real"
+        " stylesheet. Both pages in the same run, alternating"
         " in every repetition. Before: the page as main serves it (every row of every table, all four"
         " rebuilt on every refresh); after: this tree, the page with its new server side (paged, sorted,"
         " filtered api/pool) and script (keyed rows patched in place).",
@@ -277,6 +278,15 @@ def body(args, lines, results, load0, load1) -> list[str]:
         "",
         *verdict(results),
     ]
+
+
+def mix() -> str:
+    """The benchmark's pool in words: its sizes and its workers by state."""
+    pool = SyntheticPool(**SIZES)
+    states = Counter(w.state.value for w in pool.snapshot.workers)
+    by_state = ", ".join(f"{n:,} {state}" for state, n in states.most_common())
+    return (f"{SIZES['workers']:,} workers ({by_state}), {SIZES['apps']:,} apps, {SIZES['decisions']:,}"
+            f" decisions, {SIZES['servers']:,} servers")
 
 
 def verdict(results: dict) -> list[str]:
