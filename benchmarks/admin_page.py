@@ -2,10 +2,11 @@
 
 Two harnesses side by side (tests/admin_harness.py: the page's real handlers over a synthetic
 pool, with a stand-in for the hub's OAuth and a stand-in reconciler that never cycles), one
-serving the page as it is at `--before` (a git ref, exported with `git archive` into a temporary
-directory, with this checkout's harness copied into its tests/), one serving this checkout
-("after"). Measurements alternate between the two in every repetition, so both see the same
-load on the machine.
+serving the page as it is at `--before` (a git ref; by default the newest commit of main, along
+its first parents, before the page had a script of its own, static/pool.js; exported with
+`git archive` into a temporary directory, with this checkout's harness copied into its tests/),
+one serving this checkout ("after"). Measurements alternate between the two in every
+repetition, so both see the same load on the machine.
 
 Per repetition and page: a fresh browser context loads the page, traced (navigation timing
 `loadEventEnd - startTime`, and the main thread's time from the trace); then `--refreshes`
@@ -17,7 +18,7 @@ anything but exactly one api/pool request is measured again. HTML bytes: the pag
 response; api/pool bytes: the last query the page's script made, and `api/pool` without
 parameters (the whole pool).
 
-    python benchmarks/admin_page.py [--before main] [--reps 5] [--refreshes 3] [--write]
+    python benchmarks/admin_page.py [--before REF] [--reps 5] [--refreshes 3] [--write]
 """
 
 from __future__ import annotations
@@ -152,6 +153,23 @@ async def measure(browser, harness: dict, *, refreshes: int) -> dict:
         await context.close()
 
 
+#: what the default "before" lacks: the page's own script, added with the fleet-scale page
+SCRIPT = "jhub_spark_scaler/web/static/pool.js"
+BEFORE_DEFAULT = "main, before static/pool.js"
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+
+
+def before_script() -> str:
+    """The newest commit of main, along its first parents, without the page's script."""
+    for commit in git("rev-list", "--first-parent", "-n", "500", "main").stdout.decode().split():
+        if git("cat-file", "-e", f"{commit}:{SCRIPT}").returncode != 0:
+            return commit
+    raise SystemExit(f"no commit of main without {SCRIPT} among its last 500: pass --before")
+
+
 def export(ref: str, into: Path) -> Path:
     """`ref`'s tree, with this checkout's harness in its tests/."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
@@ -169,7 +187,8 @@ async def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="admin-page-bench-") as tmp:
         (Path(tmp) / "before").mkdir()
-        before = export(args.before, Path(tmp) / "before")
+        ref = before_script() if args.before == BEFORE_DEFAULT else args.before
+        before = export(ref, Path(tmp) / "before")
         roots = {f"before ({args.before})": before, "after (this tree)": ROOT}
         async with contextlib.AsyncExitStack() as stack:
             harnesses = {}
@@ -226,7 +245,8 @@ def table(results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="main", help="git ref of the page to compare with")
+    parser.add_argument("--before", default=BEFORE_DEFAULT,
+                        help="git ref of the page to compare with; default: main before the page's script")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--refreshes", type=int, default=3, help="refreshes measured per page load")
     parser.add_argument("--write", action="store_true", help=f"write the '{TITLE}' section of RESULTS.md")
@@ -243,11 +263,13 @@ def main() -> None:
 
 
 def body(args, lines, results, load0, load1) -> list[str]:
+    before = "" if args.before == BEFORE_DEFAULT else f" --before {args.before}"
     refreshes = min(sum(len(r["refreshes"]) for r in v["runs"]) for v in results.values())
     queries = "; ".join(f"{k}: `{v['query'].split('/services/spark-scaler/')[-1]}`"
                         for k, v in results.items())
     return [
-        f"`python benchmarks/admin_page.py --before {args.before} --reps {args.reps}"
+        f"`python benchmarks/admin_page.py{before}"
+        f" --reps {args.reps}"
         f" --refreshes {args.refreshes} --write` on {machine()}, {time.strftime('%H:%M UTC', time.gmtime())};"
         f" load average {load0:.2f} at the start, {load1:.2f} at the end (the 2 CPUs were shared with other"
         " work). Debian chromium, headless, driven by Playwright.",
@@ -256,7 +278,8 @@ def body(args, lines, results, load0, load1) -> list[str]:
         " template and script (tests/admin_harness.py) with two stand-ins: a stand-in for the hub's OAuth"
         " (every request is an admin) and a stand-in reconciler that never cycles; the hub's real"
         " stylesheet. Both pages in the same run, alternating"
-        " in every repetition. Before: the page as main serves it (every row of every table, all four"
+        " in every repetition. Before: the page as main served it before it had a script of its own"
+        " (the default `--before`: every row of every table, all four"
         " rebuilt on every refresh); after: this tree, the page with its new server side (paged, sorted,"
         " filtered api/pool) and script (keyed rows patched in place).",
         "",
