@@ -221,7 +221,8 @@ async def run(args: argparse.Namespace) -> dict:
 COLUMNS = (
     ("load event ms", "load", "load_ms"), ("load: main-thread tasks ms", "load", "tasks"),
     ("load: script ms", "load", "script"), ("load: longest task ms", "load", "longest_task"),
-    ("refresh: script ms", "refresh", "script"), ("refresh: style + layout ms", "refresh", "style_layout"),
+    ("refresh: script ms", "refresh", "script"), ("refresh: garbage collection ms", "refresh", "gc"),
+    ("refresh: style + layout ms", "refresh", "style_layout"),
     ("refresh: main-thread tasks ms", "refresh", "tasks"),
     ("refresh: longest task ms", "refresh", "longest_task"),
 )

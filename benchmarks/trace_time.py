@@ -4,8 +4,9 @@
 and returns, in ms: `script` (the union of the JavaScript events' intervals: script
 evaluation, function calls, microtasks such as promise reactions after a fetch, timers,
 animation frames, DOM events, compilation and garbage collection; style or layout a script
-forces inside them counts here too), `style_layout` (style recalculation and layout outside
-scripts), `tasks` (the union of the thread's top-level tasks) and `longest_task`.
+forces inside them counts here too), `gc` (garbage collection, inside script or not),
+`style_layout` (style recalculation and layout outside scripts), `tasks` (the union of the
+thread's top-level tasks) and `longest_task`.
 Performance.getMetrics' `ScriptDuration` is not used: it leaves out promise reactions, which
 is where a page's fetch-then-render runs.
 """
@@ -20,6 +21,7 @@ SCRIPT = frozenset({
     "v8.compile", "v8.compileModule", "MinorGC", "MajorGC", "V8.GCScavenger", "V8.GCFinalizeMC",
     "v8.evaluateModule", "V8.Execute",
 })
+GC = frozenset({"MinorGC", "MajorGC", "V8.GCScavenger", "V8.GCFinalizeMC", "BlinkGC.AtomicPhase"})
 STYLE_LAYOUT = frozenset({"UpdateLayoutTree", "Layout", "RecalculateStyles"})
 TASK = "RunTask"
 
@@ -72,7 +74,7 @@ def main_thread(trace: bytes | str) -> dict[str, float]:
     for e in events:
         if (e.get("pid"), e.get("tid")) in mains:
             by_thread[(e["pid"], e["tid"])].append(e)
-    best: dict[str, float] = {"script": 0.0, "style_layout": 0.0, "tasks": 0.0, "longest_task": 0.0}
+    best = dict.fromkeys(("script", "gc", "style_layout", "tasks", "longest_task"), 0.0)
     for thread in by_thread.values():
         spans = _intervals(thread)
         tasks = spans.get(TASK, [])
@@ -80,6 +82,7 @@ def main_thread(trace: bytes | str) -> dict[str, float]:
         layout = _union([s for name in STYLE_LAYOUT for s in spans.get(name, [])])
         result = {
             "script": _total(script) / 1000,
+            "gc": _total(_union([s for name in GC for s in spans.get(name, [])])) / 1000,
             "style_layout": _minus(layout, script) / 1000,
             "tasks": _total(_union(tasks)) / 1000,
             "longest_task": max((e - s for s, e in tasks), default=0.0) / 1000,
