@@ -126,6 +126,7 @@ class Worker(NamedTuple):
     master: MasterWorker | None  # None: not (yet) registered
     executors: tuple[Executor, ...] | None = None  # read from the worker when needed
     why: str = ""  # a human-readable reason for the state, where it is not obvious
+    executors_read_at: float | None = None  # when executors were read from the worker's own /json/
 
     @property
     def ours(self) -> bool:
