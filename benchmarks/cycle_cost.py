@@ -96,7 +96,7 @@ def one_cycle(body, backend, statuses, reads, policy, settings, history, clock=t
     busy = busy_workers(joined)
     chosen = pick_reads(busy, reads, BUSY_READS_PER_CYCLE)
     answer = WorkerStatus("worker-x", (Executor("app-0", 0, "x"),))
-    reads = next_reads(busy, reads, {w.handle: answer for w in chosen}, NOW)
+    reads = next_reads(busy, reads, {handle: answer for handle in chosen}, NOW)
     t4 = clock()
     snapshot = build_snapshot(now=NOW, master=master, joined=joined, worker_statuses=statuses,
                               busy_reads=reads, settings=settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 from .model import (
@@ -43,12 +44,8 @@ class ObserveSettings:
 Joined = tuple[list[tuple[BackendWorker, MasterWorker | None]], list[MasterWorker]]
 
 
-class BusyWorker(NamedTuple):
-    """A busy worker (ours or foreign) whose own /json/ may be read to name its apps."""
-
-    handle: str
-    url: str  # its web UI, "" where unknown
-    cores_used: int  # the master's, this cycle
+#: the busy workers by handle: (ours, or None for a foreign one; the master's entry)
+Busy = dict[str, tuple[BackendWorker | None, MasterWorker]]
 
 
 class ExecutorRead(NamedTuple):
@@ -95,59 +92,66 @@ def join(
     return paired, foreign
 
 
-def webui_url(b: BackendWorker, m: MasterWorker | None) -> str:
+def webui_url(b: BackendWorker | None, m: MasterWorker | None) -> str:
     """Where a worker's own /json/ is: the backend's address for it, else the master's."""
-    return b.webui_url or (m.webui_address if m else "")
+    return (b.webui_url if b else "") or (m.webui_address if m else "")
 
 
-def busy_workers(joined: Joined) -> list[BusyWorker]:
+def busy_workers(joined: Joined) -> Busy:
     """The workers the master says are busy (ALIVE, cores used), ours not retiring and foreign:
-    the same test as `classify`'s and `foreign_worker`'s for BUSY."""
+    the same test as `classify`'s and `foreign_worker`'s for BUSY. Ours keep `join`'s pairs:
+    no new object per worker each cycle, for the garbage collector to count."""
     paired, foreign = joined
-    busy = [BusyWorker(b.handle, webui_url(b, m), m.cores_used) for b, m in paired
-            if m is not None and m.cores_used and m.state == ALIVE and b.running and b.retiring_since is None]
-    busy += [BusyWorker(foreign_handle(m), m.webui_address, m.cores_used) for m in foreign
-             if m.cores_used and m.state == ALIVE]
+    busy: Busy = {}
+    for pair in paired:
+        b, m = pair
+        if m is not None and m.cores_used and m.state == ALIVE and b.running and b.retiring_since is None:
+            busy[b.handle] = pair
+    for m in foreign:
+        if m.cores_used and m.state == ALIVE:
+            busy[foreign_handle(m)] = (None, m)
     return busy
 
 
-def pick_reads(
-    busy: Iterable[BusyWorker], reads: Mapping[str, ExecutorRead], budget: int
-) -> list[BusyWorker]:
-    """The busy workers to read this cycle, at most `budget`: first those never read, then those
-    whose cores_used changed since their read (their apps probably did), then the oldest reads.
-    A failed read counts as a read, so an unreadable worker never starves the others."""
+def pick_reads(busy: Busy, reads: Mapping[str, ExecutorRead], budget: int) -> list[str]:
+    """The handles of the busy workers to read this cycle, at most `budget`: first those never
+    read, then those whose cores_used changed since their read (their apps probably did), then
+    the oldest reads. A failed read counts as a read: an unreadable worker starves no other."""
 
-    def rank(w: BusyWorker) -> tuple[int, float]:
-        read = reads.get(w.handle)
+    def rank(handle: str) -> tuple[int, float]:
+        read = reads.get(handle)
         if read is None:
             return 0, 0.0
-        return (1 if read.cores_used != w.cores_used else 2), read.read_at
+        return (1 if read.cores_used != busy[handle][1].cores_used else 2), read.read_at
 
     return heapq.nsmallest(budget, busy, key=rank)  # stable: ties keep the master's order
 
 
 def next_reads(
-    busy: Iterable[BusyWorker], reads: Mapping[str, ExecutorRead],
-    results: Mapping[str, WorkerStatus | str], now: float,
+    busy: Busy, reads: Mapping[str, ExecutorRead], results: Mapping[str, WorkerStatus | str], now: float,
 ) -> dict[str, ExecutorRead]:
     """The reads to keep after this cycle: one per worker still busy (the gone and idle ones
     dropped), this cycle's `results` (a worker's /json/ or the error reading it) as read at
     `now`. A failed read keeps nothing to show; so does an older read once the worker's
     cores_used has changed, even if it changes back (its apps may have changed meanwhile)."""
     kept = {}
-    for w in busy:
-        result = results.get(w.handle)
+    for handle, (_, m) in busy.items():
+        result = results.get(handle)
         if result is not None:
             executors = result.executors if isinstance(result, WorkerStatus) else None
-            kept[w.handle] = ExecutorRead(now, w.cores_used, executors)
-        elif (read := reads.get(w.handle)) is not None:
-            kept[w.handle] = read if read.cores_used == w.cores_used else read._replace(executors=None)
+            kept[handle] = ExecutorRead(now, m.cores_used, executors)
+        elif (read := reads.get(handle)) is not None:
+            kept[handle] = read if read.cores_used == m.cores_used else read._replace(executors=None)
     return kept
 
 
-def _busy(b: BackendWorker, m: MasterWorker, read: ExecutorRead | None) -> Worker:
+#: no busy worker's reads (the default of `classify` and `foreign_worker`)
+NO_READS: Mapping[str, ExecutorRead] = MappingProxyType({})
+
+
+def _busy(b: BackendWorker, m: MasterWorker, busy_reads: Mapping[str, ExecutorRead]) -> Worker:
     """A busy worker, with its last read's executors while its cores_used is as it was then."""
+    read = busy_reads.get(b.handle)
     if read is None or read.executors is None or read.cores_used != m.cores_used:
         return Worker(b.handle, b.host, WorkerState.BUSY, b, m)
     return Worker(b.handle, b.host, WorkerState.BUSY, b, m, read.executors, "", read.read_at)
@@ -180,14 +184,14 @@ def _retiring_state(
 
 def classify(
     b: BackendWorker, m: MasterWorker | None, status: WorkerStatus | str | None,
-    now: float, settings: ObserveSettings, read: ExecutorRead | None = None,
+    now: float, settings: ObserveSettings, busy_reads: Mapping[str, ExecutorRead] = NO_READS,
 ) -> Worker:
     """The state of one of our workers. `status` is its own /json/ read at `now` (or the
-    error reading it), needed only when `is_retiring(b, m)`; `read` is its last read while
-    busy, shown only: the state is the master's."""
+    error reading it), needed only when `is_retiring(b, m)`; `busy_reads` the busy workers'
+    last reads (`next_reads`), shown only: the state is the master's."""
     if b.running and m is not None and m.state == ALIVE and b.retiring_since is None:
         # the common case, kept short: it runs for every worker every cycle
-        return _busy(b, m, read) if m.cores_used else Worker(b.handle, b.host, WorkerState.IDLE, b, m)
+        return _busy(b, m, busy_reads) if m.cores_used else Worker(b.handle, b.host, WorkerState.IDLE, b, m)
     if not b.running:
         state, why = WorkerState.LOST, "stopping" if b.stopping else "its process or pod is gone"
     elif m is not None and m.state == DEAD:
@@ -209,16 +213,17 @@ def foreign_handle(m: MasterWorker) -> str:
     return f"master:{m.id}"
 
 
-def foreign_worker(m: MasterWorker, read: ExecutorRead | None = None) -> Worker:
-    """A worker someone else runs; `read` as for `classify`."""
-    why = "not managed by this scaler"
+def foreign_worker(m: MasterWorker, busy_reads: Mapping[str, ExecutorRead] = NO_READS) -> Worker:
+    """A worker someone else runs; `busy_reads` as for `classify`."""
+    handle, why = foreign_handle(m), "not managed by this scaler"
     if m.state != ALIVE:
-        return Worker(foreign_handle(m), m.host, WorkerState.DRAINING, None, m, None, why)
+        return Worker(handle, m.host, WorkerState.DRAINING, None, m, None, why)
     if not m.cores_used:
-        return Worker(foreign_handle(m), m.host, WorkerState.IDLE, None, m, None, why)
+        return Worker(handle, m.host, WorkerState.IDLE, None, m, None, why)
+    read = busy_reads.get(handle)
     if read is None or read.executors is None or read.cores_used != m.cores_used:
-        return Worker(foreign_handle(m), m.host, WorkerState.BUSY, None, m, None, why)
-    return Worker(foreign_handle(m), m.host, WorkerState.BUSY, None, m, read.executors, why, read.read_at)
+        return Worker(handle, m.host, WorkerState.BUSY, None, m, None, why)
+    return Worker(handle, m.host, WorkerState.BUSY, None, m, read.executors, why, read.read_at)
 
 
 def build_snapshot(
@@ -237,10 +242,9 @@ def build_snapshot(
     to its worker's /json/ (or the error reading it) for the retiring workers, read
     at `now`; `busy_reads` a handle to a busy worker's last read (`next_reads`)."""
     paired, foreign = joined
-    reads = busy_reads or {}
-    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings, reads.get(b.handle))
-               for b, m in paired]
-    workers += [foreign_worker(m, reads.get(foreign_handle(m))) for m in foreign]
+    reads = busy_reads or NO_READS
+    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings, reads) for b, m in paired]
+    workers += [foreign_worker(m, reads) for m in foreign]
     return Snapshot(
         taken_at=now,
         workers=tuple(workers),

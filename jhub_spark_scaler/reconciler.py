@@ -61,7 +61,7 @@ from . import clock
 from .backends import Backend, BackendError
 from .model import BackendWorker, Snapshot, WorkerState, WorkerStatus
 from .observe import (
-    BusyWorker,
+    Busy,
     ExecutorRead,
     ObserveSettings,
     build_snapshot,
@@ -247,13 +247,13 @@ class Reconciler:
         joined = join(master.workers if master else (), backend_workers)
         statuses: dict[str, WorkerStatus | str] = {}  # the retiring workers'
         results: dict[str, WorkerStatus | str] = {}  # the busy workers read this cycle
-        busy: list[BusyWorker] | None = None  # None: the busy reads are kept as they are
+        busy: Busy | None = None  # None: the busy reads are kept as they are
         if master is not None:
             retiring = [(b.handle, webui_url(b, m)) for b, m in joined[0] if b.running and is_retiring(b, m)]
             # Blind to the backend, every worker would look foreign: keep the reads for later.
             busy = busy_workers(joined) if not backend_error else None
-            chosen = pick_reads(busy or (), self._busy_reads, BUSY_READS_PER_CYCLE)
-            results = await self._read_workers(retiring + [(w.handle, w.url) for w in chosen])
+            chosen = pick_reads(busy or {}, self._busy_reads, BUSY_READS_PER_CYCLE)
+            results = await self._read_workers(retiring + [(h, webui_url(*busy[h])) for h in chosen])
             statuses = {handle: results.pop(handle) for handle, _ in retiring}
         now = clock.now()
         if busy is not None:

@@ -13,7 +13,6 @@ import pytest
 
 from jhub_spark_scaler.model import BackendWorker, Executor, MasterWorker, WorkerState, WorkerStatus
 from jhub_spark_scaler.observe import (
-    BusyWorker,
     ExecutorRead,
     ObserveSettings,
     build_snapshot,
@@ -23,6 +22,7 @@ from jhub_spark_scaler.observe import (
     join,
     next_reads,
     pick_reads,
+    webui_url,
 )
 from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.spark import parse_master, parse_worker
@@ -317,8 +317,14 @@ def test_build_snapshot_passes_a_worker_read_error_through():
 # -- busy workers' own /json/: which ones to read, what is kept, what is shown ----------------
 
 
-def busy(handle: str, cores_used: int = 1) -> BusyWorker:
-    return BusyWorker(handle, f"http://{handle}:8081", cores_used)
+def busy(*workers: str | tuple[str, int]) -> dict:
+    """Busy workers as `busy_workers` gives them, in this order: a handle (1 core used) or
+    (handle, cores used)."""
+    found = {}
+    for i, w in enumerate(workers):
+        handle, cores_used = (w, 1) if isinstance(w, str) else w
+        found[handle] = (bw(handle, f"10.1.0.{i}"), mw(f"10.1.0.{i}", cores_used=cores_used))
+    return found
 
 
 def test_busy_workers_are_those_the_master_calls_busy_ours_and_foreign():
@@ -330,33 +336,32 @@ def test_busy_workers_are_those_the_master_calls_busy_ours_and_foreign():
                bw("dead", "10.0.0.5", created_at=0.0), bw("unknown", "10.0.0.6")]  # 10.0.0.7: foreign
     joined = join(entries, backend)
     found = busy_workers(joined)
-    assert found == [BusyWorker("busy", "http://10.0.0.0:8081", 1),
-                     BusyWorker(f"master:{entries[7].id}", "http://10.0.0.7:8081", 3)]
+    assert found == {"busy": (backend[0], entries[0]), f"master:{entries[7].id}": (None, entries[7])}
+    assert [webui_url(*w) for w in found.values()] == ["http://10.0.0.0:8081", "http://10.0.0.7:8081"]
     # the same workers classify calls busy, but for the one whose master state is unknown
     snapshot = build_snapshot(now=1000.0, master=None, joined=joined, worker_statuses={},
                               settings=SETTINGS)
     busy_alive = {w.handle for w in snapshot.workers if w.state is S.BUSY and w.master.state == "ALIVE"}
-    assert busy_alive == {w.handle for w in found}
+    assert busy_alive == set(found)
 
 
 def test_pick_reads_never_read_first_then_changed_cores_then_the_oldest_read_within_the_budget():
-    workers = [busy("old"), busy("changed", 2), busy("new-a"), busy("recent"), busy("new-b"), busy("older")]
+    workers = busy("old", ("changed", 2), "new-a", "recent", "new-b", "older")
     reads = {"old": ExecutorRead(10.0, 1, ()), "changed": ExecutorRead(30.0, 1, ()),
              "recent": ExecutorRead(40.0, 1, ()), "older": ExecutorRead(5.0, 1, None)}
-    picked = [w.handle for w in pick_reads(workers, reads, 8)]
-    assert picked == ["new-a", "new-b", "changed", "older", "old", "recent"]
-    assert [w.handle for w in pick_reads(workers, reads, 3)] == ["new-a", "new-b", "changed"]
-    assert pick_reads(workers, reads, 0) == [] and pick_reads([], reads, 8) == []
+    assert pick_reads(workers, reads, 8) == ["new-a", "new-b", "changed", "older", "old", "recent"]
+    assert pick_reads(workers, reads, 3) == ["new-a", "new-b", "changed"]
+    assert pick_reads(workers, reads, 0) == [] and pick_reads({}, reads, 8) == []
 
 
 def test_reads_go_round_every_busy_worker_and_an_unreadable_one_never_starves_the_others():
-    workers = [busy(f"w{i}") for i in range(5)]
+    workers = busy(*(f"w{i}" for i in range(5)))
     reads: dict[str, ExecutorRead] = {}
     order = []
     for cycle in range(5):
         chosen = pick_reads(workers, reads, 2)
-        order.append([w.handle for w in chosen])
-        results = {w.handle: "refused" if w.handle == "w0" else executors("app-1") for w in chosen}
+        order.append(chosen)
+        results = {h: "refused" if h == "w0" else executors("app-1") for h in chosen}
         reads = next_reads(workers, reads, results, float(cycle))
     # the least recently read first, ties in the master's order
     assert order == [["w0", "w1"], ["w2", "w3"], ["w4", "w0"], ["w1", "w2"], ["w3", "w0"]]
@@ -367,12 +372,12 @@ def test_reads_go_round_every_busy_worker_and_an_unreadable_one_never_starves_th
 def test_next_reads_drops_workers_no_longer_busy_and_stale_reads_for_good():
     reads = {"gone": ExecutorRead(1.0, 1, ()), "same": ExecutorRead(2.0, 1, executors("a").executors),
              "changed": ExecutorRead(3.0, 1, executors("b").executors)}
-    kept = next_reads([busy("same", 1), busy("changed", 2), busy("read", 1)], reads,
+    kept = next_reads(busy("same", ("changed", 2), "read"), reads,
                       {"read": executors("c")}, 9.0)
     assert kept == {"same": reads["same"], "changed": ExecutorRead(3.0, 1, None),
                     "read": ExecutorRead(9.0, 1, executors("c").executors)}
     # back to the cores it had when read: its apps may have changed meanwhile, still nothing shown
-    assert next_reads([busy("changed", 1)], kept, {}, 10.0) == {"changed": ExecutorRead(3.0, 1, None)}
+    assert next_reads(busy("changed"), kept, {}, 10.0) == {"changed": ExecutorRead(3.0, 1, None)}
 
 
 def test_a_busy_workers_read_is_shown_while_its_cores_used_holds_and_changes_no_state():
