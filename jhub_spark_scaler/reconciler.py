@@ -80,10 +80,14 @@ WORKER_READ_CONCURRENCY = 16
 
 #: busy workers whose own /json/ is read each cycle, besides every retiring one, to name the
 #: apps on them for the page. 8 keeps a cycle with up to 8 retiring workers within one round
-#: of WORKER_READ_CONCURRENCY (one worker round trip, a few ms), while at the default
-#: poll_interval (2 s) it is 240 reads a minute: a worker whose cores change is read within a
-#: cycle or two, and every worker of a pool of 1,000 busy ones within about 4 minutes.
+#: of WORKER_READ_CONCURRENCY (one worker round trip), while at the default poll_interval
+#: (2 s) it is 240 reads a minute: a worker whose cores change is read within a cycle or two,
+#: and every worker of a pool of 1,000 busy ones within about 4 minutes.
 BUSY_READS_PER_CYCLE = 8
+#: seconds a busy worker's read may take (http_timeout still applies): the reads are for the
+#: page, so an unreachable worker (a foreign one on another network, say) delays a cycle by
+#: at most this, not by http_timeout. A worker answers its /json/ from memory.
+BUSY_READ_TIMEOUT = 1.0
 
 #: what `Backend.list()` raises when the workers cannot be listed: blind, not a bug
 BACKEND_UNREADABLE = (BackendError, OSError, asyncio.TimeoutError)
@@ -253,8 +257,12 @@ class Reconciler:
             # Blind to the backend, every worker would look foreign: keep the reads for later.
             busy = busy_workers(joined) if not backend_error else None
             chosen = pick_reads(busy or {}, self._busy_reads, BUSY_READS_PER_CYCLE)
-            results = await self._read_workers(retiring + [(h, webui_url(*busy[h])) for h in chosen])
-            statuses = {handle: results.pop(handle) for handle, _ in retiring}
+            limit = asyncio.Semaphore(WORKER_READ_CONCURRENCY)  # the retiring ones queue first
+            statuses, results = await asyncio.gather(
+                self._read_workers(retiring, limit=limit),
+                self._read_workers([(h, webui_url(*busy[h])) for h in chosen], limit=limit,
+                                   timeout=BUSY_READ_TIMEOUT),
+            )
         now = clock.now()
         if busy is not None:
             self._busy_reads = next_reads(busy, self._busy_reads, results, now)
@@ -281,17 +289,21 @@ class Reconciler:
         self.log.error("bug %s: %s: %s", doing, type(error).__name__, error, exc_info=error)
         return f"bug {doing}: {type(error).__name__}: {error} (see the scaler's log)"
 
-    async def _read_workers(self, targets: list[tuple[str, str]]) -> dict[str, WorkerStatus | str]:
-        """Each (handle, web UI address)'s own /json/ (or the error reading it), a few at a time."""
-        limit = asyncio.Semaphore(WORKER_READ_CONCURRENCY)
+    async def _read_workers(
+        self, targets: list[tuple[str, str]], *, limit: asyncio.Semaphore, timeout: float | None = None
+    ) -> dict[str, WorkerStatus | str]:
+        """Each (handle, web UI address)'s own /json/ (or the error reading it), as many at a
+        time as `limit` lets; `timeout`: seconds to wait for one answer, once its turn came."""
 
         async def read(handle: str, url: str) -> WorkerStatus | str:
             if not url:
                 return "no web UI address known"
             async with limit:
                 try:
-                    return await self.spark.worker(url)
+                    return await asyncio.wait_for(self.spark.worker(url), timeout)  # None: no limit
                 except Exception as e:
+                    if timeout is not None and isinstance(e, asyncio.TimeoutError):
+                        return f"no answer from {url} within {timeout:g} s"
                     return self._failure(e, SparkError, doing=f"reading worker {handle}")
 
         results = await asyncio.gather(*(read(handle, url) for handle, url in targets))

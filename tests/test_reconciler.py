@@ -47,6 +47,7 @@ class FakeSpark:
         self.entries: dict[str, MasterWorker] = {}
         self.executors: dict[str, tuple[Executor, ...]] = {}  # by web UI address; none unless set
         self.worker_errors: dict[str, BaseException] = {}  # by web UI address
+        self.delays: dict[str, float] = {}  # seconds before a worker answers, by web UI address
         self.reads: list[str] = []  # the web UI addresses read, in order
 
     async def master(self) -> MasterStatus:
@@ -56,6 +57,7 @@ class FakeSpark:
 
     async def worker(self, webui_url: str) -> WorkerStatus:
         self.reads.append(webui_url)
+        await asyncio.sleep(self.delays.get(webui_url, 0))
         error = self.worker_errors.get(webui_url, self.worker_error)
         if error is not None:
             raise error
@@ -411,3 +413,21 @@ async def test_a_busy_worker_that_cannot_be_read_shows_unread_and_the_cycle_goes
     monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 0)
     await r.cycle()
     assert shown(r)[b.handle] == (WorkerState.BUSY, None, None)
+
+
+async def test_a_busy_worker_that_does_not_answer_delays_a_cycle_by_at_most_the_busy_read_timeout(
+    scaler, monkeypatch
+):
+    r, backend, spark, reports = scaler
+    monkeypatch.setattr(reconciler, "BUSY_READ_TIMEOUT", 0.2)
+    r.pause(by="test")
+    silent, retiring = backend.add(busy=True), backend.add()
+    await backend.decommission(retiring)
+    spark.delays[silent.webui_url] = 5.0  # what a cycle would wait without the busy read timeout
+    spark.delays[retiring.webui_url] = 0.5  # slower than a busy read may be: still waited for
+    spark.executors[retiring.webui_url] = (Executor("app-1", 0, "x"),)
+    await r.cycle()
+    assert 0.5 <= reports[-1].duration < 1.5
+    assert shown(r) == {silent.handle: (WorkerState.BUSY, None, None),
+                        retiring.handle: (WorkerState.HELD, ("app-1",), r.last_snapshot.taken_at)}
+    assert not r.last_snapshot.blind and not reports[-1].errors
