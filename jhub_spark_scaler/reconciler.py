@@ -25,9 +25,10 @@ draining: it is never stopped while its executors are unknown.
 
 A few busy workers' own /json/ are read each cycle too (`BUSY_READS_PER_CYCLE`),
 for the page only: which apps run where. Their state stays the master's and the
-plan never looks at what they list. A busy worker that cannot be read shows as
-unread (nothing older is kept for it) and the cycle goes on; a bug reading one is
-logged with its traceback, as below, and changes nothing else.
+plan never looks at what they list. A busy worker that cannot be read, or does not
+answer within `BUSY_READ_TIMEOUT`, shows as unread (nothing older is kept for it)
+and the cycle goes on; a bug reading one is logged with its traceback, as below,
+and changes nothing else.
 
 A bug (any other exception from the master client, the backend's `list()` or a
 worker read, e.g. a KeyError in a parser) is loud: logged with its traceback on
@@ -80,13 +81,14 @@ WORKER_READ_CONCURRENCY = 16
 
 #: busy workers whose own /json/ is read each cycle, besides every retiring one, to name the
 #: apps on them for the page. 8 keeps a cycle with up to 8 retiring workers within one round
-#: of WORKER_READ_CONCURRENCY (one worker round trip), while at the default poll_interval
+#: of WORKER_READ_CONCURRENCY (one worker round trip, about 5 ms), while at the default poll_interval
 #: (2 s) it is 240 reads a minute: a worker whose cores change is read within a cycle or two,
 #: and every worker of a pool of 1,000 busy ones within about 4 minutes.
 BUSY_READS_PER_CYCLE = 8
 #: seconds a busy worker's read may take (http_timeout still applies): the reads are for the
 #: page, so an unreachable worker (a foreign one on another network, say) delays a cycle by
-#: at most this, not by http_timeout. A worker answers its /json/ from memory.
+#: at most this, not by http_timeout. A local worker answers in about 5 ms (at most 14 ms in
+#: 40 reads on a loaded 2-CPU machine).
 BUSY_READ_TIMEOUT = 1.0
 
 #: what `Backend.list()` raises when the workers cannot be listed: blind, not a bug
