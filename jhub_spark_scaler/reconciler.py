@@ -82,8 +82,9 @@ WORKER_READ_CONCURRENCY = 16
 #: busy workers whose own /json/ is read each cycle, besides every retiring one, to name the
 #: apps on them for the page. 8 keeps a cycle with up to 8 retiring workers within one round
 #: of WORKER_READ_CONCURRENCY (one worker round trip, about 5 ms), while at the default
-#: poll_interval (2 s) it is 240 reads a minute: a worker whose cores change is read within a
-#: cycle or two, and every worker of a pool of 1,000 busy ones within about 4 minutes.
+#: poll_interval (2 s) it is 240 reads a minute: a worker newly busy, or whose cores changed,
+#: is read in the next cycle unless more than 8 are, and every one of 1,000 busy workers is
+#: read again within about 4 minutes.
 BUSY_READS_PER_CYCLE = 8
 #: seconds a busy worker's read may take (http_timeout still applies): the reads are for the
 #: page, so an unreachable worker (a foreign one on another network, say) delays a cycle by
