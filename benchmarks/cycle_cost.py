@@ -2,7 +2,9 @@
 
 Builds a synthetic master /json/ body and backend listing with N workers
 (60 % idle, 30 % busy, 10 % retiring, 20 apps), then times what a cycle does
-with them: parse the JSON, join with the backend, classify, plan. Each size
+with them: parse the JSON, join with the backend, choose the busy workers to
+read and keep their reads (every busy worker read before: the largest cache),
+classify, plan. The reads themselves are network time, not measured. Each size
 runs in a fresh subprocess so its peak RSS is its own.
 
     python benchmarks/cycle_cost.py            # all sizes, updates benchmarks/RESULTS.md
@@ -32,8 +34,17 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from jhub_spark_scaler.model import BackendWorker, Executor, WorkerStatus  # noqa: E402
-from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, join  # noqa: E402
+from jhub_spark_scaler.observe import (  # noqa: E402
+    ExecutorRead,
+    ObserveSettings,
+    build_snapshot,
+    busy_workers,
+    join,
+    next_reads,
+    pick_reads,
+)
 from jhub_spark_scaler.policy import History, PolicySettings, plan  # noqa: E402
+from jhub_spark_scaler.reconciler import BUSY_READS_PER_CYCLE  # noqa: E402
 from jhub_spark_scaler.spark import parse_master  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
@@ -45,7 +56,7 @@ def host(i: int) -> str:
 
 
 def synthetic(n: int):
-    workers, backend, statuses = [], [], {}
+    workers, backend, statuses, reads = [], [], {}, {}
     for i in range(n):
         kind = i % 10
         retiring = kind == 9
@@ -64,15 +75,17 @@ def synthetic(n: int):
         if retiring:
             executors = (Executor("app-1", i, "x"),) if i % 20 == 9 else ()
             statuses[f"w-{i}"] = WorkerStatus(f"worker-{i}", executors)
+        if busy:
+            reads[f"w-{i}"] = ExecutorRead(NOW - 60 - i % 100, 1, (Executor(f"app-{i % 20}", i, "x"),))
     apps = [{"id": f"app-{a}", "name": f"app {a}", "cores": 3, "user": "u", "state": "RUNNING",
              "starttime": 1795616127734} for a in range(20)]
     body = json.dumps({"url": "spark://m:7077", "workers": workers, "activeapps": apps,
                        "status": "ALIVE"}).encode()
-    return body, backend, statuses
+    return body, backend, statuses, reads
 
 
-def one_cycle(body, backend, statuses, policy, settings, history, clock=time.process_time):
-    """One cycle's CPU work; returns the plan and the CPU seconds of each phase."""
+def one_cycle(body, backend, statuses, reads, policy, settings, history, clock=time.process_time):
+    """One cycle's CPU work; returns the plan, the busy reads kept and the CPU seconds of each phase."""
     t0 = clock()
     doc = json.loads(body)
     t1 = clock()
@@ -80,19 +93,24 @@ def one_cycle(body, backend, statuses, policy, settings, history, clock=time.pro
     t2 = clock()
     joined = join(master.workers, backend)
     t3 = clock()
-    snapshot = build_snapshot(now=NOW, master=master, joined=joined, worker_statuses=statuses,
-                              settings=settings)
+    busy = busy_workers(joined)
+    chosen = pick_reads(busy, reads, BUSY_READS_PER_CYCLE)
+    answer = WorkerStatus("worker-x", (Executor("app-0", 0, "x"),))
+    reads = next_reads(busy, reads, {handle: answer for handle in chosen}, NOW)
     t4 = clock()
-    decided = plan(snapshot, policy, history)
+    snapshot = build_snapshot(now=NOW, master=master, joined=joined, worker_statuses=statuses,
+                              busy_reads=reads, settings=settings)
     t5 = clock()
-    return decided, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+    decided = plan(snapshot, policy, history)
+    t6 = clock()
+    return decided, reads, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
 
 
-PHASES = ("json.loads", "parse", "join", "classify", "plan")
+PHASES = ("json.loads", "parse", "join", "busy reads", "classify", "plan")
 
 
 def measure(n: int) -> dict:
-    body, backend, statuses = synthetic(n)
+    body, backend, statuses, reads = synthetic(n)
     # The scenario's settings, spelt out rather than read from the command (tests/settings.py):
     # importing the command would add its libraries to the peak RSS measured here.
     policy = PolicySettings(max_workers=2 * n, min_workers=0, idle_workers=1, max_surge=10,
@@ -100,7 +118,7 @@ def measure(n: int) -> dict:
     settings, history = ObserveSettings(start_timeout=120, held_after=120), History()
     samples = []
     for _ in range(REPEATS):
-        decided, phases = one_cycle(body, backend, statuses, policy, settings, history)
+        decided, reads, phases = one_cycle(body, backend, statuses, reads, policy, settings, history)
         history = decided.history
         samples.append(phases)
     totals = sorted(samples, key=sum)
@@ -129,7 +147,9 @@ def write_results(rows: list[dict]) -> None:
         )
     write_section("Cycle cost (observe + plan, no network)", [
         f"`python benchmarks/cycle_cost.py` on {machine()}. Median CPU time of {REPEATS} cycles: "
-        "parse the master JSON, join it with the backend listing, classify, plan "
+        "parse the master JSON, join it with the backend listing, choose the "
+        f"{BUSY_READS_PER_CYCLE} busy workers to read and keep the reads of all of them (busy "
+        "reads; the reads themselves are network time), classify, plan "
         "(phases in ms, of the median cycle). Peak RSS of the whole process, interpreter "
         "included.", "", *table,
     ])

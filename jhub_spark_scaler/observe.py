@@ -1,6 +1,9 @@
 """Join what the backend runs with what the master sees, and name each worker's state.
 
-Pure functions: the reconciler does the I/O and hands the answers in.
+Pure functions: the reconciler does the I/O and hands the answers in. Besides the
+retiring workers, whose own /json/ is read every cycle, a few busy workers are read
+each cycle for the page (which apps run where); `pick_reads` chooses them and
+`next_reads` keeps what was read while it can still be true.
 A backend worker and a master entry are the same worker when they share the
 host and (where the backend knows it) the port: every worker has a host of
 its own, because Spark's decommission matches by host.
@@ -8,11 +11,15 @@ its own, because Spark's decommission matches by host.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 from .model import (
     BackendWorker,
+    Executor,
     MasterStatus,
     MasterWorker,
     Snapshot,
@@ -35,6 +42,18 @@ class ObserveSettings:
 
 
 Joined = tuple[list[tuple[BackendWorker, MasterWorker | None]], list[MasterWorker]]
+
+
+#: the busy workers by handle: (ours, or None for a foreign one; the master's entry)
+Busy = dict[str, tuple[BackendWorker | None, MasterWorker]]
+
+
+class ExecutorRead(NamedTuple):
+    """What a busy worker's own /json/ listed when it was last read (or tried)."""
+
+    read_at: float
+    cores_used: int  # the master's cores_used for the worker when it was read
+    executors: tuple[Executor, ...] | None  # None: the read failed, or cores_used changed since
 
 
 def _newest(entries: Iterable[MasterWorker]) -> MasterWorker | None:
@@ -73,6 +92,71 @@ def join(
     return paired, foreign
 
 
+def webui_url(b: BackendWorker | None, m: MasterWorker | None) -> str:
+    """Where a worker's own /json/ is: the backend's address for it, else the master's."""
+    return (b.webui_url if b else "") or (m.webui_address if m else "")
+
+
+def busy_workers(joined: Joined) -> Busy:
+    """The workers the master says are busy (ALIVE, cores used), ours not retiring and foreign:
+    the same test as `classify`'s and `foreign_worker`'s for BUSY. Ours keep `join`'s pairs:
+    no new object per worker each cycle, for the garbage collector to count."""
+    paired, foreign = joined
+    busy: Busy = {}
+    for pair in paired:
+        b, m = pair
+        if m is not None and m.cores_used and m.state == ALIVE and b.running and b.retiring_since is None:
+            busy[b.handle] = pair
+    for m in foreign:
+        if m.cores_used and m.state == ALIVE:
+            busy[foreign_handle(m)] = (None, m)
+    return busy
+
+
+def pick_reads(busy: Busy, reads: Mapping[str, ExecutorRead], budget: int) -> list[str]:
+    """The handles of the busy workers to read this cycle, at most `budget`: first those never
+    read, then those whose cores_used changed since their read (their apps probably did), then
+    the oldest reads. A failed read counts as a read: an unreadable worker starves no other."""
+
+    def rank(handle: str) -> tuple[int, float]:
+        read = reads.get(handle)
+        if read is None:
+            return 0, 0.0
+        return (1 if read.cores_used != busy[handle][1].cores_used else 2), read.read_at
+
+    return heapq.nsmallest(budget, busy, key=rank)  # stable: ties keep the master's order
+
+
+def next_reads(
+    busy: Busy, reads: Mapping[str, ExecutorRead], results: Mapping[str, WorkerStatus | str], now: float,
+) -> dict[str, ExecutorRead]:
+    """The reads to keep after this cycle: one per worker still busy (the gone and idle ones
+    dropped), this cycle's `results` (a worker's /json/ or the error reading it) as read at
+    `now`. A failed read keeps nothing to show; so does an older read once the worker's
+    cores_used has changed, even if it changes back (its apps may have changed meanwhile)."""
+    kept = {}
+    for handle, (_, m) in busy.items():
+        result = results.get(handle)
+        if result is not None:
+            executors = result.executors if isinstance(result, WorkerStatus) else None
+            kept[handle] = ExecutorRead(now, m.cores_used, executors)
+        elif (read := reads.get(handle)) is not None:
+            kept[handle] = read if read.cores_used == m.cores_used else read._replace(executors=None)
+    return kept
+
+
+#: no busy worker's reads (the default of `classify` and `foreign_worker`)
+NO_READS: Mapping[str, ExecutorRead] = MappingProxyType({})
+
+
+def _busy(b: BackendWorker, m: MasterWorker, busy_reads: Mapping[str, ExecutorRead]) -> Worker:
+    """A busy worker, with its last read's executors while its cores_used is as it was then."""
+    read = busy_reads.get(b.handle)
+    if read is None or read.executors is None or read.cores_used != m.cores_used:
+        return Worker(b.handle, b.host, WorkerState.BUSY, b, m)
+    return Worker(b.handle, b.host, WorkerState.BUSY, b, m, read.executors, "", read.read_at)
+
+
 def is_retiring(b: BackendWorker, m: MasterWorker | None) -> bool:
     """A worker whose own /json/ must be read: it is on its way out."""
     return b.retiring_since is not None or (m is not None and m.state == DECOMMISSIONED)
@@ -100,13 +184,14 @@ def _retiring_state(
 
 def classify(
     b: BackendWorker, m: MasterWorker | None, status: WorkerStatus | str | None,
-    now: float, settings: ObserveSettings,
+    now: float, settings: ObserveSettings, busy_reads: Mapping[str, ExecutorRead] = NO_READS,
 ) -> Worker:
-    """The state of one of our workers. `status` is its own /json/ (or the error
-    reading it), needed only when `is_retiring(b, m)`."""
+    """The state of one of our workers. `status` is its own /json/ read at `now` (or the
+    error reading it), needed only when `is_retiring(b, m)`; `busy_reads` the busy workers'
+    last reads (`next_reads`), shown only: the state is the master's."""
     if b.running and m is not None and m.state == ALIVE and b.retiring_since is None:
         # the common case, kept short: it runs for every worker every cycle
-        return Worker(b.handle, b.host, WorkerState.BUSY if m.cores_used else WorkerState.IDLE, b, m)
+        return _busy(b, m, busy_reads) if m.cores_used else Worker(b.handle, b.host, WorkerState.IDLE, b, m)
     if not b.running:
         state, why = WorkerState.LOST, "stopping" if b.stopping else "its process or pod is gone"
     elif m is not None and m.state == DEAD:
@@ -119,16 +204,26 @@ def classify(
         state, why = WorkerState.STARTING, b.problem
     else:  # RECOVERING/UNKNOWN after a master failover: we cannot tell, so protect it
         state, why = WorkerState.BUSY, f"the master reports {m.state}"
-    executors = status.executors if isinstance(status, WorkerStatus) else None
-    return Worker(b.handle, b.host, state, b, m, executors, why)
+    if isinstance(status, WorkerStatus):
+        return Worker(b.handle, b.host, state, b, m, status.executors, why, now)
+    return Worker(b.handle, b.host, state, b, m, None, why)
 
 
-def foreign_worker(m: MasterWorker) -> Worker:
-    if m.state == ALIVE:
-        state = WorkerState.BUSY if m.cores_used else WorkerState.IDLE
-    else:
-        state = WorkerState.DRAINING
-    return Worker(f"master:{m.id}", m.host, state, None, m, None, "not managed by this scaler")
+def foreign_handle(m: MasterWorker) -> str:
+    return f"master:{m.id}"
+
+
+def foreign_worker(m: MasterWorker, busy_reads: Mapping[str, ExecutorRead] = NO_READS) -> Worker:
+    """A worker someone else runs; `busy_reads` as for `classify`."""
+    handle, why = foreign_handle(m), "not managed by this scaler"
+    if m.state != ALIVE:
+        return Worker(handle, m.host, WorkerState.DRAINING, None, m, None, why)
+    if not m.cores_used:
+        return Worker(handle, m.host, WorkerState.IDLE, None, m, None, why)
+    read = busy_reads.get(handle)
+    if read is None or read.executors is None or read.cores_used != m.cores_used:
+        return Worker(handle, m.host, WorkerState.BUSY, None, m, None, why)
+    return Worker(handle, m.host, WorkerState.BUSY, None, m, read.executors, why, read.read_at)
 
 
 def build_snapshot(
@@ -138,15 +233,18 @@ def build_snapshot(
     joined: Joined,
     worker_statuses: Mapping[str, WorkerStatus | str],
     settings: ObserveSettings,
+    busy_reads: Mapping[str, ExecutorRead] | None = None,
     prewarm_credit: int = 0,
     master_error: str = "",
     backend_error: str = "",
 ) -> Snapshot:
     """One cycle's view from `join()`'s result. `worker_statuses` maps a handle
-    to its worker's /json/ (or the error reading it) for the retiring workers."""
+    to its worker's /json/ (or the error reading it) for the retiring workers, read
+    at `now`; `busy_reads` a handle to a busy worker's last read (`next_reads`)."""
     paired, foreign = joined
-    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings) for b, m in paired]
-    workers += [foreign_worker(m) for m in foreign]
+    reads = busy_reads or NO_READS
+    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings, reads) for b, m in paired]
+    workers += [foreign_worker(m, reads) for m in foreign]
     return Snapshot(
         taken_at=now,
         workers=tuple(workers),

@@ -182,6 +182,10 @@ async def test_pause_idle_override_and_xsrf(hub, spark_master):
     assert (await admin.post("idle-target", {"_xsrf": xsrf, "idle_workers": "99"})).status_code == 400
     cleared = (await admin.post("idle-target", {"_xsrf": xsrf, "idle_workers": ""})).json()
     assert cleared["target"]["idle_override"] is None and cleared["target"]["idle_workers"] == 0
+    # the form's "Clear override" button without the page's script: the field's value comes along
+    await admin.post("idle-target", {"_xsrf": xsrf, "idle_workers": "1"})
+    cleared = (await admin.post("idle-target", {"_xsrf": xsrf, "idle_workers": "1", "clear": "1"})).json()
+    assert cleared["target"]["idle_override"] is None
 
     await start_server(app, "alice")
 

@@ -636,7 +636,7 @@ async def test_bad_requests_to_the_service_are_refused_and_change_nothing(hub, s
     viewer = (await hub_api(app, "POST", "users/viewer/tokens", {"note": "no admin scope"}))["token"]
     credentials = [None, "token not-a-token", "Bearer not-a-token", "token", "token " + "x" * 4000,
                    f"token {revoked['token']}", f"token {viewer}"]
-    endpoints = [("GET", "api/pool"), ("POST", "api/pause"), ("POST", "api/resume"),
+    endpoints = [("GET", "api/pool"), ("GET", "api/chart"), ("POST", "api/pause"), ("POST", "api/resume"),
                  ("POST", "api/idle-target"), ("GET", "metrics")]
     for method, path in endpoints:
         for auth in credentials:

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 from jhub_spark_scaler.model import BackendWorker, Executor, MasterWorker, WorkerState, WorkerStatus
-from jhub_spark_scaler.observe import ObserveSettings, build_snapshot, classify, foreign_worker, join
+from jhub_spark_scaler.observe import (
+    ExecutorRead,
+    ObserveSettings,
+    build_snapshot,
+    busy_workers,
+    classify,
+    foreign_worker,
+    join,
+    next_reads,
+    pick_reads,
+    webui_url,
+)
 from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.spark import parse_master, parse_worker
 
@@ -301,3 +312,100 @@ def test_build_snapshot_passes_a_worker_read_error_through():
     (ours,) = [w for w in snapshot.workers if w.ours]
     assert ours.state is S.DRAINING and "HTTP 500" in ours.why
     assert len(snapshot.workers) == 3
+
+
+# -- busy workers' own /json/: which ones to read, what is kept, what is shown ----------------
+
+
+def busy(*workers: str | tuple[str, int]) -> dict:
+    """Busy workers as `busy_workers` gives them, in this order: a handle (1 core used) or
+    (handle, cores used)."""
+    found = {}
+    for i, w in enumerate(workers):
+        handle, cores_used = (w, 1) if isinstance(w, str) else w
+        found[handle] = (bw(handle, f"10.1.0.{i}"), mw(f"10.1.0.{i}", cores_used=cores_used))
+    return found
+
+
+def test_busy_workers_are_those_the_master_calls_busy_ours_and_foreign():
+    entries = [mw(f"10.0.0.{i}", cores_used=c, state=st) for i, (c, st) in enumerate(
+        [(1, "ALIVE"), (0, "ALIVE"), (2, "ALIVE"), (1, "DECOMMISSIONED"), (1, "ALIVE"), (1, "DEAD"),
+         (1, "UNKNOWN"), (3, "ALIVE")])]
+    backend = [bw("busy", "10.0.0.0"), bw("idle", "10.0.0.1"), bw("retiring", "10.0.0.2", retiring_since=1.0),
+               bw("decommissioned", "10.0.0.3"), bw("gone", "10.0.0.4", running=False),
+               bw("dead", "10.0.0.5", created_at=0.0), bw("unknown", "10.0.0.6")]  # 10.0.0.7: foreign
+    joined = join(entries, backend)
+    found = busy_workers(joined)
+    assert found == {"busy": (backend[0], entries[0]), f"master:{entries[7].id}": (None, entries[7])}
+    assert [webui_url(*w) for w in found.values()] == ["http://10.0.0.0:8081", "http://10.0.0.7:8081"]
+    # the same workers classify calls busy, but for the one whose master state is unknown
+    snapshot = build_snapshot(now=1000.0, master=None, joined=joined, worker_statuses={},
+                              settings=SETTINGS)
+    busy_alive = {w.handle for w in snapshot.workers if w.state is S.BUSY and w.master.state == "ALIVE"}
+    assert busy_alive == set(found)
+
+
+def test_pick_reads_never_read_first_then_changed_cores_then_the_oldest_read_within_the_budget():
+    workers = busy("old", ("changed", 2), "new-a", "recent", "new-b", "older")
+    reads = {"old": ExecutorRead(10.0, 1, ()), "changed": ExecutorRead(30.0, 1, ()),
+             "recent": ExecutorRead(40.0, 1, ()), "older": ExecutorRead(5.0, 1, None)}
+    assert pick_reads(workers, reads, 8) == ["new-a", "new-b", "changed", "older", "old", "recent"]
+    assert pick_reads(workers, reads, 3) == ["new-a", "new-b", "changed"]
+    assert pick_reads(workers, reads, 0) == [] and pick_reads({}, reads, 8) == []
+
+
+def test_reads_go_round_every_busy_worker_and_an_unreadable_one_never_starves_the_others():
+    workers = busy(*(f"w{i}" for i in range(5)))
+    reads: dict[str, ExecutorRead] = {}
+    order = []
+    for cycle in range(5):
+        chosen = pick_reads(workers, reads, 2)
+        order.append(chosen)
+        results = {h: "refused" if h == "w0" else executors("app-1") for h in chosen}
+        reads = next_reads(workers, reads, results, float(cycle))
+    # the least recently read first, ties in the master's order
+    assert order == [["w0", "w1"], ["w2", "w3"], ["w4", "w0"], ["w1", "w2"], ["w3", "w0"]]
+    assert reads["w0"] == ExecutorRead(4.0, 1, None), "a failed read keeps nothing to show"
+    assert reads["w4"].executors == executors("app-1").executors
+
+
+def test_next_reads_drops_workers_no_longer_busy_and_stale_reads_for_good():
+    reads = {"gone": ExecutorRead(1.0, 1, ()), "same": ExecutorRead(2.0, 1, executors("a").executors),
+             "changed": ExecutorRead(3.0, 1, executors("b").executors)}
+    kept = next_reads(busy("same", ("changed", 2), "read"), reads,
+                      {"read": executors("c")}, 9.0)
+    assert kept == {"same": reads["same"], "changed": ExecutorRead(3.0, 1, None),
+                    "read": ExecutorRead(9.0, 1, executors("c").executors)}
+    # back to the cores it had when read: its apps may have changed meanwhile, still nothing shown
+    assert next_reads(busy("changed"), kept, {}, 10.0) == {"changed": ExecutorRead(3.0, 1, None)}
+
+
+def test_a_busy_workers_read_is_shown_while_its_cores_used_holds_and_changes_no_state():
+    backend = [bw("ours", "10.0.0.1"), bw("stale", "10.0.0.2"), bw("failed", "10.0.0.3"),
+               bw("now-idle", "10.0.0.4")]
+    entries = [mw("10.0.0.1", cores_used=2), mw("10.0.0.2", cores_used=2), mw("10.0.0.3", cores_used=1),
+               mw("10.0.0.4"), mw("10.0.0.9", cores_used=1)]
+    foreign = f"master:{entries[4].id}"
+    apps = executors("app-1", "app-2").executors
+    reads = {"ours": ExecutorRead(900.0, 2, apps), "stale": ExecutorRead(900.0, 1, apps),
+             "failed": ExecutorRead(900.0, 1, None), "now-idle": ExecutorRead(900.0, 1, apps),
+             foreign: ExecutorRead(950.0, 1, apps)}
+    joined = join(entries, backend)
+    status = master("04_master_app1_running.json")
+    unread = build_snapshot(now=1000.0, master=status, joined=joined, worker_statuses={}, settings=SETTINGS)
+    read = build_snapshot(now=1000.0, master=status, joined=joined, worker_statuses={}, settings=SETTINGS,
+                          busy_reads=reads)
+    shown = {w.handle: (w.executors, w.executors_read_at) for w in read.workers}
+    assert shown == {"ours": (apps, 900.0), "stale": (None, None), "failed": (None, None),
+                     "now-idle": (None, None), foreign: (apps, 950.0)}
+    assert [w._replace(executors=None, executors_read_at=None) for w in read.workers] == list(unread.workers)
+    policy = make_policy(max_workers=10, idle_workers=1, count_foreign_workers=True)
+    assert plan(read, policy, History()) == plan(unread, policy, History()), "shown only, never planned on"
+
+
+def test_a_retiring_workers_read_carries_the_cycles_time():
+    b = bw("l1", "10.0.0.1", retiring_since=1000.0)
+    w = classify(b, mw("10.0.0.1", state="DECOMMISSIONED"), executors("app-1"), 1010.0, SETTINGS)
+    assert (w.state, w.executors_read_at) == (S.DRAINING, 1010.0)
+    failed = classify(b, mw("10.0.0.1", state="DECOMMISSIONED"), READ_ERROR, 1010.0, SETTINGS)
+    assert (failed.executors, failed.executors_read_at) == (None, None)

@@ -12,10 +12,18 @@ import logging
 
 import pytest
 
+from jhub_spark_scaler import reconciler
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends import Backend, BackendError
 from jhub_spark_scaler.metrics import ScalerMetrics
-from jhub_spark_scaler.model import BackendWorker, MasterStatus, MasterWorker, WorkerState, WorkerStatus
+from jhub_spark_scaler.model import (
+    BackendWorker,
+    Executor,
+    MasterStatus,
+    MasterWorker,
+    WorkerState,
+    WorkerStatus,
+)
 from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Action, CycleReport, Reconciler
 from jhub_spark_scaler.spark import SparkError
@@ -37,6 +45,10 @@ class FakeSpark:
         self.error: BaseException | None = None
         self.worker_error: BaseException | None = None
         self.entries: dict[str, MasterWorker] = {}
+        self.executors: dict[str, tuple[Executor, ...]] = {}  # by web UI address; none unless set
+        self.worker_errors: dict[str, BaseException] = {}  # by web UI address
+        self.delays: dict[str, float] = {}  # seconds before a worker answers, by web UI address
+        self.reads: list[str] = []  # the web UI addresses read, in order
 
     async def master(self) -> MasterStatus:
         if self.error is not None:
@@ -44,9 +56,12 @@ class FakeSpark:
         return MasterStatus("spark://master.invalid:7077", "ALIVE", tuple(self.entries.values()), ())
 
     async def worker(self, webui_url: str) -> WorkerStatus:
-        if self.worker_error is not None:
-            raise self.worker_error
-        return WorkerStatus("w", ())
+        self.reads.append(webui_url)
+        await asyncio.sleep(self.delays.get(webui_url, 0))
+        error = self.worker_errors.get(webui_url, self.worker_error)
+        if error is not None:
+            raise error
+        return WorkerStatus("w", self.executors.get(webui_url, ()))
 
     async def decommission_host(self, host: str) -> None:
         pass
@@ -312,3 +327,107 @@ async def test_the_apps_metrics_count_what_the_reports_carry(scaler):
                  "spark_scaler_workers_stopped_total 1.0", 'spark_scaler_errors_total{kind="action"} 1.0',
                  "spark_scaler_cycle_duration_seconds_count 4.0"):
         assert line in body.splitlines(), line
+
+
+# -- busy workers' own /json/: a few each cycle, for the page only ----------------------------
+
+
+def shown(r: Reconciler) -> dict[str, tuple]:
+    """handle -> (state, the apps read on it, when), of the last snapshot."""
+    return {w.handle: (w.state, tuple(e.app_id for e in w.executors) if w.executors is not None else None,
+                       w.executors_read_at) for w in r.last_snapshot.workers}
+
+
+def set_cores(spark: FakeSpark, b: BackendWorker, cores_used: int) -> None:
+    spark.entries[b.handle] = spark.entries[b.handle]._replace(cores_used=cores_used)
+
+
+async def test_a_few_busy_workers_are_read_each_cycle_and_every_retiring_one_every_cycle(scaler, monkeypatch):
+    r, backend, spark, reports = scaler
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 2)
+    busy = [backend.add(busy=True) for _ in range(5)]
+    retiring = backend.add()
+    await backend.decommission(retiring)
+    spark.executors[retiring.webui_url] = (Executor("app-held", 0, "held"),)  # it stays, held
+    for i, b in enumerate(busy):
+        spark.executors[b.webui_url] = (Executor(f"app-{i}", 0, "x"),)
+    read_at = {}
+    for cycle in range(3):
+        spark.reads.clear()
+        await r.cycle()
+        now = r.last_snapshot.taken_at
+        assert spark.reads.count(retiring.webui_url) == 1 and len(spark.reads) == 1 + 2
+        assert shown(r)[retiring.handle] == (WorkerState.HELD, ("app-held",), now)
+        read_at.update({b.handle: now for b in busy if b.webui_url in spark.reads})
+    assert len(read_at) == 5, "every busy worker read within 3 cycles of 2 reads"
+    assert {h: s for h, s in shown(r).items() if h != retiring.handle} == {
+        b.handle: (WorkerState.BUSY, (f"app-{i}",), read_at[b.handle]) for i, b in enumerate(busy)}
+    assert not r.last_plan.retire and not r.last_plan.stop
+
+    # a worker whose cores change is read next: its old read is not shown meanwhile
+    set_cores(spark, busy[3], 2)
+    spark.executors[busy[3].webui_url] += (Executor("app-new", 1, "y"),)
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 0)
+    await r.cycle()
+    assert shown(r)[busy[3].handle] == (WorkerState.BUSY, None, None)
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 1)
+    spark.reads.clear()
+    await r.cycle()
+    assert spark.reads == [retiring.webui_url, busy[3].webui_url]
+    assert shown(r)[busy[3].handle] == (WorkerState.BUSY, ("app-3", "app-new"), r.last_snapshot.taken_at)
+
+
+async def test_a_busy_worker_that_cannot_be_read_shows_unread_and_the_cycle_goes_on(
+    scaler, caplog, monkeypatch
+):
+    r, backend, spark, reports = scaler
+    r.pause(by="test")  # observe and plan only: the pool stays as set here
+    b = backend.add(busy=True)
+    spark.executors[b.webui_url] = (Executor("app-1", 0, "x"),)
+    await r.cycle()
+    first = r.last_snapshot.taken_at
+    assert shown(r)[b.handle] == (WorkerState.BUSY, ("app-1",), first)
+
+    # kept, not read again, while the worker stays busy with the same cores; also through blindness
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 0)
+    backend.list_error = BackendError("the pod cache is not ready")
+    await r.cycle()
+    backend.list_error = None
+    await r.cycle()
+    assert shown(r)[b.handle] == (WorkerState.BUSY, ("app-1",), first)
+
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 8)
+    spark.worker_errors[b.webui_url] = SparkError(f"cannot reach Spark worker at {b.webui_url}: refused")
+    await r.cycle()
+    assert shown(r)[b.handle] == (WorkerState.BUSY, None, None), "no older read is kept"
+    spark.worker_errors[b.webui_url] = KeyError("executors")  # a bug: loud, and nothing else changes
+    await r.cycle()
+    assert shown(r)[b.handle] == (WorkerState.BUSY, None, None) and not r.last_snapshot.blind
+    (logged,) = tracebacks(caplog)
+    assert logged.getMessage() == "bug reading worker w1: KeyError: 'executors'"
+    assert actions(r) == [Action.PAUSE, Action.BLIND, Action.SEEING], "only the backend's blindness"
+
+    set_cores(spark, b, 0)  # idle: its read is dropped for good
+    await r.cycle()
+    set_cores(spark, b, 1)
+    monkeypatch.setattr(reconciler, "BUSY_READS_PER_CYCLE", 0)
+    await r.cycle()
+    assert shown(r)[b.handle] == (WorkerState.BUSY, None, None)
+
+
+async def test_a_busy_worker_that_does_not_answer_delays_a_cycle_by_at_most_the_busy_read_timeout(
+    scaler, monkeypatch
+):
+    r, backend, spark, reports = scaler
+    monkeypatch.setattr(reconciler, "BUSY_READ_TIMEOUT", 0.2)
+    r.pause(by="test")
+    silent, retiring = backend.add(busy=True), backend.add()
+    await backend.decommission(retiring)
+    spark.delays[silent.webui_url] = 5.0  # what a cycle would wait without the busy read timeout
+    spark.delays[retiring.webui_url] = 0.5  # slower than a busy read may be: still waited for
+    spark.executors[retiring.webui_url] = (Executor("app-1", 0, "x"),)
+    await r.cycle()
+    assert 0.5 <= reports[-1].duration < 1.5
+    assert shown(r) == {silent.handle: (WorkerState.BUSY, None, None),
+                        retiring.handle: (WorkerState.HELD, ("app-1",), r.last_snapshot.taken_at)}
+    assert not r.last_snapshot.blind and not reports[-1].errors

@@ -202,7 +202,7 @@ def test_without_configure_the_class_section_would_replace_the_spawner_hook():
 
 READER, OPERATOR, NOBODY = "reader", "operator", "nobody"
 SCRAPER_TOKEN = "scraper-" + "3" * 32
-GETS = ("", "api/pool", "metrics")
+GETS = ("", "api/pool", "api/chart", "metrics")
 POSTS = ("api/pause", "api/resume", "api/idle-target")
 
 

@@ -106,8 +106,8 @@ def test_apps_text_says_where_a_workers_apps_come_from():
     )
     rows = {w["handle"]: w for w in view(pool)["workers"]}
     expected = {
-        "w-read": ("worker", "name-app-1, name-app-2 (worker, 12 s ago)", ["alice", "bob"]),
-        "w-empty": ("worker", "none (worker, 5 s ago)", []),
+        "w-read": ("worker", "name-app-1, name-app-2 (worker, read 00:16:28 UTC)", ["alice", "bob"]),
+        "w-empty": ("worker", "none (worker, read 00:16:35 UTC)", []),
         "w-idle": ("master", "none (master: 0 cores used)", []),
         "w-start": ("master", "none (not registered at the master)", []),
         "w-busy": ("unread", "not read: one or more of 2 apps holding cores", []),

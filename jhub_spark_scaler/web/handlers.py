@@ -264,7 +264,10 @@ class IdleTargetHandler(AdminHandler):
         self.acted()
 
     def idle_argument(self) -> str:
-        """`idle_workers` from a form, a query or a JSON body; "" when absent (clear)."""
+        """`idle_workers` from a form, a query or a JSON body; "" when absent, or when the form's
+        "Clear override" button (`clear`) sent it (without a script the field's value comes too)."""
+        if self.get_argument("clear", ""):
+            return ""
         if self.request.headers.get("Content-Type", "").startswith("application/json") and self.request.body:
             document = json_object(self.request.body, like='{"idle_workers": 2}')
             value = document.get("idle_workers")

@@ -14,6 +14,7 @@ apps are:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from ..model import MasterApp, Worker
@@ -33,12 +34,15 @@ def _app(app_id: str, name: str, listed: Mapping[str, MasterApp]) -> dict[str, s
             "user": known.user if known else ""}
 
 
+def _clock(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%H:%M:%S")
+
+
 def _names(apps: Sequence[dict[str, Any]]) -> str:
     return ", ".join(a["name"] for a in apps) if apps else "none"
 
 
-def place(w: Worker, *, listed: Mapping[str, MasterApp], holding: Sequence[MasterApp],
-          now: float) -> Placement:
+def place(w: Worker, *, listed: Mapping[str, MasterApp], holding: Sequence[MasterApp]) -> Placement:
     """Worker `w`'s apps. `listed`: the master's apps by id; `holding`: those granted cores."""
     if w.executors is not None:
         seen: dict[str, str] = {}
@@ -46,7 +50,9 @@ def place(w: Worker, *, listed: Mapping[str, MasterApp], holding: Sequence[Maste
             seen.setdefault(e.app_id, e.app_name)
         apps = [_app(app_id, name, listed) for app_id, name in sorted(seen.items())]
         read_at = w.executors_read_at
-        when = "worker" if read_at is None else f"worker, {max(0, round(now - read_at))} s ago"
+        # the time of the read, not its age: a text that changed every second would rewrite
+        # every read row of the page on each refresh
+        when = "worker" if read_at is None else f"worker, read {_clock(read_at)} UTC"
         return Placement(apps, "worker", read_at, f"{_names(apps)} ({when})")
     m = w.master
     if m is None:

@@ -61,7 +61,7 @@ def _status(snapshot: Snapshot | None, paused: bool) -> tuple[str, str]:
 def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterApp],
             idle_since: Mapping[str, float], now: float) -> dict[str, Any]:
     m = w.master
-    placed = place(w, listed=listed, holding=holding, now=now)
+    placed = place(w, listed=listed, holding=holding)
     since = idle_since.get(w.handle)
     return {
         "key": w.handle,
