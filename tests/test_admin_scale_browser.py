@@ -7,8 +7,10 @@ hub's real stylesheet, in a subprocess; the pool is tests/synthetic_pool.py's (2
 auth (every request is an admin; the real OAuth is tests/test_admin_browser.py's, on a real hub)
 and the reconciler (never cycles: the synthetic pool is its last snapshot, plan and decisions).
 
-With UPDATE_DOCS_SCREENSHOT=1 the 1280x900 screenshot of the top of the page (the problems
-strip and the workers table) also goes to docs/admin-page-fleet.png.
+With UPDATE_DOCS_SCREENSHOT=1 two 1280x900 screenshots also go to docs/: admin-page-fleet.png,
+the top of the page as it loads (the problems strip, status, counts, chart; the workers table
+starts below, about 1,100 px down), and admin-page-fleet-held.png, after a click on the strip's
+held badge (the filters and the workers table showing only the held workers, in red).
 """
 
 from __future__ import annotations
