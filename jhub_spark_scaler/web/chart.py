@@ -29,7 +29,7 @@ COLOURS = {
 }
 TEXT, GRID, AXIS = "#333333", "#e2e2e2", "#888888"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif" font-size="11"'
-LEFT, RIGHT, TOP = 44, 12, 14
+LEFT, RIGHT, TOP = 50, 12, 14  # LEFT: room for four-digit ticks beside the axis label
 ROW = 15  # one line of text
 CHAR = 6.6  # rough width of one character at 11 px, for the legend's layout
 TITLE = "Spark workers by state"
@@ -164,7 +164,7 @@ def _axes(x0, x1, y0, plot_h, ymax, y, minutes) -> list[str]:
         parts.append(_text(xx, y0 + ROW, str(ago), anchor))
     parts.append(_text((x0 + x1) / 2, y0 + 2 * ROW, "minutes ago", "middle"))
     cy = TOP + plot_h / 2
-    parts.append(_text(12, cy, "workers", "middle", f' transform="rotate(-90 12 {cy:.1f})"'))
+    parts.append(_text(10, cy, "workers", "middle", f' transform="rotate(-90 10 {cy:.1f})"'))
     return parts
 
 

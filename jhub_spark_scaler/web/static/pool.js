@@ -52,7 +52,7 @@
     },
     users: {
       servers: function (r) {
-        var names = r.server_names.map(function (n) { return n || "(default)"; });
+        var names = r.server_names.map(function (n) { return n || "default"; });
         return r.servers + (names.length ? " (" + names.join(", ") + ")" : "");
       }
     },
