@@ -114,7 +114,8 @@ def measure(n: int) -> dict:
     # The scenario's settings, spelt out rather than read from the command (tests/settings.py):
     # importing the command would add its libraries to the peak RSS measured here.
     policy = PolicySettings(max_workers=2 * n, min_workers=0, idle_workers=1, max_surge=10,
-                            scale_down_delay=60, unschedulable_backoff=120, count_foreign_workers=False)
+                            scale_down_delay=60, unschedulable_backoff=120, count_foreign_workers=False,
+                            drain_timeout=0)
     settings, history = ObserveSettings(start_timeout=120, held_after=120), History()
     samples = []
     for _ in range(REPEATS):

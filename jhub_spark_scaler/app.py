@@ -100,7 +100,13 @@ class SparkScalerApp(Application):
     held_after = Float(
         120.0,
         help="Seconds after decommission that a worker still running executors is shown as held "
-        "(its app does not release them; the scaler keeps waiting).",
+        "(its app does not release them; the scaler keeps waiting, up to drain_timeout if set).",
+    ).tag(config=True)
+    drain_timeout = Float(
+        0.0,
+        help="Seconds after decommission that a draining or held worker is stopped anyway, its apps' "
+        "executors on it lost (like Dataproc's gracefulDecommissionTimeout). 0 (off): wait for as long "
+        "as the executors stay; no worker is ever taken from a running app.",
     ).tag(config=True)
     count_foreign_workers = Bool(
         False,
@@ -188,7 +194,8 @@ class SparkScalerApp(Application):
     _validate_min_workers = validate("min_workers", "idle_workers",
                                      "prewarm_workers_per_server")(at_least(0))
     _validate_max_surge = validate("max_surge")(at_least(1))
-    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after")(at_least(0))
+    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after",
+                                "drain_timeout")(at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(at_least(0.05))
     _validate_exit_timeout = validate("exit_timeout")(at_least(0))
     _validate_windows = validate("prewarm_window", "hub_stale_after")(at_least(0))
@@ -278,6 +285,7 @@ class SparkScalerApp(Application):
             scale_down_delay=self.scale_down_delay,
             unschedulable_backoff=self.start_timeout,
             count_foreign_workers=self.count_foreign_workers,
+            drain_timeout=self.drain_timeout,
         )
 
     def start(self):

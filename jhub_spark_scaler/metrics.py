@@ -17,6 +17,7 @@ Exported (with the default namespace `spark_scaler`):
     spark_scaler_workers_started_total               counter
     spark_scaler_workers_retired_total               counter, workers decommissioned
     spark_scaler_workers_stopped_total               counter
+    spark_scaler_workers_stopped_by_drain_timeout_total  counter, draining or held workers stopped anyway
     spark_scaler_errors_total{kind}                  counter, kind = master, backend, hub, action
     spark_scaler_cycle_duration_seconds              histogram, one observe-plan-act pass
     spark_scaler_decommission_to_stop_seconds        histogram, retiring_since to stop, per worker
@@ -81,6 +82,11 @@ class ScalerMetrics:
         self.stopped = Counter(
             "workers_stopped", "Workers stopped: drained, lost, unschedulable or surplus.", **common
         )
+        self.stopped_by_drain_timeout = Counter(
+            "workers_stopped_by_drain_timeout",
+            "Draining or held workers stopped anyway after drain_timeout; their apps lost executors on them.",
+            **common,
+        )
         self.errors = Counter(
             "errors",
             "Cycles in which the master, the backend or the hub (its last poll) could not be read, "
@@ -123,7 +129,8 @@ class ScalerMetrics:
         `started` / `retired`: workers actually started / decommissioned this cycle.
         `stopped`: handles of the workers actually stopped; those with a
         `retiring_since` in `snapshot` feed the decommission-to-stop histogram,
-        measured up to `now` (default `snapshot.taken_at`).
+        measured up to `now` (default `snapshot.taken_at`); those `plan` stopped for
+        drain_timeout (`Plan.timed_out`) are counted apart too.
         `action_errors`: failed start / retire / stop calls.
         `hub_healthy`: `HubActivity.healthy`; None when no hub is configured (the
         hub reachability series is then not exported).
@@ -155,6 +162,8 @@ class ScalerMetrics:
             self.retired.inc(retired)
         if stopped:
             self.stopped.inc(len(stopped))
+            timed_out = set(plan.timed_out)
+            self.stopped_by_drain_timeout.inc(sum(1 for handle in stopped if handle in timed_out))
         end = snapshot.taken_at if now is None else now
         for handle in stopped:
             since = retiring_since.get(handle)

@@ -14,6 +14,11 @@ the master by someone else ("foreign") count as demand and capacity only with
 worker (Spark's RPC has no authentication), and fake idle ones would shrink the
 pool. Without it, busy counts our workers only and foreign capacity is 0.
 
+A retiring worker is waited on for as long as its executors stay, unless the admin set
+`drain_timeout`: a draining or held worker of ours retiring for that long is stopped
+anyway, and its apps lose their executors on it (the one exception to never taking a
+worker from a running app; off, 0, by default).
+
 A `Plan` says why as data: a reason per worker it stops or retires
 (`Plan.why`, by handle) and notes on the pool as a whole (`Plan.notes`).
 `explain(plan)` and `describe(item)` are the only place those become words,
@@ -45,6 +50,8 @@ class PolicySettings:
     unschedulable_backoff: float
     #: workers of others at the master count as demand (busy) and capacity (busy or idle)
     count_foreign_workers: bool
+    #: seconds a draining or held worker of ours is waited on before it is stopped anyway; 0: forever
+    drain_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,18 @@ class StopForState:
 
 
 @dataclass(frozen=True, slots=True)
+class StopDrainTimeout:
+    """A draining or held worker stopped anyway: it has been retiring for drain_timeout."""
+
+    handle: str
+    state: WorkerState  # draining or held
+    waited: float  # seconds since its decommission
+    drain_timeout: float
+    #: the apps with executors on it (they lose them), None: unknown (its own /json/ is unread)
+    apps: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class StopNeverRegistered:
     """Surplus: a worker that never registered, stopped rather than retired."""
 
@@ -100,7 +119,7 @@ class RetireIdle:
     idle_for: float  # seconds
 
 
-WorkerReason = Union[StopForState, StopNeverRegistered, RetireIdle]
+WorkerReason = Union[StopForState, StopDrainTimeout, StopNeverRegistered, RetireIdle]
 
 
 # -- why: the pool ----------------------------------------------------------------
@@ -160,7 +179,7 @@ class Plan:
     demand: Demand
     start: int
     retire: tuple[str, ...]  # handles to decommission (they drain, then get stopped)
-    stop: tuple[str, ...]  # handles to stop now: drained, lost, unschedulable, unregistered surplus
+    stop: tuple[str, ...]  # stop now: drained, lost, unschedulable, past drain_timeout, unregistered surplus
     notes: tuple[Note, ...]  # the TargetNote first
     why: Mapping[str, WorkerReason]  # a reason for each handle in `retire` and `stop`
     history: History
@@ -168,6 +187,11 @@ class Plan:
     @property
     def acts(self) -> bool:
         return bool(self.start or self.retire or self.stop)
+
+    @property
+    def timed_out(self) -> tuple[str, ...]:
+        """The handles in `stop` stopped because of drain_timeout."""
+        return tuple(h for h in self.stop if isinstance(self.why[h], StopDrainTimeout))
 
 
 def describe(item: Note | WorkerReason) -> str:
@@ -194,6 +218,13 @@ def describe(item: Note | WorkerReason) -> str:
             return f"surplus of {surplus} for {waited:.0f} s of {delay:.0f} s scale_down_delay: waiting"
         case StopForState(handle, state, detail):
             return f"stopping {handle}: {state.value}" + (f" ({detail})" if detail else "")
+        case StopDrainTimeout(handle, state, waited, timeout, apps):
+            if apps is None:
+                losing = "its executors are unknown (the worker cannot be read)"
+            else:
+                losing = f"{', '.join(apps)} lose executors" if apps else "no executors on it"
+            return (f"stopping {handle}: {state.value} {waited:.0f} s, over drain_timeout "
+                    f"{timeout:.0f} s; {losing}")
         case StopNeverRegistered(handle):
             return f"stopping {handle}: surplus, never registered"
         case RetireIdle(handle, idle_for):
@@ -226,6 +257,21 @@ def demand(snapshot: Snapshot, settings: PolicySettings) -> Demand:
     wanted = busy + waiting + idle + credit - foreign
     target = min(max(wanted, settings.min_workers), settings.max_workers)
     return Demand(busy, waiting, idle, credit, foreign, wanted, target)
+
+
+def _timed_out(ours: list[Worker], *, now: float, drain_timeout: float) -> dict[str, StopDrainTimeout]:
+    """Our draining or held workers retiring for drain_timeout or longer (none when it is 0).
+    Only those this scaler decommissioned: since when another one has been, nothing says."""
+    if not drain_timeout:
+        return {}
+    why = {}
+    for w in ours:
+        since = w.backend.retiring_since
+        if (w.state in (WorkerState.DRAINING, WorkerState.HELD) and since is not None
+                and not w.backend.stopping and now - since >= drain_timeout):
+            apps = None if w.executors is None else tuple(sorted({e.app_id for e in w.executors}))
+            why[w.handle] = StopDrainTimeout(w.handle, w.state, now - since, drain_timeout, apps)
+    return why
 
 
 def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> list[Worker]:
@@ -299,6 +345,9 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
     )
     stop = [w for w in ours if w.state in STOP_STATES and not w.backend.stopping]
     why: dict[str, WorkerReason] = {w.handle: StopForState(w.handle, w.state, w.why) for w in stop}
+    timed_out = _timed_out(ours, now=now, drain_timeout=settings.drain_timeout)
+    stop += [w for w in ours if w.handle in timed_out]
+    why.update(timed_out)
     paused_until = history.scale_up_paused_until
     if any(w.state is WorkerState.UNSCHEDULABLE for w in stop):
         paused_until = now + settings.unschedulable_backoff

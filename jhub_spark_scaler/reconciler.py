@@ -3,6 +3,9 @@
     idle --decommission--> draining --(worker's own executors empty)--> drained --stop--> gone
                                  \\--(executors stay: app without decommission)--> held (waited on)
 
+With `drain_timeout` set, a draining or held worker retiring for that long is stopped anyway
+(a "drain-timeout" decision naming the apps that lose executors, and a warning logged).
+
 No state of its own survives a restart: the backend persists which workers are
 retiring, the master and workers say the rest, so a new process resumes drains.
 
@@ -21,7 +24,8 @@ recorded and a warning logged when it begins):
   `BackendError` (the pod cache does), so this module knows no platform.
 
 A retiring worker whose own /json/ cannot be read (`SparkError`) stays
-draining: it is never stopped while its executors are unknown.
+draining: it is never stopped while its executors are unknown, unless drain_timeout
+is set and has passed.
 
 A few busy workers' own /json/ are read each cycle too (`BUSY_READS_PER_CYCLE`),
 for the page only: which apps run where. Their state stays the master's and the
@@ -102,6 +106,8 @@ class Action(str, enum.Enum):
     START = "start"
     RETIRE = "retire"
     STOP = "stop"
+    #: a draining or held worker stopped anyway after drain_timeout: its apps lose executors
+    DRAIN_TIMEOUT = "drain-timeout"
     REDECOMMISSION = "redecommission"  # a decommission resent; only its failures are recorded
     BLIND = "blind"
     SEEING = "seeing"
@@ -138,7 +144,7 @@ class CycleReport:
     decisions: tuple[Decision, ...]  # recorded during the pass
     started: tuple[str, ...] = ()  # handles of the workers started
     retired: tuple[str, ...] = ()  # handles decommissioned (resends not counted)
-    stopped: tuple[str, ...] = ()  # handles stopped
+    stopped: tuple[str, ...] = ()  # handles stopped, drain_timeout's included
     errors: tuple[Decision, ...] = ()  # failed actions
 
 
@@ -206,7 +212,8 @@ class Reconciler:
 
         return CycleReport(
             snapshot, decided, duration, tuple(self._pass),
-            started=handles(Action.START), retired=handles(Action.RETIRE), stopped=handles(Action.STOP),
+            started=handles(Action.START), retired=handles(Action.RETIRE),
+            stopped=handles(Action.STOP) + handles(Action.DRAIN_TIMEOUT),
             errors=tuple(d for d in self._pass if d.action is Action.ERROR),
         )
 
@@ -340,8 +347,13 @@ class Reconciler:
         if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}
-        await self._each(Action.STOP, decided.stop, lambda h: self.backend.stop(by_handle[h].backend),
-                         decided)
+        timed_out = decided.timed_out
+        await asyncio.gather(
+            self._each(Action.STOP, [h for h in decided.stop if h not in timed_out],
+                       lambda h: self.backend.stop(by_handle[h].backend), decided),
+            self._each(Action.DRAIN_TIMEOUT, timed_out, lambda h: self.backend.stop(by_handle[h].backend),
+                       decided),
+        )
         await self._each(Action.RETIRE, decided.retire, lambda h: self._decommission(by_handle[h].backend),
                          decided)
         # A retiring worker the master still calls ALIVE never got (or lost) its
@@ -384,6 +396,9 @@ class Reconciler:
                 self.record(Action.ERROR, f"{action.value} {handle} failed: {e}", handles=(handle,))
             else:
                 if decided is not None:
-                    self.record(action, handle, (describe(decided.why[handle]),), (handle,))
+                    reason = describe(decided.why[handle])
+                    self.record(action, handle, (reason,), (handle,))
+                    if action is Action.DRAIN_TIMEOUT:  # apps lost executors: the admin's to know
+                        self.log.warning("%s", reason)
 
         await asyncio.gather(*(one(h) for h in handles))

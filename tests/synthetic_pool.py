@@ -50,10 +50,12 @@ WAITING_APPS = 0.03  # of the apps, granted no cores yet
 
 
 def policy_settings(workers: int) -> PolicySettings:
-    return PolicySettings(
-        max_workers=workers, min_workers=0, idle_workers=20, max_surge=10, scale_down_delay=300.0,
-        unschedulable_backoff=60.0, count_foreign_workers=False,
-    )
+    """The pool's policy; drain_timeout (off) is set where the checkout under test has it."""
+    values = {"max_workers": workers, "min_workers": 0, "idle_workers": 20, "max_surge": 10,
+              "scale_down_delay": 300.0, "unschedulable_backoff": 60.0, "count_foreign_workers": False}
+    if "drain_timeout" in {f.name for f in dataclasses.fields(PolicySettings)}:
+        values["drain_timeout"] = 0.0
+    return PolicySettings(**values)
 
 
 def make_decision(*, seq: int, at: float, action: Action, detail: str, reasons: tuple[str, ...],

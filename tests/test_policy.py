@@ -15,6 +15,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from jhub_spark_scaler.model import (
     CAPACITY_STATES,
     BackendWorker,
+    Executor,
     MasterApp,
     MasterWorker,
     Snapshot,
@@ -31,6 +32,7 @@ from jhub_spark_scaler.policy import (
     RetireIdle,
     ScaleUpPausedNote,
     StartingNote,
+    StopDrainTimeout,
     StopForState,
     StopNeverRegistered,
     TargetNote,
@@ -52,10 +54,12 @@ PROTECTED_STATES = frozenset({S.BUSY, S.DRAINING, S.HELD})
 
 
 def worker(handle: str, state: WorkerState, *, created_at: float = 0.0, ours: bool = True,
-           why: str = "", cores_used: int | None = None) -> Worker:
+           why: str = "", cores_used: int | None = None, retiring_since: float | None = None,
+           executors: tuple[Executor, ...] | None = None) -> Worker:
     """One worker; a foreign one (ours=False) has no backend side."""
     host = f"host-{handle}"
-    backend = BackendWorker(handle=handle, host=host, created_at=created_at) if ours else None
+    backend = (BackendWorker(handle=handle, host=host, created_at=created_at, retiring_since=retiring_since)
+               if ours else None)
     master = None
     if state is not S.STARTING and state is not S.UNSCHEDULABLE:
         used = (1 if state is S.BUSY else 0) if cores_used is None else cores_used
@@ -63,7 +67,7 @@ def worker(handle: str, state: WorkerState, *, created_at: float = 0.0, ours: bo
             id=f"worker-20261125000000-{host}-7078", host=host, port=7078, webui_address="",
             cores=2, cores_used=used, memory=1024, memory_used=0, state="ALIVE", last_heartbeat=0,
         )
-    return Worker(handle if ours else f"master:{handle}", host, state, backend, master, None, why)
+    return Worker(handle if ours else f"master:{handle}", host, state, backend, master, executors, why)
 
 
 def app(app_id: str, cores: int) -> MasterApp:
@@ -379,6 +383,77 @@ def test_pool_notes_are_data():
     assert explain(blind)[1] == "blind, changing nothing: master down"
 
 
+# -- drain_timeout: the admin's exception to waiting on running apps ----------------------
+
+DRAIN_TIMEOUT = 900.0
+
+
+def retiring(handle: str, state: WorkerState, *, since: float, apps: tuple[str, ...] | None = ()) -> Worker:
+    """A worker of ours decommissioned at `since`, with an executor of each app (None: unread)."""
+    executors = None if apps is None else tuple(Executor(a, i, f"name-{a}") for i, a in enumerate(apps))
+    return worker(handle, state, retiring_since=since, executors=executors)
+
+
+def test_drain_timeout_is_off_by_default_and_a_held_worker_is_waited_on_for_ever():
+    pol = make_policy(idle_workers=0)
+    assert pol.drain_timeout == 0
+    p = plan(snap(retiring("h", S.HELD, since=0.0, apps=("app-1",)), at=1_000_000.0), pol, History())
+    assert not p.acts and p.timed_out == ()
+
+
+def test_draining_under_the_timeout_waits_and_over_it_is_stopped_naming_the_apps():
+    pol = make_policy(idle_workers=0, drain_timeout=DRAIN_TIMEOUT)
+    w = retiring("spark-worker-3", S.DRAINING, since=100.0, apps=("app-2", "app-1", "app-2"))
+    assert not plan(snap(w, at=100.0 + DRAIN_TIMEOUT - 1), pol, History()).acts
+    p = plan(snap(w, at=100.0 + DRAIN_TIMEOUT), pol, History())
+    assert p.stop == p.timed_out == ("spark-worker-3",) and not p.retire and not p.start
+    assert p.why["spark-worker-3"] == StopDrainTimeout("spark-worker-3", S.DRAINING, DRAIN_TIMEOUT,
+                                                       DRAIN_TIMEOUT, ("app-1", "app-2"))
+    assert explain(p)[1] == ("stopping spark-worker-3: draining 900 s, over drain_timeout 900 s; "
+                             "app-1, app-2 lose executors")
+
+
+def test_a_held_worker_over_the_timeout_is_stopped_and_the_others_are_not():
+    pol = make_policy(drain_timeout=60.0)
+    pool = (retiring("held", S.HELD, since=0.0, apps=("app-1",)),
+            retiring("unread", S.DRAINING, since=0.0, apps=None),
+            retiring("empty", S.DRAINING, since=0.0),
+            retiring("young", S.HELD, since=950.0, apps=("app-1",)),
+            worker("external", S.HELD),  # decommissioned by someone else: since when is unknown
+            worker("busy", S.BUSY, retiring_since=0.0), worker("idle", S.IDLE), worker("b2", S.BUSY),
+            worker("f", S.HELD, ours=False))
+    p = plan(snap(*pool, at=1000.0), pol, History())
+    assert p.timed_out == p.stop == ("held", "unread", "empty") and not p.retire
+    words = {h: describe(p.why[h]) for h in p.stop}
+    assert words == {
+        "held": "stopping held: held 1000 s, over drain_timeout 60 s; app-1 lose executors",
+        "unread": "stopping unread: draining 1000 s, over drain_timeout 60 s; "
+                  "its executors are unknown (the worker cannot be read)",
+        "empty": "stopping empty: draining 1000 s, over drain_timeout 60 s; no executors on it",
+    }
+
+
+def test_a_worker_already_being_stopped_is_not_stopped_again():
+    w = retiring("h", S.HELD, since=0.0, apps=("app-1",))
+    w = w._replace(backend=w.backend._replace(stopping=True))
+    assert not plan(snap(w, at=1000.0), make_policy(idle_workers=0, drain_timeout=1.0), History()).acts
+
+
+@pytest.mark.parametrize("errors", [{"master_error": "master down"}, {"backend_error": "cannot list"}])
+def test_blind_nothing_is_stopped_by_drain_timeout(errors):
+    pool = (retiring("h", S.HELD, since=0.0, apps=("app-1",)), worker("i", S.IDLE))
+    p = plan(snap(*pool, at=1000.0, **errors), make_policy(drain_timeout=1.0), History())
+    assert not p.acts and p.timed_out == ()
+
+
+def test_a_stop_by_drain_timeout_leaves_capacity_and_the_surplus_alone():
+    """A retiring worker is no capacity: stopping it neither starts nor retires anything."""
+    pol = make_policy(idle_workers=1, drain_timeout=10.0, scale_down_delay=60.0)
+    pool = (retiring("h", S.HELD, since=0.0, apps=("app-1",)), worker("i", S.IDLE))
+    p = plan(snap(*pool, at=1000.0), pol, History())
+    assert (p.start, p.retire, p.stop, p.demand.target) == (0, (), ("h",), 1)
+
+
 # -- the original autoscaler's flapping case -----------------------------------------
 
 
@@ -402,10 +477,10 @@ NOW = 10_000.0
 
 @st.composite
 def pools(draw, max_size: int = 12):
-    specs = draw(st.lists(st.tuples(st.sampled_from(ALL_STATES), st.booleans(),
-                                    st.floats(0.0, NOW)), max_size=max_size))
-    return tuple(worker(f"w{i}", state, created_at=created, ours=ours)
-                 for i, (state, ours, created) in enumerate(specs))
+    specs = draw(st.lists(st.tuples(st.sampled_from(ALL_STATES), st.booleans(), st.floats(0.0, NOW),
+                                    st.none() | st.floats(0.0, NOW)), max_size=max_size))
+    return tuple(worker(f"w{i}", state, created_at=created, ours=ours, retiring_since=since)
+                 for i, (state, ours, created, since) in enumerate(specs))
 
 
 @st.composite
@@ -419,6 +494,7 @@ def policy_settings(draw):
         scale_down_delay=draw(st.sampled_from([0.0, 1.0, 10.0, 60.0])),
         unschedulable_backoff=draw(st.sampled_from([0.0, 30.0, 120.0])),
         count_foreign_workers=draw(st.booleans()),
+        drain_timeout=draw(st.sampled_from([0.0, 0.0, 30.0, 600.0])),
     )
 
 
@@ -455,12 +531,18 @@ def test_property_protected_and_foreign_workers_are_never_touched(case):
     for handle in p.retire + p.stop:
         w = by_handle[handle]
         assert w.ours, handle
-        assert w.state not in PROTECTED_STATES, (handle, w.state)
+        if handle in p.timed_out:  # the admin's exception: retiring for drain_timeout, not before
+            assert pol.drain_timeout and w.state in (S.DRAINING, S.HELD), (handle, w.state)
+            assert s.taken_at - w.backend.retiring_since >= pol.drain_timeout
+        else:
+            assert w.state not in PROTECTED_STATES, (handle, w.state)
     assert all(by_handle[h].state is S.IDLE for h in p.retire)
     assert len(set(p.retire + p.stop)) == len(p.retire) + len(p.stop)  # no handle twice
     # every stop-state worker of ours is stopped; the only other stops are surplus STARTING ones
+    # and those past drain_timeout
     assert {w.handle for w in s.workers if w.ours and w.state in STOP_STATES} <= set(p.stop)
-    assert all(by_handle[h].state in STOP_STATES or by_handle[h].state is S.STARTING for h in p.stop)
+    assert all(by_handle[h].state in STOP_STATES or by_handle[h].state is S.STARTING
+               for h in p.stop if h not in p.timed_out)
 
 
 @hsettings(max_examples=200, deadline=None)

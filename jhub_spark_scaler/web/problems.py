@@ -7,8 +7,15 @@ Only problems with a count are listed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from ..reconciler import Action, Decision
+
+#: How long a stop by drain_timeout stays on the page: seconds.
+DRAIN_TIMEOUT_SHOWN_FOR = 3600.0
+#: workers named in that problem's line; the decisions name them all
+NAMED = 5
 
 #: The worker states that need an admin, with what they mean.
 WORKER_PROBLEMS = (
@@ -42,10 +49,25 @@ def saturated(target: Mapping[str, Any], apps: Sequence[Mapping[str, Any]]) -> d
     return _problem("saturated", wanted - most, f"wanted {wanted} workers, max_workers {most}: {waiting}")
 
 
+def drain_timeouts(decisions: Iterable[Decision], now: float) -> dict[str, Any] | None:
+    """Workers stopped by drain_timeout in the last DRAIN_TIMEOUT_SHOWN_FOR seconds, executors of
+    running apps on them. Their decisions name the apps; the log keeps decision_log_size of them."""
+    since = now - DRAIN_TIMEOUT_SHOWN_FOR
+    handles = [h for d in decisions if d.action is Action.DRAIN_TIMEOUT and d.at >= since
+               for h in d.handles]
+    if not handles:
+        return None
+    named = ", ".join(handles[:NAMED]) + (f" and {len(handles) - NAMED} more" if len(handles) > NAMED else "")
+    return _problem("drain-timeout", len(handles),
+                    f"{_workers(len(handles))} stopped by drain_timeout in the last hour ({named}): "
+                    "apps lost executors on them (see the drain-timeout decisions)")
+
+
 def problems(*, blind: str | None, paused: bool, paused_by: str | None, counts: Mapping[str, int],
              target: Mapping[str, Any], apps: Sequence[Mapping[str, Any]],
-             hub_error: str | None) -> list[dict[str, Any]]:
-    """`blind`: why the pool cannot be seen (None: it can); `hub_error`: None while the hub is read."""
+             hub_error: str | None, decisions: Iterable[Decision], now: float) -> list[dict[str, Any]]:
+    """`blind`: why the pool cannot be seen (None: it can); `hub_error`: None while the hub is read;
+    `decisions`: the decision log, read at `now` for the workers stopped by drain_timeout."""
     found = []
     if blind is not None:
         found.append(_problem("blind", 1, f"blind, changing nothing: {blind}"))
@@ -60,6 +82,9 @@ def problems(*, blind: str | None, paused: bool, paused_by: str | None, counts: 
         if counts.get(state):
             n = counts[state]
             found.append(_problem(state, n, f"{_workers(n)} {state}: {meaning}", state))
+    stopped = drain_timeouts(decisions, now)
+    if stopped:
+        found.append(stopped)
     if hub_error is not None:
         found.append(_problem("hub", 1, f"hub not readable: {hub_error or 'no answer yet'}"))
     return found

@@ -40,6 +40,7 @@ STATE_BADGES: Mapping[str, str] = {
     "draining": "warning", "drained": "warning",
     "starting": "info", "busy": "success", "idle": "secondary",
     "blind": "danger", "saturated": "danger", "hub": "danger", "paused": "warning",
+    "drain-timeout": "warning",
 }
 
 
@@ -173,6 +174,7 @@ def pool_view(
 ) -> dict[str, Any]:
     """Everything the admin page shows, every row of every table; JSON-serialisable."""
     status, error = _status(snapshot, paused)
+    decisions = tuple(decisions)  # read twice: for the problems and the table
     counts = {state: 0 for state in STATES}
     for w in snapshot.workers if snapshot else ():
         if w.ours:  # as the metrics count; foreign workers are counted apart
@@ -199,7 +201,7 @@ def pool_view(
         "plan": _plan(plan),
         "problems": problems(blind=error if status == "blind" else None, paused=paused,
                              paused_by=paused_by, counts=counts, target=target, apps=apps,
-                             hub_error=None if hub_healthy else hub_error),
+                             hub_error=None if hub_healthy else hub_error, decisions=decisions, now=now),
         "workers": workers,
         "apps": apps,
         "servers": server_rows,
