@@ -106,6 +106,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
                                           "subclass of 'jhub_spark_scaler.backends"),
     ("SparkScalerApp", "config_file"): ("/nonexistent/scaler_config.py", "not found"),
     ("SparkScalerApp", "decision_log_size"): ("-1", ">= 0"),
+    ("SparkScalerApp", "drain_timeout"): ("-1", ">= 0"),
     ("SparkScalerApp", "exit_timeout"): ("-1", ">= 0"),
     ("SparkScalerApp", "held_after"): ("-1", ">= 0"),
     ("SparkScalerApp", "http_timeout"): ("0", ">= 0.05"),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import pytest
 
-from jhub_spark_scaler import reconciler
+from jhub_spark_scaler import clock, reconciler
 from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.backends import Backend, BackendError
 from jhub_spark_scaler.metrics import ScalerMetrics
@@ -27,7 +28,9 @@ from jhub_spark_scaler.model import (
 from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Action, CycleReport, Reconciler
 from jhub_spark_scaler.spark import SparkError
+from jhub_spark_scaler.web import problems
 from jhub_spark_scaler.web.history import PoolHistory
+from jhub_spark_scaler.web.view import STATE_BADGES
 
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
@@ -431,3 +434,74 @@ async def test_a_busy_worker_that_does_not_answer_delays_a_cycle_by_at_most_the_
     assert shown(r) == {silent.handle: (WorkerState.BUSY, None, None),
                         retiring.handle: (WorkerState.HELD, ("app-1",), r.last_snapshot.taken_at)}
     assert not r.last_snapshot.blind and not reports[-1].errors
+
+
+# -- drain_timeout: a draining or held worker stopped anyway ----------------------------------
+
+
+def retiring_since(backend: FakeBackend, spark: FakeSpark, *, seconds_ago: float,
+                   apps: tuple[str, ...]) -> BackendWorker:
+    """A worker decommissioned `seconds_ago`, with one executor of each of `apps` on it."""
+    b = backend.add()._replace(retiring_since=clock.now() - seconds_ago)
+    backend.workers[b.handle] = b
+    spark.entries[b.handle] = master_entry(b, state="DECOMMISSIONED")
+    spark.executors[b.webui_url] = tuple(Executor(a, i, f"name-{a}") for i, a in enumerate(apps))
+    return b
+
+
+async def test_drain_timeout_stops_a_held_worker_records_the_apps_warns_and_counts(scaler, caplog):
+    r, backend, spark, reports = scaler
+    app = SparkScalerApp(max_workers=4)
+    app.metrics, app.pool_history = ScalerMetrics(), PoolHistory(interval=2.0)
+    app.hub, app.reconciler = None, r
+    r.on_cycle = lambda report: (reports.append(report), app.observe_cycle(report))
+    backend.add()  # the idle worker wanted: nothing else to do
+    held = retiring_since(backend, spark, seconds_ago=300.0, apps=("app-2", "app-1"))
+    young = retiring_since(backend, spark, seconds_ago=5.0, apps=("app-1",))
+    await r.cycle()  # off by default: waited on
+    states = {w.handle: w.state for w in r.last_snapshot.workers}
+    assert (states[held.handle], states[young.handle]) == (WorkerState.HELD, WorkerState.DRAINING)
+    assert not r.decisions and set(backend.workers) == {"w1", held.handle, young.handle}
+
+    r.policy = replace(r.policy, drain_timeout=120.0)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        await r.cycle()
+    (decision,) = r.decisions
+    assert (decision.action, decision.detail, decision.handles) == (Action.DRAIN_TIMEOUT, "w2", ("w2",))
+    (reason,) = decision.reasons
+    assert reason.startswith("stopping w2: held 30") and reason.endswith(
+        " s, over drain_timeout 120 s; app-1, app-2 lose executors")
+    assert reason in [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert reports[-1].stopped == ("w2",) and set(backend.workers) == {"w1", young.handle}
+    body = app.metrics.render()[0].decode().splitlines()
+    for line in ("spark_scaler_workers_stopped_by_drain_timeout_total 1.0",
+                 "spark_scaler_workers_stopped_total 1.0",
+                 "spark_scaler_decommission_to_stop_seconds_count 1.0"):
+        assert line in body, line
+
+    found = problems.drain_timeouts(r.decisions, clock.now())
+    assert (found["kind"], found["count"]) == ("drain-timeout", 1) and "drain-timeout" in STATE_BADGES
+    assert found["text"].startswith("1 worker stopped by drain_timeout in the last hour (w2): ")
+    later = clock.now() + problems.DRAIN_TIMEOUT_SHOWN_FOR + 1
+    assert problems.drain_timeouts(r.decisions, later) is None
+
+
+async def test_a_failed_stop_by_drain_timeout_is_an_error_and_counts_nothing(scaler, caplog):
+    r, backend, spark, reports = scaler
+    r.policy = replace(r.policy, drain_timeout=60.0)
+    backend.add()
+    retiring_since(backend, spark, seconds_ago=300.0, apps=("app-1",))
+    refused = BackendError("pods is forbidden")
+
+    async def stop_fails(worker):
+        raise refused
+
+    backend.stop = stop_fails
+    await r.cycle()
+    assert r.last_plan.timed_out == ("w2",) and reports[-1].stopped == ()
+    assert [(e.detail, e.handles) for e in reports[-1].errors] == [(f"drain-timeout w2 failed: {refused}",
+                                                                    ("w2",))]
+    metrics = ScalerMetrics()
+    metrics.observe_cycle(snapshot=reports[-1].snapshot, plan=reports[-1].plan, duration=0.0,
+                          stopped=reports[-1].stopped)
+    assert "spark_scaler_workers_stopped_by_drain_timeout_total 0.0" in metrics.render()[0].decode()
