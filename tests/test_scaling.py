@@ -18,7 +18,8 @@ from jhub_spark_scaler.backends.local import LocalBackend
 from jhub_spark_scaler.httpjson import fetch_json
 from jhub_spark_scaler.model import WorkerState
 from jhub_spark_scaler.policy import explain, plan
-from jhub_spark_scaler.reconciler import Reconciler
+from jhub_spark_scaler.metrics import ScalerMetrics
+from jhub_spark_scaler.reconciler import Action, Reconciler
 from jhub_spark_scaler.spark import SparkClient
 
 from .conftest import lost_executors
@@ -213,15 +214,20 @@ async def test_naive_scale_in_loses_executors(make_scaler, drivers):
     assert lost_executors(await steady.result()) == [], "the naive kill spared the busy worker"
 
 
-async def test_worker_of_app_without_decommission_is_held(make_scaler, drivers):
-    r = await make_scaler(idle_workers=1, held_after=2.0)
+def held(handle: str):
+    return lambda s: any(w.handle == handle and w.state is WorkerState.HELD for w in s.workers)
+
+
+async def hold_a_worker(r: Reconciler, drivers, name: str):
+    """A driver without decommission takes the idle worker just chosen for retirement, which is
+    then decommissioned and held. Returns its handle and the driver."""
     await cycles_until(r, idle_and_busy(1, 0), timeout=90, what="1 idle worker")
     snapshot = await r.observe()
     decided = plan(snapshot, dataclasses.replace(r.policy, idle_workers=0), r.history)
     (handle,) = decided.retire
     host = next(w.host for w in snapshot.workers if w.handle == handle)
 
-    app = drivers("no-decommission", "--no-decommission", "--cores-max", "1", "--task-seconds", "1")
+    app = drivers(name, "--no-decommission", "--cores-max", "1", "--task-seconds", "1")
     await app.started()
 
     async def taken():
@@ -230,23 +236,55 @@ async def test_worker_of_app_without_decommission_is_held(make_scaler, drivers):
     await until(taken, timeout=90, what="the app to take the chosen worker")
     with_policy(r, idle_workers=0)
     await r.act(decided, snapshot)
+    await cycles_until(r, held(handle), timeout=60, what="the worker to be held")
+    return handle, app
 
-    def held(s):
-        return any(w.handle == handle and w.state is WorkerState.HELD for w in s.workers)
 
-    await cycles_until(r, held, timeout=60, what="the worker to be held")
+async def test_worker_of_app_without_decommission_is_held(make_scaler, drivers):
+    r = await make_scaler(idle_workers=1, held_after=2.0)
+    handle, app = await hold_a_worker(r, drivers, "no-decommission")
     held_worker = next(w for w in r.last_snapshot.workers if w.handle == handle)
     app_id = (await app.started())["app_id"]
     assert app_id in held_worker.why
     for _ in range(5):  # it stays held, never stopped, while the app runs
         await r.cycle()
-        assert held(r.last_snapshot)
+        assert held(handle)(r.last_snapshot)
         assert any(b.handle == handle and b.running for b in await r.backend.list())
 
     result = await app.result()
     assert lost_executors(result) == [] and result["tasks_failed"] == 0
     await cycles_until(r, lambda s: handle not in {w.handle for w in s.workers},
                        timeout=90, what="the held worker to be stopped once its app ended")
+
+
+async def test_drain_timeout_stops_a_held_worker_naming_the_app_that_loses_executors(make_scaler, drivers):
+    """The admin's exception, on real Spark: with drain_timeout set, the held worker is stopped
+    while its app runs, the decision names the app, the counter counts 1, the app loses the
+    executor (and gets a new one on a new worker)."""
+    r = await make_scaler(idle_workers=1, held_after=2.0)
+    assert r.policy.drain_timeout == 0, "off by default"
+    metrics = ScalerMetrics()
+    r.on_cycle = lambda report: metrics.observe_cycle(snapshot=report.snapshot, plan=report.plan,
+                                                      duration=report.duration, stopped=report.stopped)
+    handle, app = await hold_a_worker(r, drivers, "drain-timeout")
+    app_id = (await app.started())["app_id"]
+    with_policy(r, drain_timeout=5.0)
+    await cycles_until(r, lambda s: handle not in {w.handle for w in s.workers},
+                       timeout=60, what="the held worker to be stopped by drain_timeout")
+    (decision,) = [d for d in r.decisions if d.action is Action.DRAIN_TIMEOUT]
+    assert decision.handles == (handle,)
+    (reason,) = decision.reasons
+    assert reason.startswith(f"stopping {handle}: held ")
+    assert reason.endswith(f" s, over drain_timeout 5 s; {app_id} lose executors")
+    body = metrics.render()[0].decode().splitlines()
+    assert "spark_scaler_workers_stopped_by_drain_timeout_total 1.0" in body
+
+    await cycles_until(r, lambda s: s.count(WorkerState.BUSY) == 1, timeout=90,
+                       what="a new worker for the app")
+    await app.jobs_done(app.jobs() + 1)
+    result = await app.result()
+    assert len(lost_executors(result)) == 1, result  # the price, as the decision said
+    assert result["jobs_failed"] == 0
 
 
 async def test_master_unreachable_retires_nothing(make_scaler):
