@@ -30,7 +30,7 @@ from jhub_spark_scaler.reconciler import Action, CycleReport, Reconciler
 from jhub_spark_scaler.spark import SparkError
 from jhub_spark_scaler.web import problems
 from jhub_spark_scaler.web.history import PoolHistory
-from jhub_spark_scaler.web.view import STATE_BADGES
+from jhub_spark_scaler.web.view import STATE_BADGES, pool_view
 
 from .settings import DECISION_LOG_SIZE, make_observe, make_policy
 
@@ -479,7 +479,13 @@ async def test_drain_timeout_stops_a_held_worker_records_the_apps_warns_and_coun
                  "spark_scaler_decommission_to_stop_seconds_count 1.0"):
         assert line in body, line
 
-    found = problems.drain_timeouts(r.decisions, clock.now())
+    page = pool_view(snapshot=r.last_snapshot, plan=r.last_plan, decisions=r.decisions, servers=(),
+                     hub_healthy=True, hub_error="", paused=False, idle_override=None, now=clock.now(),
+                     settings={"max_workers": 4, "min_workers": 0, "idle_workers": 1, "prewarm_window": 600,
+                               "prewarm_per_server": 1})
+    # the last snapshot was taken before the stop: w2 held in it
+    assert [p["kind"] for p in page["problems"]] == ["held", "drain-timeout"]
+    found = page["problems"][1]
     assert (found["kind"], found["count"]) == ("drain-timeout", 1) and "drain-timeout" in STATE_BADGES
     assert found["text"].startswith("1 worker stopped by drain_timeout in the last hour (w2): ")
     later = clock.now() + problems.DRAIN_TIMEOUT_SHOWN_FOR + 1
