@@ -105,8 +105,9 @@ class SparkScalerApp(Application):
     drain_timeout = Float(
         0.0,
         help="Seconds after decommission that a draining or held worker is stopped anyway, its apps' "
-        "executors on it lost (like Dataproc's gracefulDecommissionTimeout). 0 (off): wait for as long "
-        "as the executors stay; no worker is ever taken from a running app.",
+        "executors on it lost (like Dataproc's gracefulDecommissionTimeout): the one exception to never "
+        "taking a worker from a running app (docs/reliability.md). 0 (the default): off, wait for as long "
+        "as the executors stay.",
     ).tag(config=True)
     count_foreign_workers = Bool(
         False,
