@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jhub_spark_scaler.metrics import ERROR_KINDS, ScalerMetrics
-from jhub_spark_scaler.model import BackendWorker, MasterWorker, Snapshot, Worker, WorkerState
-from jhub_spark_scaler.policy import History, plan
+from jhub_spark_scaler.model import BackendWorker, MasterApp, MasterWorker, Snapshot, Worker, WorkerState
+from jhub_spark_scaler.policy import History, explain, plan
 from jhub_spark_scaler.web.chart import STACK_ORDER, render_svg
 from jhub_spark_scaler.web.history import PoolHistory
 
@@ -37,8 +37,8 @@ def worker(handle: str, state: WorkerState, *, ours: bool = True,
 
 
 def snap(*workers: Worker, at: float = 1000.0, credit: int = 0, master_error: str = "",
-         backend_error: str = "") -> Snapshot:
-    return Snapshot(at, tuple(workers), (), credit, master_error, backend_error)
+         backend_error: str = "", apps: tuple[MasterApp, ...] = ()) -> Snapshot:
+    return Snapshot(at, tuple(workers), apps, credit, master_error, backend_error)
 
 
 def scrape(metrics: ScalerMetrics) -> dict[tuple[str, tuple], float]:
@@ -118,6 +118,58 @@ def test_the_admin_pause_is_given_and_the_scale_up_pause_comes_from_the_plan():
     cycle(m, snap(worker("i1", S.IDLE)))
     values = scrape(m)
     assert (values[("spark_scaler_paused", ())], values[("spark_scaler_scale_up_paused", ())]) == (0, 0)
+
+
+def app(app_id: str, *, cores: int = 0, started: float) -> MasterApp:
+    state = "WAITING" if cores == 0 else "RUNNING"
+    return MasterApp(app_id, "job", cores, state, "alice", int(started * 1000))
+
+
+SATURATION = ("spark_scaler_wanted_workers", "spark_scaler_target_workers", "spark_scaler_max_workers",
+              "spark_scaler_saturated", "spark_scaler_waiting_apps",
+              "spark_scaler_oldest_waiting_app_seconds")
+
+
+def saturation(values) -> tuple[float, ...]:
+    return tuple(values[(name, ())] for name in SATURATION)
+
+
+def test_the_wanted_size_saturation_and_the_apps_waiting_are_exported():
+    m = ScalerMetrics()
+    assert saturation(scrape(m)) == (0, 0, 0, 0, 0, 0)
+    pol = make_policy(max_workers=3, idle_workers=1)
+    busy = [worker(f"b{i}", S.BUSY) for i in range(3)]
+    apps = (app("app-1", started=960.0), app("app-2", started=990.0), app("app-3", cores=6, started=900.0))
+    s = snap(*busy, apps=apps, at=1000.0)
+    p = plan(s, pol, History())
+    m.observe_cycle(snapshot=s, plan=p, duration=0.01)
+    assert explain(p)[-1] == ("saturated: wanted 6 workers, max_workers 3: "
+                              "2 apps waiting, the longest app-1 of alice for 40 s")
+    # wanted 3 busy + 2 waiting + 1 idle = 6, target 3; the app with cores does not wait
+    assert saturation(scrape(m)) == (6, 3, 3, 1, 2, 40)
+
+    quiet = snap(*busy, at=1010.0)  # 3 busy + 1 idle = 4 > 3: saturated, no app waiting
+    m.observe_cycle(snapshot=quiet, plan=plan(quiet, pol, History()), duration=0.01)
+    assert saturation(scrape(m)) == (4, 3, 3, 1, 0, 0)
+    blind = snap(master_error="master down", at=1020.0)  # a pool seen in part: the last values stay
+    m.observe_cycle(snapshot=blind, plan=plan(blind, pol, History()), duration=0.01)
+    held = saturation(scrape(m))
+    assert (held[0], held[2:]) == (4, (3, 1, 0, 0))
+    calm = snap(worker("b0", S.BUSY), at=1030.0)
+    m.observe_cycle(snapshot=calm, plan=plan(calm, pol, History()), duration=0.01)
+    assert saturation(scrape(m)) == (2, 2, 3, 0, 0, 0)
+
+
+def test_the_oldest_held_worker_is_timed_from_its_decommission():
+    m = ScalerMetrics()
+    assert scrape(m)[("spark_scaler_oldest_held_worker_seconds", ())] == 0
+    cycle(m, snap(worker("h1", S.HELD, retiring_since=400.0), worker("h2", S.HELD, retiring_since=700.0),
+                  worker("d1", S.DRAINING, retiring_since=100.0), at=1000.0))
+    values = scrape(m)
+    assert values[("spark_scaler_oldest_held_worker_seconds", ())] == 600
+    assert by_state(values)["held"] == 2
+    cycle(m, snap(worker("d1", S.DRAINING, retiring_since=100.0), at=1010.0))
+    assert scrape(m)[("spark_scaler_oldest_held_worker_seconds", ())] == 0
 
 
 def test_counters_increment_and_histograms_count_cycles_and_drains():
