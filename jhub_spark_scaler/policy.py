@@ -220,14 +220,17 @@ def describe(item: Note | WorkerReason) -> str:
     raise TypeError(f"not a note or worker reason: {item!r}")
 
 
+def apps_waiting(n: int) -> str:
+    return {0: "no app waiting", 1: "1 app waiting"}.get(n, f"{n} apps waiting")
+
+
 def saturated_words(note: SaturatedNote) -> str:
     """A saturation in words, without the word "saturated" (the decision log's action says it)."""
-    if note.waiting == 0:
-        waiting = "no app waiting"
-    elif note.waiting == 1:
-        waiting = f"1 app waiting, {note.oldest} for {note.longest_wait:.0f} s"
-    else:
-        waiting = f"{note.waiting} apps waiting, the longest {note.oldest} for {note.longest_wait:.0f} s"
+    waiting = apps_waiting(note.waiting)
+    if note.waiting == 1:
+        waiting += f", {note.oldest} for {note.longest_wait:.0f} s"
+    elif note.waiting:
+        waiting += f", the longest {note.oldest} for {note.longest_wait:.0f} s"
     return f"wanted {note.wanted} workers, max_workers {note.max_workers}: {waiting}"
 
 

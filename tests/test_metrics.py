@@ -2,16 +2,19 @@
 
 Snapshots are built from the model dataclasses and planned with the real
 `policy.plan`, as tests/test_policy.py does; `render()` is read back with
-prometheus_client's own parser.
+prometheus_client's own parser. The last test runs real Spark (marked `spark`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import xml.etree.ElementTree as ET
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.metrics import ERROR_KINDS, ScalerMetrics
 from jhub_spark_scaler.model import BackendWorker, MasterApp, MasterWorker, Snapshot, Worker, WorkerState
 from jhub_spark_scaler.policy import History, explain, plan
@@ -19,6 +22,8 @@ from jhub_spark_scaler.web.chart import STACK_ORDER, render_svg
 from jhub_spark_scaler.web.history import PoolHistory
 
 from .settings import make_policy
+from . import test_scaling
+from .waiting import until
 
 S = WorkerState
 SVG = "{http://www.w3.org/2000/svg}"
@@ -318,3 +323,60 @@ def test_text_is_escaped_and_the_svg_scales():
     assert root.get("viewBox").startswith("0 0 320 ")
     assert "max-width:100%" in root.get("style")
     assert list(series(root)) == ["idle"]  # states given as plain strings work too
+
+
+# -- on real parts -----------------------------------------------------------------
+
+make_scaler = test_scaling.make_scaler  # the fixture: a Reconciler on its own local backend
+
+
+@pytest.mark.spark
+async def test_a_driver_asking_past_max_workers_makes_the_metrics_and_the_log_say_saturated(
+        make_scaler, drivers, caplog):
+    """A real master, a real worker and two real drivers: one asks 4 cores of a pool held to
+    1 one-core worker and takes it, the other gets none. The app's metrics and log, fed as
+    `SparkScalerApp` feeds them, say saturated, with the waiting app and its wait."""
+    r = await make_scaler(max_workers=1, idle_workers=0)
+    app = SparkScalerApp(max_workers=1)
+    app.metrics, app.pool_history = ScalerMetrics(), PoolHistory(interval=0.3)
+    app.hub, app.reconciler, app.log = None, r, r.log
+    r.on_cycle = app.observe_cycle
+    caplog.set_level(logging.INFO, logger=r.log.name)
+
+    def metric(name: str) -> float:
+        return scrape(app.metrics)[(f"spark_scaler_{name}", ())]
+
+    async def cycle(predicate) -> bool:
+        await r.cycle()
+        app.log_pool(r.last_snapshot)
+        return predicate()
+
+    greedy = drivers("greedy", "--cores-max", "4", "--tasks", "4", "--task-seconds", "2")
+    await greedy.started()
+    await until(lambda: cycle(lambda: r.last_snapshot.count(S.BUSY) == 1), timeout=120, interval=0.3,
+                what="the greedy driver on the one worker")
+    assert metric("saturated") == 0, "an app with some cores is not seen to want more"
+    starved = drivers("starved", "--cores-max", "1")
+    starved_id = (await starved.started())["app_id"]
+    await until(lambda: cycle(lambda: metric("saturated") == 1 and metric("waiting_apps") == 1),
+                timeout=60, interval=0.3, what="saturated, 1 app waiting")
+    # 1 busy + 1 waiting app wanted, 1 allowed
+    assert (metric("wanted_workers"), metric("target_workers"), metric("max_workers")) == (2, 1, 1)
+    await asyncio.sleep(2)
+    await cycle(lambda: None)
+    assert metric("oldest_waiting_app_seconds") >= 2
+    assert len([w for w in r.last_snapshot.workers if w.ours]) == 1, "never past max_workers"
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert "pool: 1 busy; target 1, wanted 2 > max_workers 1, 1 app waiting" in logged, logged
+    began = [line for line in logged if line.startswith("saturated: ")]
+    assert len(began) == 1, began
+    assert began[0].startswith(
+        f"saturated: wanted 2 workers, max_workers 1: 1 app waiting, {starved_id} of "), began
+
+    await starved.result()
+    await greedy.result()
+    await until(lambda: cycle(lambda: not r.last_snapshot.apps), timeout=60, interval=0.3,
+                what="both apps gone")
+    ended = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("unsaturated: ")]
+    assert len(ended) == 1 and "the longest an app waited" in ended[0], ended
+    assert (metric("saturated"), metric("waiting_apps"), metric("oldest_waiting_app_seconds")) == (0, 0, 0)

@@ -390,8 +390,8 @@ async def test_the_pool_line_names_the_wanted_size_only_past_max_workers(scaler,
     await r.cycle()
     app.log_pool(r.last_snapshot)
     lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("pool:")]
-    assert lines[:2] == ["pool: 4 busy; target 4, wanted 5 > max_workers 4",
-                         "pool: 4 busy; target 4, wanted 6 > max_workers 4"]
+    assert lines[:2] == ["pool: 4 busy; target 4, wanted 5 > max_workers 4, no app waiting",
+                         "pool: 4 busy; target 4, wanted 6 > max_workers 4, 1 app waiting"]
     assert lines[2].startswith("pool: ") and "wanted" not in lines[2], lines
 
 
