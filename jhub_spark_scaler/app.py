@@ -35,7 +35,7 @@ from .leader import Leader
 from .metrics import ScalerMetrics
 from .model import Snapshot
 from .observe import ObserveSettings
-from .policy import PolicySettings
+from .policy import PolicySettings, apps_waiting, saturation
 from .reconciler import CycleReport, Reconciler
 from .service import HubService, refuse_internal_ssl
 from .spark import SparkClient
@@ -431,12 +431,16 @@ class SparkScalerApp(Application):
     _last_pool_line = ""
 
     def log_pool(self, snapshot: Snapshot | None) -> None:
-        """Log the pool when it changes: counts by state, and why a worker is held."""
+        """Log the pool when it changes: counts by state, the target (and when the wanted size is
+        past max_workers, it and the apps waiting), and why a worker is held."""
         if snapshot is None:
             return
         counts = Counter(w.state.value for w in snapshot.workers)
         parts = [f"{n} {state}" for state, n in sorted(counts.items())] or ["no workers"]
-        line = f"pool: {', '.join(parts)}; target {self.reconciler.last_plan.demand.target}"
+        decided = self.reconciler.last_plan
+        line = f"pool: {', '.join(parts)}; target {decided.demand.target}"
+        if full := saturation(decided):
+            line += f", wanted {full.wanted} > max_workers {full.max_workers}, {apps_waiting(full.waiting)}"
         details = [f"{w.handle} {w.state.value}: {w.why}" for w in snapshot.workers if w.why and w.ours]
         line += "".join(f"\n    {d}" for d in details)
         if line != self._last_pool_line:

@@ -3,13 +3,19 @@
 `ScalerMetrics` owns a dedicated `CollectorRegistry` (not prometheus_client's
 global one), so tests and several scalers in one process never collide. It is
 fed plain values once per cycle (`observe_cycle`) and serialised by `render()`
-for the `/metrics` handler. It imports the model only (the policy's `Plan` for
-annotations): the app feeds it and the admin page serves it, never the other way round.
+for the `/metrics` handler. It imports the model and the pure policy only: the app
+feeds it and the admin page serves it, never the other way round.
 
 Exported (with the default namespace `spark_scaler`):
 
     spark_scaler_workers{state}                      gauge, our workers by state (every state, 0 included)
     spark_scaler_target_workers                      gauge, workers of ours the policy wants
+    spark_scaler_wanted_workers                      gauge, the same before clamping to [min, max]
+    spark_scaler_max_workers                         gauge, the configured max_workers
+    spark_scaler_saturated                           gauge, 1 while wanted_workers > max_workers
+    spark_scaler_waiting_apps                        gauge, apps at the master with no cores at all
+    spark_scaler_oldest_waiting_app_seconds          gauge, how long the longest waiting of them has waited
+    spark_scaler_oldest_held_worker_seconds          gauge, since the oldest held worker was decommissioned
     spark_scaler_prewarm_credit_workers              gauge, extra idle workers asked for by new servers
     spark_scaler_paused                              gauge, 1 while paused from the admin page
     spark_scaler_scale_up_paused                     gauge, 1 while scale-up waits (unschedulable workers)
@@ -33,8 +39,9 @@ from prometheus_client import (
 )
 
 from .model import Snapshot, WorkerState
+from .policy import TargetNote, oldest_waiting, saturation
 
-if TYPE_CHECKING:  # only for annotations: metrics sits below the reconciler
+if TYPE_CHECKING:  # only for annotations
     from .policy import Plan
 
 #: the kinds of errors counted
@@ -63,6 +70,27 @@ class ScalerMetrics:
         common = {"namespace": namespace, "registry": self.registry}
         self.workers = Gauge("workers", "Workers of this scaler by state.", ["state"], **common)
         self.target = Gauge("target_workers", "Workers of ours the policy wants.", **common)
+        self.wanted = Gauge(
+            "wanted_workers",
+            "Workers of ours the policy wants, before clamping to [min_workers, max_workers].", **common,
+        )
+        self.max_workers = Gauge(
+            "max_workers", "The most workers of ours the scaler runs (max_workers).", **common
+        )
+        self.saturated = Gauge(
+            "saturated", "1 while more workers are wanted than max_workers allows, else 0.", **common
+        )
+        self.waiting_apps = Gauge("waiting_apps", "Spark apps at the master with no cores at all.", **common)
+        self.oldest_waiting = Gauge(
+            "oldest_waiting_app_seconds",
+            "How long the app that has waited longest with no cores has waited; 0 with none waiting.",
+            **common,
+        )
+        self.oldest_held = Gauge(
+            "oldest_held_worker_seconds",
+            "Seconds since the oldest held worker (decommissioned, executors not leaving) was "
+            "decommissioned; 0 with none held.", **common,
+        )
         self.prewarm_credit = Gauge(
             "prewarm_credit_workers", "Extra idle workers asked for by recently started notebook servers.",
             **common,
@@ -134,7 +162,8 @@ class ScalerMetrics:
         `action_errors`: failed start / retire / stop calls.
         `hub_healthy`: `HubActivity.healthy`; None when no hub is configured (the
         hub reachability series is then not exported).
-        Workers by state keep their last values through a blind cycle.
+        Workers by state, the wanted size, saturation, waiting apps and held workers keep
+        their last values through a blind cycle: a pool seen in part would read as calm.
         `paused`: the admin pause (`Reconciler.paused`). Whether scale-up waits
         after unschedulable workers is read from the plan.
         """
@@ -149,6 +178,7 @@ class ScalerMetrics:
         if not snapshot.blind:  # a pool seen in part would read as workers gone: keep the last counts
             for state, n in counts.items():
                 self.workers.labels(state.value).set(n)
+            self._observe_demand(snapshot, plan)
         self.target.set(plan.demand.target)
         self.prewarm_credit.set(snapshot.prewarm_credit)
         self.paused.set(1 if paused else 0)
@@ -170,6 +200,21 @@ class ScalerMetrics:
             if since is not None:
                 self.drain_duration.observe(max(0.0, end - since))
         self.cycle_duration.observe(max(0.0, duration))
+
+    def _observe_demand(self, snapshot: Snapshot, plan: Plan) -> None:
+        """What is wanted against what max_workers allows, and who waits for it."""
+        now = snapshot.taken_at
+        self.wanted.set(plan.demand.wanted)
+        limits = plan.notes[0]
+        if isinstance(limits, TargetNote):
+            self.max_workers.set(limits.max_workers)
+        self.saturated.set(1 if saturation(plan) else 0)
+        self.waiting_apps.set(plan.demand.waiting)
+        oldest = oldest_waiting(snapshot)
+        self.oldest_waiting.set(max(0.0, now - oldest.start_time / 1000) if oldest else 0)
+        held = [w.backend.retiring_since if w.backend.retiring_since is not None else w.backend.created_at
+                for w in snapshot.workers if w.backend is not None and w.state is WorkerState.HELD]
+        self.oldest_held.set(max(0.0, now - min(held)) if held else 0)
 
     def _observe_health(self, snapshot: Snapshot, hub_healthy: bool | None, action_errors: int) -> None:
         """Reachability gauges and error counters."""

@@ -8,6 +8,11 @@ worker has been idle) goes in and comes out as a `History` value.
     wanted = busy + waiting + idle_workers + prewarm_credit - foreign capacity
     target = clamp(wanted, min_workers, max_workers)
 
+A pool whose wanted size is past max_workers is saturated: the plan says so
+(`SaturatedNote`: wanted, max_workers, the apps waiting and the longest wait),
+which the log, the decision log and the metrics read, so that a saturated pool
+never looks like a quiet one at its limit.
+
 Only workers this scaler owns are started or retired. Workers registered at
 the master by someone else ("foreign") count as demand and capacity only with
 `count_foreign_workers`: anyone who reaches the master's port can register a
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping, Union
 
-from .model import CAPACITY_STATES, Snapshot, Worker, WorkerState
+from .model import CAPACITY_STATES, MasterApp, Snapshot, Worker, WorkerState
 
 #: Our workers in these states are stopped at once: nothing can run on them.
 STOP_STATES = (WorkerState.DRAINED, WorkerState.LOST, WorkerState.UNSCHEDULABLE)
@@ -162,6 +167,17 @@ class AtMaxWorkersNote:
 
 
 @dataclass(frozen=True, slots=True)
+class SaturatedNote:
+    """More workers wanted than max_workers allows: what the pool cannot grow to give."""
+
+    wanted: int
+    max_workers: int
+    waiting: int  # apps with no cores at all
+    longest_wait: float  # seconds the oldest of them has waited, 0 with none
+    oldest: str  # that app's id and user ("app-... of alice"), "" with none
+
+
+@dataclass(frozen=True, slots=True)
 class WaitingNote:
     """A surplus that has not yet lasted scale_down_delay."""
 
@@ -170,7 +186,8 @@ class WaitingNote:
     scale_down_delay: float
 
 
-Note = Union[TargetNote, BlindNote, ScaleUpPausedNote, StartingNote, AtMaxWorkersNote, WaitingNote]
+Note = Union[TargetNote, BlindNote, ScaleUpPausedNote, StartingNote, AtMaxWorkersNote, SaturatedNote,
+             WaitingNote]
 NO_REASONS: Mapping[str, WorkerReason] = MappingProxyType({})
 
 
@@ -214,6 +231,8 @@ def describe(item: Note | WorkerReason) -> str:
             return f"starting {start}: capacity {capacity} < target {target}"
         case AtMaxWorkersNote(max_workers):
             return f"at max_workers ({max_workers}): cannot start more"
+        case SaturatedNote():
+            return f"saturated: {saturated_words(item)}"
         case WaitingNote(surplus, waited, delay):
             return f"surplus of {surplus} for {waited:.0f} s of {delay:.0f} s scale_down_delay: waiting"
         case StopForState(handle, state, detail):
@@ -230,6 +249,25 @@ def describe(item: Note | WorkerReason) -> str:
         case RetireIdle(handle, idle_for):
             return f"retiring {handle}: surplus, idle {idle_for:.0f} s"
     raise TypeError(f"not a note or worker reason: {item!r}")
+
+
+def apps_waiting(n: int) -> str:
+    return {0: "no app waiting", 1: "1 app waiting"}.get(n, f"{n} apps waiting")
+
+
+def saturated_words(note: SaturatedNote) -> str:
+    """A saturation in words, without the word "saturated" (the decision log's action says it)."""
+    waiting = apps_waiting(note.waiting)
+    if note.waiting == 1:
+        waiting += f", {note.oldest} for {note.longest_wait:.0f} s"
+    elif note.waiting:
+        waiting += f", the longest {note.oldest} for {note.longest_wait:.0f} s"
+    return f"wanted {note.wanted} workers, max_workers {note.max_workers}: {waiting}"
+
+
+def saturation(plan: Plan) -> SaturatedNote | None:
+    """The plan's saturation note: None when the pool can grow to what is wanted, or is not seen."""
+    return next((n for n in plan.notes if isinstance(n, SaturatedNote)), None)
 
 
 def explain(plan: Plan) -> tuple[str, ...]:
@@ -272,6 +310,20 @@ def _timed_out(ours: list[Worker], *, now: float, drain_timeout: float) -> dict[
             apps = None if w.executors is None else tuple(sorted({e.app_id for e in w.executors}))
             why[w.handle] = StopDrainTimeout(w.handle, w.state, now - since, drain_timeout, apps)
     return why
+
+
+def oldest_waiting(snapshot: Snapshot) -> MasterApp | None:
+    """The app that has waited longest with no cores at all (None: no app waits)."""
+    return min((a for a in snapshot.apps if a.cores == 0), key=lambda a: (a.start_time, a.id), default=None)
+
+
+def _saturated(snapshot: Snapshot, need: Demand, max_workers: int) -> SaturatedNote:
+    oldest = oldest_waiting(snapshot)
+    if oldest is None:
+        return SaturatedNote(need.wanted, max_workers, 0, 0.0, "")
+    longest = max(0.0, snapshot.taken_at - oldest.start_time / 1000)
+    name = f"{oldest.id} of {oldest.user}" if oldest.user else oldest.id
+    return SaturatedNote(need.wanted, max_workers, need.waiting, longest, name)
 
 
 def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> list[Worker]:
@@ -367,6 +419,8 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
         notes += down.notes
         # a surplus acted on (or workers stopped) starts its wait afresh
         surplus_since = None if down.due and (retire or stop) else down.surplus_since
+    if need.wanted > settings.max_workers:
+        notes.append(_saturated(snapshot, need, settings.max_workers))
 
     return Plan(
         demand=need,

@@ -49,6 +49,11 @@ traceback (`SparkScalerApp.reconcile`) and the next cycle starts afresh.
 A failed action (start, retire, stop, a resent decommission) is logged with its
 traceback and recorded as an "error" decision; the other actions of the pass go on.
 
+A saturated pool (more workers wanted than max_workers, `policy.SaturatedNote`) is
+recorded and logged once when it begins ("saturated": wanted, max_workers, the apps
+waiting and the longest wait) and once when it ends ("unsaturated": how long it lasted
+and the longest an app waited); blind cycles neither begin nor end one.
+
 Admin controls (`pause`, `resume`, `set_idle_override`) change what later cycles
 do; each is recorded with who did it.
 """
@@ -77,7 +82,7 @@ from .observe import (
     pick_reads,
     webui_url,
 )
-from .policy import History, Plan, PolicySettings, describe, explain, plan
+from .policy import History, Plan, PolicySettings, describe, explain, plan, saturated_words, saturation
 from .spark import SparkClient, SparkError
 
 #: how many worker /json/ reads run at once
@@ -111,6 +116,8 @@ class Action(str, enum.Enum):
     REDECOMMISSION = "redecommission"  # a decommission resent; only its failures are recorded
     BLIND = "blind"
     SEEING = "seeing"
+    SATURATED = "saturated"  # more workers wanted than max_workers allows
+    UNSATURATED = "unsaturated"  # no longer
     ERROR = "error"
     PAUSE = "pause"
     RESUME = "resume"
@@ -180,6 +187,8 @@ class Reconciler:
         self._busy_reads: dict[str, ExecutorRead] = {}
         self._again = False
         self._blind_reason = ""
+        self._saturated_since: float | None = None  # when the saturation seen now began
+        self._longest_wait = 0.0  # the longest an app has waited since then, in seconds
         #: who paused the scaler (None: not paused): observe and plan go on, act does nothing
         self.paused_by: str | None = None
         #: idle_workers set by an admin (None: the configured value), and by whom
@@ -342,8 +351,29 @@ class Reconciler:
             self.record(Action.SEEING, "master and backend readable again")
         self._blind_reason = reason
 
+    def _note_saturation(self, decided: Plan, snapshot: Snapshot) -> None:
+        """One decision (and log line) when the pool becomes saturated, one when it no longer
+        is; a blind cycle changes neither, as what is wanted is then unknown."""
+        if snapshot.blind:
+            return
+        note = saturation(decided)
+        if note is not None:
+            if self._saturated_since is None:
+                self._saturated_since, self._longest_wait = snapshot.taken_at, 0.0
+                self.record(Action.SATURATED, saturated_words(note))
+            self._longest_wait = max(self._longest_wait, note.longest_wait)
+        elif self._saturated_since is not None:
+            lasted = snapshot.taken_at - self._saturated_since
+            waited = (f"the longest an app waited: {self._longest_wait:.0f} s" if self._longest_wait
+                      else "no app waited")
+            self.record(Action.UNSATURATED,
+                        f"wanted {decided.demand.wanted} workers, max_workers {self.policy.max_workers}, "
+                        f"after {lasted:.0f} s saturated; {waited}")
+            self._saturated_since = None
+
     async def act(self, decided: Plan, snapshot: Snapshot) -> None:
         self._note_blindness(snapshot)
+        self._note_saturation(decided, snapshot)
         if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}

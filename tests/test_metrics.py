@@ -2,23 +2,28 @@
 
 Snapshots are built from the model dataclasses and planned with the real
 `policy.plan`, as tests/test_policy.py does; `render()` is read back with
-prometheus_client's own parser.
+prometheus_client's own parser. The last test runs real Spark (marked `spark`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import xml.etree.ElementTree as ET
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jhub_spark_scaler.app import SparkScalerApp
 from jhub_spark_scaler.metrics import ERROR_KINDS, ScalerMetrics
-from jhub_spark_scaler.model import BackendWorker, MasterWorker, Snapshot, Worker, WorkerState
-from jhub_spark_scaler.policy import History, plan
+from jhub_spark_scaler.model import BackendWorker, MasterApp, MasterWorker, Snapshot, Worker, WorkerState
+from jhub_spark_scaler.policy import History, explain, plan
 from jhub_spark_scaler.web.chart import STACK_ORDER, render_svg
 from jhub_spark_scaler.web.history import PoolHistory
 
 from .settings import make_policy
+from . import test_scaling
+from .waiting import until
 
 S = WorkerState
 SVG = "{http://www.w3.org/2000/svg}"
@@ -37,8 +42,8 @@ def worker(handle: str, state: WorkerState, *, ours: bool = True,
 
 
 def snap(*workers: Worker, at: float = 1000.0, credit: int = 0, master_error: str = "",
-         backend_error: str = "") -> Snapshot:
-    return Snapshot(at, tuple(workers), (), credit, master_error, backend_error)
+         backend_error: str = "", apps: tuple[MasterApp, ...] = ()) -> Snapshot:
+    return Snapshot(at, tuple(workers), apps, credit, master_error, backend_error)
 
 
 def scrape(metrics: ScalerMetrics) -> dict[tuple[str, tuple], float]:
@@ -118,6 +123,58 @@ def test_the_admin_pause_is_given_and_the_scale_up_pause_comes_from_the_plan():
     cycle(m, snap(worker("i1", S.IDLE)))
     values = scrape(m)
     assert (values[("spark_scaler_paused", ())], values[("spark_scaler_scale_up_paused", ())]) == (0, 0)
+
+
+def app(app_id: str, *, cores: int = 0, started: float) -> MasterApp:
+    state = "WAITING" if cores == 0 else "RUNNING"
+    return MasterApp(app_id, "job", cores, state, "alice", int(started * 1000))
+
+
+SATURATION = ("spark_scaler_wanted_workers", "spark_scaler_target_workers", "spark_scaler_max_workers",
+              "spark_scaler_saturated", "spark_scaler_waiting_apps",
+              "spark_scaler_oldest_waiting_app_seconds")
+
+
+def saturation(values) -> tuple[float, ...]:
+    return tuple(values[(name, ())] for name in SATURATION)
+
+
+def test_the_wanted_size_saturation_and_the_apps_waiting_are_exported():
+    m = ScalerMetrics()
+    assert saturation(scrape(m)) == (0, 0, 0, 0, 0, 0)
+    pol = make_policy(max_workers=3, idle_workers=1)
+    busy = [worker(f"b{i}", S.BUSY) for i in range(3)]
+    apps = (app("app-1", started=960.0), app("app-2", started=990.0), app("app-3", cores=6, started=900.0))
+    s = snap(*busy, apps=apps, at=1000.0)
+    p = plan(s, pol, History())
+    m.observe_cycle(snapshot=s, plan=p, duration=0.01)
+    assert explain(p)[-1] == ("saturated: wanted 6 workers, max_workers 3: "
+                              "2 apps waiting, the longest app-1 of alice for 40 s")
+    # wanted 3 busy + 2 waiting + 1 idle = 6, target 3; the app with cores does not wait
+    assert saturation(scrape(m)) == (6, 3, 3, 1, 2, 40)
+
+    quiet = snap(*busy, at=1010.0)  # 3 busy + 1 idle = 4 > 3: saturated, no app waiting
+    m.observe_cycle(snapshot=quiet, plan=plan(quiet, pol, History()), duration=0.01)
+    assert saturation(scrape(m)) == (4, 3, 3, 1, 0, 0)
+    blind = snap(master_error="master down", at=1020.0)  # a pool seen in part: the last values stay
+    m.observe_cycle(snapshot=blind, plan=plan(blind, pol, History()), duration=0.01)
+    held = saturation(scrape(m))
+    assert (held[0], held[2:]) == (4, (3, 1, 0, 0))
+    calm = snap(worker("b0", S.BUSY), at=1030.0)
+    m.observe_cycle(snapshot=calm, plan=plan(calm, pol, History()), duration=0.01)
+    assert saturation(scrape(m)) == (2, 2, 3, 0, 0, 0)
+
+
+def test_the_oldest_held_worker_is_timed_from_its_decommission():
+    m = ScalerMetrics()
+    assert scrape(m)[("spark_scaler_oldest_held_worker_seconds", ())] == 0
+    cycle(m, snap(worker("h1", S.HELD, retiring_since=400.0), worker("h2", S.HELD, retiring_since=700.0),
+                  worker("d1", S.DRAINING, retiring_since=100.0), at=1000.0))
+    values = scrape(m)
+    assert values[("spark_scaler_oldest_held_worker_seconds", ())] == 600
+    assert by_state(values)["held"] == 2
+    cycle(m, snap(worker("d1", S.DRAINING, retiring_since=100.0), at=1010.0))
+    assert scrape(m)[("spark_scaler_oldest_held_worker_seconds", ())] == 0
 
 
 def test_counters_increment_and_histograms_count_cycles_and_drains():
@@ -266,3 +323,60 @@ def test_text_is_escaped_and_the_svg_scales():
     assert root.get("viewBox").startswith("0 0 320 ")
     assert "max-width:100%" in root.get("style")
     assert list(series(root)) == ["idle"]  # states given as plain strings work too
+
+
+# -- on real parts -----------------------------------------------------------------
+
+make_scaler = test_scaling.make_scaler  # the fixture: a Reconciler on its own local backend
+
+
+@pytest.mark.spark
+async def test_a_driver_asking_past_max_workers_makes_the_metrics_and_the_log_say_saturated(
+        make_scaler, drivers, caplog):
+    """A real master, a real worker and two real drivers: one asks 4 cores of a pool held to
+    1 one-core worker and takes it, the other gets none. The app's metrics and log, fed as
+    `SparkScalerApp` feeds them, say saturated, with the waiting app and its wait."""
+    r = await make_scaler(max_workers=1, idle_workers=0)
+    app = SparkScalerApp(max_workers=1)
+    app.metrics, app.pool_history = ScalerMetrics(), PoolHistory(interval=0.3)
+    app.hub, app.reconciler, app.log = None, r, r.log
+    r.on_cycle = app.observe_cycle
+    caplog.set_level(logging.INFO, logger=r.log.name)
+
+    def metric(name: str) -> float:
+        return scrape(app.metrics)[(f"spark_scaler_{name}", ())]
+
+    async def cycle(predicate) -> bool:
+        await r.cycle()
+        app.log_pool(r.last_snapshot)
+        return predicate()
+
+    greedy = drivers("greedy", "--cores-max", "4", "--tasks", "4", "--task-seconds", "2")
+    await greedy.started()
+    await until(lambda: cycle(lambda: r.last_snapshot.count(S.BUSY) == 1), timeout=120, interval=0.3,
+                what="the greedy driver on the one worker")
+    assert metric("saturated") == 0, "an app with some cores is not seen to want more"
+    starved = drivers("starved", "--cores-max", "1")
+    starved_id = (await starved.started())["app_id"]
+    await until(lambda: cycle(lambda: metric("saturated") == 1 and metric("waiting_apps") == 1),
+                timeout=60, interval=0.3, what="saturated, 1 app waiting")
+    # 1 busy + 1 waiting app wanted, 1 allowed
+    assert (metric("wanted_workers"), metric("target_workers"), metric("max_workers")) == (2, 1, 1)
+    await asyncio.sleep(2)
+    await cycle(lambda: None)
+    assert metric("oldest_waiting_app_seconds") >= 2
+    assert len([w for w in r.last_snapshot.workers if w.ours]) == 1, "never past max_workers"
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert "pool: 1 busy; target 1, wanted 2 > max_workers 1, 1 app waiting" in logged, logged
+    began = [line for line in logged if line.startswith("saturated: ")]
+    assert len(began) == 1, began
+    assert began[0].startswith(
+        f"saturated: wanted 2 workers, max_workers 1: 1 app waiting, {starved_id} of "), began
+
+    starved.kill()  # its job waits for a core it never gets: it would never read its stop file
+    await greedy.result()
+    await until(lambda: cycle(lambda: not r.last_snapshot.apps), timeout=60, interval=0.3,
+                what="both apps gone")
+    ended = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("unsaturated: ")]
+    assert len(ended) == 1 and "the longest an app waited" in ended[0], ended
+    assert (metric("saturated"), metric("waiting_apps"), metric("oldest_waiting_app_seconds")) == (0, 0, 0)

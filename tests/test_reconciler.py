@@ -20,6 +20,7 @@ from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import (
     BackendWorker,
     Executor,
+    MasterApp,
     MasterStatus,
     MasterWorker,
     WorkerState,
@@ -52,11 +53,12 @@ class FakeSpark:
         self.worker_errors: dict[str, BaseException] = {}  # by web UI address
         self.delays: dict[str, float] = {}  # seconds before a worker answers, by web UI address
         self.reads: list[str] = []  # the web UI addresses read, in order
+        self.apps: tuple[MasterApp, ...] = ()
 
     async def master(self) -> MasterStatus:
         if self.error is not None:
             raise self.error
-        return MasterStatus("spark://master.invalid:7077", "ALIVE", tuple(self.entries.values()), ())
+        return MasterStatus("spark://master.invalid:7077", "ALIVE", tuple(self.entries.values()), self.apps)
 
     async def worker(self, webui_url: str) -> WorkerStatus:
         self.reads.append(webui_url)
@@ -330,6 +332,70 @@ async def test_the_apps_metrics_count_what_the_reports_carry(scaler):
                  "spark_scaler_workers_stopped_total 1.0", 'spark_scaler_errors_total{kind="action"} 1.0',
                  "spark_scaler_cycle_duration_seconds_count 4.0"):
         assert line in body.splitlines(), line
+
+
+# -- saturation: more workers wanted than max_workers ----------------------------------------
+
+
+def waiting_app(app_id: str, *, user: str, waited: float, now: float) -> MasterApp:
+    return MasterApp(app_id, "job", 0, "WAITING", user, round((now - waited) * 1000))
+
+
+async def test_a_saturation_is_recorded_and_logged_once_when_it_begins_and_once_when_it_ends(
+        scaler, caplog, monkeypatch):
+    r, backend, spark, reports = scaler
+    t = [1000.0]
+    monkeypatch.setattr(reconciler.clock, "now", lambda: t[0])
+    caplog.set_level(logging.INFO, logger=LOG)
+    for _ in range(4):  # max_workers 4, all busy
+        backend.add(busy=True)
+    spark.apps = (waiting_app("app-2", user="bob", waited=5, now=t[0]),
+                  waiting_app("app-1", user="alice", waited=40, now=t[0]))
+    await r.cycle()  # wanted 4 busy + 2 waiting + 1 idle = 7 > 4
+    t[0] += 60
+    await r.cycle()
+    spark.error = SparkError("master down")  # blind: neither begins nor ends a saturation
+    t[0] += 2
+    await r.cycle()
+    spark.error, spark.apps = None, ()
+    t[0] += 2
+    await r.cycle()  # 4 busy + 1 idle = 5 > 4: still saturated, no app waiting
+    for w in list(backend.workers.values())[:2]:
+        spark.entries[w.handle] = master_entry(w)  # two go idle: wanted 2 busy + 1 idle = 3
+    t[0] += 10
+    await r.cycle()
+    await r.cycle()
+    logged = [rec.getMessage() for rec in caplog.records if "saturated" in rec.getMessage()]
+    assert logged == [
+        "saturated: wanted 7 workers, max_workers 4: 2 apps waiting, the longest app-1 of alice for 40 s",
+        "unsaturated: wanted 3 workers, max_workers 4, after 74 s saturated; "
+        "the longest an app waited: 100 s",
+    ]
+    assert [d.action for d in r.decisions if "saturated" in d.action.value] == [
+        Action.SATURATED, Action.UNSATURATED]
+    assert [d.at for d in r.decisions if "saturated" in d.action.value] == [1000.0, 1074.0]
+
+
+async def test_the_pool_line_names_the_wanted_size_only_past_max_workers(scaler, caplog, monkeypatch):
+    r, backend, spark, reports = scaler
+    monkeypatch.setattr(reconciler.clock, "now", lambda: 1000.0)
+    app = SparkScalerApp(max_workers=4)
+    app.reconciler, app.log = r, logging.getLogger(LOG)
+    caplog.set_level(logging.INFO, logger=LOG)
+    for _ in range(4):
+        backend.add(busy=True)
+    await r.cycle()  # 4 busy + 1 idle: wanted 5
+    app.log_pool(r.last_snapshot)
+    spark.apps = (waiting_app("app-1", user="alice", waited=3, now=1000.0),)
+    await r.cycle()
+    app.log_pool(r.last_snapshot)
+    spark.entries = {h: master_entry(w) for h, w in backend.workers.items()}  # all idle: wanted 1 + 1
+    await r.cycle()
+    app.log_pool(r.last_snapshot)
+    lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("pool:")]
+    assert lines[:2] == ["pool: 4 busy; target 4, wanted 5 > max_workers 4, no app waiting",
+                         "pool: 4 busy; target 4, wanted 6 > max_workers 4, 1 app waiting"]
+    assert lines[2].startswith("pool: ") and "wanted" not in lines[2], lines
 
 
 # -- busy workers' own /json/: a few each cycle, for the page only ----------------------------
