@@ -24,6 +24,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from . import clock
 from .constants import EVENT_ACTIONS, EVENT_STOP, SERVICE_SCOPES
 from .httpjson import fetch_json
+from .model import AppStart
 
 #: A server's key: (user name, server name); the default server's name is "".
 Key = tuple[str, str]
@@ -64,25 +65,55 @@ class Event:
 
 
 def warm_servers(servers: Iterable[Server], *, now: float, window: float,
-                 app_starts: Iterable[float] = ()) -> list[Server]:
+                 app_starts: Iterable[AppStart] = ()) -> list[Server]:
     """The servers that still pre-warm: started at most `window` seconds before `now`, and
-    not yet followed by a Spark app. Each app start (epoch seconds) uses up the oldest
-    server that started before it and is not used up yet: pre-warm is for a user's first
-    driver; after it, the pool's idle workers serve.
+    not yet followed by a Spark app (pre-warm is for a user's first driver; after it, the
+    pool's idle workers serve). In start order, each app uses up one server's credit:
+
+    - an app whose user (the name the master reports) has a server here uses up that user's
+      oldest warm server that started before the app, or nothing: another user's credit
+      stays theirs;
+    - any other app (a driver named after its OS user, or started outside the hub) uses up
+      the oldest warm server of anyone that started before it.
 
     A `started` after `now` (the hub's clock ahead of ours) counts as just started.
     """
+    servers = tuple(servers)
+    hub_users = {s.user for s in servers}
     warm = sorted((s for s in servers if s.started is not None and now - s.started <= window),
                   key=lambda s: s.started)
-    used = 0
+    used = [False] * len(warm)
+    oldest = _Oldest(range(len(warm)), warm, used)
+    per_user: dict[str, _Oldest] = {}
+    for i, s in enumerate(warm):
+        per_user.setdefault(s.user, _Oldest([], warm, used)).indexes.append(i)
     for start in sorted(app_starts):
-        if used < len(warm) and warm[used].started <= start:
-            used += 1
-    return warm[used:]
+        pick = per_user.get(start.user) if start.user in hub_users else oldest
+        i = pick.take(start.at) if pick else None
+        if i is not None:
+            used[i] = True
+    return [s for s, gone in zip(warm, used) if not gone]
+
+
+class _Oldest:
+    """The oldest of some warm servers (`indexes` into `warm`, in start order) not used up yet."""
+
+    def __init__(self, indexes, warm: list[Server], used: list[bool]):
+        self.indexes = list(indexes)
+        self.warm, self.used = warm, used
+        self.next = 0  # all before it are used up: apps come in start order, so it only advances
+
+    def take(self, at: float) -> int | None:
+        """The oldest one not used up, if it started by `at`."""
+        while self.next < len(self.indexes) and self.used[self.indexes[self.next]]:
+            self.next += 1
+        if self.next < len(self.indexes) and self.warm[self.indexes[self.next]].started <= at:
+            return self.indexes[self.next]
+        return None
 
 
 def prewarm_credit(servers: Iterable[Server], *, now: float, window: float, per_server: int,
-                   app_starts: Iterable[float] = ()) -> int:
+                   app_starts: Iterable[AppStart] = ()) -> int:
     """`per_server` workers for each of the `warm_servers`."""
     return per_server * len(warm_servers(servers, now=now, window=window, app_starts=app_starts))
 
@@ -227,7 +258,7 @@ class HubActivity:
         """The known active servers, by user and name."""
         return tuple(self._servers[key] for key in sorted(self._servers))
 
-    def credit(self, *, window: float, per_server: int, app_starts: Iterable[float] = ()) -> int:
+    def credit(self, *, window: float, per_server: int, app_starts: Iterable[AppStart] = ()) -> int:
         """Extra idle workers for servers started within `window` seconds (see `warm_servers`)."""
         return prewarm_credit(self._servers.values(), now=clock.now(), window=window, per_server=per_server,
                               app_starts=app_starts)

@@ -172,8 +172,9 @@ class SparkScalerApp(Application):
     ).tag(config=True)
     prewarm_workers_per_server = Int(
         1, help="Idle workers added to the idle target for each notebook server started within "
-        "prewarm_window, still running, and not yet followed by a Spark app (each app start uses up the "
-        "oldest such server's credit)."
+        "prewarm_window, still running, and not yet followed by a Spark app (an app whose user, as the "
+        "Spark master reports it, has a server uses up that user's oldest such server's credit; any "
+        "other app the oldest such server's)."
     ).tag(config=True)
 
     @default("hub_api_url")

@@ -12,6 +12,7 @@ For admins who prefer to write it out, the call is equivalent to:
 
     import secrets, sys
     from jhub_spark_scaler.hub import Notifier, SpawnerHook
+    from jhub_spark_scaler.driver_user import DriverUser
 
     token, events_secret = secrets.token_hex(32), secrets.token_hex(32)
     c.JupyterHub.services.append({
@@ -38,6 +39,9 @@ For admins who prefer to write it out, the call is equivalent to:
     notifier = Notifier(name="spark-scaler", url="http://127.0.0.1:10101", token=events_secret)
     c.Spawner.pre_spawn_hook = SpawnerHook(notifier, "start", then=None)  # then=: your own hook
     c.Spawner.post_stop_hook = SpawnerHook(notifier, "stop", then=None)
+    # drivers named after the hub user (driver_user=False leaves this out); an admin's own
+    # SPARK_SUBMIT_OPTS goes in DriverUser(theirs)
+    c.Spawner.environment["SPARK_SUBMIT_OPTS"] = DriverUser()
 
 A spawner class's own section (`c.KubeSpawner.pre_spawn_hook = ...`) takes precedence over
 `c.Spawner`'s for that class: `configure()` wraps the hooks of every section set before the
@@ -89,7 +93,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
 from traitlets.config import Config, LazyConfigValue
 
-# Only `constants` of this package: this module is imported by the hub's own process.
+# Only `constants` and `driver_user` of this package: this module is imported by the hub's
+# own process.
 from .constants import (
     ADMIN_SCOPE,
     ADMIN_SCOPE_DESCRIPTION,
@@ -104,6 +109,7 @@ from .constants import (
     SERVICE_PORT,
     SERVICE_SCOPES,
 )
+from .driver_user import install as install_driver_user
 
 #: Seconds a hook's POST to the service may take: the service runs beside the hub, and a
 #: lost event only delays a reaction until the service's next poll of the hub.
@@ -205,6 +211,7 @@ def configure(
     existing_service: bool = False,
     pass_env: Iterable[str] = (),
     user: str | None = None,
+    driver_user: bool = True,
     **settings: Any,
 ) -> dict:
     """Add the scaler to a hub's config `c`: managed service, its role, the admin and read
@@ -228,6 +235,10 @@ def configure(
     `user`: the Unix user the hub runs the service as (the entry's `user` key; the hub
     must run as root). Without it the service runs as the hub's user; a hub running as
     root then needs `LocalBackend__run_as` for the local backend (docs/backends.md).
+
+    `driver_user`: give each notebook server a `SPARK_SUBMIT_OPTS` that names its Spark
+    drivers after the hub user (`jhub_spark_scaler.driver_user`), so that the master reports
+    their apps under that name and each app uses up its own user's pre-warm credit.
     """
     if _current(c.JupyterHub, "internal_ssl", False):
         raise ValueError(
@@ -256,6 +267,8 @@ def configure(
             **custom_scopes,
         }
     _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=_events_secret(service)))
+    if driver_user:
+        install_driver_user(c)
     return service
 
 

@@ -65,6 +65,14 @@ class MasterApp:
     start_time: int  # ms since the epoch
 
 
+class AppStart(NamedTuple):
+    """An app's start, running or completed: when (epoch seconds), and the user the master
+    reports for it (its driver JVM's `user.name`)."""
+
+    at: float
+    user: str
+
+
 @dataclass(frozen=True, slots=True)
 class MasterStatus:
     """The master's `/json/` answer."""
@@ -73,12 +81,12 @@ class MasterStatus:
     status: str  # ALIVE, STANDBY, RECOVERING, ...
     workers: tuple[MasterWorker, ...]
     apps: tuple[MasterApp, ...]
-    completed_app_starts: tuple[int, ...] = ()  # ms since the epoch, of `completedapps[]`
+    completed_apps: tuple[AppStart, ...] = ()  # of `completedapps[]`
 
     @property
-    def app_starts(self) -> tuple[float, ...]:
-        """When every app the master knows of, running or completed, started (epoch seconds)."""
-        return tuple(ms / 1000 for ms in (*(a.start_time for a in self.apps), *self.completed_app_starts))
+    def app_starts(self) -> tuple[AppStart, ...]:
+        """Every app the master knows of, running or completed."""
+        return (*(AppStart(a.start_time / 1000, a.user) for a in self.apps), *self.completed_apps)
 
     @property
     def ready(self) -> bool:
@@ -147,7 +155,7 @@ class Snapshot:
     prewarm_credit: int = 0  # extra idle workers asked for by recently started servers
     master_error: str = ""  # non-empty: the master could not be read
     backend_error: str = ""  # non-empty: the backend could not be listed
-    app_starts: tuple[float, ...] = ()  # epoch seconds: each app's start uses up one server's credit
+    app_starts: tuple[AppStart, ...] = ()  # each app's start uses up one server's credit
 
     @property
     def blind(self) -> bool:

@@ -69,7 +69,7 @@ from dataclasses import dataclass, replace
 
 from . import clock
 from .backends import Backend, BackendError
-from .model import BackendWorker, Snapshot, WorkerState, WorkerStatus
+from .model import AppStart, BackendWorker, Snapshot, WorkerState, WorkerStatus
 from .observe import (
     Busy,
     ExecutorRead,
@@ -165,7 +165,7 @@ class Reconciler:
         observe: ObserveSettings,
         log: logging.Logger,
         decision_log_size: int,
-        prewarm_credit: Callable[[tuple[float, ...]], int] = lambda app_starts: 0,
+        prewarm_credit: Callable[[tuple[AppStart, ...]], int] = lambda app_starts: 0,
         on_cycle: Callable[[CycleReport], None] = lambda report: None,
     ):
         self.backend = backend

@@ -22,6 +22,7 @@ from .constants import SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
+from .model import AppStart
 from .web.handlers import SecurityHeaders, admin_routes, admin_settings
 from .web.history import PoolHistory
 from .web.pool import PoolState
@@ -77,9 +78,9 @@ class HubService:
         self._ticker: PeriodicCallback | None = None
         self._server: HTTPServer | None = None
 
-    def credit(self, app_starts: Iterable[float] = ()) -> int:
-        """Extra idle workers for recently started, still running notebook servers that no
-        Spark app has started after yet (`app_starts`: epoch seconds)."""
+    def credit(self, app_starts: Iterable[AppStart] = ()) -> int:
+        """Extra idle workers for recently started, still running notebook servers whose credit
+        no Spark app has used up yet (`activity.warm_servers`)."""
         return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server,
                                     app_starts=app_starts)
 

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .httpjson import fetch_json, redirect_error
-from .model import Executor, MasterApp, MasterStatus, MasterWorker, WorkerStatus
+from .model import AppStart, Executor, MasterApp, MasterStatus, MasterWorker, WorkerStatus
 
 #: /json/ of a master with 10,000 workers is ~5 MB; anything far larger is not a master.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -91,6 +91,12 @@ def parse_master_app(doc: Any) -> MasterApp:
     )
 
 
+def parse_completed_app(doc: Any) -> AppStart:
+    where = "master /json/ completedapps[]"
+    doc = _object(doc, where)
+    return AppStart(_field(doc, "starttime", int, where, 0) / 1000, _field(doc, "user", str, where, ""))
+
+
 def parse_master(doc: Any) -> MasterStatus:
     """Parse the master's `/json/` document."""
     where = "master /json/"
@@ -100,10 +106,7 @@ def parse_master(doc: Any) -> MasterStatus:
         status=_field(doc, "status", str, where),
         workers=tuple(parse_master_worker(w) for w in _list(doc, "workers", where)),
         apps=tuple(parse_master_app(a) for a in _list(doc, "activeapps", where)),
-        completed_app_starts=tuple(
-            _field(_object(a, f"{where} completedapps[]"), "starttime", int, f"{where} completedapps[]", 0)
-            for a in _list(doc, "completedapps", where)
-        ),
+        completed_apps=tuple(parse_completed_app(a) for a in _list(doc, "completedapps", where)),
     )
 
 

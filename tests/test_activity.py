@@ -23,6 +23,7 @@ from tornado.web import Application, RequestHandler
 from jhub_spark_scaler import activity as act
 from jhub_spark_scaler.activity import Event, HubActivity, HubError, Server, apply_event, merge_poll
 from jhub_spark_scaler.activity import parse_users_page, prewarm_credit, warm_servers
+from jhub_spark_scaler.model import AppStart
 
 from .waiting import until
 
@@ -62,16 +63,66 @@ def test_prewarm_credit_per_server_multiples():
     assert prewarm_credit([], now=1000.0, window=600.0, per_server=2) == 0
 
 
-def test_each_app_start_uses_up_the_oldest_credit_before_it():
+def apps(*starts: float, user: str = "root") -> list[AppStart]:
+    """App starts under one user: by default the OS user no hub user is named after."""
+    return [AppStart(at, user) for at in starts]
+
+
+def test_each_app_of_no_hub_user_uses_up_the_oldest_credit_before_it():
     servers = [server("a", started=900.0), server("b", started=950.0), server("c", started=990.0)]
     credit = functools.partial(prewarm_credit, servers, now=1000.0, window=600.0, per_server=2)
     assert credit(app_starts=[]) == 6
-    assert credit(app_starts=[10.0, 899.0]) == 6, "apps that started before every server use up nothing"
-    assert credit(app_starts=[960.0]) == 4, "one app after a and b: a's credit is used up"
-    assert credit(app_starts=[991.0, 905.0]) == 2, "in start order: 905 takes a, 991 takes b"
-    assert credit(app_starts=[905.0, 906.0]) == 4, "906 is before b started: only a is used up"
-    assert credit(app_starts=[995.0, 996.0, 997.0, 998.0]) == 0
-    assert [s.user for s in warm_servers(servers, now=1000.0, window=600.0, app_starts=[960.0])] == ["b", "c"]
+    assert credit(app_starts=apps(10.0, 899.0)) == 6, "apps that started before every server use up nothing"
+    assert credit(app_starts=apps(960.0)) == 4, "one app after a and b: a's credit is used up"
+    assert credit(app_starts=apps(991.0, 905.0)) == 2, "in start order: 905 takes a, 991 takes b"
+    assert credit(app_starts=apps(905.0, 906.0)) == 4, "906 is before b started: only a is used up"
+    assert credit(app_starts=apps(995.0, 996.0, 997.0, 998.0)) == 0
+    assert credit(app_starts=apps(960.0, user="")) == 4, "an app with no user: as any other"
+    left = warm_servers(servers, now=1000.0, window=600.0, app_starts=apps(960.0))
+    assert [s.user for s in left] == ["b", "c"]
+
+
+def test_an_app_named_after_a_hub_user_uses_up_that_users_credit():
+    servers = [server("a", started=900.0), server("b", started=950.0), server("b", "spark", started=960.0),
+               server("c", started=990.0)]
+
+    def warm(*starts: AppStart) -> list[tuple[str, str]]:
+        return [(s.user, s.name) for s in warm_servers(servers, now=1000.0, window=600.0, app_starts=starts)]
+
+    everyone = [("a", ""), ("b", ""), ("b", "spark"), ("c", "")]
+    assert warm(AppStart(995.0, "c")) == everyone[:3], "c's app: c's credit, not a's older one"
+    assert warm(AppStart(970.0, "b"), AppStart(971.0, "b")) == [("a", ""), ("c", "")], "b's oldest first"
+    assert warm(AppStart(970.0, "b"), AppStart(971.0, "b"), AppStart(972.0, "b")) == [("a", ""), ("c", "")], \
+        "a third app of b's takes no one else's credit"
+    assert warm(AppStart(980.0, "c")) == everyone, "c's app before c's server started: nothing"
+    assert warm(AppStart(955.0, "b")) == [("a", ""), ("b", "spark"), ("c", "")], \
+        "only b's default server had started by then"
+
+
+def test_a_hub_user_without_a_warm_server_uses_up_nothing():
+    servers = [server("old", started=100.0), server("a", started=900.0)]
+    assert [s.user for s in warm_servers(servers, now=1000.0, window=600.0,
+                                         app_starts=[AppStart(950.0, "old")])] == ["a"], \
+        "old's server is past the window: old is a hub user, so a's credit stays a's"
+
+
+def test_apps_of_no_hub_user_and_of_a_hub_user_share_out_in_start_order():
+    servers = [server("a", started=900.0), server("b", started=950.0)]
+    starts = [AppStart(960.0, "root"), AppStart(970.0, "a")]
+    assert [s.user for s in warm_servers(servers, now=1000.0, window=600.0, app_starts=starts)] == ["b"], \
+        "root's app takes a's (the oldest), a's own app then finds none left and takes nothing"
+    starts = [AppStart(955.0, "a"), AppStart(960.0, "root")]
+    assert [s.user for s in warm_servers(servers, now=1000.0, window=600.0, app_starts=starts)] == [], \
+        "a's app first takes a's; root's then takes the oldest left, b's"
+
+
+def test_crediting_thousands_of_servers_and_apps_is_fast():
+    servers = [server(f"u{i}", started=500.0 + i * 0.1) for i in range(3000)]
+    starts = [AppStart(600.0 + i * 0.1, f"u{i}" if i % 2 else "root") for i in range(3000)]
+    began = time.perf_counter()
+    left = warm_servers(servers, now=1000.0, window=600.0, app_starts=starts)
+    assert time.perf_counter() - began < 0.5
+    assert not left, "each app, in start order, finds its own or the oldest server started before it"
 
 
 # -- apply_event / merge_poll ---------------------------------------------------------

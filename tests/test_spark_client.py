@@ -48,9 +48,9 @@ def test_parse_master_sample(path):
          w["webuiaddress"]) for w in raw["workers"]]
     assert [(a.id, a.name, a.cores, a.state, a.user, a.start_time) for a in status.apps] == [
         (a["id"], a["name"], a["cores"], a["state"], a["user"], a["starttime"]) for a in raw["activeapps"]]
-    assert status.completed_app_starts == tuple(a["starttime"] for a in raw["completedapps"])
+    assert status.completed_apps == tuple((a["starttime"] / 1000, a["user"]) for a in raw["completedapps"])
     assert sorted(status.app_starts) == sorted(
-        a["starttime"] / 1000 for a in raw["activeapps"] + raw["completedapps"])
+        (a["starttime"] / 1000, a["user"]) for a in raw["activeapps"] + raw["completedapps"])
 
 
 def test_a_completed_app_with_a_mistyped_start_is_one_line():

@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 
 from jhub_spark_scaler.activity import Server
-from jhub_spark_scaler.model import Executor, MasterApp, WorkerState
+from jhub_spark_scaler.model import AppStart, Executor, MasterApp, WorkerState
 from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.reconciler import Action, Decision
 from jhub_spark_scaler.web.handlers import TEMPLATES
@@ -212,7 +212,7 @@ def test_page_escapes_spark_and_user_values():
 
 
 def test_a_server_whose_credit_an_app_used_up_shows_none():
-    snapshot = dataclasses.replace(snap(), app_starts=(960.0,))
+    snapshot = dataclasses.replace(snap(), app_starts=(AppStart(960.0, "root"),))
     servers = [Server("alice", "", 950.0, None, True), Server("bob", "", 970.0, None, True)]
     v = view(snapshot, servers=servers)
     assert [(s["user"], s["prewarm_credit"]) for s in v["servers"]] == [("alice", 0), ("bob", 1)]

@@ -47,6 +47,7 @@ from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector, worker_pod
 from jhub_spark_scaler.constants import ADMIN_SCOPE, EVENTS_SECRET_ENV, READ_SCOPE, SERVICE_SCOPES
+from jhub_spark_scaler.driver_user import SUBMIT_OPTS, DriverUser
 from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
@@ -259,6 +260,12 @@ def test_extra_config_completes_the_charts_service_and_adds_roles_and_hooks(tmp_
     assert start.notifier.url == "http://127.0.0.1:10101", "the hooks post over loopback in the hub pod"
     assert start.notifier.token == service["environment"][EVENTS_SECRET_ENV] != tokens["spark-scaler"], \
         "the hooks send their own secret, never the service's API token"
+
+    # the notebooks' drivers carry the hub user's name; singleuser.extraEnv is kept
+    kube_env = c.KubeSpawner.environment
+    assert kube_env["SPARK_CONF_DIR"] == VALUES["singleuser"]["extraEnv"]["SPARK_CONF_DIR"]
+    assert isinstance(kube_env[SUBMIT_OPTS], DriverUser)
+    assert isinstance(c.Spawner.environment[SUBMIT_OPTS], DriverUser)
 
 
 def test_configure_completes_an_existing_service_only_when_asked():

@@ -1,7 +1,8 @@
 """Who is using the pool: one row per user that has a notebook server or a Spark app,
 built from the page's own server, app and worker rows (pure). A user's apps are matched
-by the user name Spark reports (the driver's OS user or `spark.user`), which is the hub
-user's name where the hub's servers run drivers as their user."""
+by the user name the master reports (the driver JVM's `user.name`), which is the hub user's
+name where `configure()` names the notebooks' drivers (`driver_user`) or the servers run
+as Unix users of the same name; otherwise the driver's OS user, a row of its own."""
 
 from __future__ import annotations
 

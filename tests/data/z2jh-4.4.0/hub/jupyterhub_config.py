@@ -1,5 +1,5 @@
-"""Stand-in for the part of zero-to-jupyterhub 4.4.0's jupyterhub_config.py that turns
-`cull`, `hub.services`, `hub.loadRoles` and `hub.extraConfig` into configuration, in the
+"""Stand-in for the part of zero-to-jupyterhub 4.4.0's jupyterhub_config.py that turns `cull`,
+`hub.services`, `hub.loadRoles`, `singleuser.extraEnv` and `hub.extraConfig` into configuration, in the
 chart's order (see ../README.md). Loaded by tests/test_z2jh.py as JupyterHub loads its
 config file: `c` is the JupyterHub config object."""
 
@@ -43,6 +43,9 @@ for key, service in get_config("hub.services", {}).items():
 for key, role in get_config("hub.loadRoles", {}).items():
     role.setdefault("name", key)
     c.JupyterHub.load_roles.append(role)  # noqa: F821
+
+# the chart sets KubeSpawner traits from singleuser.* (one of them), before hub.extraConfig
+set_config_if_not_none(c.KubeSpawner, "environment", "singleuser.extraEnv")  # noqa: F821
 
 for key, config_py in sorted(get_config("hub.extraConfig", {}).items()):
     print(f"Loading extra config: {key}")
