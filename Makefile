@@ -11,9 +11,11 @@ setup:
 	./scripts/install-browser.sh
 
 ## What only the tests need: a kube-apiserver + etcd built from Debian's sources
-## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes).
+## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes), and
+## promtool unpacked from Debian's prometheus package (about 1 s).
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
+	./scripts/install-promtool.sh
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup

@@ -15,7 +15,6 @@ import gc
 import os
 import re
 import signal
-from collections import Counter
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.log import LogFormatter
@@ -35,7 +34,8 @@ from .leader import Leader
 from .metrics import ScalerMetrics
 from .model import Snapshot
 from .observe import ObserveSettings
-from .policy import PolicySettings, apps_waiting, saturation
+from .policy import PolicySettings
+from .pool_line import pool_line
 from .reconciler import CycleReport, Reconciler
 from .service import HubService, refuse_internal_ssl
 from .spark import SparkClient
@@ -432,18 +432,10 @@ class SparkScalerApp(Application):
     _last_pool_line = ""
 
     def log_pool(self, snapshot: Snapshot | None) -> None:
-        """Log the pool when it changes: counts by state, the target (and when the wanted size is
-        past max_workers, it and the apps waiting), and why a worker is held."""
+        """Log the pool (`pool_line`) when it changes."""
         if snapshot is None:
             return
-        counts = Counter(w.state.value for w in snapshot.workers)
-        parts = [f"{n} {state}" for state, n in sorted(counts.items())] or ["no workers"]
-        decided = self.reconciler.last_plan
-        line = f"pool: {', '.join(parts)}; target {decided.demand.target}"
-        if full := saturation(decided):
-            line += f", wanted {full.wanted} > max_workers {full.max_workers}, {apps_waiting(full.waiting)}"
-        details = [f"{w.handle} {w.state.value}: {w.why}" for w in snapshot.workers if w.why and w.ours]
-        line += "".join(f"\n    {d}" for d in details)
+        line = pool_line(snapshot, self.reconciler.last_plan)
         if line != self._last_pool_line:
             self.log.info("%s", line)
             self._last_pool_line = line

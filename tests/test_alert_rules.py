@@ -3,8 +3,8 @@ Prometheus's own `promtool` fires each one on what a real `ScalerMetrics` export
 
 The series fed to promtool are read back from `ScalerMetrics.render()` after cycles planned
 by the real policy, so a renamed metric or label breaks these tests, not an admin's alerts.
-The promtool test runs where `promtool` is on PATH (or named by $PROMTOOL): Debian's
-`prometheus` package ships it.
+promtool comes from Debian's `prometheus` package: scripts/install-promtool.sh (part of
+`make test-setup`) unpacks it into the test cache; $PROMTOOL or one on PATH also serve.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import MasterApp, Snapshot, WorkerState
 from jhub_spark_scaler.policy import History, plan
 
+from .kube_cluster import BIN
 from .settings import make_policy
 from .test_metrics import worker
 
@@ -108,11 +109,16 @@ def expanded(name: str, duration: str = "") -> dict:
     return {k: v.replace("{{ $value | humanizeDuration }}", duration) for k, v in annotations.items()}
 
 
-PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool")
+#: where scripts/install-promtool.sh (make test-setup) puts it, beside the test kube-apiserver
+CACHED_PROMTOOL = BIN / "promtool"
+PROMTOOL = os.environ.get("PROMTOOL") or (str(CACHED_PROMTOOL) if CACHED_PROMTOOL.exists() else None) \
+    or shutil.which("promtool")
 
 
-@pytest.mark.skipif(not PROMTOOL, reason="promtool not installed (Debian: apt-get install prometheus)")
 def test_promtool_fires_each_rule_on_what_the_scaler_exports(tmp_path):
+    if not PROMTOOL:
+        pytest.fail(f"promtool is missing: run scripts/install-promtool.sh (it unpacks it into {BIN})",
+                    pytrace=False)
     quiet = ScalerMetrics()
     observe(quiet, Snapshot(AT, (worker("b", S.BUSY), worker("i", S.IDLE)), ()))
 
