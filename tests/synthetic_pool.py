@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 
 from jhub_spark_scaler.activity import Server
+from jhub_spark_scaler import model
 from jhub_spark_scaler.model import (
-    AppStart,
     BackendWorker,
     Executor,
     MasterApp,
@@ -183,7 +183,9 @@ class SyntheticPool:
             for h in self._backend
         ]
         credit = sum(1 for s in self.servers if s.started and self.now - s.started < 600)
-        starts = tuple(AppStart(a.start_time / 1000, a.user) for a in self.apps)
+        # the benchmark's "before" tree predates AppStart: there an app start is its time alone
+        starts = tuple(model.AppStart(a.start_time / 1000, a.user) if hasattr(model, "AppStart")
+                       else a.start_time / 1000 for a in self.apps)
         self.snapshot = Snapshot(taken_at=self.now, workers=tuple(workers), apps=tuple(self.apps),
                                  prewarm_credit=credit, app_starts=starts)
         self.plan = plan(self.snapshot, self.policy, self.history)
