@@ -5,7 +5,7 @@ Push for latency, poll for truth: hooks in the hub push `start`/`stop` events
 the hub's users API, so a restarted service recovers everything and a crash
 that sent no event is noticed at the next poll.
 
-The pure part (`Server`, `prewarm_credit`, `apply_event`, `merge_poll`,
+The pure part (`Server`, `Gate`, `prewarm_credit`, `apply_event`, `merge_poll`,
 `parse_users_page`) does no I/O and reads no clock; `HubActivity` does the I/O.
 """
 
@@ -48,10 +48,30 @@ class Server:
     started: float | None  # epoch seconds; the hub sets it when the spawn begins
     pending: str | None  # "spawn", "stop", ... or None
     ready: bool
+    profile: str = ""  # the KubeSpawner profile slug from its user_options, "" without one
 
     @property
     def key(self) -> Key:
         return (self.user, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Which servers may pre-warm at all: those whose profile slug or server name is in
+    `profiles` (empty: every server), of users not in `cold` (users whose last `history`
+    servers ran no Spark app)."""
+
+    profiles: frozenset[str] = frozenset()
+    cold: frozenset[str] = frozenset()
+    history: int = 0
+
+    def why_not(self, server: Server) -> str | None:
+        """Why `server` gets no pre-warm, or None when it may."""
+        if self.profiles and server.profile not in self.profiles and server.name not in self.profiles:
+            return "profile not in prewarm_profiles"
+        if server.user in self.cold:
+            return f"no Spark in the user's last {self.history} servers"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +85,10 @@ class Event:
 
 
 def warm_servers(servers: Iterable[Server], *, now: float, window: float,
-                 app_starts: Iterable[AppStart] = ()) -> list[Server]:
-    """The servers that still pre-warm: started at most `window` seconds before `now`, and
-    not yet followed by a Spark app (pre-warm is for a user's first driver; after it, the
-    pool's idle workers serve). In start order, each app uses up one server's credit:
+                 app_starts: Iterable[AppStart] = (), gate: Gate = Gate()) -> list[Server]:
+    """The servers that still pre-warm: let through by `gate`, started at most `window`
+    seconds before `now`, and not yet followed by a Spark app (pre-warm is for a user's
+    first driver; after it, the pool's idle workers serve). In start order, each app uses up one server's credit:
 
     - an app whose user (the name the master reports) has a server here uses up that user's
       oldest warm server that started before the app, or nothing: another user's credit
@@ -80,8 +100,8 @@ def warm_servers(servers: Iterable[Server], *, now: float, window: float,
     """
     servers = tuple(servers)
     hub_users = {s.user for s in servers}
-    warm = sorted((s for s in servers if s.started is not None and now - s.started <= window),
-                  key=lambda s: s.started)
+    warm = sorted((s for s in servers if s.started is not None and now - s.started <= window
+                   and gate.why_not(s) is None), key=lambda s: s.started)
     used = [False] * len(warm)
     oldest = _Oldest(range(len(warm)), warm, used)
     per_user: dict[str, _Oldest] = {}
@@ -113,9 +133,10 @@ class _Oldest:
 
 
 def prewarm_credit(servers: Iterable[Server], *, now: float, window: float, per_server: int,
-                   app_starts: Iterable[AppStart] = ()) -> int:
+                   app_starts: Iterable[AppStart] = (), gate: Gate = Gate()) -> int:
     """`per_server` workers for each of the `warm_servers`."""
-    return per_server * len(warm_servers(servers, now=now, window=window, app_starts=app_starts))
+    warm = warm_servers(servers, now=now, window=window, app_starts=app_starts, gate=gate)
+    return per_server * len(warm)
 
 
 def apply_event(
@@ -177,7 +198,15 @@ def _parse_server(user: str, name: Any, doc: Any) -> Server:
     ready = doc.get("ready", False)
     if not isinstance(ready, bool):
         raise HubError(f"{where}: 'ready' is {type(ready).__name__}, expected boolean")
-    return Server(user, name, parse_time(doc.get("started"), where), pending, ready)
+    return Server(user, name, parse_time(doc.get("started"), where), pending, ready, _profile(doc))
+
+
+def _profile(doc: dict) -> str:
+    """KubeSpawner's profile slug, which it keeps as `user_options["profile"]`; "" for none
+    (another spawner, or a value that is not a string)."""
+    options = doc.get("user_options")
+    profile = options.get("profile") if isinstance(options, dict) else None
+    return profile if isinstance(profile, str) else ""
 
 
 def _parse_user(doc: Any) -> list[Server]:
@@ -258,10 +287,11 @@ class HubActivity:
         """The known active servers, by user and name."""
         return tuple(self._servers[key] for key in sorted(self._servers))
 
-    def credit(self, *, window: float, per_server: int, app_starts: Iterable[AppStart] = ()) -> int:
+    def credit(self, *, window: float, per_server: int, app_starts: Iterable[AppStart] = (),
+               gate: Gate = Gate()) -> int:
         """Extra idle workers for servers started within `window` seconds (see `warm_servers`)."""
         return prewarm_credit(self._servers.values(), now=clock.now(), window=window, per_server=per_server,
-                              app_starts=app_starts)
+                              app_starts=app_starts, gate=gate)
 
     def on_event(self, action: str, user: str, server: str) -> None:
         """Apply a pushed event at once. Raises ValueError for an unknown action."""

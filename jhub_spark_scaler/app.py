@@ -18,7 +18,7 @@ import signal
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.log import LogFormatter
-from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config
 
 from . import __version__, cli
@@ -171,11 +171,13 @@ class SparkScalerApp(Application):
         f"{HUB_METRICS_SCOPE}, for /metrics (like JupyterHub.authenticate_prometheus)."
     ).tag(config=True)
     prewarm_workers_per_server = Int(
-        1, help="Idle workers added to the idle target for each notebook server started within "
-        "prewarm_window, still running, and not yet followed by a Spark app (an app whose user, as the "
-        "Spark master reports it, has a server uses up that user's oldest such server's credit; any "
-        "other app the oldest such server's)."
+        1, help="Idle workers for each server started within prewarm_window, still running, not yet followed by "
+        "an app of its user (of no hub user: anyone's), allowed by prewarm_profiles and prewarm_history."
     ).tag(config=True)
+    prewarm_profiles = List(Unicode(), help="Only servers whose KubeSpawner profile slug or server name is "
+                            "listed pre-warm. Empty: every server.").tag(config=True)
+    prewarm_history = Int(3, help="A user whose last N servers ran no Spark app of theirs gets no pre-warm "
+                          "until one starts (0: off).").tag(config=True)
 
     @default("hub_api_url")
     def _hub_api_url_default(self):
@@ -194,7 +196,7 @@ class SparkScalerApp(Application):
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
 
     _validate_min_workers = validate("min_workers", "idle_workers",
-                                     "prewarm_workers_per_server")(at_least(0))
+                                     "prewarm_workers_per_server", "prewarm_history")(at_least(0))
     _validate_max_surge = validate("max_surge")(at_least(1))
     _validate_delays = validate("scale_down_delay", "start_timeout", "held_after",
                                 "drain_timeout")(at_least(0))
@@ -320,7 +322,7 @@ class SparkScalerApp(Application):
             return  # stopped while standing by: nothing was adopted, nothing to clean up
         self.metrics = ScalerMetrics()
         self.pool_history = PoolHistory(interval=self.poll_interval)
-        self.hub = self.make_hub_service() if self.hub_api_url else None
+        self.hub = self.make_hub_service(backend) if self.hub_api_url else None
         self.reconciler: Reconciler | None = None  # events may arrive before it exists
         self._cycles: set[asyncio.Future] = set()  # the cycle in flight, if any
         try:
@@ -357,7 +359,7 @@ class SparkScalerApp(Application):
             await backend.shutdown()
             await self.leader.resign()
 
-    def make_hub_service(self) -> HubService:
+    def make_hub_service(self, backend: Backend | None = None) -> HubService:
         return HubService(
             api_url=self.hub_api_url,
             api_token=self.hub_api_token,
@@ -369,6 +371,8 @@ class SparkScalerApp(Application):
             stale_after=self.hub_stale_after,
             prewarm_window=self.prewarm_window,
             prewarm_per_server=self.prewarm_workers_per_server,
+            prewarm_profiles=self.prewarm_profiles, prewarm_history=self.prewarm_history,
+            state_dir=getattr(backend, "state_dir", None),  # the local backend's: history survives restarts
             on_change=self.reconcile_soon,
             log=self.log,
             cycle_interval=self.poll_interval,

@@ -17,12 +17,14 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application
 
-from .activity import HubActivity
+from . import clock
+from .activity import Gate, HubActivity
 from .constants import SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
 from .model import AppStart
+from .prewarm_history import PrewarmHistory
 from .web.handlers import SecurityHeaders, admin_routes, admin_settings
 from .web.history import PoolHistory
 from .web.pool import PoolState
@@ -48,6 +50,9 @@ class HubService:
         stale_after: float,
         prewarm_window: float,
         prewarm_per_server: int,
+        prewarm_profiles: Iterable[str] = (),
+        prewarm_history: int = 0,
+        state_dir: str | None = None,
         on_change: Callable[[], None],
         log: logging.Logger,
         metrics: ScalerMetrics,
@@ -57,6 +62,9 @@ class HubService:
     ):
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
+        self.profiles = frozenset(prewarm_profiles)
+        self.history = PrewarmHistory(keep=prewarm_history, log=log, state_dir=state_dir)
+        self._gate = Gate(profiles=self.profiles, history=prewarm_history)
         #: what the admin page reads; the app attaches its Reconciler
         self.pool = PoolState(
             activity=self.activity,
@@ -66,6 +74,7 @@ class HubService:
             on_change=on_change,
             metrics=metrics,
             history=pool_history,
+            gate=lambda: self._gate,
         )
         self.authenticate_prometheus = authenticate_prometheus
         self.service_url = service_url
@@ -80,9 +89,15 @@ class HubService:
 
     def credit(self, app_starts: Iterable[AppStart] = ()) -> int:
         """Extra idle workers for recently started, still running notebook servers whose credit
-        no Spark app has used up yet (`activity.warm_servers`)."""
+        no Spark app has used up yet, let through by `prewarm_profiles` and each user's history
+        (`activity.warm_servers`)."""
+        app_starts = tuple(app_starts)
+        if self.activity.healthy:  # servers missing from a failed poll have not ended
+            self.history.observe(self.activity.servers, app_starts, now=clock.now())
+        cold = self.history.cold(app_starts)
+        self._gate = Gate(profiles=self.profiles, cold=cold, history=self.history.keep)
         return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server,
-                                    app_starts=app_starts)
+                                    app_starts=app_starts, gate=self._gate)
 
     def _on_event(self, action: str, user: str, server: str) -> None:
         self.activity.on_event(action, user, server)

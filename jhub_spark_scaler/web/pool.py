@@ -11,7 +11,7 @@ from typing import Any
 from markupsafe import Markup
 
 from .. import clock
-from ..activity import HubActivity
+from ..activity import Gate, HubActivity
 from ..metrics import ScalerMetrics
 from ..reconciler import Reconciler
 from .chart import render_svg
@@ -30,6 +30,7 @@ class PoolState:
         history: PoolHistory,
         poll_interval: float,
         on_change: Callable[[], None] = lambda: None,
+        gate: Callable[[], Gate] = Gate,
     ):
         self.metrics = metrics
         self.history = history
@@ -40,6 +41,7 @@ class PoolState:
         #: called after an admin change that should take effect at once (a cycle soon)
         self.on_change = on_change
         self.reconciler: Reconciler | None = None
+        self.gate = gate  # which servers may pre-warm, as of the last cycle
 
     def attach(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
@@ -64,6 +66,7 @@ class PoolState:
                 "idle_workers": r.policy.idle_workers,
                 "prewarm_window": self.prewarm_window,
                 "prewarm_per_server": self.prewarm_per_server,
+                "prewarm_gate": self.gate(),
             },
             now=clock.now(),
         )

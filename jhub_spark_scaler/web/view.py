@@ -7,7 +7,8 @@ filters, sorts and pages it for the page and `api/pool`. No I/O, no clock:
 
 `settings` holds the configured values: `max_workers`, `min_workers`,
 `idle_workers` (the configured value; `idle_override`, when not None,
-replaces it), `prewarm_window` and `prewarm_per_server`.
+replaces it), `prewarm_window`, `prewarm_per_server` and `prewarm_gate` (an
+`activity.Gate`; absent: every server may pre-warm).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ..activity import Server, warm_servers
+from ..activity import Gate, Server, warm_servers
 from ..model import MasterApp, Snapshot, Worker, WorkerState
 from ..policy import Plan, explain
 from ..reconciler import Decision
@@ -111,7 +112,7 @@ def _apps(snapshot: Snapshot | None, workers: list[dict[str, Any]], *, hub_users
     ]
 
 
-def _server(s: Server, *, warm: bool, per_server: int) -> dict[str, Any]:
+def _server(s: Server, *, warm: bool, per_server: int, gate: Gate) -> dict[str, Any]:
     return {
         "key": f"{s.user}/{s.name}",
         "user": s.user,
@@ -119,7 +120,9 @@ def _server(s: Server, *, warm: bool, per_server: int) -> dict[str, Any]:
         "started": iso(s.started),
         "pending": s.pending,
         "ready": s.ready,
+        "profile": s.profile,
         "prewarm_credit": per_server if warm else 0,
+        "prewarm_why": gate.why_not(s),  # None: the gate lets it pre-warm (within the window)
     }
 
 
@@ -180,9 +183,11 @@ def pool_view(
         if w.ours:  # as the metrics count; foreign workers are counted apart
             counts[w.state.value] += 1
     servers = tuple(servers)
+    gate = settings.get("prewarm_gate") or Gate()
     warm = set(warm_servers(servers, now=now, window=settings["prewarm_window"],
-                            app_starts=snapshot.app_starts if snapshot else ()))
-    server_rows = [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"]) for s in servers]
+                            app_starts=snapshot.app_starts if snapshot else (), gate=gate))
+    server_rows = [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"], gate=gate)
+                   for s in servers]
     workers = _workers(snapshot, plan, now=now)
     apps = _apps(snapshot, workers, hub_users={s.user for s in servers}, now=now)
     target = _target(plan, snapshot, idle_override=idle_override, settings=settings)
