@@ -88,7 +88,8 @@ def warm_servers(servers: Iterable[Server], *, now: float, window: float,
                  app_starts: Iterable[AppStart] = (), gate: Gate = Gate()) -> list[Server]:
     """The servers that still pre-warm: let through by `gate`, started at most `window`
     seconds before `now`, and not yet followed by a Spark app (pre-warm is for a user's
-    first driver; after it, the pool's idle workers serve). In start order, each app uses up one server's credit:
+    first driver; after it, the pool's idle workers serve). In start order, each app uses up
+    one server's credit:
 
     - an app whose user (the name the master reports) has a server here uses up that user's
       oldest warm server that started before the app, or nothing: another user's credit

@@ -171,8 +171,8 @@ class SparkScalerApp(Application):
         f"{HUB_METRICS_SCOPE}, for /metrics (like JupyterHub.authenticate_prometheus)."
     ).tag(config=True)
     prewarm_workers_per_server = Int(
-        1, help="Idle workers for each server started within prewarm_window, still running, not yet followed by "
-        "an app of its user (of no hub user: anyone's), allowed by prewarm_profiles and prewarm_history."
+        1, help="Idle workers for each server started within prewarm_window, still running, not yet "
+        "followed by an app of its user (of no hub user: anyone's), allowed by prewarm_profiles and history."
     ).tag(config=True)
     prewarm_profiles = List(Unicode(), help="Only servers whose KubeSpawner profile slug or server name is "
                             "listed pre-warm. Empty: every server.").tag(config=True)
