@@ -1,0 +1,183 @@
+"""Pre-warm where it pays: `activity.Gate` (profiles and cold users), `PrewarmHistory`
+(each user's recent servers, kept in the local state directory), the admin page's
+`prewarm_why`, then the whole path against a real hub (MockHub, real single-user servers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pytest
+
+from jhub_spark_scaler.activity import Gate, HubActivity, Server, parse_users_page, prewarm_credit
+from jhub_spark_scaler.model import AppStart
+from jhub_spark_scaler.prewarm_history import FILE_NAME, PrewarmHistory
+from jhub_spark_scaler.web.view import pool_view
+
+from .test_activity import ADMIN_TOKEN, READER_TOKEN, admin, real_hub  # noqa: F401 (a fixture)
+from .waiting import until
+
+LOG = logging.getLogger("test-prewarm")
+NOW = 1000.0
+COLD = "no Spark in the user's last 2 servers"
+
+
+def server(user: str, name: str = "", *, started: float = 990.0, profile: str = "") -> Server:
+    return Server(user, name, started, None, True, profile)
+
+
+# -- the gate -------------------------------------------------------------------------
+
+
+def test_the_default_gate_lets_every_server_prewarm():
+    servers = [server("a", profile="spark"), server("b"), server("c", "gpu")]
+    assert prewarm_credit(servers, now=NOW, window=600, per_server=1) == 3
+    assert [Gate().why_not(s) for s in servers] == [None, None, None]
+
+
+def test_profiles_match_the_profile_slug_or_the_server_name():
+    gate = Gate(profiles=frozenset({"spark"}))
+    servers = [server("a", profile="spark"), server("b", "spark"), server("c", profile="minimal"),
+               server("d"), server("e", "gpu", profile="gpu")]
+    assert [gate.why_not(s) for s in servers] == [None, None] + ["profile not in prewarm_profiles"] * 3
+    assert prewarm_credit(servers, now=NOW, window=600, per_server=2, gate=gate) == 4
+
+
+def test_a_cold_users_servers_get_nothing_and_their_apps_use_up_nothing_else():
+    gate = Gate(cold=frozenset({"a"}), history=2)
+    servers = [server("a", started=900.0), server("b", started=950.0)]
+    assert gate.why_not(servers[0]) == COLD and gate.why_not(servers[1]) is None
+    assert prewarm_credit(servers, now=NOW, window=600, per_server=1, gate=gate) == 1
+    # a's app does not take b's credit (it is a hub user's app: only its own servers count)
+    assert prewarm_credit(servers, now=NOW, window=600, per_server=1, gate=gate,
+                          app_starts=[AppStart(960.0, "a")]) == 1
+
+
+def test_the_profile_comes_from_kubespawners_user_options():
+    def page(options):
+        doc = {"started": None, "ready": True, "user_options": options}
+        return {"items": [{"name": "a", "servers": {"": doc}}]}
+
+    assert parse_users_page(page({"profile": "spark"}))[0][0].profile == "spark"
+    for odd in (None, {}, {"profile": 3}, ["profile"], {"image": "x"}):
+        assert parse_users_page(page(odd))[0][0].profile == ""
+
+
+# -- the history ----------------------------------------------------------------------
+
+
+def ended(history: PrewarmHistory, s: Server, *, at: float, apps=()) -> None:
+    """`s` seen running, then gone at `at`."""
+    history.observe([s], apps, now=s.started)
+    history.observe([], apps, now=at)
+
+
+def test_a_user_is_cold_after_n_servers_without_spark_until_an_app_of_theirs_starts(tmp_path):
+    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
+    ended(history, server("a", started=100.0), at=200.0)
+    assert history.cold(()) == frozenset()  # one server: not yet known to be cold
+    ended(history, server("a", started=300.0), at=400.0, apps=[AppStart(250.0, "a"), AppStart(350.0, "b")])
+    assert history.cold(()) == {"a"}  # the app before the server and another user's app do not count
+    assert history.cold([AppStart(350.0, "a")]) == {"a"}  # before the last server ended: counted then
+    assert history.cold([AppStart(450.0, "a")]) == frozenset()  # started since: warm again
+    ended(history, server("a", started=500.0), at=600.0, apps=[AppStart(550.0, "a")])
+    assert history.cold(()) == frozenset()
+    assert history.users["a"] == [[400.0, False], [600.0, True]]  # only the last `keep`
+
+
+def test_the_history_survives_a_restart_in_the_state_dir(tmp_path):
+    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
+    for started in (100.0, 300.0):
+        ended(history, server("a", started=started), at=started + 50)
+    again = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
+    assert again.cold(()) == {"a"}
+    assert oct(os.stat(tmp_path / FILE_NAME).st_mode & 0o777) == "0o600"
+    # a smaller `keep` after a restart reads only the last ones; 0 turns it all off
+    assert PrewarmHistory(keep=1, log=LOG, state_dir=str(tmp_path)).users == {"a": [[350.0, False]]}
+    assert PrewarmHistory(keep=0, log=LOG, state_dir=str(tmp_path)).cold(()) == frozenset()
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", '{"users": []}', '{"users": {"a": [[1]]}}',
+                                     '{"users": {"a": [["x", false]]}}'])
+def test_a_damaged_record_is_forgotten_so_everyone_prewarms(tmp_path, content):
+    (tmp_path / FILE_NAME).write_text(content)
+    assert PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path)).users == {}
+
+
+def test_a_planted_symlink_is_neither_read_nor_written_through(tmp_path, caplog):
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"users": {"victim": [[1.0, False], [2.0, False]]}}))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).symlink_to(elsewhere)
+    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(state))
+    assert history.users == {} and "refusing state file" in caplog.text
+    ended(history, server("a", started=1.0), at=2.0)
+    assert json.loads(elsewhere.read_text())["users"] == {"victim": [[1.0, False], [2.0, False]]}
+    assert not (state / FILE_NAME).is_symlink()
+
+
+def test_without_a_state_dir_the_history_lives_in_memory():
+    history = PrewarmHistory(keep=1, log=LOG)
+    ended(history, server("a", started=1.0), at=2.0)
+    assert history.cold(()) == {"a"}
+
+
+# -- the admin page -------------------------------------------------------------------
+
+
+def test_the_servers_table_says_why_a_server_gets_no_credit():
+    settings = {"max_workers": 5, "min_workers": 0, "idle_workers": 1, "prewarm_window": 600,
+                "prewarm_per_server": 1,
+                "prewarm_gate": Gate(profiles=frozenset({"spark"}), cold=frozenset({"c"}), history=2)}
+    servers = [server("a", profile="spark"), server("b", profile="minimal"), server("c", "spark")]
+    v = pool_view(snapshot=None, plan=None, decisions=(), servers=servers, hub_healthy=True, hub_error="",
+                  paused=False, idle_override=None, settings=settings, now=NOW)
+    assert [(r["key"], r["profile"], r["prewarm_credit"], r["prewarm_why"]) for r in v["servers"]] == [
+        ("a/", "spark", 1, None), ("b/", "minimal", 0, "profile not in prewarm_profiles"),
+        ("c/spark", "", 0, COLD)]
+
+
+# -- a real hub -----------------------------------------------------------------------
+
+
+async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F811 (the fixture)
+    """The reader's token (list:users, read:servers only) sees each server's user_options;
+    a server with a profile not in prewarm_profiles gets no credit, one in it does, and a
+    user whose last 2 servers ran no Spark app gets none, across a restart of the record."""
+    app = real_hub
+    assert await admin(app, "POST", "/users", {"usernames": ["pro", "plain", "idle"]}) == 201
+    for path, options in [("/users/pro/server", {"profile": "spark"}),
+                          ("/users/plain/server", {"profile": "minimal"})]:
+        assert await admin(app, "POST", path, options) in (201, 202)
+    hub = HubActivity(api_url=app.hub.api_url, api_token=READER_TOKEN, log=LOG, stale_after=300)
+    await hub.poll()
+    assert hub.healthy, hub.last_error
+    assert {s.user: s.profile for s in hub.servers} == {"pro": "spark", "plain": "minimal"}
+    gate = Gate(profiles=frozenset({"spark"}))
+    assert hub.credit(window=600, per_server=1, gate=gate) == 1
+    assert [gate.why_not(s) for s in hub.servers] == ["profile not in prewarm_profiles", None]
+
+    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
+    for _ in range(2):  # two servers of "idle", no Spark app while they ran
+        assert await admin(app, "POST", "/users/idle/server") in (201, 202)
+        await hub.poll()
+        history.observe(hub.servers, (), now=time.time())
+        assert await admin(app, "DELETE", "/users/idle/server") in (202, 204)
+
+        async def gone():
+            await hub.poll()
+            return "idle" not in {s.user for s in hub.servers}
+
+        await until(gone, timeout=30, what="idle's server to leave the hub's answer")
+        history.observe(hub.servers, (), now=time.time())
+    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))  # a restarted scaler
+    assert await admin(app, "POST", "/users/idle/server") in (201, 202)
+    await hub.poll()
+    cold = Gate(cold=history.cold(()), history=2)
+    assert cold.cold == {"idle"}
+    assert hub.credit(window=600, per_server=1, gate=cold) == 2  # pro's and plain's, not idle's
+    warm_again = Gate(cold=history.cold([AppStart(time.time(), "idle")]))  # an app of idle's since
+    assert hub.credit(window=600, per_server=1, gate=warm_again) == 3
