@@ -8,6 +8,7 @@ page (`jhub_spark_scaler.web`) is served beside it, behind the hub's OAuth.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ from tornado.web import Application
 
 from . import clock
 from .activity import Gate, HubActivity
-from .constants import SERVICE_HOST
+from .constants import EVENT_START, SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
@@ -85,6 +86,7 @@ class HubService:
         self._token = api_token
         self._events_secret = events_secret
         self._ticker: PeriodicCallback | None = None
+        self._polls: set[asyncio.Task] = set()  # strong references to the polls events start
         self._server: HTTPServer | None = None
 
     def credit(self, app_starts: Iterable[AppStart] = ()) -> int:
@@ -103,6 +105,11 @@ class HubService:
         self.activity.on_event(action, user, server)
         self.log.info("hub event: %s %s/%s", action, user, server)
         self.on_change()
+        if self.profiles and action == EVENT_START:
+            # an event carries no profile: read it from the hub now, not at the next poll
+            task = asyncio.get_running_loop().create_task(self._poll())
+            self._polls.add(task)
+            task.add_done_callback(self._polls.discard)
 
     async def _poll(self) -> None:
         await self.activity.poll()

@@ -11,12 +11,15 @@ import time
 
 import pytest
 
-from jhub_spark_scaler.activity import Gate, HubActivity, Server, parse_users_page, prewarm_credit
+from jhub_spark_scaler.activity import Gate, Server, parse_users_page, prewarm_credit
+from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import AppStart
 from jhub_spark_scaler.prewarm_history import FILE_NAME, PrewarmHistory
+from jhub_spark_scaler.service import HubService
+from jhub_spark_scaler.web.history import PoolHistory
 from jhub_spark_scaler.web.view import pool_view
 
-from .test_activity import ADMIN_TOKEN, READER_TOKEN, admin, real_hub  # noqa: F401 (a fixture)
+from .test_activity import READER_TOKEN, admin, real_hub  # noqa: F401 (a fixture)
 from .waiting import until
 
 LOG = logging.getLogger("test-prewarm")
@@ -143,41 +146,57 @@ def test_the_servers_table_says_why_a_server_gets_no_credit():
 # -- a real hub -----------------------------------------------------------------------
 
 
+def hub_service(app, state_dir) -> HubService:
+    """The service as the app makes it, with prewarm_profiles ["spark"] and prewarm_history 2."""
+    return HubService(
+        api_url=app.hub.api_url, api_token=READER_TOKEN, events_secret="unused",
+        service_url="http://127.0.0.1:1", prefix="/services/spark-scaler/", poll_interval=3600,
+        stale_after=300, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=["spark"],
+        prewarm_history=2, state_dir=str(state_dir), on_change=lambda: None, log=LOG,
+        metrics=ScalerMetrics(), pool_history=PoolHistory(interval=1), cycle_interval=1,
+        authenticate_prometheus=True,
+    )
+
+
+def why(service: HubService) -> dict[str, str | None]:
+    return {s.user: service.pool.gate().why_not(s) for s in service.activity.servers}
+
+
 async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F811 (the fixture)
     """The reader's token (list:users, read:servers only) sees each server's user_options;
     a server with a profile not in prewarm_profiles gets no credit, one in it does, and a
-    user whose last 2 servers ran no Spark app gets none, across a restart of the record."""
+    user whose last 2 servers ran no Spark app gets none, also after a restart."""
     app = real_hub
     assert await admin(app, "POST", "/users", {"usernames": ["pro", "plain", "idle"]}) == 201
     for path, options in [("/users/pro/server", {"profile": "spark"}),
                           ("/users/plain/server", {"profile": "minimal"})]:
         assert await admin(app, "POST", path, options) in (201, 202)
-    hub = HubActivity(api_url=app.hub.api_url, api_token=READER_TOKEN, log=LOG, stale_after=300)
-    await hub.poll()
-    assert hub.healthy, hub.last_error
-    assert {s.user: s.profile for s in hub.servers} == {"pro": "spark", "plain": "minimal"}
-    gate = Gate(profiles=frozenset({"spark"}))
-    assert hub.credit(window=600, per_server=1, gate=gate) == 1
-    assert [gate.why_not(s) for s in hub.servers] == ["profile not in prewarm_profiles", None]
+    service = hub_service(app, tmp_path)
+    await service.activity.poll()
+    assert service.activity.healthy, service.activity.last_error
+    assert {s.user: s.profile for s in service.activity.servers} == {"pro": "spark", "plain": "minimal"}
+    assert service.credit(()) == 1
+    assert why(service) == {"plain": "profile not in prewarm_profiles", "pro": None}
 
-    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
-    for _ in range(2):  # two servers of "idle", no Spark app while they ran
-        assert await admin(app, "POST", "/users/idle/server") in (201, 202)
-        await hub.poll()
-        history.observe(hub.servers, (), now=time.time())
-        assert await admin(app, "DELETE", "/users/idle/server") in (202, 204)
+    for _ in range(2):  # two servers of "idle", with the profile, no Spark app while they ran
+        assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
+        await service.activity.poll()
+        assert service.credit(()) == 2
 
         async def gone():
-            await hub.poll()
-            return "idle" not in {s.user for s in hub.servers}
+            await service.activity.poll()
+            return "idle" not in {s.user for s in service.activity.servers}
 
+        assert await admin(app, "DELETE", "/users/idle/server") in (202, 204)
         await until(gone, timeout=30, what="idle's server to leave the hub's answer")
-        history.observe(hub.servers, (), now=time.time())
-    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))  # a restarted scaler
-    assert await admin(app, "POST", "/users/idle/server") in (201, 202)
-    await hub.poll()
-    cold = Gate(cold=history.cold(()), history=2)
-    assert cold.cold == {"idle"}
-    assert hub.credit(window=600, per_server=1, gate=cold) == 2  # pro's and plain's, not idle's
-    warm_again = Gate(cold=history.cold([AppStart(time.time(), "idle")]))  # an app of idle's since
-    assert hub.credit(window=600, per_server=1, gate=warm_again) == 3
+        assert service.credit(()) == 1
+    between = time.time()
+
+    service = hub_service(app, tmp_path)  # a restarted scaler
+    assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
+    await service.activity.poll()
+    assert service.credit(()) == 1  # pro's, not idle's
+    assert why(service)["idle"] == "no Spark in the user's last 2 servers"
+    # an app of idle's since (started before this server: it uses up no credit of it)
+    assert service.credit([AppStart(between, "idle")]) == 2
+    assert why(service)["idle"] is None
