@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -19,7 +21,7 @@ from jhub_spark_scaler.service import HubService
 from jhub_spark_scaler.web.history import PoolHistory
 from jhub_spark_scaler.web.view import pool_view
 
-from .test_activity import READER_TOKEN, admin, real_hub  # noqa: F401 (a fixture)
+from .test_activity import READER_TOKEN, FakeHub, admin, real_hub, user_doc  # noqa: F401 (a fixture)
 from .waiting import until
 
 LOG = logging.getLogger("test-prewarm")
@@ -143,15 +145,42 @@ def test_the_servers_table_says_why_a_server_gets_no_credit():
         ("c/spark", "", 0, COLD)]
 
 
+# -- the service ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profiles", [("spark",), ()])
+async def test_with_profiles_a_pushed_start_reads_its_profile_from_the_hub_at_once(tmp_path, profiles):
+    """An event names no profile: with prewarm_profiles set, the service polls at once."""
+    hub = FakeHub([])
+    hub.up()
+    try:
+        service = hub_service(hub.api_url, tmp_path, profiles=profiles)
+        await service.activity.poll()
+        started = datetime.now(timezone.utc).isoformat()
+        hub.state["items"] = [user_doc("a", {"": {"started": started, "pending": "spawn", "ready": False,
+                                                  "user_options": {"profile": "spark"}}})]
+        service._on_event("start", "a", "")
+        if profiles:
+            assert service.credit(()) == 0  # the event alone: no profile yet
+            await until(lambda: service.credit(()) == 1, timeout=10, what="the poll the event started")
+            assert len(hub.state["requests"]) == 2
+        else:
+            assert service.credit(()) == 1  # every server pre-warms: no poll needed
+            await asyncio.sleep(0.2)
+            assert len(hub.state["requests"]) == 1
+    finally:
+        await hub.down()
+
+
 # -- a real hub -----------------------------------------------------------------------
 
 
-def hub_service(app, state_dir) -> HubService:
+def hub_service(api_url: str, state_dir, *, profiles=("spark",)) -> HubService:
     """The service as the app makes it, with prewarm_profiles ["spark"] and prewarm_history 2."""
     return HubService(
-        api_url=app.hub.api_url, api_token=READER_TOKEN, events_secret="unused",
+        api_url=api_url, api_token=READER_TOKEN, events_secret="unused",
         service_url="http://127.0.0.1:1", prefix="/services/spark-scaler/", poll_interval=3600,
-        stale_after=300, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=["spark"],
+        stale_after=300, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=profiles,
         prewarm_history=2, state_dir=str(state_dir), on_change=lambda: None, log=LOG,
         metrics=ScalerMetrics(), pool_history=PoolHistory(interval=1), cycle_interval=1,
         authenticate_prometheus=True,
@@ -171,7 +200,7 @@ async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F
     for path, options in [("/users/pro/server", {"profile": "spark"}),
                           ("/users/plain/server", {"profile": "minimal"})]:
         assert await admin(app, "POST", path, options) in (201, 202)
-    service = hub_service(app, tmp_path)
+    service = hub_service(app.hub.api_url, tmp_path)
     await service.activity.poll()
     assert service.activity.healthy, service.activity.last_error
     assert {s.user: s.profile for s in service.activity.servers} == {"pro": "spark", "plain": "minimal"}
@@ -192,7 +221,7 @@ async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F
         assert service.credit(()) == 1
     between = time.time()
 
-    service = hub_service(app, tmp_path)  # a restarted scaler
+    service = hub_service(app.hub.api_url, tmp_path)  # a restarted scaler
     assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
     await service.activity.poll()
     assert service.credit(()) == 1  # pro's, not idle's
