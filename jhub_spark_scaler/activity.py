@@ -249,7 +249,8 @@ class HubActivity:
     """The hub's active servers: polled (the truth) and pushed (at once).
 
     The service's token needs exactly the scopes `constants.SERVICE_SCOPES`,
-    `list:users` and `read:servers` (it reads `GET /users?state=active` and nothing else).
+    `list:users` and `read:servers` (it reads `GET /users?state=active` and nothing else;
+    `read:servers` shows each server's `user_options`, so its profile, too).
 
     `poll()` never raises: while the hub cannot be read, the last known state
     is kept (`healthy` is False, `last_error` says why), and once the last good
