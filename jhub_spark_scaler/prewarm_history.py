@@ -34,6 +34,7 @@ class PrewarmHistory:
         self.path = os.path.join(state_dir, FILE_NAME) if state_dir else None
         self.users: dict[str, list[list]] = self._load() if keep else {}
         self._running: dict[Key, Server] = {}  # the servers seen at the last observation
+        self._ran: set[Key] = set()  # running servers of whose user an app started meanwhile
 
     def _load(self) -> dict[str, list[list]]:
         doc = read_json(self.path, root=self.state_dir, log=self.log) if self.path else None
@@ -47,19 +48,27 @@ class PrewarmHistory:
 
     def observe(self, servers: Iterable[Server], app_starts: Iterable[AppStart], *, now: float) -> None:
         """Record the servers gone since the last call. Call it only with a good hub poll's
-        servers: a server missing because the hub could not be read has not ended."""
+        servers: a server missing because the hub could not be read has not ended. With no
+        app at all (the master unreachable, or restarted) nothing is learnt: the servers that
+        ended wait for an answer that lists apps."""
         if not self.keep:
             return
+        starts = tuple(app_starts)
+        if not starts:
+            self._running.update((s.key, s) for s in servers)
+            return
         current = {s.key: s for s in servers}
+        for key, s in {**self._running, **current}.items():
+            # marked while it runs: the master keeps only its last completed apps
+            if s.started is not None and any(a.user == s.user and s.started <= a.at <= now for a in starts):
+                self._ran.add(key)
         ended = [s for key, s in self._running.items() if key not in current and s.started is not None]
         self._running = current
-        if not ended:
-            return
-        starts = tuple(app_starts)
         for s in ended:
-            ran = any(a.user == s.user and s.started <= a.at <= now for a in starts)
-            self.users[s.user] = [*self.users.get(s.user, []), [now, ran]][-self.keep:]
-        self._save()
+            self.users[s.user] = [*self.users.get(s.user, []), [now, s.key in self._ran]][-self.keep:]
+        self._ran &= current.keys()
+        if ended:
+            self._save()
 
     def cold(self, app_starts: Iterable[AppStart]) -> frozenset[str]:
         """The users whose last `keep` servers ran no Spark app and who started none since."""

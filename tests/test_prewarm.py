@@ -73,7 +73,11 @@ def test_the_profile_comes_from_kubespawners_user_options():
 # -- the history ----------------------------------------------------------------------
 
 
-def ended(history: PrewarmHistory, s: Server, *, at: float, apps=()) -> None:
+#: an app of someone else, long ago: the master answers, and lists apps
+OTHER = AppStart(0.0, "other")
+
+
+def ended(history: PrewarmHistory, s: Server, *, at: float, apps=(OTHER,)) -> None:
     """`s` seen running, then gone at `at`."""
     history.observe([s], apps, now=s.started)
     history.observe([], apps, now=at)
@@ -122,6 +126,24 @@ def test_a_planted_symlink_is_neither_read_nor_written_through(tmp_path, caplog)
     ended(history, server("a", started=1.0), at=2.0)
     assert json.loads(elsewhere.read_text())["users"] == {"victim": [[1.0, False], [2.0, False]]}
     assert not (state / FILE_NAME).is_symlink()
+
+
+def test_with_no_app_known_nothing_is_learnt_until_the_master_lists_apps():
+    """An unreachable or restarted master answers no apps: that is no evidence of no Spark."""
+    history = PrewarmHistory(keep=1, log=LOG)
+    ended(history, server("a", started=1.0), at=2.0, apps=())
+    assert history.users == {}
+    history.observe([], [AppStart(1.5, "a")], now=3.0)  # the master back: a ran Spark after all
+    assert history.users == {"a": [[3.0, True]]}
+
+
+def test_an_app_seen_while_the_server_ran_counts_after_the_master_forgot_it():
+    history = PrewarmHistory(keep=1, log=LOG)
+    s = server("a", started=1.0)
+    history.observe([s], [OTHER], now=1.0)
+    history.observe([s], [OTHER, AppStart(2.0, "a")], now=2.0)
+    history.observe([], [OTHER], now=3.0)  # the master keeps only its last completed apps
+    assert history.users == {"a": [[3.0, True]]} and history.cold(()) == frozenset()
 
 
 def test_without_a_state_dir_the_history_lives_in_memory():
@@ -210,7 +232,7 @@ async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F
     for _ in range(2):  # two servers of "idle", with the profile, no Spark app while they ran
         assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
         await service.activity.poll()
-        assert service.credit(()) == 2
+        assert service.credit([OTHER]) == 2
 
         async def gone():
             await service.activity.poll()
@@ -218,14 +240,14 @@ async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F
 
         assert await admin(app, "DELETE", "/users/idle/server") in (202, 204)
         await until(gone, timeout=30, what="idle's server to leave the hub's answer")
-        assert service.credit(()) == 1
+        assert service.credit([OTHER]) == 1
     between = time.time()
 
     service = hub_service(app.hub.api_url, tmp_path)  # a restarted scaler
     assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
     await service.activity.poll()
-    assert service.credit(()) == 1  # pro's, not idle's
+    assert service.credit([OTHER]) == 1  # pro's, not idle's
     assert why(service)["idle"] == "no Spark in the user's last 2 servers"
     # an app of idle's since (started before this server: it uses up no credit of it)
-    assert service.credit([AppStart(between, "idle")]) == 2
+    assert service.credit([OTHER, AppStart(between, "idle")]) == 2
     assert why(service)["idle"] is None
