@@ -125,6 +125,7 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("SparkScalerApp", "poll_interval"): ("0.01", ">= 0.05"),
     ("SparkScalerApp", "prewarm_window"): ("-1", ">= 0"),
     ("SparkScalerApp", "prewarm_workers_per_server"): ("-1", ">= 0"),
+    ("SparkScalerApp", "prewarm_history"): ("-1", ">= 0"),
     ("SparkScalerApp", "scale_down_delay"): ("-1", ">= 0"),
     ("SparkScalerApp", "service_prefix"): ("services/spark-scaler/", "must start with '/'"),
     ("SparkScalerApp", "service_url"): ("http://127.0.0.1:port", "is not a URL"),
@@ -187,6 +188,8 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("SparkScalerApp", "show_config"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "show_config_json"): "a Bool (traitlets'): both values are meaningful",
     ("SparkScalerApp", "log_level"): "an Enum: a value outside its choices is the wrong-type case",
+    ("SparkScalerApp", "prewarm_profiles"): "any string may be a profile slug or a server name; one no "
+                                            "server has lets none through, which the page shows",
     ("LocalBackend", "class_data_sharing"): "a Bool: both values are meaningful",
     ("LocalBackend", "allow_root"): "a Bool: both values are meaningful",
     ("LocalBackend", "start_master"): "a Bool: both values are meaningful",
