@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from jhub_spark_scaler.web.history import PoolHistory
 from jhub_spark_scaler.web.view import pool_view
 
 from .test_activity import READER_TOKEN, FakeHub, admin, real_hub, user_doc  # noqa: F401 (a fixture)
+from .test_policy import snap
 from .waiting import until
 
 LOG = logging.getLogger("test-prewarm")
@@ -159,12 +161,18 @@ def test_the_servers_table_says_why_a_server_gets_no_credit():
     settings = {"max_workers": 5, "min_workers": 0, "idle_workers": 1, "prewarm_window": 600,
                 "prewarm_per_server": 1,
                 "prewarm_gate": Gate(profiles=frozenset({"spark"}), cold=frozenset({"c"}), history=2)}
-    servers = [server("a", profile="spark"), server("b", profile="minimal"), server("c", "spark")]
+    servers = [server("a", profile="spark"), server("b", profile="minimal"), server("c", "spark"),
+               server("d", "spark", started=NOW - 601), server("e", "spark", started=None)]
     v = pool_view(snapshot=None, plan=None, decisions=(), servers=servers, hub_healthy=True, hub_error="",
                   paused=False, idle_override=None, settings=settings, now=NOW)
     assert [(r["key"], r["profile"], r["prewarm_credit"], r["prewarm_why"]) for r in v["servers"]] == [
         ("a/", "spark", 1, None), ("b/", "minimal", 0, "profile not in prewarm_profiles"),
-        ("c/spark", "", 0, COLD)]
+        ("c/spark", "", 0, COLD), ("d/spark", "", 0, "started over prewarm_window ago"),
+        ("e/spark", "", 0, "no start time")]
+    used = dataclasses.replace(snap(), app_starts=(AppStart(995.0, "a"),))
+    v = pool_view(snapshot=used, plan=None, decisions=(), servers=servers[:1], hub_healthy=True, hub_error="",
+                  paused=False, idle_override=None, settings=settings, now=NOW)
+    assert [(r["prewarm_credit"], r["prewarm_why"]) for r in v["servers"]] == [(0, "used up by a Spark app")]
 
 
 # -- the service ---------------------------------------------------------------------

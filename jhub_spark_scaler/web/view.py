@@ -112,7 +112,12 @@ def _apps(snapshot: Snapshot | None, workers: list[dict[str, Any]], *, hub_users
     ]
 
 
-def _server(s: Server, *, warm: bool, per_server: int, gate: Gate) -> dict[str, Any]:
+def _server(s: Server, *, warm: bool, per_server: int, gate: Gate, now: float,
+            window: float) -> dict[str, Any]:
+    why = gate.why_not(s)
+    if why is None and not warm:
+        why = "no start time" if s.started is None else (
+            "started over prewarm_window ago" if now - s.started > window else "used up by a Spark app")
     return {
         "key": f"{s.user}/{s.name}",
         "user": s.user,
@@ -122,7 +127,7 @@ def _server(s: Server, *, warm: bool, per_server: int, gate: Gate) -> dict[str, 
         "ready": s.ready,
         "profile": s.profile,
         "prewarm_credit": per_server if warm else 0,
-        "prewarm_why": gate.why_not(s),  # None: the gate lets it pre-warm (within the window)
+        "prewarm_why": None if warm else why,
     }
 
 
@@ -186,8 +191,8 @@ def pool_view(
     gate = settings.get("prewarm_gate") or Gate()
     warm = set(warm_servers(servers, now=now, window=settings["prewarm_window"],
                             app_starts=snapshot.app_starts if snapshot else (), gate=gate))
-    server_rows = [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"], gate=gate)
-                   for s in servers]
+    server_rows = [_server(s, warm=s in warm, per_server=settings["prewarm_per_server"], gate=gate, now=now,
+                           window=settings["prewarm_window"]) for s in servers]
     workers = _workers(snapshot, plan, now=now)
     apps = _apps(snapshot, workers, hub_users={s.user for s in servers}, now=now)
     target = _target(plan, snapshot, idle_override=idle_override, settings=settings)
