@@ -109,3 +109,23 @@ async def test_the_first_driver_after_a_server_start_uses_up_its_credit(hub, spa
     await always(lambda: len(worker_records(state)) == 1, seconds=5,
                  what="a second worker for a credit already used up")
     await driver.result()
+
+
+async def test_only_a_server_with_a_listed_profile_prewarms(scaler_hub, spark_master):
+    """With prewarm_profiles ["spark"]: a server whose KubeSpawner-style profile
+    (`user_options["profile"]`) is another gets no worker; one with "spark" gets one within
+    seconds, from the poll its start event triggers (the hub is polled only every minute)."""
+    app, _, state = await scaler_hub(prewarm_profiles=["spark"])
+    await hub_api(app, "POST", "users/plain", {})
+    await hub_api(app, "POST", "users/plain/server", {"profile": "minimal"})
+    # 5 s is 10 of the scaler's cycles and the poll the start event began
+    await always(lambda: not worker_records(state), seconds=5,
+                 what="a worker for a server whose profile is not in prewarm_profiles")
+    await hub_api(app, "POST", "users/pro", {})
+    began = time.monotonic()
+    await hub_api(app, "POST", "users/pro/server", {"profile": "spark"})
+    await until(lambda: worker_records(state), timeout=10, what="the spark profile's pre-warm worker")
+    reaction = time.monotonic() - began
+    assert reaction < 5, f"the start event's poll, not the minute-long one, found it ({reaction:.1f} s)"
+    await until(lambda: alive_workers(spark_master, state), timeout=60, what="the worker ALIVE")
+    assert len(worker_records(state)) == 1
