@@ -177,7 +177,7 @@ class SparkScalerApp(Application):
     prewarm_profiles = List(Unicode(), help="Only servers whose KubeSpawner profile slug or server name is "
                             "listed pre-warm. Empty: every server.").tag(config=True)
     prewarm_history = Int(3, help="No pre-warm for a user whose last N servers ran no Spark app, until one "
-                          "starts (0: off); kept in the local state_dir (Kubernetes: memory).").tag(config=True)
+                          "starts (0: off); kept in state_dir (Kubernetes: memory).").tag(config=True)
 
     @default("hub_api_url")
     def _hub_api_url_default(self):
