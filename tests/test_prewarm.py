@@ -202,15 +202,33 @@ async def test_with_profiles_a_pushed_start_reads_its_profile_from_the_hub_at_on
         await hub.down()
 
 
+async def test_servers_forgotten_in_a_hub_outage_are_not_recorded_as_ended(tmp_path):
+    """A hub that cannot be read past hub_stale_after forgets its servers: they have not
+    ended, so no user's history gains a server without Spark."""
+    started = datetime.now(timezone.utc).isoformat()
+    hub = FakeHub([user_doc(u, {"": {"started": started, "ready": True}}) for u in ("a", "b")])
+    hub.up()
+    service = hub_service(hub.api_url, tmp_path, profiles=(), stale_after=0.0)
+    try:
+        await service.activity.poll()
+        assert service.credit([OTHER]) == 2
+    finally:
+        await hub.down()
+    await service.activity.poll()
+    assert service.activity.stale and not service.activity.servers
+    assert service.credit([OTHER]) == 0
+    assert service.history.users == {} and not (tmp_path / FILE_NAME).exists()
+
+
 # -- a real hub -----------------------------------------------------------------------
 
 
-def hub_service(api_url: str, state_dir, *, profiles=("spark",)) -> HubService:
+def hub_service(api_url: str, state_dir, *, profiles=("spark",), stale_after=300.0) -> HubService:
     """The service as the app makes it, with prewarm_profiles ["spark"] and prewarm_history 2."""
     return HubService(
         api_url=api_url, api_token=READER_TOKEN, events_secret="unused",
         service_url="http://127.0.0.1:1", prefix="/services/spark-scaler/", poll_interval=3600,
-        stale_after=300, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=profiles,
+        stale_after=stale_after, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=profiles,
         prewarm_history=2, state_dir=str(state_dir), on_change=lambda: None, log=LOG,
         metrics=ScalerMetrics(), pool_history=PoolHistory(interval=1), cycle_interval=1,
         authenticate_prometheus=True,
