@@ -7,6 +7,7 @@ inside, and only those:
 
     state_dir/            scaler, 0711 (0700 when the daemons are the scaler's user)
       master.json, next-id, workers/, logs/   scaler; workers/ and logs/ 0700
+      prewarm-history.json                    scaler, 0600: whose servers ran Spark (the hub service)
       work/               scaler, 0711: no daemon can add, rename or replace a work dir
       work/<handle>/      the daemon user, 0700: the worker's --work-dir
       cds/                scaler, 0711: the class data archive (read by the workers)
