@@ -1,7 +1,10 @@
 """A Spark job for the demo: asks for 3 executors, runs for a minute, then stops.
 
-Watch `make demo`'s log: the pool grows to 3 busy + the idle target, then,
-scale_down_delay after the job ends, shrinks back, each retired worker drained first.
+Under `make scaler-demo` (one idle worker, 1-core workers) the pool grows to 3 busy + 1
+idle: each new executor takes the idle worker and the scaler starts another. Then,
+scale_down_delay after the job ends, it shrinks back, each retired worker drained first.
+Under `make demo`, which keeps no idle worker, the scaler starts a worker for an app that
+has no cores at all, not for one that has fewer than it asked for: the job gets one.
 """
 
 import argparse
