@@ -146,7 +146,8 @@ def table(summaries: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
     for s in summaries:
-        cells = ("–" if s.get(key) in (None, "") else str(s[key]) for key, _ in columns)  # older rows lack some
+        # older rows lack some; a row without a worker start delay has ""
+        cells = ("–" if s.get(key) in (None, "") else str(s[key]) for key, _ in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -253,7 +254,8 @@ def targets_lines(summaries: list[dict]) -> list[str]:
             checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
                        (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%}{spread})",
                         ttfe <= 1.10)]
-        delay = f" (worker start delay {scaler['worker_start_delay']})" if scaler.get("worker_start_delay") else ""
+        delay = scaler.get("worker_start_delay")
+        delay = f" (worker start delay {delay})" if delay else ""
         lines.append(f"- {scaler['environment']}{delay} targets: " + "; ".join(
             f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + ".")
     return lines

@@ -54,8 +54,10 @@ def comparison_lines(summaries: list[dict]) -> list[str]:
                   "|---|---:|---:|---:|---:|"]
         for name in (n for n in STRATEGY_NAMES if n in rows):
             s = rows[name]
-            lines.append(f"| {STRATEGY_NAMES[name]} | {_cell(s.get('ttfe_median'))} | {_cell(s.get('ttfe_p90'))} | "
-                         f"{_cell(s.get('idle_worker_seconds'))} | {_ratio_text(ratio(s, static))} |")
+            cells = [STRATEGY_NAMES[name], *(_cell(s.get(k)) for k in ("ttfe_median", "ttfe_p90",
+                                                                       "idle_worker_seconds")),
+                     _ratio_text(ratio(s, static))]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if delay:
             lines += [cold_start_targets(rows), ""]

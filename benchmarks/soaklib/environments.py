@@ -43,7 +43,9 @@ class LocalEnv:
 
     def _late(self) -> dict:
         """LateStartLocalBackend's settings, when the workers start late."""
-        return {"start_delay": str(self.start_delay), "start_delay_seed": self.seed} if self.start_delay else {}
+        if not self.start_delay:
+            return {}
+        return {"start_delay": str(self.start_delay), "start_delay_seed": self.seed}
 
     def scaler_flags(self, master, strategy: str) -> dict:
         flags = {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}
