@@ -121,8 +121,9 @@ class LateStartLocalBackend(LocalBackend):
 
         def late_spawn(cmd: list[str], env: dict[str, str], **kwargs) -> int:
             if self.start_delay and WORKER_CLASS in cmd:
-                delay = StartDelay.parse(self.start_delay).draw(self.start_delay_seed, start_number(cmd))
-                self.log.info("LateStartLocalBackend: worker %s starts %.1f s late", cmd[-2], delay)
+                n = start_number(cmd)
+                delay = StartDelay.parse(self.start_delay).draw(self.start_delay_seed, n)
+                self.log.info("LateStartLocalBackend: worker local-%d starts %.1f s late", n, delay)
                 cmd = late_command(cmd, delay)
             return spawn(cmd, env, **kwargs)
 
