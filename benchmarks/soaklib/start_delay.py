@@ -33,9 +33,10 @@ from jhub_spark_scaler.backends.local import WORKER_CLASS, LocalBackend
 
 #: an argument of the stub's command line, and of no other process's
 LATE_START = "soak-late-start"
-#: sleeps argv[2] seconds, then becomes the command argv[3:] (same pid, same session)
+#: sleeps argv[2] seconds, then becomes the command argv[3:] (same pid, same session; found
+#: on the daemon's PATH, as the backend's own spawn finds it)
 _STUB = ("import os, sys, time; print('soak: worker start delayed %s s' % sys.argv[2], flush=True); "
-         "time.sleep(float(sys.argv[2])); os.execv(sys.argv[3], sys.argv[3:])")
+         "time.sleep(float(sys.argv[2])); os.execvp(sys.argv[3], sys.argv[3:])")
 LOGNORMAL_CUT = 3.0  # sigmas: the delay is bounded, as a start_timeout must be above it
 
 
