@@ -130,6 +130,12 @@ def start_timeout(delay: StartDelay | None) -> float | None:
     return None if delay is None else 120.0 + delay.bound
 
 
+def label(row: dict) -> str:
+    """The row's environment, and its worker start delay if it had one."""
+    delay = row.get("worker_start_delay")
+    return row["environment"] + (f" (worker start delay {delay})" if delay else "")
+
+
 def table(summaries: list[dict]) -> list[str]:
     columns = [
         ("environment", "environment"), ("strategy", "strategy"),
@@ -172,10 +178,10 @@ def faults_lines(summaries: list[dict]) -> list[str]:
                           f"{len(b['departures'])}" for b in s["blind"])
         settled = s["settled"]
         error = f" ({settled['error']})" if settled.get("error") else ""
-        lines.append(f"- {s['environment']}: " + "; ".join(parts) + f". {blind}. After the users left the "
-                     f"pool settled at {settled.get('workers')} worker(s) in {settled.get('seconds')} s"
-                     f"{error}; "
-                     f"pods without a worker: {len(settled.get('pods_without_worker', []))}.")
+        lines.append(f"- {label(s)} {s['strategy']}: " + "; ".join(parts) + f". {blind}. After the users "
+                     f"left the pool settled at {settled.get('workers')} worker(s) in "
+                     f"{settled.get('seconds')} s"
+                     f"{error}; pods without a worker: {len(settled.get('pods_without_worker', []))}.")
     return lines
 
 
@@ -214,7 +220,7 @@ def pool_lines(summaries: list[dict]) -> list[str]:
             continue
         parts = [f"{'–' if g['median'] is None else g['median']} s in the {g['sessions']} that {name}"
                  for name, g in split.items()]
-        lines.append(f"- {s['environment']} {s['strategy']}, first executor median by how the pool met "
+        lines.append(f"- {label(s)} {s['strategy']}, first executor median by how the pool met "
                      f"the driver: {parts[0]}, {parts[1]}; {parts[2]}, {parts[3]}.")
     return lines
 
@@ -256,9 +262,7 @@ def targets_lines(summaries: list[dict]) -> list[str]:
             checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
                        (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%}{spread})",
                         ttfe <= 1.10)]
-        delay = scaler.get("worker_start_delay")
-        delay = f" (worker start delay {delay})" if delay else ""
-        lines.append(f"- {scaler['environment']}{delay} targets: " + "; ".join(
+        lines.append(f"- {label(scaler)} targets: " + "; ".join(
             f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + ".")
     return lines
 
