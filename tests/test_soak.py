@@ -133,3 +133,35 @@ async def test_a_short_soak_of_the_scaler_without_pre_warm_with_late_worker_star
     assert started >= 2 and log.count("LateStartLocalBackend: worker local-") == started, started
     hub_config = (tmp_path / "local-reactive" / "hub" / "jupyterhub_config.py").read_text()
     assert '"prewarm_workers_per_server": 0' in hub_config
+
+
+async def test_a_late_pod_starts_its_worker_no_earlier_than_its_delay(tmp_path, kube_cluster, kube_rbac,
+                                                                      kubelet):
+    """The cold-start model on Kubernetes: the tests' kubelet binds the pod at once and
+    starts its process the delay later; the master sees the worker no sooner."""
+    master = SoakMaster(tmp_path / "master")
+    await asyncio.to_thread(master.start)
+    env = KubeEnv(tmp_path, cluster=kube_cluster, kubelet=kubelet, start_delay=StartDelay.parse("3"), seed=3)
+    await env.start()
+    backend = None
+    try:
+        backend = await env.backend(master, "scaler")
+        asked = time.monotonic()
+        [worker] = await backend.start(1)
+        await until(lambda: kubelet.pod(worker.handle) is not None, timeout=10, interval=0.05,
+                    what="the kubelet to see the pod")
+        assert not kubelet.pod(worker.handle).running
+
+        async def registered() -> bool:
+            pod = kubelet.pod(worker.handle)
+            return bool(pod.ip) and pod.ip in await asyncio.to_thread(alive_hosts, master.ui)
+
+        await until(registered, timeout=120, interval=0.05, what="the late pod's worker to register")
+        assert time.monotonic() - asked >= 3.0
+    finally:
+        if backend is not None:
+            await backend.shutdown()
+        await env.cleanup("scaler")
+        await env.stop()
+        await asyncio.to_thread(master.kill)
+    assert kubelet.start_delay is None  # the session's kubelet as it was
