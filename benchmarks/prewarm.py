@@ -1,6 +1,7 @@
 """Pre-warm: how long a new user's driver waits for its first executor, three ways.
 
     python benchmarks/prewarm.py [--reps 3] [--server-ready-seconds 5] [--hook-events 20]
+                                 [--worker-start-delay 60 [--seed 1]]
 
 One Spark master (LocalBackend, free ports, a temporary state dir). Each timed run
 is a fresh python subprocess, a new user's driver (benchmarks/prewarm_driver.py),
@@ -27,7 +28,14 @@ this process; `Notifier.send` (the hub side) is fired N times, each for a new us
 `backend.start` being entered is recorded (a spy that returns no workers, so no JVM
 is spawned), with the time to `Reconciler.cycle` being entered alongside.
 
-Writes the section "Pre-warm: time to first executor" of benchmarks/RESULTS.md.
+--worker-start-delay (60, uniform:30:90 or lognormal:MEDIAN:SIGMA; soak's
+soaklib/start_delay.py) starts every worker JVM that long after `backend.start` (a
+benchmark-only subclass of LocalBackend), as when a node is added and an image pulled;
+a sampled delay is drawn per worker start, seeded by --seed. The scaler's start
+timeout and every wait grow by the longest delay.
+
+Writes the section "Pre-warm: time to first executor" of benchmarks/RESULTS.md (with a
+worker start delay, a section of its own, named after the delay).
 Every process it starts (master, workers, their executors, drivers and their JVMs)
 is stopped at the end, also on failure or SIGTERM/Ctrl-C.
 """
@@ -63,15 +71,24 @@ from jhub_spark_scaler.service import HubService  # noqa: E402
 from jhub_spark_scaler.spark import SparkClient  # noqa: E402
 from jhub_spark_scaler.web.history import PoolHistory  # noqa: E402
 from results import machine, write_section  # noqa: E402
+from soaklib.start_delay import LateStartLocalBackend, StartDelay  # noqa: E402
 from tests.settings import AS_ROOT, DECISION_LOG_SIZE, HTTP_TIMEOUT, make_observe, make_policy  # noqa: E402
 from tests.waiting import WaitTimeout, until  # noqa: E402
 
 TITLE = "Pre-warm: time to first executor"
 MODES = {"a": "(a) pre-warm", "b": "(b) reactive only", "c": "(c) static pool"}
 POLL_INTERVAL = 1.0
-OBSERVE = make_observe()
-
 DRIVER = os.path.join(HERE, "prewarm_driver.py")
+
+
+def late(args) -> float:
+    """The longest worker start delay (0 without one): every wait for a worker grows by it."""
+    return args.start_delay.bound if args.start_delay else 0.0
+
+
+def observe(args):
+    """The Reconciler's observe settings: start_timeout above the longest start delay."""
+    return make_observe(start_timeout=120.0 + late(args)) if args.start_delay else make_observe()
 
 
 def quiet_logger(name: str) -> logging.Logger:
@@ -112,8 +129,13 @@ class Bench:
     # -- setup and cleanup -----------------------------------------------------
 
     async def setup(self) -> None:
-        b = LocalBackend(**AS_ROOT, state_dir=os.path.join(self.tmp, "state"), master_port=0,
-                         master_webui_port=0, stop_timeout=20, log=self.log, stop_on_exit=True)
+        settings = dict(**AS_ROOT, state_dir=os.path.join(self.tmp, "state"), master_port=0,
+                        master_webui_port=0, stop_timeout=20, log=self.log, stop_on_exit=True)
+        if self.args.start_delay:
+            b = LateStartLocalBackend(**settings, start_delay=str(self.args.start_delay),
+                                      start_delay_seed=self.args.seed)
+        else:
+            b = LocalBackend(**settings)
         spawn, start = b._spawn, b.start
 
         def spawn_spy(*a, **k):  # remember every daemon's pid: its session is swept at the end
@@ -191,14 +213,14 @@ class Bench:
         with open(log_path, "wb") as log:
             p = await asyncio.create_subprocess_exec(
                 sys.executable, DRIVER, self.backend.master_url, f"prewarm-user-{self.driver_no}",
-                str(self.args.driver_timeout), stdout=asyncio.subprocess.PIPE, stderr=log,
+                str(self.args.driver_timeout + late(self.args)), stdout=asyncio.subprocess.PIPE, stderr=log,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.sessions.add(p.pid)
         self.drivers.add(p)
         try:
-            out, _ = await asyncio.wait_for(p.communicate(), self.args.driver_timeout + 60)
+            out, _ = await asyncio.wait_for(p.communicate(), self.args.driver_timeout + late(self.args) + 60)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
@@ -220,7 +242,7 @@ class Bench:
             backend=self.backend,
             spark=SparkClient(self.backend.master_ui_url, timeout=HTTP_TIMEOUT),
             policy=make_policy(max_workers=self.args.max_workers, idle_workers=0, scale_down_delay=600),
-            observe=OBSERVE,
+            observe=observe(self.args),
             log=self.log,
             decision_log_size=DECISION_LOG_SIZE,
             prewarm_credit=lambda app_starts: credit[0],  # a fixed credit, whatever apps started
@@ -259,7 +281,7 @@ class Bench:
     async def alive_at(self) -> float:
         """When (epoch) a worker is first ALIVE at the master, polled every 50 ms."""
         await master_until(self.backend.master_ui_url, alive_workers,
-                           timeout=120, what="the pre-warmed worker", interval=0.05)
+                           timeout=120 + late(self.args), what="the pre-warmed worker", interval=0.05)
         return time.time()
 
     async def run_mode(self, mode: str) -> dict:
@@ -272,8 +294,8 @@ class Bench:
 
             [w] = await self.backend.start(1)
             t0 = time.time()
-            await master_until(self.backend.master_ui_url, alive, timeout=120, interval=0.05,
-                               what="the static worker to be ALIVE")
+            await master_until(self.backend.master_ui_url, alive, timeout=120 + late(self.args),
+                               interval=0.05, what="the static worker to be ALIVE")
             row["worker_alive_s"] = time.time() - t0
             row.update(await self.driver())
         else:
@@ -325,7 +347,7 @@ class Bench:
         r = Reconciler(backend=hb, spark=SparkClient(self.backend.master_ui_url, timeout=HTTP_TIMEOUT),
                        policy=make_policy(max_workers=1000, max_surge=1000, idle_workers=0,
                                           scale_down_delay=600),
-                       observe=OBSERVE, log=log, decision_log_size=DECISION_LOG_SIZE)
+                       observe=observe(self.args), log=log, decision_log_size=DECISION_LOG_SIZE)
         cycle = r.cycle
 
         async def cycle_spy():
@@ -392,7 +414,7 @@ def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete
     by = {m: [r for r in rows if r["mode"] == m and "first_executor_s" in r] for m in MODES}
     lines = [
         f"`python benchmarks/prewarm.py --reps {args.reps} --server-ready-seconds "
-        f"{args.server_ready_seconds}` on {machine()}. {env}",
+        f"{args.server_ready_seconds}{delay_flags(args)}` on {machine()}. {env}",
         "",
         "Each run is a new user's driver, a fresh python subprocess: the clock starts just before "
         "`SparkSession.builder...getOrCreate()` and stops when the driver's SparkContext lists an "
@@ -501,6 +523,38 @@ def report(args, rows: list[dict], hook: dict | None, notes: list[str], complete
     return lines
 
 
+def delay_flags(args) -> str:
+    return f" --worker-start-delay {args.start_delay} --seed {args.seed}" if args.start_delay else ""
+
+
+def title(args) -> str:
+    """The RESULTS.md section: a run with a worker start delay does not replace one without."""
+    return f"{TITLE}, workers starting {args.start_delay} s late" if args.start_delay else TITLE
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each mode (default 3)")
+    parser.add_argument("--server-ready-seconds", type=float, default=5.0,
+                        help="seconds from the notebook server start to the driver start in (a) (default 5)")
+    parser.add_argument("--hook-events", type=int, default=20, help="hook events timed (default 20)")
+    parser.add_argument("--max-workers", type=int, default=1, help="the scaler's max_workers (default 1)")
+    parser.add_argument("--driver-timeout", type=float, default=180,
+                        help="seconds a driver may wait (plus the longest worker start delay)")
+    parser.add_argument("--max-minutes", type=float, default=25,
+                        help="start no new repetition after this long (results then labelled partial)")
+    parser.add_argument("--worker-start-delay", default="",
+                        help="seconds before a worker JVM starts: 60, uniform:LOW:HIGH or "
+                             "lognormal:MEDIAN:SIGMA (default none)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds a sampled --worker-start-delay")
+    args = parser.parse_args(argv)
+    try:
+        args.start_delay = StartDelay.parse(args.worker_start_delay) if args.worker_start_delay else None
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
 def environment() -> str:
     others = 0
     for entry in os.listdir("/proc"):
@@ -584,18 +638,9 @@ async def main(args) -> int:
     if rows or hook:
         lines = report(args, rows, hook, notes, complete and not any("failed" in n for n in notes), env)
         print("\n".join(lines))
-        write_section(TITLE, lines)
+        write_section(title(args), lines)
     return 0 if complete and not notes else 1
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each mode (default 3)")
-    parser.add_argument("--server-ready-seconds", type=float, default=5.0,
-                        help="seconds from the notebook server start to the driver start in (a) (default 5)")
-    parser.add_argument("--hook-events", type=int, default=20, help="hook events timed (default 20)")
-    parser.add_argument("--max-workers", type=int, default=1, help="the scaler's max_workers (default 1)")
-    parser.add_argument("--driver-timeout", type=float, default=180, help="seconds a driver may wait")
-    parser.add_argument("--max-minutes", type=float, default=25,
-                        help="start no new repetition after this long (results then labelled partial)")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    sys.exit(asyncio.run(main(parse_args())))

@@ -3,7 +3,8 @@ scaler against a static pool and the original autoscaler's policy, with chaos.
 
     python benchmarks/soak.py [--minutes 35] [--users 8] [--think 90] [--session-allowance 90]
                               [--environments local,kubernetes] [--strategies scaler,static,original]
-                              [--scaler-kills 12]
+                              (or reactive too: the four a cold-start run compares)
+                              [--scaler-kills 12] [--worker-start-delay 60]
 
 For each environment (local backend; Kubernetes backend on a real kube-apiserver with
 the tests' kubelet running worker pods as real processes) and each strategy in turn:
@@ -17,6 +18,15 @@ for --minutes:
             apiserver restarted once (Kubernetes), a busy worker SIGKILLed
   static    a pool sized for the peak (users x cores.max / worker cores), no scaler
   original  k8s-spark-autoscale's policy (soaklib/strategies.py), in this process
+  reactive  the scaler without pre-warm (prewarm_workers_per_server=0), otherwise as
+            `scaler` (also its chaos)
+
+--worker-start-delay (60, uniform:30:90 or lognormal:MEDIAN:SIGMA; soaklib/start_delay.py)
+makes every worker process start that long after its start was asked for, as when a
+node is added and an image pulled: the local backend's worker JVM through a
+benchmark-only subclass, the tests' kubelet's pod process; the same seeded delays in
+every strategy, and the scaler's start_timeout raised above the longest. Rows of a run
+with a delay are kept apart from those without, and compared in their own table.
 
 Counts from the drivers (executors lost, tasks and jobs failed, time to first
 executor), from the pool (worker JVMs on the soak's addresses, busy per the master):
@@ -45,8 +55,10 @@ sys.path.insert(0, str(HERE))
 
 from results import machine, write_section  # noqa: E402
 from soaklib.analysis import first_executor_samples, median_ratio_interval, summarize  # noqa: E402
+from soaklib.compare import comparison_lines, setting  # noqa: E402
 from soaklib.environments import WORKER_CORES, KubeEnv, LocalEnv  # noqa: E402
 from soaklib.run import STRATEGIES, RunConfig, run_strategy  # noqa: E402
+from soaklib.start_delay import StartDelay  # noqa: E402
 from soaklib.users import Behaviour  # noqa: E402
 
 TITLE = "Soak: users, drivers and chaos"
@@ -61,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--environments", default="local,kubernetes")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    # reactive only when asked for: it adds a third of a run's length
+    p.add_argument("--strategies", default="scaler,static,original")
     p.add_argument("--scaler-kills", type=int, default=12)
     p.add_argument("--think", type=float, default=90.0,
                    help="mean seconds from a session's planned end (its start + --session-allowance) "
@@ -74,8 +87,15 @@ def parse_args(argv=None):
     p.add_argument("--spread-out", action="store_true",
                    help="the master's spark.deploy.spreadOut=true (Spark's default; the soak packs)")
     p.add_argument("--workdir", help="keep every log here (default: a temporary directory, removed)")
+    p.add_argument("--worker-start-delay", default="",
+                   help="seconds before a worker process starts: 60, uniform:LOW:HIGH or "
+                        "lognormal:MEDIAN:SIGMA (seeded by --seed); default none")
     p.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     args = p.parse_args(argv)
+    try:
+        args.start_delay = StartDelay.parse(args.worker_start_delay) if args.worker_start_delay else None
+    except ValueError as e:
+        p.error(str(e))
     for name, allowed in (("environments", ENVIRONMENTS), ("strategies", STRATEGIES)):
         bad = [x for x in getattr(args, name).split(",") if x not in allowed]
         if bad:
@@ -86,7 +106,7 @@ def parse_args(argv=None):
 async def soak(args, workdir: Path) -> list[dict]:
     summaries = []
     for env_name in args.environments.split(","):
-        env = ENVIRONMENTS[env_name](workdir)
+        env = ENVIRONMENTS[env_name](workdir, start_delay=args.start_delay, seed=args.seed)
         await env.start()
         try:
             for strategy in args.strategies.split(","):
@@ -94,19 +114,32 @@ async def soak(args, workdir: Path) -> list[dict]:
                                    behaviour=Behaviour(think=args.think,
                                                        session_allowance=args.session_allowance),
                                    scale_down_delay=args.scale_down_delay, max_workers=args.max_workers,
-                                   scaler_kills=args.scaler_kills, spread_out=args.spread_out)
+                                   scaler_kills=args.scaler_kills, spread_out=args.spread_out,
+                                   start_timeout=start_timeout(args.start_delay))
                 logging.info("soak: %s / %s for %.1f min", env_name, strategy, args.minutes)
                 result = await run_strategy(env, config, workdir)
-                summaries.append(summarize(result))
+                summaries.append({**summarize(result), "worker_start_delay": str(args.start_delay or "")})
                 logging.info("soak: %s", json.dumps(summaries[-1]))
         finally:
             await env.stop()
     return summaries
 
 
+def start_timeout(delay: StartDelay | None) -> float | None:
+    """The scaler's start_timeout: its default (120 s) above the longest start delay."""
+    return None if delay is None else 120.0 + delay.bound
+
+
+def label(row: dict) -> str:
+    """The row's environment, and its worker start delay if it had one."""
+    delay = row.get("worker_start_delay")
+    return row["environment"] + (f" (worker start delay {delay})" if delay else "")
+
+
 def table(summaries: list[dict]) -> list[str]:
     columns = [
-        ("environment", "environment"), ("strategy", "strategy"), ("minutes", "min"),
+        ("environment", "environment"), ("strategy", "strategy"),
+        ("worker_start_delay", "worker start delay"), ("minutes", "min"),
         ("sessions", "sessions"), ("jobs", "jobs"), ("executors_lost", "executors lost"),
         ("tasks_failed", "tasks failed"), ("jobs_failed", "jobs failed"),
         ("executors_lost_by_test", "lost by the chaos"),
@@ -121,7 +154,8 @@ def table(summaries: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
     for s in summaries:
-        cells = ("–" if s.get(key) is None else str(s[key]) for key, _ in columns)  # older rows lack some
+        # older rows lack some; a row without a worker start delay has ""
+        cells = ("–" if s.get(key) in (None, "") else str(s[key]) for key, _ in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -144,18 +178,19 @@ def faults_lines(summaries: list[dict]) -> list[str]:
                           f"{len(b['departures'])}" for b in s["blind"])
         settled = s["settled"]
         error = f" ({settled['error']})" if settled.get("error") else ""
-        lines.append(f"- {s['environment']}: " + "; ".join(parts) + f". {blind}. After the users left the "
-                     f"pool settled at {settled.get('workers')} worker(s) in {settled.get('seconds')} s"
-                     f"{error}; "
-                     f"pods without a worker: {len(settled.get('pods_without_worker', []))}.")
+        lines.append(f"- {label(s)} {s['strategy']}: " + "; ".join(parts) + f". {blind}. After the users "
+                     f"left the pool settled at {settled.get('workers')} worker(s) in "
+                     f"{settled.get('seconds')} s"
+                     f"{error}; pods without a worker: {len(settled.get('pods_without_worker', []))}.")
     return lines
 
 
 def merged(previous: list[dict], summaries: list[dict]) -> list[dict]:
     """The latest run's summaries, after the previous runs' of other environments or
-    strategies: one backend, or some of its strategies, can be re-soaked at a time."""
-    ran = {(s["environment"], s["strategy"]) for s in summaries}
-    return [s for s in previous if (s["environment"], s["strategy"]) not in ran] + summaries
+    strategies: one backend, or some of its strategies, can be re-soaked at a time; rows of
+    another worker start delay are kept."""
+    ran = {(*setting(s), s["strategy"]) for s in summaries}
+    return [s for s in previous if (*setting(s), s["strategy"]) not in ran] + summaries
 
 
 def report(summaries: list[dict]) -> list[str]:
@@ -170,6 +205,7 @@ def report(summaries: list[dict]) -> list[str]:
         *table(summaries),
         "",
         *targets_lines(summaries),
+        *comparison_lines(summaries),
         *pool_lines(summaries),
         *faults_lines(summaries),
     ]
@@ -184,7 +220,7 @@ def pool_lines(summaries: list[dict]) -> list[str]:
             continue
         parts = [f"{'–' if g['median'] is None else g['median']} s in the {g['sessions']} that {name}"
                  for name, g in split.items()]
-        lines.append(f"- {s['environment']} {s['strategy']}, first executor median by how the pool met "
+        lines.append(f"- {label(s)} {s['strategy']}, first executor median by how the pool met "
                      f"the driver: {parts[0]}, {parts[1]}; {parts[2]}, {parts[3]}.")
     return lines
 
@@ -210,7 +246,7 @@ def targets_lines(summaries: list[dict]) -> list[str]:
     lines = []
     for scaler in (s for s in summaries if s["strategy"] == "scaler"):
         static = next((s for s in summaries if s["strategy"] == "static"
-                       and s["environment"] == scaler["environment"]), None)
+                       and setting(s) == setting(scaler)), None)
         checks = [("0 executors lost, 0 tasks failed",
                    scaler["executors_lost"] == scaler["tasks_failed"] == 0),
                   (f">= 50 retirements ({scaler['retirements']})", scaler["retirements"] >= 50)]
@@ -226,7 +262,7 @@ def targets_lines(summaries: list[dict]) -> list[str]:
             checks += [(f"idle worker-s well under the static pool's ({idle:.0%} of it)", idle <= 0.75),
                        (f"first executor median within 10% of the static pool's ({ttfe - 1:+.0%}{spread})",
                         ttfe <= 1.10)]
-        lines.append(f"- {scaler['environment']} targets: " + "; ".join(
+        lines.append(f"- {label(scaler)} targets: " + "; ".join(
             f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + ".")
     return lines
 
@@ -237,7 +273,8 @@ def command(args) -> str:
             f"--environments {args.environments} "
             f"--strategies {args.strategies} "
             f"--scaler-kills {args.scaler_kills} --max-workers {args.max_workers} "
-            f"--scale-down-delay {args.scale_down_delay:g}" + (" --spread-out" if args.spread_out else ""))
+            f"--scale-down-delay {args.scale_down_delay:g}" + (" --spread-out" if args.spread_out else "")
+            + (f" --worker-start-delay {args.start_delay}" if args.start_delay else ""))
 
 
 def main(argv=None) -> int:

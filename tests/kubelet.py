@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,8 +124,12 @@ class TestKubelet:
     __test__ = False  # not a test class, whatever its name
 
     def __init__(self, cluster, workdir: Path, *, namespace: str | None = None,
-                 node_name: str = "test-node", spark_home: str | None = None, ip_prefix: str = IP_PREFIX):
+                 node_name: str = "test-node", spark_home: str | None = None, ip_prefix: str = IP_PREFIX,
+                 start_delay: Callable[[str], float] | None = None):
         self.cluster = cluster
+        # benchmarks only: seconds a bound pod (by name) waits before its process starts, as
+        # a pod waits for a node to be added and its image pulled
+        self.start_delay = start_delay
         self.ip_pool = [f"{ip_prefix}{i}" for i in range(1, 255)]
         self.namespace = namespace or cluster.namespace
         self.workdir = Path(workdir)
@@ -334,6 +339,8 @@ class TestKubelet:
         except ValueError as e:
             await self._patch_status(pod, self._waiting(pod, "CreateContainerConfigError", str(e)))
             return
+        if self.start_delay and not await self._started_late(pod):
+            return
         pod.started_at = _now()
         with open(pod.log_path, "ab") as out:
             try:
@@ -347,6 +354,13 @@ class TestKubelet:
         log.info("TestKubelet: pod %s runs as pid %d on %s", pod.name, pod.process.pid, pod.ip)
         running = {"running": {"startedAt": pod.started_at}}
         await self._patch_status(pod, self._status(pod, "Running", running))
+
+    async def _started_late(self, pod: Pod) -> bool:
+        """Wait the pod's start delay; False if it was deleted meanwhile."""
+        delay = self.start_delay(pod.name)
+        log.info("TestKubelet: pod %s starts %.1f s late", pod.name, delay)
+        await _first(asyncio.sleep(delay), pod.deleting.wait(), pod.gone.wait())
+        return not (pod.deleting.is_set() or pod.gone.is_set())
 
     def _allocate_ip(self) -> str:
         """The next address of the pool that no pod holds (round-robin: a freed address is

@@ -8,12 +8,14 @@ over sessions paired across strategies, which the users' planned start times all
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
 import statistics
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -398,3 +400,139 @@ def test_first_executor_times_are_split_by_how_the_pool_met_each_driver():
         "waited while workers started": {"sessions": 2, "median": 11.0},
         "waited with no worker starting": {"sessions": 1, "median": 5.0},
     }
+
+
+# -- the cold-start model: workers that start late, and the four strategies compared ---------------
+
+
+def test_a_worker_start_delay_is_fixed_uniform_or_lognormal_and_anything_else_names_the_flag():
+    from soaklib.start_delay import StartDelay
+
+    assert [str(StartDelay.parse(s)) for s in ("60", " 2.5 ", "uniform:30:90", "lognormal:60:0.5")] == [
+        "60", "2.5", "uniform:30:90", "lognormal:60:0.5"]
+    for bad in ("", "sixty", "uniform:30", "uniform:90:30", "normal:60:5", "lognormal:60:0.5:1", "-1",
+                "nan", "uniform:0:inf"):
+        with pytest.raises(ValueError, match="^--worker-start-delay: "):
+            StartDelay.parse(bad)
+
+
+def test_sampled_start_delays_are_seeded_per_start_and_bounded():
+    from soaklib.start_delay import StartDelay
+
+    uniform, lognormal = StartDelay.parse("uniform:30:90"), StartDelay.parse("lognormal:60:0.5")
+    for delay in uniform, lognormal:
+        draws = [delay.draw(1, n) for n in range(1, 2001)]
+        # start n waits the same in every strategy of a run, whichever starts came before it
+        assert draws[::-1] == [delay.draw(1, n) for n in range(2000, 0, -1)]
+        assert draws != [delay.draw(2, n) for n in range(1, 2001)]  # another seed, other delays
+        assert len(set(draws)) > 1900
+        assert delay.bound >= max(draws) and min(draws) > 0
+    assert uniform.bound == 90 and 30 <= min(uniform.draw(1, n) for n in range(1, 2001)) < 31
+    assert 89 < max(uniform.draw(1, n) for n in range(1, 2001)) <= 90
+    # the median is the lognormal's, its tail cut at 3 sigma (start_timeout is set above the bound)
+    assert statistics.median(lognormal.draw(1, n) for n in range(1, 2001)) == pytest.approx(60, rel=0.05)
+    assert lognormal.bound == pytest.approx(60 * math.exp(1.5))
+    assert StartDelay.parse("60").draw(5, 9) == 60 == StartDelay.parse("60").bound
+
+
+def test_a_late_worker_is_the_same_process_and_the_pool_counts_it_only_once_it_is_the_worker():
+    """The stub sleeps, then execs the worker's command: one pid, which the backend
+    recognises as its worker from the start (the command line carries the worker's
+    arguments), and the soak's sampler counts only after the exec (as a pod's process
+    that has not started is not counted). A python process stands for the JVM."""
+    from soaklib.cluster import WORKER_CLASS, _cmdline, worker_processes
+    from soaklib.start_delay import LATE_START, late_command, start_number
+
+    worker = [sys.executable, "-c", "import time; time.sleep(60)", WORKER_CLASS, "--host", "127.0.9.2",
+              "--work-dir", "/state/work/local-4", "spark://127.0.0.1:7077"]
+    assert start_number(worker) == 4
+    asked = time.monotonic()
+    process = subprocess.Popen(late_command(worker, 1.5), cwd="/", env={"PATH": "/usr/bin:/bin"},
+                               start_new_session=True, stdout=subprocess.PIPE)
+    try:
+        until_sync(lambda: LATE_START in _cmdline(process.pid), timeout=10, interval=0.01,
+                   what="the stub to show its command line")
+        assert WORKER_CLASS in _cmdline(process.pid) and worker_processes("127.0.9.") == {}
+        until_sync(lambda: worker_processes("127.0.9.") == {process.pid: "127.0.9.2"}, timeout=10,
+                   interval=0.01, what="the worker's command after the delay")
+        assert time.monotonic() - asked >= 1.5
+        assert _cmdline(process.pid)[:len(worker)] == worker
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.stdout.read().decode().startswith("soak: worker start delayed 1.500 s")
+    process.stdout.close()
+
+
+def test_the_local_scaler_gets_the_late_backend_by_import_path_and_reactive_gets_no_pre_warm():
+    from types import SimpleNamespace
+
+    from jhub_spark_scaler.cli import BackendType
+    from soaklib.environments import KubeEnv, LocalEnv
+    from soaklib.run import RunConfig, _scaler_settings
+    from soaklib.start_delay import LateStartLocalBackend, StartDelay
+
+    master = SimpleNamespace(url="spark://127.0.0.1:7077", ui="http://127.0.0.1:8080")
+    env = LocalEnv(Path("/tmp/soak"), start_delay=StartDelay.parse("uniform:30:90"), seed=4)
+    settings = _scaler_settings(env, master, RunConfig(strategy="reactive", minutes=1, users=1,
+                                                       start_timeout=210))
+    assert settings["prewarm_workers_per_server"] == 0 and settings["start_timeout"] == 210
+    assert settings["LateStartLocalBackend__start_delay"] == "uniform:30:90"
+    assert settings["LateStartLocalBackend__start_delay_seed"] == 4
+    # what the service's own --backend-class resolves (from the repository's root on PYTHONPATH)
+    assert BackendType().validate(None, settings["backend_class"]).__name__ == LateStartLocalBackend.__name__
+    assert "prewarm_workers_per_server" not in _scaler_settings(
+        LocalEnv(Path("/tmp/soak")), master, RunConfig(strategy="scaler", minutes=1, users=1))
+    assert "backend_class" not in LocalEnv(Path("/tmp/soak")).scaler_flags(master, "scaler")
+    # the kubelet's hook: the n-th pod of each pool waits the n-th draw, as the local n-th worker
+    kube = KubeEnv(Path("/tmp/soak"), start_delay=StartDelay.parse("uniform:30:90"), seed=4)
+    pods = ("spark-worker-soak-scaler-x1b2c", "spark-worker-soak-static-aaaaa",
+            "spark-worker-soak-scaler-q9z8y")
+    delays = [kube._pod_delay(name) for name in pods]
+    draw = StartDelay.parse("uniform:30:90").draw
+    assert delays == [draw(4, 1), draw(4, 1), draw(4, 2)]
+
+
+def cold_start_rows(delay: str = "60") -> list[dict]:
+    """Four strategies' rows with first-executor times by session: the static pool and the
+    scaler alike, the scaler without pre-warm and the original policy waiting ~60 s more."""
+    scaler, static = crowded_sessions(slower=1.0)
+    waits = {"static": static, "scaler": scaler, "reactive": {k: t + 60 for k, t in scaler.items()},
+             "original": {k: t + 70 for k, t in scaler.items()}}
+    idle = {"static": 12000, "scaler": 3000, "reactive": 1500, "original": 1000}
+    return [{"environment": "local", "strategy": name, "worker_start_delay": delay, "ttfe_by_session": times,
+             "ttfe_median": statistics.median(times.values()), "ttfe_p90": 99.0,
+             "idle_worker_seconds": idle[name]} for name, times in waits.items()]
+
+
+def test_the_four_strategies_are_compared_with_paired_intervals_and_the_cold_start_targets():
+    from soaklib.compare import comparison_lines
+
+    lines = comparison_lines(cold_start_rows())
+    assert lines[0].startswith("local, worker start delay 60: ")
+    table = [line for line in lines if line.startswith("| ") and "strategy" not in line]
+    assert [line.split(" | ")[0] for line in table] == [
+        "| static pool", "| original policy", "| scaler without pre-warm", "| scaler with pre-warm"]
+    assert table[0].endswith("| 1.00x (1.00 to 1.00, 100 paired) |")
+    assert " 100 paired) |" in table[2] and "| 1500 |" in table[2]
+    [targets] = [line for line in lines if line.startswith("- cold-start targets: ")]
+    assert "within 10% of the static pool's (0.98x (0.96 to 1.04, 100 paired)): met" in targets, targets
+    assert "static pool's (25%): met." in targets
+    assert ">= 1.5x the scaler's (" in targets and "**missed**" not in targets, targets
+    # without a delay: the same table, no cold-start targets
+    plain = comparison_lines([{**row, "worker_start_delay": ""} for row in cold_start_rows()])
+    assert plain[0].startswith("local, worker start delay none: ")
+    assert not any(line.startswith("- cold-start targets") for line in plain)
+
+
+def test_rows_of_a_worker_start_delay_are_kept_apart_from_rows_without():
+    from soak import merged, table, targets_lines
+
+    previous = [{**row, "worker_start_delay": ""} for row in cold_start_rows()]
+    rows = merged(previous, cold_start_rows("60"))
+    assert len(rows) == 8
+    assert len(merged(rows, cold_start_rows("60"))) == 8  # a rerun replaces its own
+    lines = targets_lines([{**row, "executors_lost": 0, "tasks_failed": 0, "retirements": 60}
+                           for row in rows])
+    assert len(lines) == 2 and lines[1].startswith("- local (worker start delay 60) targets: "), lines
+    assert [line.split(" | ")[2] for line in table(rows)[2:]] == ["–"] * 4 + ["60"] * 4

@@ -17,6 +17,8 @@ from jhub_spark_scaler.backends.local import FAST_JVM_OPTIONS, MASTER_CLASS, WOR
 from jhub_spark_scaler.backends.processes import free_port
 from tests.waiting import until_sync
 
+from .start_delay import LATE_START
+
 SPARK_HOME = os.path.dirname(pyspark.__file__)
 
 
@@ -100,13 +102,14 @@ def worker_processes(host_prefix: str) -> dict[int, str]:
     """Spark worker JVMs whose --host starts with `host_prefix`: {pid: host}. Not the
     short-lived processes that carry a worker's arguments too, each of which a sample
     catching it counted as one more arrival and departure: the launcher JVM by which
-    spark-class (a worker pod's command) builds the worker's command line, and a copy
+    spark-class (a worker pod's command) builds the worker's command line, the stub
+    of a worker whose start is delayed (start_delay.py; counted once it is the JVM), and a copy
     of a process that has not exec'd yet (a worker forking to launch an executor,
     spark-class's subshell), whose command line is its parent's."""
     found: dict[int, tuple[list[str], str]] = {}  # pid: (command line, host)
     for pid in pids():
         cmd = _cmdline(pid)
-        if WORKER_CLASS in cmd and "--host" in cmd and SPARK_LAUNCHER not in cmd:
+        if WORKER_CLASS in cmd and "--host" in cmd and SPARK_LAUNCHER not in cmd and LATE_START not in cmd:
             host = cmd[cmd.index("--host") + 1]
             if host.startswith(host_prefix):
                 found[pid] = (cmd, host)

@@ -16,6 +16,7 @@ from tests.settings import AS_ROOT
 from tests.waiting import WaitTimeout, until
 
 from .cluster import alive_hosts, kill_quietly, worker_processes
+from .start_delay import LateStartLocalBackend, StartDelay
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_CORES = 2
@@ -26,8 +27,10 @@ class LocalEnv:
     name = "local"
     apiserver = False
 
-    def __init__(self, workdir: Path, host_prefix: str = "127.0.6."):
+    def __init__(self, workdir: Path, host_prefix: str = "127.0.6.", *, start_delay: StartDelay | None = None,
+                 seed: int = 1):
         self.workdir, self.host_prefix = Path(workdir), host_prefix
+        self.start_delay, self.seed = start_delay, seed
 
     async def start(self) -> None:
         pass
@@ -38,11 +41,24 @@ class LocalEnv:
                 "worker_memory": "1g", "host_range": f"{self.host_prefix}2-{self.host_prefix}254",
                 "stop_timeout": 10, "stop_on_exit": True}
 
-    def scaler_flags(self, master, strategy: str) -> dict:
-        return {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}
+    def _late(self) -> dict:
+        """LateStartLocalBackend's settings, when the workers start late."""
+        if not self.start_delay:
+            return {}
+        return {"start_delay": str(self.start_delay), "start_delay_seed": self.seed}
 
-    async def backend(self, master, strategy: str) -> Backend:
-        backend = LocalBackend(**self._settings(master, strategy))
+    def scaler_flags(self, master, strategy: str) -> dict:
+        flags = {f"LocalBackend__{key}": value for key, value in self._settings(master, strategy).items()}
+        if late := self._late():
+            # by import path from the repository's root, which the soak's hub hands the service
+            flags["backend_class"] = f"benchmarks.soaklib.start_delay.{LateStartLocalBackend.__name__}"
+            flags.update({f"LateStartLocalBackend__{key}": value for key, value in late.items()})
+        return flags
+
+    async def backend(self, master, strategy: str, *, late: bool = True) -> Backend:
+        settings = self._settings(master, strategy)
+        backend = (LateStartLocalBackend(**settings, **self._late()) if late and self.start_delay
+                   else LocalBackend(**settings))
         await backend.setup()
         return backend
 
@@ -50,7 +66,7 @@ class LocalEnv:
         """Write the class archive into the strategy's fresh state dir, as a deployed hub's
         has from its first worker's stop on: without it the scaler's workers would start
         the slow way until its first worker stopped (3.5 minutes into a soak once)."""
-        backend = await self.backend(master, strategy)
+        backend = await self.backend(master, strategy, late=False)  # setup, not a cold start
         try:
             [worker] = await backend.start(1)
 
@@ -97,16 +113,28 @@ class KubeEnv:
     apiserver = True
     namespace = "spark"
 
-    def __init__(self, workdir: Path, host_prefix: str = "127.0.7.", *, cluster=None, kubelet=None):
+    def __init__(self, workdir: Path, host_prefix: str = "127.0.7.", *, cluster=None, kubelet=None,
+                 start_delay: StartDelay | None = None, seed: int = 1):
         self.workdir, self.host_prefix = Path(workdir), host_prefix
         self.cluster, self.kubelet = cluster, kubelet
+        self.start_delay, self.seed = start_delay, seed
+        self._pod_starts: dict[str, int] = {}  # per pool: how many of its pods the kubelet started
         self.owned = cluster is None
         if kubelet is not None:
             self.host_prefix = kubelet.ip_pool[0].rpartition(".")[0] + "."
 
+    def _pod_delay(self, pod_name: str) -> float:
+        """The kubelet's hook: the n-th pod of a pool waits draw n, as the local backend's n-th
+        worker does (the pool's name is in the pod's: spark-worker-<pool>-<suffix>)."""
+        pool = pod_name.rpartition("-")[0]
+        n = self._pod_starts[pool] = self._pod_starts.get(pool, 0) + 1
+        return self.start_delay.draw(self.seed, n)
+
     async def start(self) -> None:
         if not self.owned:
             await self._apply_rbac()
+            if self.start_delay:
+                self.kubelet.start_delay = self._pod_delay
             return
         sys.path.insert(0, str(ROOT))
         from tests.kube_cluster import KubeCluster, binaries_installed
@@ -117,7 +145,8 @@ class KubeEnv:
         self.cluster = KubeCluster(self.workdir / "kube")
         await self.cluster.start()
         await self._apply_rbac()
-        self.kubelet = TestKubelet(self.cluster, self.workdir / "kubelet", ip_prefix=self.host_prefix)
+        self.kubelet = TestKubelet(self.cluster, self.workdir / "kubelet", ip_prefix=self.host_prefix,
+                                   start_delay=self._pod_delay if self.start_delay else None)
         await self.kubelet.start()
 
     async def _apply_rbac(self) -> None:
@@ -244,6 +273,7 @@ class KubeEnv:
 
     async def stop(self) -> None:
         if not self.owned:  # a cluster of the tests' session: as it was, but for its pods
+            self.kubelet.start_delay = None
             await self._remove_soak_rbac()
             return
         if self.kubelet is not None:

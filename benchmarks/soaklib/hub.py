@@ -86,8 +86,12 @@ class Hub:
             raise RuntimeError(f"{PROXY} is missing: run scripts/install-proxy.sh")
         jupyterhub = os.path.join(os.path.dirname(sys.executable), "jupyterhub")
         with open(self.log, "a") as log:
+            # the repository's root first: the hub, and the service it hands PYTHONPATH to, import
+            # this checkout's package (and a benchmark-only backend by its import path)
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
             self.process = subprocess.Popen([jupyterhub, "-f", str(self.config)], cwd=self.state,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, "PYTHONPATH": path})
 
         async def answers() -> bool:
             await self.call("GET", "")

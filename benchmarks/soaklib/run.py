@@ -22,7 +22,10 @@ from .users import Behaviour, SimulatedUser
 from .environments import WORKER_CORES
 
 log = logging.getLogger("soak")
-STRATEGIES = ("scaler", "static", "original")
+#: "reactive": the scaler without pre-warm (prewarm_workers_per_server=0): a worker is started
+#: for a driver only once its app waits at the master, besides the idle worker
+STRATEGIES = ("scaler", "static", "original", "reactive")
+SCALERS = ("scaler", "reactive")  # the strategies that run the scaler service
 
 
 @dataclass
@@ -40,6 +43,8 @@ class RunConfig:
     hub_poll_interval: float = 10.0
     settle_timeout: float = 240.0
     spread_out: bool = False  # the master's spark.deploy.spreadOut
+    #: the scaler's start_timeout; None: its default (a worker start delay needs more)
+    start_timeout: float | None = None
 
 
 @dataclass
@@ -65,22 +70,20 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
     try:
         await env.prepare(master, config.strategy)
         scaler = None
-        if config.strategy == "scaler":
-            scaler = {"max_workers": config.max_workers, "idle_workers": config.idle_workers,
-                      "scale_down_delay": config.scale_down_delay, "poll_interval": 1,
-                      **env.scaler_flags(master, config.strategy)}
+        if config.strategy in SCALERS:
+            scaler = _scaler_settings(env, master, config)
         hub = Hub(workdir / "hub", scaler=scaler, poll_interval=config.hub_poll_interval)
         await hub.start()
         sampler = PoolSampler(env.host_prefix, master.ui)
         if config.strategy == "static":
             size = config.static_size or config.users * config.behaviour.cores_max // WORKER_CORES
             baseline = StaticPool(await env.backend(master, config.strategy), size)
-            strategy_task = asyncio.create_task(baseline.run(stop))
+            strategy_task = asyncio.create_task(baseline.run(stop, ready_timeout=_ready_within(config)))
 
             def static_pool() -> bool:  # reads /proc and the master: in a thread
                 return _members(env) >= size and _alive(master) >= size
 
-            await until(lambda: asyncio.to_thread(static_pool), timeout=300, interval=0.5,
+            await until(lambda: asyncio.to_thread(static_pool), timeout=_ready_within(config), interval=0.5,
                         what="the static pool")
         else:
             if config.strategy == "original":
@@ -92,7 +95,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
             def at_rest() -> bool:
                 return _alive(master) >= config.idle_workers
 
-            await until(lambda: asyncio.to_thread(at_rest), timeout=300, interval=0.5,
+            await until(lambda: asyncio.to_thread(at_rest), timeout=_ready_within(config), interval=0.5,
                         what="the idle workers at rest")
         users = [SimulatedUser(f"user{i}", hub=hub, master_url=master.url, workdir=workdir / "users",
                                seed=config.seed * 1000 + i, behaviour=config.behaviour)
@@ -101,7 +104,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
         started, t0, cpu_at_start = time.monotonic(), time.time(), _cpu_times()
         deadline = started + config.minutes * 60
         chaos = chaos_task = None
-        if config.scaler_kills and config.strategy == "scaler":
+        if config.scaler_kills and config.strategy in SCALERS:
             chaos = Chaos(hub=hub, master=master, env=env, sampler=sampler, token=hub.admin_token,
                           pool_url=f"http://127.0.0.1:{hub.scaler_port}/services/spark-scaler/api/pool")
             kinds = ["kill-scaler"] * config.scaler_kills + ["restart-master", "kill-busy-worker"]
@@ -123,7 +126,7 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
         result = RunResult(config.strategy, env.name, seconds, [s for u in users for s in u.sessions],
                            sampler.stats, chaos.log.faults if chaos else [],
                            cpu_busy=_busy_share(cpu_at_start, _cpu_times()))
-        if config.strategy == "scaler":
+        if config.strategy in SCALERS:
             result.settled = await _settle(env, config)
         if isinstance(baseline, OriginalAutoscaler):
             result.baseline = {"starts": baseline.starts, "kills": baseline.kills}
@@ -141,6 +144,24 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
         await asyncio.to_thread(master.kill)
         if left := sweep(workdir):
             log.warning("soak: killed %d process(es) left in %s", len(left), workdir)
+
+
+def _ready_within(config: RunConfig) -> float:
+    """Seconds for the pool to be ready before the users come: more when workers start late."""
+    return max(300.0, 2 * (config.start_timeout or 0))
+
+
+def _scaler_settings(env, master, config: RunConfig) -> dict:
+    """configure()'s keyword arguments for the scaler strategies."""
+    scaler = {"max_workers": config.max_workers, "idle_workers": config.idle_workers,
+              "scale_down_delay": config.scale_down_delay, "poll_interval": 1,
+              # the repository's root on PYTHONPATH (Hub.start): a benchmark backend by import path
+              "pass_env": ["PYTHONPATH"], **env.scaler_flags(master, config.strategy)}
+    if config.start_timeout is not None:
+        scaler["start_timeout"] = config.start_timeout
+    if config.strategy == "reactive":
+        scaler["prewarm_workers_per_server"] = 0
+    return scaler
 
 
 async def _settle(env, config: RunConfig) -> dict:
