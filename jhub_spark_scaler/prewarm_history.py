@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Iterable
 
 from .activity import Key, Server
@@ -58,9 +59,20 @@ class PrewarmHistory:
             self._running.update((s.key, s) for s in servers)
             return
         current = {s.key: s for s in servers}
+        # each user's app start times, sorted: one lookup per server instead of a scan of
+        # every app (this runs every cycle, with hundreds of servers and apps on a big hub)
+        by_user: dict[str, list[float]] = {}
+        for a in starts:
+            by_user.setdefault(a.user, []).append(a.at)
+        for times in by_user.values():
+            times.sort()
         for key, s in {**self._running, **current}.items():
             # marked while it runs: the master keeps only its last completed apps
-            if s.started is not None and any(a.user == s.user and s.started <= a.at <= now for a in starts):
+            times = by_user.get(s.user)
+            if key in self._ran or s.started is None or not times:
+                continue
+            first = bisect_left(times, s.started)
+            if first < len(times) and times[first] <= now:
                 self._ran.add(key)
         ended = [s for key, s in self._running.items() if key not in current and s.started is not None]
         self._running = current
