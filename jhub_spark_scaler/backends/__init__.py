@@ -27,9 +27,14 @@ and acts only while it holds it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from traitlets.config import LoggingConfigurable
 
 from ..model import BackendWorker
+
+if TYPE_CHECKING:
+    from .history_store import HistoryStore
 
 
 class BackendError(Exception):
@@ -103,3 +108,8 @@ class Backend(LoggingConfigurable):
         """The pool's one-active-scaler guard; made before `setup()`, acquired before it runs.
         A backend that owns a pool others could share returns a real one."""
         return Leadership()
+
+    def history_store(self) -> HistoryStore | None:
+        """Where the pre-warm history outlives the scaler (`history_store`), usable once
+        `setup()` has run; None: in memory only."""
+        return None
