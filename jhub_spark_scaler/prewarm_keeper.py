@@ -20,7 +20,6 @@ import asyncio
 import logging
 import math
 
-from . import clock
 from .backends.history_store import HistoryStore, StoreError, Unreadable
 from .prewarm_history import PrewarmHistory, parse_record
 
@@ -41,7 +40,7 @@ class PrewarmKeeper:
         self.loaded = False
         self._saved: dict | None = None  # the record as last read or written
         self._saved_version = -1
-        self._last_try = -math.inf  # clock.now() when the last read or write began
+        self._last_try = -math.inf  # when the last read or write began (`tick`'s clock)
         self._task: asyncio.Future | None = None
         self._problems: set[str] = set()  # the kinds of trouble logged: each once
 
@@ -52,7 +51,7 @@ class PrewarmKeeper:
     async def load(self) -> None:
         """At start: read the store and take its record in (bounded; never raises)."""
         if self.active:
-            await self._load()
+            await self._guarded(self._load())
 
     def tick(self, now: float) -> None:
         """Start a read (the store could not be read yet) or a write (the record changed) in
@@ -67,8 +66,8 @@ class PrewarmKeeper:
             job = self._save()
         else:
             return
-        self._task = asyncio.ensure_future(job)
-        self._task.add_done_callback(self._ended)
+        self._last_try = now
+        self._task = asyncio.ensure_future(self._guarded(job))
 
     async def flush(self) -> None:
         """At exit: let a read or write in flight end, then write the last change (each
@@ -79,10 +78,9 @@ class PrewarmKeeper:
             await asyncio.wait([self._task], timeout=self.timeout)
             self._task.cancel()
         if self.loaded and self.history.version != self._saved_version:
-            await self._save()
+            await self._guarded(self._save())
 
     async def _load(self) -> None:
-        self._last_try = clock.now()
         what = self.store.what
         try:
             doc = await asyncio.wait_for(self.store.read(), self.timeout)
@@ -99,7 +97,8 @@ class PrewarmKeeper:
             return
         self.history.merge(users)
         self.loaded = True
-        self._saved, self._saved_version = doc, -1  # written only if the merge changed it
+        # written at the next tick only if the merge changed it
+        self._saved, self._saved_version = doc if doc is not None else {"users": {}}, -1
         self._problems.clear()
         self.log.info("pre-warm history of %d users read from %s", len(users), what)
 
@@ -109,7 +108,6 @@ class PrewarmKeeper:
         if record == self._saved:
             self._saved_version = version
             return
-        self._last_try = clock.now()
         try:
             await asyncio.wait_for(self.store.write(record), self.timeout)
         except (StoreError, asyncio.TimeoutError) as e:
@@ -135,6 +133,8 @@ class PrewarmKeeper:
             self._problems.add(kind)
             self.log.warning(message, *args)
 
-    def _ended(self, task: asyncio.Future) -> None:
-        if not task.cancelled() and task.exception() is not None:  # a bug: logged, the cycles go on
-            self.log.error("pre-warm history: %s failed", self.store.what, exc_info=task.exception())
+    async def _guarded(self, job) -> None:
+        try:
+            await job
+        except Exception:  # a bug: logged, and the scaler goes on without the store's help
+            self.log.exception("pre-warm history: reading or writing %s failed", self.store.what)

@@ -59,6 +59,9 @@ class FileStore(HistoryStore):
         self.log = log
 
     write_interval = 0.0  # a local file: written at every change, as cheap as the workers' state files
+    # written with a space after each separator (write_json): at most a quarter more than
+    # counted, under the 1 MiB a state file is read up to
+    max_bytes = 800_000
 
     async def read(self) -> dict | None:
         doc = read_json(self.path, root=self.state_dir, log=self.log)
