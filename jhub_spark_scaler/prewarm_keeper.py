@@ -92,8 +92,8 @@ class PrewarmKeeper:
             self.loaded = True
             return
         except (StoreError, asyncio.TimeoutError) as e:
-            self._warn(f"read {self._why(e)}", "pre-warm history not read: %s; kept in memory only "
-                       "(a restart forgets it), read again every %.0f s", self._why(e), self._retry())
+            self._warn(self._kind("read", e), "pre-warm history not read: %s; kept in memory only (a "
+                       "restart forgets it), read again every %g s", self._why(e), self.store.write_interval)
             return
         self.history.merge(users)
         self.loaded = True
@@ -111,8 +111,8 @@ class PrewarmKeeper:
         try:
             await asyncio.wait_for(self.store.write(record), self.timeout)
         except (StoreError, asyncio.TimeoutError) as e:
-            self._warn(f"write {self._why(e)}", "pre-warm history not saved: %s; kept in memory, "
-                       "written again in %.0f s", self._why(e), self._retry())
+            self._warn(self._kind("write", e), "pre-warm history not saved: %s; kept in memory, "
+                       "written again in %g s", self._why(e), self.store.write_interval)
             return
         self._saved, self._saved_version = record, version
         if self._problems - {"unreadable"}:  # a warning said it was not
@@ -124,8 +124,9 @@ class PrewarmKeeper:
             return f"{self.store.what}: no answer within {self.timeout:g} s"
         return str(error)
 
-    def _retry(self) -> float:
-        return max(self.store.write_interval, 1.0)
+    def _kind(self, action: str, error: Exception) -> str:
+        """The trouble without its details (an address, a reason that varies between tries)."""
+        return f"{action} {type(error).__name__} {self._why(error).split(': ')[0]}"
 
     def _warn(self, kind: str, message: str, *args) -> None:
         """Log each kind of trouble once, until the store works again."""
