@@ -2,7 +2,9 @@
 
 A backend owns worker processes or pods and nothing else: it does not decide
 how many there should be (`policy.plan` does) and does not talk to the Spark
-master except where a platform needs the master to decommission.
+master except where a platform needs the master to decommission. It also says
+where the scaler's one small record, the pre-warm history, outlives a restart
+(`history_store()`: its own store, a file in the state dir or a ConfigMap).
 
 Errors follow one rule in every backend, each a single line that says what to fix:
 
