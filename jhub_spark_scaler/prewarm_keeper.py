@@ -11,7 +11,7 @@ the scaler goes on with the history it has in memory. A store that cannot be rea
 (missing, forbidden, unreachable) is read again every interval, and its record merged in
 once it can be; until then nothing is written to it, so a stored history is never
 replaced by a scaler that did not read it. A store that holds something else than a
-record is taken as empty (everyone pre-warms) and replaced at the next change.
+record is taken as empty (everyone pre-warms) and replaced by the next write.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class PrewarmKeeper:
         except (Unreadable, ValueError) as e:
             why = str(e) if isinstance(e, Unreadable) else f"{what} holds no pre-warm history: {e}"
             self._warn("unreadable", "pre-warm history not read: %s; starting with none (everyone "
-                       "pre-warms), replaced at the next change", why)
+                       "pre-warms), replaced by the next write", why)
             self.loaded = True
             return
         except (StoreError, asyncio.TimeoutError) as e:

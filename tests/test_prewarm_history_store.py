@@ -249,7 +249,7 @@ async def test_a_damaged_store_warns_once_starts_fresh_and_is_replaced(caplog, d
     assert keeper.loaded and keeper.history.users == {}
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("pre-warm history not read: the test's store holds no pre-warm history: ")
-    assert warning.endswith("; starting with none (everyone pre-warms), replaced at the next change")
+    assert warning.endswith("; starting with none (everyone pre-warms), replaced by the next write")
     ended(keeper.history, "a", started=100.0, at=110.0)
     keeper.tick(120.0)
     await settle(keeper)

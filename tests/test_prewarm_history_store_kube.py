@@ -154,7 +154,7 @@ async def test_a_corrupt_config_map_warns_once_starts_fresh_and_is_replaced(kube
     await stop(service)
     (warning,) = warnings(caplog)
     assert warning.startswith(f"pre-warm history not read: ConfigMap {NAMESPACE}/{NAME}")
-    assert warning.endswith("; starting with none (everyone pre-warms), replaced at the next change")
+    assert warning.endswith("; starting with none (everyone pre-warms), replaced by the next write")
     assert json.loads((await config_map(kube_cluster))[KEY]) == {"users": service.history.users}
 
 
