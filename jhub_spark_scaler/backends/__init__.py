@@ -71,6 +71,9 @@ class Backend(LoggingConfigurable):
     master_ui_url: str = ""
     #: True: the reconciler also asks the master to decommission (POST /workers/kill/?host=)
     decommission_via_master: bool = False
+    #: the workers' executors' shuffle files are served by an external shuffle service, so an
+    #: idle worker may still hold a running app's: the reconciler reads idle workers to know
+    keeps_shuffle_files: bool = False
 
     async def setup(self) -> None:
         """Prepare (and, if configured, start the Spark master); adopt existing workers."""
