@@ -34,7 +34,7 @@ answer within `BUSY_READ_TIMEOUT`, shows as unread (nothing older is kept for it
 and the cycle goes on; a bug reading one is logged with its traceback, as below,
 and changes nothing else.
 
-With a shuffle service on the workers (`Backend.keeps_shuffle_files`), up to
+With a shuffle service on the workers (`Backend.external_shuffle_service`), up to
 `SHUFFLE_READS_PER_CYCLE` of our idle workers' own /json/ are read each cycle too, to
 learn whose shuffle files they serve (`shuffle.py`). The plan keeps one not read yet,
 or whose reads fail (an error or no answer within `BUSY_READ_TIMEOUT`), for up to
@@ -267,7 +267,7 @@ class Reconciler:
             master_error=master_error,
             backend_error=backend_error,
         )
-        return await self._read_shuffle(snapshot) if self.backend.keeps_shuffle_files else snapshot
+        return await self._read_shuffle(snapshot) if self.backend.external_shuffle_service else snapshot
 
     async def _read_shuffle(self, snapshot: Snapshot) -> Snapshot:
         """With a shuffle service on the workers: read our idle workers' own /json/ for the
