@@ -51,14 +51,15 @@ async def shuffle_service(spark_master, tmp_path):
     jars = os.path.join(spark_master.spark_home, "jars", "*")
     log = open(tmp_path / "shuffle-service.log", "w")
     process = subprocess.Popen(
-        [spark_master.java, *FAST_JVM_OPTIONS, "-Xmx256m", "-cp", jars, f"-Dspark.shuffle.service.port={port}",
+        [spark_master.java, *FAST_JVM_OPTIONS, "-Xmx256m", "-cp", jars,
+         f"-Dspark.shuffle.service.port={port}",
          "-Dspark.shuffle.service.db.enabled=false", "org.apache.spark.deploy.ExternalShuffleService"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def listening():
         assert process.poll() is None, (tmp_path / "shuffle-service.log").read_text()[-2000:]
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.2", port), timeout=1):
-            return True
+            return True  # any loopback address: the service binds its port on every address
 
     try:
         await until(listening, timeout=120, what="the external shuffle service to listen")
@@ -78,7 +79,8 @@ class Scaler:
         self.reports: list[tuple[float, CycleReport]] = []
         self.r = Reconciler(
             backend=backend, spark=SparkClient(spark_master.master_ui_url, timeout=HTTP_TIMEOUT),
-            policy=make_policy(max_workers=2, min_workers=0, idle_workers=0, scale_down_delay=SCALE_DOWN_DELAY),
+            policy=make_policy(max_workers=2, min_workers=0, idle_workers=0,
+                               scale_down_delay=SCALE_DOWN_DELAY),
             observe=make_observe(start_timeout=120, held_after=60), log=logging.getLogger("test.scaler"),
             decision_log_size=DECISION_LOG_SIZE, on_cycle=lambda rep: self.reports.append((time.time(), rep)))
         self.task = asyncio.create_task(self._run())
@@ -107,7 +109,8 @@ async def scaler(spark_master, tmp_path):
     async def start(*, external_shuffle_service: bool) -> Scaler:
         backend = LocalBackend(**AS_ROOT, start_master=False, master_url=spark_master.master_url,
                                master_ui_url=spark_master.master_ui_url, state_dir=str(tmp_path / "scaler"),
-                               stop_timeout=5, stop_on_exit=True, external_shuffle_service=external_shuffle_service)
+                               stop_timeout=5, stop_on_exit=True,
+                               external_shuffle_service=external_shuffle_service)
         await backend.setup()
         started.append(Scaler(backend, spark_master))
         return started[-1]
@@ -127,7 +130,8 @@ def shuffle_driver(spark_master, shuffle_service, tmp_path):
     log = open(control / "driver.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(DRIVER), "--master", spark_master.master_url, "--control", str(control),
-         "--shuffle-port", str(shuffle_service)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--shuffle-port", str(shuffle_service)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def read(name: str):
         path = control / name
@@ -176,6 +180,7 @@ async def test_a_worker_serving_a_running_apps_shuffle_files_is_kept_until_the_a
 
     (control / "go").touch()
     result = await until(lambda: read("result.json"), timeout=300, what="the driver's second job")
+    print("with the setting, the driver saw:", json.dumps(result))
     assert result["tasks_failed"] == 0 and result["fetch_failures"] == 0, result
     assert result["stage_attempts_retried"] == 0, result
     # the map stage was skipped: its shuffle files on W were read, not recomputed
@@ -194,9 +199,11 @@ async def test_without_the_setting_the_same_pool_retires_the_worker_serving_shuf
     process, control, read = shuffle_driver
     first, w = await _idle_and_alone(s, read)
     await until(lambda: s.retired(w) is not None, timeout=60, what="W retired while the app runs")
-    await until(lambda: any(w in rep.stopped for _, rep in s.reports), timeout=120, what="W drained and stopped")
+    await until(lambda: any(w in rep.stopped for _, rep in s.reports), timeout=120,
+                what="W drained and stopped")
     assert process.poll() is None, "the app ended before W was retired"
     (control / "go").touch()
     result = await until(lambda: read("result.json"), timeout=300, what="the driver's second job")
+    print("without the setting, the driver saw:", json.dumps(result))
     lost = result["second_job"]["numSkippedStages"] == 0 or result["fetch_failures"] > 0
     assert lost, f"the second job read W's shuffle files after all: {result}"

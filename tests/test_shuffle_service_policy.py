@@ -1,5 +1,6 @@
 """Fast tests of retirement with an external shuffle service: the pure `shuffle` module and
-`policy.plan`, on snapshots built by hand, and the worker /json/ parser on a real answer."""
+`policy.plan`, on snapshots built by hand, the worker /json/ parser on a real answer, and
+the worker pods' conf."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from pathlib import Path
 from types import MappingProxyType
 
+from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+from jhub_spark_scaler.backends.worker_pod import worker_pod
 from jhub_spark_scaler.model import Executor, ShuffleRead, Snapshot, WorkerState, WorkerStatus
 from jhub_spark_scaler.policy import History, RetireIdle, describe, explain, plan
 from jhub_spark_scaler.shuffle import KeepForShuffle, candidates, keeps, kept_words, next_reads, pick
@@ -119,3 +122,17 @@ def test_parse_worker_reads_finished_executors_of_a_real_answer():
     status = parse_worker(doc)
     assert [(e.app_id, e.executor_id) for e in status.finished] == [("app-done", 7)]
     assert status.executors[0].app_id == "app-20261125141527-0000"
+
+
+def test_kubernetes_workers_run_the_shuffle_service_only_with_the_setting():
+    def worker_opts(**settings) -> str:
+        backend = KubernetesBackend(namespace="spark", master_url="spark://m:7077", image="spark:4",
+                                    **settings)
+        env = worker_pod(backend.template())["spec"]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "SPARK_WORKER_OPTS")
+
+    assert "spark.shuffle.service" not in worker_opts()
+    assert "-Dspark.shuffle.service.enabled=true" in worker_opts(external_shuffle_service=True).split()
+    # the setting wins over an admin's spark_conf saying otherwise: the scaler relies on it
+    opts = worker_opts(external_shuffle_service=True, spark_conf={"spark.shuffle.service.enabled": "false"})
+    assert "-Dspark.shuffle.service.enabled=true" in opts.split() and "enabled=false" not in opts

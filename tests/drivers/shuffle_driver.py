@@ -70,7 +70,8 @@ def main():
     stages = rest(ui, f"applications/{app_id}/stages")
     fetch_failures = 0
     for s in stages:
-        tasks = rest(ui, f"applications/{app_id}/stages/{s['stageId']}/{s['attemptId']}/taskList?length=10000")
+        attempt = f"applications/{app_id}/stages/{s['stageId']}/{s['attemptId']}"
+        tasks = rest(ui, f"{attempt}/taskList?length=10000")
         fetch_failures += sum(1 for t in tasks if "FetchFailed" in (t.get("errorMessage") or ""))
     executors = rest(ui, f"applications/{app_id}/allexecutors")
     write(os.path.join(control, "result.json"), {
