@@ -203,7 +203,7 @@ class Plan:
     notes: tuple[Note, ...]  # the TargetNote first
     why: Mapping[str, WorkerReason]  # a reason for each handle in `retire` and `stop`
     history: History
-    kept: Mapping[str, KeepForShuffle] = field(default_factory=lambda: NO_KEPT)  # idle, never retired
+    kept: Mapping[str, KeepForShuffle] = field(default_factory=lambda: NO_KEPT)  # idle, not candidates
     spared: tuple[str, ...] = ()  # the kept that a scale-down due now would have retired
 
     @property
@@ -371,8 +371,9 @@ class _ScaleDown:
     spared: tuple[str, ...] = ()  # kept workers that would have been retired
 
 
-def _scale_down(ours: list[Worker], surplus: int, *, idle_since: Mapping[str, float], kept: Mapping,
-                history: History, now: float, settings: PolicySettings) -> _ScaleDown:
+def _scale_down(ours: list[Worker], surplus: int, *, idle_since: Mapping[str, float],
+                kept: Mapping[str, KeepForShuffle], history: History, now: float,
+                settings: PolicySettings) -> _ScaleDown:
     """Which workers to remove (target below capacity), once the surplus has lasted."""
     surplus_since = history.surplus_since if history.surplus_since is not None else now
     waited = now - surplus_since
@@ -431,8 +432,7 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
         retire = down.retire
         why.update(down.why)
         notes += down.notes
-        # a surplus acted on (or workers stopped) starts its wait afresh; one held back by kept
-        # workers only goes on, so that they retire as soon as their apps end
+        # a surplus acted on (or workers stopped) waits afresh; one held back by kept workers goes on
         surplus_since = None if down.due and (retire or stop) else down.surplus_since
     if need.wanted > settings.max_workers:
         notes.append(_saturated(snapshot, need, settings.max_workers))
