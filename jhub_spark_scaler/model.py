@@ -17,7 +17,9 @@ restart of the scaler.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 
@@ -108,6 +110,8 @@ class WorkerStatus:
 
     id: str
     executors: tuple[Executor, ...]
+    #: `finishedexecutors[]`: the last spark.worker.ui.retainedExecutors (1,000) that ended here
+    finished: tuple[Executor, ...] = ()
 
 
 class BackendWorker(NamedTuple):
@@ -122,6 +126,17 @@ class BackendWorker(NamedTuple):
     retiring_since: float | None = None  # when the scaler decommissioned it (persisted)
     problem: str = ""  # a backend-known reason it cannot start (image pull error, ...)
     stopping: bool = False  # already being stopped (a terminating pod): nothing more to do
+
+
+class ShuffleRead(NamedTuple):
+    """An idle worker's own /json/, read for the shuffle files it may hold."""
+
+    read_at: float
+    #: apps with an executor there, running or finished: their shuffle files stay until the app
+    #: ends; None: the read failed
+    apps: frozenset[str] | None
+    error: str = ""  # why the read failed
+    unread_since: float | None = None  # when its reads began to fail (None: the last one did not)
 
 
 class Worker(NamedTuple):
@@ -156,6 +171,10 @@ class Snapshot:
     master_error: str = ""  # non-empty: the master could not be read
     backend_error: str = ""  # non-empty: the backend could not be listed
     app_starts: tuple[AppStart, ...] = ()  # each app's start uses up one server's credit
+    #: the workers run an external shuffle service: an idle one may serve a running app's shuffle files
+    shuffle_service: bool = False
+    #: with it, what our idle workers' own /json/ said of the apps that ran there, by handle
+    shuffle_reads: Mapping[str, ShuffleRead] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def blind(self) -> bool:

@@ -8,26 +8,27 @@ worker has been idle) goes in and comes out as a `History` value.
     wanted = busy + waiting + idle_workers + prewarm_credit - foreign capacity
     target = clamp(wanted, min_workers, max_workers)
 
-A pool whose wanted size is past max_workers is saturated: the plan says so
-(`SaturatedNote`: wanted, max_workers, the apps waiting and the longest wait),
-which the log, the decision log and the metrics read, so that a saturated pool
-never looks like a quiet one at its limit.
+A pool whose wanted size is past max_workers is saturated: the plan says so (`SaturatedNote`:
+wanted, max_workers, the apps waiting and the longest wait), which the log, the decision log
+and the metrics read, so that a saturated pool never looks like a quiet one at its limit.
 
-Only workers this scaler owns are started or retired. Workers registered at
-the master by someone else ("foreign") count as demand and capacity only with
-`count_foreign_workers`: anyone who reaches the master's port can register a
-worker (Spark's RPC has no authentication), and fake idle ones would shrink the
-pool. Without it, busy counts our workers only and foreign capacity is 0.
+Only workers this scaler owns are started or retired. Workers registered at the master by
+someone else ("foreign") count as demand and capacity only with `count_foreign_workers`:
+anyone who reaches the master's port can register a worker (Spark's RPC has no
+authentication), and fake idle ones would shrink the pool. Without it, busy counts our
+workers only and foreign capacity is 0.
 
 A retiring worker is waited on for as long as its executors stay, unless the admin set
 `drain_timeout`: a draining or held worker of ours retiring for that long is stopped
 anyway, and its apps lose their executors on it (the one exception to never taking a
 worker from a running app; off, 0, by default).
 
-A `Plan` says why as data: a reason per worker it stops or retires
-(`Plan.why`, by handle) and notes on the pool as a whole (`Plan.notes`).
-`explain(plan)` and `describe(item)` are the only place those become words,
-so the admin page, the log and the decision log read the same.
+With an external shuffle service on the workers, an idle worker of ours that serves shuffle
+files of a running app is no retirement candidate until the app ends (`shuffle.keeps`).
+
+A `Plan` says why as data: a reason per worker it stops or retires (`Plan.why`, by handle),
+per worker it keeps (`Plan.kept`) and notes on the pool as a whole (`Plan.notes`). `explain(plan)`
+and `describe(item)` are the only place those become words, so the page and logs read the same.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from types import MappingProxyType
 from typing import Mapping, Union
 
 from .model import CAPACITY_STATES, MasterApp, Snapshot, Worker, WorkerState
+from .shuffle import KeepForShuffle, keeps, kept_words
 
 #: Our workers in these states are stopped at once: nothing can run on them.
 STOP_STATES = (WorkerState.DRAINED, WorkerState.LOST, WorkerState.UNSCHEDULABLE)
@@ -189,6 +191,7 @@ class WaitingNote:
 Note = Union[TargetNote, BlindNote, ScaleUpPausedNote, StartingNote, AtMaxWorkersNote, SaturatedNote,
              WaitingNote]
 NO_REASONS: Mapping[str, WorkerReason] = MappingProxyType({})
+NO_KEPT: Mapping[str, KeepForShuffle] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +203,8 @@ class Plan:
     notes: tuple[Note, ...]  # the TargetNote first
     why: Mapping[str, WorkerReason]  # a reason for each handle in `retire` and `stop`
     history: History
+    kept: Mapping[str, KeepForShuffle] = field(default_factory=lambda: NO_KEPT)  # idle, not candidates
+    spared: tuple[str, ...] = ()  # the kept that a scale-down due now would have retired
 
     @property
     def acts(self) -> bool:
@@ -211,7 +216,7 @@ class Plan:
         return tuple(h for h in self.stop if isinstance(self.why[h], StopDrainTimeout))
 
 
-def describe(item: Note | WorkerReason) -> str:
+def describe(item: Note | WorkerReason | KeepForShuffle) -> str:
     """One note or worker reason in words."""
     match item:
         case TargetNote(need, low, high):
@@ -248,6 +253,8 @@ def describe(item: Note | WorkerReason) -> str:
             return f"stopping {handle}: surplus, never registered"
         case RetireIdle(handle, idle_for):
             return f"retiring {handle}: surplus, idle {idle_for:.0f} s"
+        case KeepForShuffle(handle):
+            return f"keeping {handle}: idle, but {kept_words(item)}"
     raise TypeError(f"not a note or worker reason: {item!r}")
 
 
@@ -272,13 +279,15 @@ def saturation(plan: Plan) -> SaturatedNote | None:
 
 def explain(plan: Plan) -> tuple[str, ...]:
     """The plan in words, one line per note and per worker, in the order it was decided:
-    the target, the workers stopped, what limits scale-up or scale-down, the workers retired."""
+    the target, the workers stopped, what limits scale-up or scale-down, the workers retired
+    and those a due scale-down spared for their shuffle files."""
     target, *rest = plan.notes
     return (
         describe(target),
         *(describe(plan.why[h]) for h in plan.stop),
         *(describe(note) for note in rest),
         *(describe(plan.why[h]) for h in plan.retire),
+        *(describe(plan.kept[h]) for h in plan.spared),
     )
 
 
@@ -327,7 +336,7 @@ def _saturated(snapshot: Snapshot, need: Demand, max_workers: int) -> SaturatedN
 
 
 def _retire_order(workers: list[Worker], idle_since: Mapping[str, float]) -> list[Worker]:
-    """Never-registered workers first (newest first), then the longest idle."""
+    """Never-registered workers first (newest first), then the longest idle (the kept included)."""
     starting = sorted(
         (w for w in workers if w.state is WorkerState.STARTING), key=lambda w: -w.created_at
     )
@@ -359,10 +368,12 @@ class _ScaleDown:
     notes: tuple[Note, ...]
     surplus_since: float
     due: bool  # the surplus has lasted scale_down_delay
+    spared: tuple[str, ...] = ()  # kept workers that would have been retired
 
 
 def _scale_down(ours: list[Worker], surplus: int, *, idle_since: Mapping[str, float],
-                history: History, now: float, settings: PolicySettings) -> _ScaleDown:
+                kept: Mapping[str, KeepForShuffle], history: History, now: float,
+                settings: PolicySettings) -> _ScaleDown:
     """Which workers to remove (target below capacity), once the surplus has lasted."""
     surplus_since = history.surplus_since if history.surplus_since is not None else now
     waited = now - surplus_since
@@ -370,14 +381,16 @@ def _scale_down(ours: list[Worker], surplus: int, *, idle_since: Mapping[str, fl
         waiting = WaitingNote(surplus, waited, settings.scale_down_delay)
         return _ScaleDown([], [], {}, (waiting,), surplus_since, due=False)
     stop, retire, why = [], [], {}
-    for w in _retire_order(ours, idle_since)[:surplus]:
+    order = _retire_order(ours, idle_since)
+    spared = tuple(w.handle for w in order[:surplus] if w.handle in kept)
+    for w in [w for w in order if w.handle not in kept][:surplus]:
         if w.state is WorkerState.STARTING:
             stop.append(w)
             why[w.handle] = StopNeverRegistered(w.handle)
         else:
             retire.append(w)
             why[w.handle] = RetireIdle(w.handle, now - idle_since[w.handle])
-    return _ScaleDown(stop, retire, why, (), surplus_since, due=True)
+    return _ScaleDown(stop, retire, why, (), surplus_since, due=True, spared=spared)
 
 
 def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan:
@@ -405,19 +418,21 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
         paused_until = now + settings.unschedulable_backoff
 
     capacity = sum(1 for w in ours if w.state in CAPACITY_STATES)
-    start, retire, surplus_since = 0, [], None
+    start, retire, surplus_since, spared = 0, [], None, ()
+    kept = keeps(snapshot, grace=settings.scale_down_delay)
     if need.target > capacity:
         start, note = _scale_up(need, capacity=capacity, ours=len(ours), paused_for=paused_until - now,
                                 settings=settings)
         notes.append(note)
     elif need.target < capacity:
-        down = _scale_down(ours, capacity - need.target, idle_since=idle_since, history=history,
-                           now=now, settings=settings)
+        down = _scale_down(ours, capacity - need.target, idle_since=idle_since, kept=kept,
+                           history=history, now=now, settings=settings)
         stop += down.stop
+        spared = down.spared
         retire = down.retire
         why.update(down.why)
         notes += down.notes
-        # a surplus acted on (or workers stopped) starts its wait afresh
+        # a surplus acted on (or workers stopped) waits afresh; one held back by kept workers goes on
         surplus_since = None if down.due and (retire or stop) else down.surplus_since
     if need.wanted > settings.max_workers:
         notes.append(_saturated(snapshot, need, settings.max_workers))
@@ -430,4 +445,6 @@ def plan(snapshot: Snapshot, settings: PolicySettings, history: History) -> Plan
         notes=tuple(notes),
         why=MappingProxyType(why),
         history=History(surplus_since, idle_since, paused_until),
+        kept=MappingProxyType(kept),
+        spared=spared,
     )

@@ -34,6 +34,12 @@ answer within `BUSY_READ_TIMEOUT`, shows as unread (nothing older is kept for it
 and the cycle goes on; a bug reading one is logged with its traceback, as below,
 and changes nothing else.
 
+With a shuffle service on the workers (`Backend.external_shuffle_service`), up to
+`SHUFFLE_READS_PER_CYCLE` of our idle workers' own /json/ are read each cycle too, to
+learn whose shuffle files they serve (`shuffle.py`). The plan keeps one not read yet,
+or whose reads fail (an error or no answer within `BUSY_READ_TIMEOUT`), for up to
+scale_down_delay of failures; a bug reading one is logged as below.
+
 A bug (any other exception from the master client, the backend's `list()` or a
 worker read, e.g. a KeyError in a parser) is loud: logged with its traceback on
 every cycle it happens, and the cycle is blind with the reason "bug reading ...",
@@ -61,15 +67,16 @@ do; each is recorded with who did it.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from types import MappingProxyType
 
-from . import clock
+from . import clock, shuffle
 from .backends import Backend, BackendError
-from .model import AppStart, BackendWorker, Snapshot, WorkerState, WorkerStatus
+from .decisions import Action, CycleReport, Decision
+from .model import AppStart, BackendWorker, ShuffleRead, Snapshot, WorkerState, WorkerStatus
 from .observe import (
     Busy,
     ExecutorRead,
@@ -83,7 +90,10 @@ from .observe import (
     webui_url,
 )
 from .policy import History, Plan, PolicySettings, describe, explain, plan, saturated_words, saturation
+from .shuffle import kept_words
 from .spark import SparkClient, SparkError
+
+__all__ = ["Action", "CycleReport", "Decision", "Reconciler"]  # the records live in decisions.py
 
 #: how many worker /json/ reads run at once
 WORKER_READ_CONCURRENCY = 16
@@ -100,59 +110,14 @@ BUSY_READS_PER_CYCLE = 8
 #: at most this, not by http_timeout. A local worker answers in about 5 ms (at most 14 ms in
 #: 40 reads on a loaded 2-CPU machine).
 BUSY_READ_TIMEOUT = 1.0
+#: with a shuffle service, our idle workers whose own /json/ is read each cycle to learn whose
+#: shuffle files they keep (`shuffle.py`), within BUSY_READ_TIMEOUT: one round of
+#: WORKER_READ_CONCURRENCY. An idle worker not yet read is kept; with more than 16 idle
+#: workers new at once, the last of them is read within a cycle per 16.
+SHUFFLE_READS_PER_CYCLE = 16
 
 #: what `Backend.list()` raises when the workers cannot be listed: blind, not a bug
 BACKEND_UNREADABLE = (BackendError, OSError, asyncio.TimeoutError)
-
-
-class Action(str, enum.Enum):
-    """What a decision-log entry records. The values are what the page and the log show."""
-
-    START = "start"
-    RETIRE = "retire"
-    STOP = "stop"
-    #: a draining or held worker stopped anyway after drain_timeout: its apps lose executors
-    DRAIN_TIMEOUT = "drain-timeout"
-    REDECOMMISSION = "redecommission"  # a decommission resent; only its failures are recorded
-    BLIND = "blind"
-    SEEING = "seeing"
-    SATURATED = "saturated"  # more workers wanted than max_workers allows
-    UNSATURATED = "unsaturated"  # no longer
-    ERROR = "error"
-    PAUSE = "pause"
-    RESUME = "resume"
-    IDLE_TARGET = "idle-target"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One entry of the decision log: what was done (or seen), when and why."""
-
-    at: float
-    action: Action
-    detail: str
-    #: the plan's words for it: `explain(plan)` for a start, the handle's reason for the others
-    reasons: tuple[str, ...] = ()
-    handles: tuple[str, ...] = ()  # the workers it concerns
-    #: its number in this process's log, from 1, never reused (the page keys its rows by it)
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CycleReport:
-    """What one pass saw, decided and did: for metrics and the pool history."""
-
-    snapshot: Snapshot
-    plan: Plan
-    duration: float  # seconds
-    decisions: tuple[Decision, ...]  # recorded during the pass
-    started: tuple[str, ...] = ()  # handles of the workers started
-    retired: tuple[str, ...] = ()  # handles decommissioned (resends not counted)
-    stopped: tuple[str, ...] = ()  # handles stopped, drain_timeout's included
-    errors: tuple[Decision, ...] = ()  # failed actions
 
 
 class Reconciler:
@@ -185,6 +150,9 @@ class Reconciler:
         self._lock = asyncio.Lock()
         #: busy workers' last reads, by handle (`observe.next_reads`): shown on the page only
         self._busy_reads: dict[str, ExecutorRead] = {}
+        #: with a shuffle service, our idle workers' last reads, by handle (`shuffle.next_reads`)
+        self._shuffle_reads: dict[str, ShuffleRead] = {}
+        self._spared: dict[str, tuple[str, ...]] = {}  # the kept workers a "keep" decision named
         self._again = False
         self._blind_reason = ""
         self._saturated_since: float | None = None  # when the saturation seen now began
@@ -288,7 +256,7 @@ class Reconciler:
         now = clock.now()
         if busy is not None:
             self._busy_reads = next_reads(busy, self._busy_reads, results, now)
-        return build_snapshot(
+        snapshot = build_snapshot(
             now=now,
             master=master,
             joined=joined,
@@ -299,6 +267,19 @@ class Reconciler:
             master_error=master_error,
             backend_error=backend_error,
         )
+        return await self._read_shuffle(snapshot) if self.backend.external_shuffle_service else snapshot
+
+    async def _read_shuffle(self, snapshot: Snapshot) -> Snapshot:
+        """With a shuffle service on the workers: read our idle workers' own /json/ for the
+        apps that ran there (`shuffle.py`); blind, the reads are kept as they are."""
+        if not snapshot.blind:
+            targets = shuffle.candidates(snapshot)
+            chosen = shuffle.pick(targets, self._shuffle_reads, SHUFFLE_READS_PER_CYCLE)
+            results = await self._read_workers([(h, targets[h]) for h in chosen], timeout=BUSY_READ_TIMEOUT,
+                                               limit=asyncio.Semaphore(WORKER_READ_CONCURRENCY))
+            self._shuffle_reads = shuffle.next_reads(targets, self._shuffle_reads, results, snapshot.taken_at)
+        reads = MappingProxyType(dict(self._shuffle_reads))
+        return replace(snapshot, shuffle_service=True, shuffle_reads=reads)
 
     def _failure(self, error: BaseException, expected, *, doing: str, unreadable: str = "") -> str:
         """Why a read failed, in one line. An `expected` error is the part being unreadable
@@ -371,9 +352,22 @@ class Reconciler:
                         f"after {lasted:.0f} s saturated; {waited}")
             self._saturated_since = None
 
+    def _note_kept(self, decided: Plan, snapshot: Snapshot) -> None:
+        """One "keep" decision when a due scale-down first spares a worker for the shuffle files
+        it serves (again if its apps change), remembered while the worker stays kept."""
+        if snapshot.blind:
+            return
+        for h in decided.spared:
+            keep = decided.kept[h]
+            if self._spared.get(h) != keep.apps:
+                self.record(Action.KEEP, f"{h}, {kept_words(keep)}", (describe(keep),), (h,))
+                self._spared[h] = keep.apps
+        self._spared = {h: apps for h, apps in self._spared.items() if h in decided.kept}
+
     async def act(self, decided: Plan, snapshot: Snapshot) -> None:
         self._note_blindness(snapshot)
         self._note_saturation(decided, snapshot)
+        self._note_kept(decided, snapshot)
         if snapshot.blind or self.paused:
             return
         by_handle = {w.handle: w for w in snapshot.workers}

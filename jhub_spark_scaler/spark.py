@@ -110,22 +110,27 @@ def parse_master(doc: Any) -> MasterStatus:
     )
 
 
+def _executors(doc: dict, key: str, where: str) -> tuple[Executor, ...]:
+    executors = []
+    for entry in _list(doc, key, where):
+        entry = _object(entry, f"{where} {key}[]")
+        appdesc = entry.get("appdesc") if isinstance(entry.get("appdesc"), dict) else {}
+        executors.append(
+            Executor(
+                app_id=_field(entry, "appid", str, f"{where} {key}[]"),
+                executor_id=_field(entry, "id", int, f"{where} {key}[]"),
+                app_name=str(appdesc.get("name", "")),
+            )
+        )
+    return tuple(executors)
+
+
 def parse_worker(doc: Any) -> WorkerStatus:
     """Parse a worker's own `/json/` document."""
     where = "worker /json/"
     doc = _object(doc, where)
-    executors = []
-    for entry in _list(doc, "executors", where):
-        entry = _object(entry, f"{where} executors[]")
-        appdesc = entry.get("appdesc") if isinstance(entry.get("appdesc"), dict) else {}
-        executors.append(
-            Executor(
-                app_id=_field(entry, "appid", str, f"{where} executors[]"),
-                executor_id=_field(entry, "id", int, f"{where} executors[]"),
-                app_name=str(appdesc.get("name", "")),
-            )
-        )
-    return WorkerStatus(id=_field(doc, "id", str, where), executors=tuple(executors))
+    return WorkerStatus(id=_field(doc, "id", str, where), executors=_executors(doc, "executors", where),
+                        finished=_executors(doc, "finishedexecutors", where))
 
 
 class SparkClient:

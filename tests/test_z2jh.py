@@ -442,10 +442,14 @@ def test_spark_namespace_policies_admit_exactly_what_they_say():
         assert ingress("worker", port) == {"worker", "notebook"}
     for port in (7799, 7817, 4040):
         assert ingress("worker", port) == set()
+    # the external shuffle service (Spark's default spark.shuffle.service.port): executors only
+    assert ingress("worker", 7337) == {"worker"}
     assert not any(_selects(p["spec"]["podSelector"], pods["spark-stranger"].labels) for p in policies)
     # egress: the executors on the workers reach what a notebook's code reaches, no more
     assert egress("worker", 7077) == {"master"}
     assert egress("worker", 7078) == set(), "no worker RPC to other workers"
+    assert egress("worker", 7337) == {"worker"}
+    assert egress("master", 7337) == set()
     for port in (7800, 7816):
         assert egress("worker", port) == {"worker"}
     for port in (7777, 7778, 7794):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from traitlets import Bool
 from traitlets.config import LoggingConfigurable
 
 from ..model import BackendWorker
@@ -78,6 +79,14 @@ class Backend(LoggingConfigurable):
     master_ui_url: str = ""
     #: True: the reconciler also asks the master to decommission (POST /workers/kill/?host=)
     decommission_via_master: bool = False
+    external_shuffle_service = Bool(
+        False, help="The apps use Spark's external shuffle service on the workers "
+        "(spark.shuffle.service.enabled=true, the companion of dynamic allocation): a worker whose "
+        "executors have all left is not retired while it keeps shuffle files of a running app, and "
+        "is once the app ends. KubernetesBackend starts each worker with the service on; "
+        "LocalBackend's workers share one machine, where the service binds its port on every "
+        "address: run one for the machine (Spark's sbin/start-shuffle-service.sh).",
+    ).tag(config=True)
 
     async def setup(self) -> None:
         """Prepare (and, if configured, start the Spark master); adopt existing workers."""

@@ -33,6 +33,7 @@ from .master_manifests import master_deployment, master_services, master_ui_url,
 from .pod_cache import PodCache
 from .worker_pod import (
     ANNOTATION_RETIRING,
+    SHUFFLE_SERVICE_ON,
     WorkerPodTemplate,
     WorkerResources,
     bad_retiring_mark,
@@ -347,7 +348,8 @@ class KubernetesBackend(Backend):
             resources=self.resources(), run_as_user=self.run_as_user,
             image_pull_policy=self.image_pull_policy, image_pull_secrets=tuple(self.image_pull_secrets),
             daemon_memory=self.daemon_memory,
-            spark_conf=dict(self.spark_conf), env=dict(self.extra_env), labels=dict(self.extra_labels),
+            spark_conf={**self.spark_conf, **(SHUFFLE_SERVICE_ON if self.external_shuffle_service else {})},
+            env=dict(self.extra_env), labels=dict(self.extra_labels),
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),
             volume_mounts=tuple(self.volume_mounts), service_account=self.service_account,

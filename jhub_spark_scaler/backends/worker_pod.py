@@ -179,6 +179,11 @@ def pool_selector(pool: str) -> str:
     return ",".join(f"{k}={v}" for k, v in pool_labels(pool).items())
 
 
+#: the worker conf of `Backend.external_shuffle_service`: each worker JVM runs the service (port
+#: spark.shuffle.service.port, 7337), which serves its executors' shuffle files after they leave
+SHUFFLE_SERVICE_ON = {"spark.shuffle.service.enabled": "true"}
+
+
 def _java_options(conf: dict) -> str:
     options = {"spark.decommission.enabled": "true", **conf}
     return " ".join(f"-D{key}={value}" for key, value in options.items())

@@ -21,6 +21,7 @@ from ..activity import Gate, Server, warm_servers
 from ..model import MasterApp, Snapshot, Worker, WorkerState
 from ..policy import Plan, explain
 from ..reconciler import Decision
+from ..shuffle import KeepForShuffle, kept_words
 from .placement import place
 from .problems import problems
 from .users import user_rows
@@ -61,16 +62,20 @@ def _status(snapshot: Snapshot | None, paused: bool) -> tuple[str, str]:
 
 
 def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterApp],
-            idle_since: Mapping[str, float], now: float) -> dict[str, Any]:
+            idle_since: Mapping[str, float], kept: Mapping[str, KeepForShuffle],
+            now: float) -> dict[str, Any]:
     m = w.master
     placed = place(w, listed=listed, holding=holding)
     since = idle_since.get(w.handle)
+    keep = kept.get(w.handle)
     return {
         "key": w.handle,
         "handle": w.handle,
         "host": w.host,
         "state": w.state.value,
-        "why": w.why,
+        "why": kept_words(keep) if keep else w.why,
+        # the running apps whose shuffle files keep it from retiring, though idle
+        "keeps_shuffle_of": list(keep.apps) if keep else [],
         "ours": w.ours,
         "attention": ATTENTION[w.state.value],
         "cores_used": m.cores_used if m else None,
@@ -93,7 +98,8 @@ def _workers(snapshot: Snapshot | None, plan: Plan | None, *, now: float) -> lis
     listed = {a.id: a for a in snapshot.apps}
     holding = [a for a in snapshot.apps if a.cores > 0]
     idle_since = plan.history.idle_since if plan else {}
-    return [_worker(w, listed=listed, holding=holding, idle_since=idle_since, now=now)
+    kept = plan.kept if plan else {}
+    return [_worker(w, listed=listed, holding=holding, idle_since=idle_since, kept=kept, now=now)
             for w in snapshot.workers]
 
 
