@@ -369,7 +369,7 @@ class Bench:
             api_token=token, events_secret=token, service_url=f"http://127.0.0.1:{port}",
             prefix="/services/spark-scaler/",
             poll_interval=3600, stale_after=3600, prewarm_window=600, prewarm_per_server=1,
-            prewarm_profiles=(), prewarm_history=0, state_dir=None,
+            prewarm_profiles=(), prewarm_history=0, history_store=None,
             on_change=app.reconcile_soon, log=log,
             metrics=ScalerMetrics(), pool_history=PoolHistory(interval=POLL_INTERVAL),
             cycle_interval=POLL_INTERVAL, authenticate_prometheus=True,

@@ -177,7 +177,7 @@ class SparkScalerApp(Application):
     prewarm_profiles = List(Unicode(), help="Only servers whose KubeSpawner profile slug or server name is "
                             "listed pre-warm. Empty: every server.").tag(config=True)
     prewarm_history = Int(3, help="No pre-warm for a user whose last N servers ran no Spark app, until one "
-                          "starts (0: off); kept in state_dir (Kubernetes: memory).").tag(config=True)
+                          "starts (0: off); kept in state_dir (Kubernetes: a ConfigMap).").tag(config=True)
 
     @default("hub_api_url")
     def _hub_api_url_default(self):
@@ -356,6 +356,7 @@ class SparkScalerApp(Application):
         finally:
             if self.hub:
                 self.hub.stop()
+                await self.hub.keeper.flush()  # the last change, while the backend's client is open
             await backend.shutdown()
             await self.leader.resign()
 
@@ -372,7 +373,7 @@ class SparkScalerApp(Application):
             prewarm_window=self.prewarm_window,
             prewarm_per_server=self.prewarm_workers_per_server,
             prewarm_profiles=self.prewarm_profiles, prewarm_history=self.prewarm_history,
-            state_dir=getattr(backend, "state_dir", None),  # the local backend's: history survives restarts
+            history_store=backend.history_store() if backend else None,  # the history survives restarts
             on_change=self.reconcile_soon,
             log=self.log,
             cycle_interval=self.poll_interval,

@@ -4,47 +4,41 @@ A user whose last `keep` servers ran no Spark app is cold (`activity.Gate.cold`)
 servers pre-warm nothing until an app of theirs starts. The hub keeps no record of
 stopped servers, so the record is kept here: a server counts once it is gone from the
 hub, and it "ran Spark" when the master lists an app of its user (the app's `user`, the
-driver's hub user) that started while it ran. With `path` (the local backend's state
-directory) the record is a small JSON file there and survives a restart; without one it
-lives in memory, and a restarted scaler knows no history, so it pre-warms for everyone
-until each user's next `keep` servers have ended.
+driver's hub user) that started while it ran.
+
+This module is the record alone, in memory, with no I/O: `record()` gives it as a JSON
+object for a store, `parse_record()` reads one back (strictly: anything malformed is
+refused whole), `merge()` adds what was read. `prewarm_keeper` loads and saves it in the
+backend's store (`backends.history_store`). A scaler that knows no history pre-warms for
+everyone until each user's next `keep` servers have ended.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import json
+import math
+from bisect import bisect_left
 from collections.abc import Iterable
 
 from .activity import Key, Server
-from .backends.state_files import read_json, write_json
 from .model import AppStart
 
-#: the record's file name in the local backend's state directory
-FILE_NAME = "prewarm-history.json"
+#: the most users kept in memory; past it, those whose last server ended longest ago go first
+MAX_USERS = 50_000
+
+Runs = list[list]  # [[ended_at, ran_spark], ...], oldest first
 
 
 class PrewarmHistory:
     """The outcome of each user's last `keep` ended servers, newest last: [ended_at, ran_spark]."""
 
-    def __init__(self, *, keep: int, log: logging.Logger, state_dir: str | None = None):
+    def __init__(self, *, keep: int):
         self.keep = keep
-        self.log = log
-        self.state_dir = state_dir
-        self.path = os.path.join(state_dir, FILE_NAME) if state_dir else None
-        self.users: dict[str, list[list]] = self._load() if keep else {}
+        self.users: dict[str, Runs] = {}
+        #: bumped at every change of `users`: a store writes only when it moved
+        self.version = 0
         self._running: dict[Key, Server] = {}  # the servers seen at the last observation
         self._ran: set[Key] = set()  # running servers of whose user an app started meanwhile
-
-    def _load(self) -> dict[str, list[list]]:
-        doc = read_json(self.path, root=self.state_dir, log=self.log) if self.path else None
-        users = doc.get("users") if doc else None
-        if not isinstance(users, dict):
-            return {}
-        return {user: [[float(at), bool(ran)] for at, ran in runs][-self.keep:]
-                for user, runs in users.items()
-                if isinstance(user, str) and isinstance(runs, list)
-                and all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], (int, float)) for r in runs)}
 
     def observe(self, servers: Iterable[Server], app_starts: Iterable[AppStart], *, now: float) -> None:
         """Record the servers gone since the last call. Call it only with a good hub poll's
@@ -58,9 +52,20 @@ class PrewarmHistory:
             self._running.update((s.key, s) for s in servers)
             return
         current = {s.key: s for s in servers}
+        # each user's app start times, sorted: one lookup per server instead of a scan of
+        # every app (this runs every cycle, with hundreds of servers and apps on a big hub)
+        by_user: dict[str, list[float]] = {}
+        for a in starts:
+            by_user.setdefault(a.user, []).append(a.at)
+        for times in by_user.values():
+            times.sort()
         for key, s in {**self._running, **current}.items():
             # marked while it runs: the master keeps only its last completed apps
-            if s.started is not None and any(a.user == s.user and s.started <= a.at <= now for a in starts):
+            times = by_user.get(s.user)
+            if key in self._ran or s.started is None or not times:
+                continue
+            first = bisect_left(times, s.started)
+            if first < len(times) and times[first] <= now:
                 self._ran.add(key)
         ended = [s for key, s in self._running.items() if key not in current and s.started is not None]
         self._running = current
@@ -68,7 +73,7 @@ class PrewarmHistory:
             self.users[s.user] = [*self.users.get(s.user, []), [now, s.key in self._ran]][-self.keep:]
         self._ran &= current.keys()
         if ended:
-            self._save()
+            self._changed()
 
     def cold(self, app_starts: Iterable[AppStart]) -> frozenset[str]:
         """The users whose last `keep` servers ran no Spark app and who started none since."""
@@ -83,10 +88,55 @@ class PrewarmHistory:
             and last_app.get(user, float("-inf")) < runs[-1][0]
         )
 
-    def _save(self) -> None:
-        if not self.path:
+    def merge(self, users: dict[str, Runs]) -> None:
+        """Add runs read from a store (`parse_record`) to those seen since the start: each
+        user's runs in the order they ended, the last `keep` kept."""
+        if not self.keep or not users:
             return
-        try:
-            write_json(self.path, {"users": self.users}, root=self.state_dir)
-        except OSError as e:  # the record is a hint: pre-warm goes on from memory
-            self.log.warning("cannot write %s: %s (pre-warm history kept in memory)", self.path, e)
+        for user, runs in users.items():
+            both = sorted({(at, ran) for at, ran in [*runs, *self.users.get(user, [])]})
+            self.users[user] = [[at, ran] for at, ran in both][-self.keep:]
+        self._changed()
+
+    def record(self, *, max_bytes: int) -> dict:
+        """The history as a JSON object of at most `max_bytes` bytes serialized: the users
+        whose last server ended most recently, as many as fit (the others are dropped)."""
+        budget = max_bytes - len('{"users":{}}')
+        kept: dict[str, Runs] = {}
+        for user, runs in newest_first(self.users):
+            size = len(json.dumps(user)) + len(json.dumps(runs, separators=(",", ":"))) + 2  # ':' and ','
+            if size > budget:
+                break
+            budget -= size
+            kept[user] = runs
+        return {"users": kept}
+
+    def _changed(self) -> None:
+        if len(self.users) > MAX_USERS:
+            self.users = dict(newest_first(self.users)[:MAX_USERS])
+        self.version += 1
+
+
+def newest_first(users: dict[str, Runs]) -> list[tuple[str, Runs]]:
+    """The users by the end of their last server, most recent first."""
+    return sorted(users.items(), key=lambda item: item[1][-1][0] if item[1] else -math.inf, reverse=True)
+
+
+def parse_record(doc: object, *, keep: int) -> dict[str, Runs]:
+    """Each user's last `keep` runs from a stored record; ValueError naming what is wrong
+    when anything in it is not what `PrewarmHistory.record` writes."""
+    users = doc.get("users") if isinstance(doc, dict) else None
+    if not isinstance(users, dict):
+        raise ValueError('not an object with a "users" object')
+    parsed: dict[str, Runs] = {}
+    for user, runs in users.items():
+        if not isinstance(runs, list) or not all(_run(r) for r in runs):
+            raise ValueError(f"the runs of user {user!r} are not [[seconds, true|false], ...]")
+        if runs:
+            parsed[user] = [[float(at), ran] for at, ran in runs][-keep:] if keep else []
+    return {user: runs for user, runs in parsed.items() if runs}
+
+
+def _run(run: object) -> bool:
+    return (isinstance(run, list) and len(run) == 2 and isinstance(run[1], bool)
+            and isinstance(run[0], (int, float)) and not isinstance(run[0], bool) and math.isfinite(run[0]))

@@ -20,12 +20,14 @@ from tornado.web import Application
 
 from . import clock
 from .activity import Gate, HubActivity
+from .backends.history_store import HistoryStore
 from .constants import EVENT_START, SERVICE_HOST
 from .errors import ConfigError
 from .events import make_events_route
 from .metrics import ScalerMetrics
 from .model import AppStart
 from .prewarm_history import PrewarmHistory
+from .prewarm_keeper import PrewarmKeeper
 from .web.handlers import SecurityHeaders, admin_routes, admin_settings
 from .web.history import PoolHistory
 from .web.pool import PoolState
@@ -53,7 +55,7 @@ class HubService:
         prewarm_per_server: int,
         prewarm_profiles: Iterable[str],
         prewarm_history: int,
-        state_dir: str | None,
+        history_store: HistoryStore | None,
         on_change: Callable[[], None],
         log: logging.Logger,
         metrics: ScalerMetrics,
@@ -64,7 +66,9 @@ class HubService:
         self.activity = HubActivity(api_url=api_url, api_token=api_token, log=log, stale_after=stale_after)
         self.api_url = api_url
         self.profiles = frozenset(prewarm_profiles)
-        self.history = PrewarmHistory(keep=prewarm_history, log=log, state_dir=state_dir)
+        self.history = PrewarmHistory(keep=prewarm_history)
+        #: loads and saves `history` in the backend's store (`Backend.history_store()`)
+        self.keeper = PrewarmKeeper(self.history, store=history_store, log=log)
         self._gate = Gate(profiles=self.profiles, history=prewarm_history)
         #: what the admin page reads; the app attaches its Reconciler
         self.pool = PoolState(
@@ -94,8 +98,10 @@ class HubService:
         no Spark app has used up yet, let through by `prewarm_profiles` and each user's history
         (`activity.warm_servers`)."""
         app_starts = tuple(app_starts)
+        now = clock.now()
         if self.activity.healthy:  # servers missing from a failed poll have not ended
-            self.history.observe(self.activity.servers, app_starts, now=clock.now())
+            self.history.observe(self.activity.servers, app_starts, now=now)
+        self.keeper.tick(now)  # in the background: never holds up the cycle
         cold = self.history.cold(app_starts)
         self._gate = Gate(profiles=self.profiles, cold=cold, history=self.history.keep)
         return self.activity.credit(window=self.pool.prewarm_window, per_server=self.pool.prewarm_per_server,
@@ -116,8 +122,10 @@ class HubService:
         self.on_change()
 
     async def start(self) -> None:
-        """First poll at once (a restarted service recovers its state), then serve."""
+        """First poll at once (a restarted service recovers its state) and the pre-warm
+        history read from the backend's store (bounded), then serve."""
         await self.activity.poll()
+        await self.keeper.load()
         self._ticker = PeriodicCallback(self._poll, self.poll_interval * 1000)
         self._ticker.start()
         web = self.make_application()

@@ -195,8 +195,9 @@ async def kube_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 async def kube_rbac(kube_cluster):
-    """helm-values/rbac.yaml applied as is in namespace "spark", and the master Deployment
-    that owns the worker pods; returns the Deployment."""
+    """helm-values/rbac.yaml applied as is in namespace "spark" (its Role, RoleBinding and the
+    pre-warm history's ConfigMap), and the master Deployment that owns the worker pods;
+    returns the Deployment."""
     import yaml
 
     from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
@@ -208,8 +209,10 @@ async def kube_rbac(kube_cluster):
         for doc in yaml.safe_load_all((HERE.parent / "helm-values" / "rbac.yaml").read_text()):
             if doc["kind"] == "Role":
                 await rbac.create_namespaced_role(namespace, doc)
-            else:
+            elif doc["kind"] == "RoleBinding":
                 await rbac.create_namespaced_role_binding(namespace, doc)
+            else:  # the pool's pre-warm history, which the admin makes
+                await kube_client.CoreV1Api(admin).create_namespaced_config_map(namespace, doc)
         deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0",
                                        run_as_user=KubernetesBackend.run_as_user.default_value)
         return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)

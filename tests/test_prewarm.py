@@ -1,14 +1,12 @@
 """Pre-warm where it pays: `activity.Gate` (profiles and cold users), `PrewarmHistory`
-(each user's recent servers, kept in the local state directory), the admin page's
+(each user's recent servers; its stores: tests/test_prewarm_history_store*.py), the admin page's
 `prewarm_why`, then the whole path against a real hub (MockHub, real single-user servers)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 
@@ -17,7 +15,8 @@ import pytest
 from jhub_spark_scaler.activity import Gate, Server, parse_users_page, prewarm_credit
 from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import AppStart
-from jhub_spark_scaler.prewarm_history import FILE_NAME, PrewarmHistory
+from jhub_spark_scaler.backends.history_store import FILE_NAME, FileStore
+from jhub_spark_scaler.prewarm_history import PrewarmHistory
 from jhub_spark_scaler.service import HubService
 from jhub_spark_scaler.web.history import PoolHistory
 from jhub_spark_scaler.web.view import pool_view
@@ -86,7 +85,7 @@ def ended(history: PrewarmHistory, s: Server, *, at: float, apps=(OTHER,)) -> No
 
 
 def test_a_user_is_cold_after_n_servers_without_spark_until_an_app_of_theirs_starts(tmp_path):
-    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
+    history = PrewarmHistory(keep=2)
     ended(history, server("a", started=100.0), at=200.0)
     assert history.cold(()) == frozenset()  # one server: not yet known to be cold
     ended(history, server("a", started=300.0), at=400.0, apps=[AppStart(250.0, "a"), AppStart(350.0, "b")])
@@ -98,41 +97,9 @@ def test_a_user_is_cold_after_n_servers_without_spark_until_an_app_of_theirs_sta
     assert history.users["a"] == [[400.0, False], [600.0, True]]  # only the last `keep`
 
 
-def test_the_history_survives_a_restart_in_the_state_dir(tmp_path):
-    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
-    for started in (100.0, 300.0):
-        ended(history, server("a", started=started), at=started + 50)
-    again = PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path))
-    assert again.cold(()) == {"a"}
-    assert oct(os.stat(tmp_path / FILE_NAME).st_mode & 0o777) == "0o600"
-    # a smaller `keep` after a restart reads only the last ones; 0 turns it all off
-    assert PrewarmHistory(keep=1, log=LOG, state_dir=str(tmp_path)).users == {"a": [[350.0, False]]}
-    assert PrewarmHistory(keep=0, log=LOG, state_dir=str(tmp_path)).cold(()) == frozenset()
-
-
-@pytest.mark.parametrize("content", ["not json", "[]", '{"users": []}', '{"users": {"a": [[1]]}}',
-                                     '{"users": {"a": [["x", false]]}}'])
-def test_a_damaged_record_is_forgotten_so_everyone_prewarms(tmp_path, content):
-    (tmp_path / FILE_NAME).write_text(content)
-    assert PrewarmHistory(keep=2, log=LOG, state_dir=str(tmp_path)).users == {}
-
-
-def test_a_planted_symlink_is_neither_read_nor_written_through(tmp_path, caplog):
-    elsewhere = tmp_path / "elsewhere.json"
-    elsewhere.write_text(json.dumps({"users": {"victim": [[1.0, False], [2.0, False]]}}))
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / FILE_NAME).symlink_to(elsewhere)
-    history = PrewarmHistory(keep=2, log=LOG, state_dir=str(state))
-    assert history.users == {} and "refusing state file" in caplog.text
-    ended(history, server("a", started=1.0), at=2.0)
-    assert json.loads(elsewhere.read_text())["users"] == {"victim": [[1.0, False], [2.0, False]]}
-    assert not (state / FILE_NAME).is_symlink()
-
-
 def test_with_no_app_known_nothing_is_learnt_until_the_master_lists_apps():
     """An unreachable or restarted master answers no apps: that is no evidence of no Spark."""
-    history = PrewarmHistory(keep=1, log=LOG)
+    history = PrewarmHistory(keep=1)
     ended(history, server("a", started=1.0), at=2.0, apps=())
     assert history.users == {}
     history.observe([], [AppStart(1.5, "a")], now=3.0)  # the master back: a ran Spark after all
@@ -140,7 +107,7 @@ def test_with_no_app_known_nothing_is_learnt_until_the_master_lists_apps():
 
 
 def test_an_app_seen_while_the_server_ran_counts_after_the_master_forgot_it():
-    history = PrewarmHistory(keep=1, log=LOG)
+    history = PrewarmHistory(keep=1)
     s = server("a", started=1.0)
     history.observe([s], [OTHER], now=1.0)
     history.observe([s], [OTHER, AppStart(2.0, "a")], now=2.0)
@@ -149,7 +116,7 @@ def test_an_app_seen_while_the_server_ran_counts_after_the_master_forgot_it():
 
 
 def test_without_a_state_dir_the_history_lives_in_memory():
-    history = PrewarmHistory(keep=1, log=LOG)
+    history = PrewarmHistory(keep=1)
     ended(history, server("a", started=1.0), at=2.0)
     assert history.cold(()) == {"a"}
 
@@ -229,7 +196,7 @@ def hub_service(api_url: str, state_dir, *, profiles=("spark",), stale_after=300
         api_url=api_url, api_token=READER_TOKEN, events_secret="unused",
         service_url="http://127.0.0.1:1", prefix="/services/spark-scaler/", poll_interval=3600,
         stale_after=stale_after, prewarm_window=600, prewarm_per_server=1, prewarm_profiles=profiles,
-        prewarm_history=2, state_dir=str(state_dir), on_change=lambda: None, log=LOG,
+        prewarm_history=2, history_store=FileStore(str(state_dir), log=LOG), on_change=lambda: None, log=LOG,
         metrics=ScalerMetrics(), pool_history=PoolHistory(interval=1), cycle_interval=1,
         authenticate_prometheus=True,
     )
@@ -268,8 +235,10 @@ async def test_real_hub_profiles_and_a_cold_user(real_hub, tmp_path):  # noqa: F
         await until(gone, timeout=30, what="idle's server to leave the hub's answer")
         assert service.credit([OTHER]) == 1
     between = time.time()
+    await service.keeper.flush()  # as the scaler does at exit
 
     service = hub_service(app.hub.api_url, tmp_path)  # a restarted scaler
+    await service.keeper.load()
     assert await admin(app, "POST", "/users/idle/server", {"profile": "spark"}) in (201, 202)
     await service.activity.poll()
     assert service.credit([OTHER]) == 1  # pro's, not idle's

@@ -542,6 +542,7 @@ def test_the_master_manifest_is_what_the_backend_would_create():
 
 def test_rbac_grants_what_the_backend_checks_and_nothing_more():
     from jhub_spark_scaler.backends.kubernetes import MASTER_PERMISSIONS, WORKER_PERMISSIONS
+    from jhub_spark_scaler.backends.kube_history import history_name, history_permissions
     from jhub_spark_scaler.backends.lease import lease_name, lease_permissions
 
     def granted(path: str) -> set[tuple[str, str, str, str]]:
@@ -552,7 +553,10 @@ def test_rbac_grants_what_the_backend_checks_and_nothing_more():
 
     lease = lease_permissions(lease_name(SCALER["KubernetesBackend__pool"]))  # the pool's Lease only
     owner = ("get", "apps", "deployments", "spark-master")
-    assert granted("rbac.yaml") == {*WORKER_PERMISSIONS, owner, *lease}
+    history = history_permissions(history_name(SCALER["KubernetesBackend__pool"]))  # its ConfigMap only
+    assert granted("rbac.yaml") == {*WORKER_PERMISSIONS, owner, *lease, *history}
+    (config_map,) = [d for d in load_all(HELM / "rbac.yaml") if d["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"] == history_name(SCALER["KubernetesBackend__pool"])
     assert granted("rbac-manage-master.yaml") == set(MASTER_PERMISSIONS)
 
 
@@ -675,6 +679,7 @@ _APIS = {
     "Deployment": (client.AppsV1Api, "namespaced_deployment"),
     "Service": (client.CoreV1Api, "namespaced_service"),
     "Pod": (client.CoreV1Api, "namespaced_pod"),
+    "ConfigMap": (client.CoreV1Api, "namespaced_config_map"),
 }
 
 
@@ -932,7 +937,7 @@ async def test_the_values_run_the_scaler_in_a_real_hub(
 async def assert_hub_holds_only_the_guides_role(kube_cluster) -> None:
     """Whatever the session's other tests bound: the hub's service account holds exactly
     helm-values/rbac.yaml's Role, and no cluster-wide binding names it."""
-    role_doc, binding_doc = load_all(HELM / "rbac.yaml")
+    role_doc, binding_doc, _ = load_all(HELM / "rbac.yaml")  # and the pre-warm history's ConfigMap
     sa = {"kind": "ServiceAccount", "name": "hub", "namespace": HUB_NAMESPACE}
     async with await kube_cluster.api_client("admin") as api:
         rbac = client.RbacAuthorizationV1Api(api)

@@ -2,7 +2,9 @@
 
 A backend owns worker processes or pods and nothing else: it does not decide
 how many there should be (`policy.plan` does) and does not talk to the Spark
-master except where a platform needs the master to decommission.
+master except where a platform needs the master to decommission. It also says
+where the scaler's one small record, the pre-warm history, outlives a restart
+(`history_store()`: its own store, a file in the state dir or a ConfigMap).
 
 Errors follow one rule in every backend, each a single line that says what to fix:
 
@@ -27,10 +29,15 @@ and acts only while it holds it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from traitlets import Bool
 from traitlets.config import LoggingConfigurable
 
 from ..model import BackendWorker
+
+if TYPE_CHECKING:
+    from .history_store import HistoryStore
 
 
 class BackendError(Exception):
@@ -112,3 +119,8 @@ class Backend(LoggingConfigurable):
         """The pool's one-active-scaler guard; made before `setup()`, acquired before it runs.
         A backend that owns a pool others could share returns a real one."""
         return Leadership()
+
+    def history_store(self) -> HistoryStore | None:
+        """Where the pre-warm history outlives the scaler (`history_store`), usable once
+        `setup()` has run; None: in memory only."""
+        return None

@@ -195,6 +195,11 @@ class KubeApi:
         obj.setdefault("kind", kind)
         return obj
 
+    async def patch_config_map(self, name: str, data: dict[str, str]) -> dict:
+        """Set these keys of ConfigMap `name`'s data (a merge: its other keys stay)."""
+        return await self._call("patch", "configmaps", self.core.patch_namespaced_config_map, name,
+                                self.namespace, {"data": data})
+
     async def create(self, manifest: dict, dry_run: bool = False) -> dict:
         """Create a Deployment or Service (the managed master)."""
         kind = manifest["kind"]

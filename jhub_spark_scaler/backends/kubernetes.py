@@ -27,6 +27,7 @@ from . import Backend, BackendError
 from .checks import revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
 from .kube_checks import CHECKS as _CHECKS
+from .kube_history import ConfigMapStore, history_name
 from .lease import Lease, LeaseTimings, lease_name
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
 from .pod_cache import PodCache
@@ -246,6 +247,10 @@ class KubernetesBackend(Backend):
                                retry_period=self.lease_retry_period)
         return Lease(name=lease_name(self.pool), namespace=self.namespace, timings=timings, log=self.log,
                      identity=f"{socket.gethostname()}_{os.getpid()}", connect=self._lease_api)
+
+    def history_store(self) -> ConfigMapStore:
+        """The pre-warm history in the pool's ConfigMap, which the admin creates (kube_history.py)."""
+        return ConfigMapStore(api=lambda: self.api, name=history_name(self.pool), namespace=self.namespace)
 
     async def _lease_api(self) -> KubeApi:
         """A client of the Lease's own, once the pool's permissions are there (the first error an

@@ -53,6 +53,7 @@ from .checks import Check, master_ui_url_check, master_url_check, revalidate, va
 from .children import Children, end_executors
 from .daemon_env import DEFAULT_PATH, daemon_env
 from .daemon_user import DaemonUser, check_adoptable, daemon_home, daemon_user
+from .history_store import FileStore
 from .processes import Daemon, alive, bind_error, catches, free_port, listening_hosts, start_time
 from .state_files import read_json, remove, write_json
 from .state_lock import StateDirLock
@@ -101,12 +102,10 @@ _CHECKS = {
 class LocalBackend(Backend):
     """Spark master (optional) and workers as local processes, one loopback address per worker."""
 
-    spark_home = Unicode(
-        help="Spark installation (with jars/). Default: $SPARK_HOME, else the pyspark package."
-    ).tag(config=True)
-    java = Unicode(help="The java executable (17+). Default: $JAVA_HOME/bin/java, else java on PATH.").tag(
-        config=True
-    )
+    spark_home = Unicode(help="Spark installation (with jars/). Default: $SPARK_HOME, else the pyspark "
+                         "package.").tag(config=True)
+    java = Unicode(
+        help="The java executable (17+). Default: $JAVA_HOME/bin/java, else java on PATH.").tag(config=True)
     state_dir = Unicode(
         help="State files, logs, work dirs. Default: $XDG_STATE_HOME/jhub-spark-scaler/local "
         "($XDG_STATE_HOME defaults to ~/.local/state)."
@@ -129,12 +128,10 @@ class LocalBackend(Backend):
     master_webui_port = Int(8080, help="Web UI port of the started master; 0 picks one.").tag(config=True)
     master_start_timeout = Float(60.0, help="Seconds for a started master to be ALIVE.").tag(config=True)
     worker_cores = Int(1, help="Cores each worker offers (--cores).").tag(config=True)
-    worker_memory = Unicode("1g", help="Memory each worker offers executors (--memory): 512m, 2g, ...").tag(
-        config=True
-    )
-    worker_heap = Unicode("128m", help="-Xmx of a worker daemon (executors get JVMs of their own).").tag(
-        config=True
-    )
+    worker_memory = Unicode(
+        "1g", help="Memory each worker offers executors (--memory): 512m, 2g, ...").tag(config=True)
+    worker_heap = Unicode(
+        "128m", help="-Xmx of a worker daemon (executors get JVMs of their own).").tag(config=True)
     host_range = Unicode(
         "127.0.0.2-127.0.0.254",
         help="Loopback addresses for workers, one each: 'FIRST-LAST' or one address. "
@@ -236,6 +233,9 @@ class LocalBackend(Backend):
         """One active scaler per state_dir: an exclusive lock in it (state_lock.py)."""
         daemon_user(self.run_as, allow_root=self.allow_root)  # first: a refused scaler creates nothing
         return StateDirLock(self.state_dir, log=self.log)
+
+    def history_store(self) -> FileStore:  # the pre-warm history, beside the pool's state
+        return FileStore(self.state_dir, log=self.log)
 
     # -- master ----------------------------------------------------------------
 
