@@ -367,6 +367,7 @@ class KubernetesBackend(Backend):
     _listed_uids: dict[str, str]
 
     async def list(self) -> list[BackendWorker]:
+        await self.cache.forget_overdue()
         workers = self.cache.values()
         self._listed_uids = dict(self.cache.uids)
         return workers
