@@ -18,7 +18,7 @@ from jhub_spark_scaler.backends import pod_cache
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.worker_pod import pool_selector
 
-from .waiting import until
+from .waiting import always, until
 
 NAMESPACE = "spark"
 _pools = itertools.count(1)
@@ -127,3 +127,26 @@ async def test_a_deleted_pod_whose_watch_event_was_lost_is_forgotten_once_overdu
     assert backend.api.requests.get("list pods", 0) == lists + 1
     await backend.list()
     assert backend.api.requests.get("list pods", 0) == lists + 1
+
+
+async def test_a_pod_still_terminating_when_overdue_stays_stopping(make_backend, kube_cluster, monkeypatch):
+    """A pod held past its deadline (a finalizer here; a lost node's kubelet in a cluster)
+    still exists: the check finds it and the cache keeps it, listing at most once per OVERDUE."""
+    monkeypatch.setattr(pod_cache, "OVERDUE", 1.0, raising=False)
+    backend = await make_backend()
+    [worker] = await backend.start(1)
+    async with await kube_cluster.api_client("admin") as admin:
+        core = client.CoreV1Api(admin)
+        await core.patch_namespaced_pod(worker.handle, NAMESPACE,
+                                        {"metadata": {"finalizers": ["example.com/hold"]}})
+        try:
+            await backend.stop(worker)
+            lists = backend.api.requests.get("list pods", 0)
+
+            async def stopping():
+                return [w.handle for w in await backend.list() if w.stopping] == [worker.handle]
+
+            await always(stopping, seconds=4, what="the terminating pod to stay, stopping")
+            assert 2 <= backend.api.requests.get("list pods", 0) - lists <= 5
+        finally:
+            await core.patch_namespaced_pod(worker.handle, NAMESPACE, {"metadata": {"finalizers": None}})
