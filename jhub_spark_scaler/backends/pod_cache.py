@@ -188,6 +188,7 @@ class PodCache(Generic[T]):
         """All pods, a page at a time: memory stays bounded by a page, not the pool. The
         cache keeps its pods until the list is complete, then takes the list's."""
         self.stats["lists"] += 1
+        # filled page by page aside (only its dicts are used): the cache's pods stay readable
         listed = PodCache(self.api, self.selector, self.convert, self.log, keep=self.keep)
         self._listing = []
         try:
