@@ -48,7 +48,8 @@ def assert_guarantee_held(s: dict) -> None:
     # while drivers ran depends on how the sessions met the chaos's blind spells (CI runs
     # had 0 and 1), so the benchmark, not this test, counts them
     assert s["peak_workers"] > 1, s
-    not_converged = [f for f in s["faults"] if f["converged_s"] is None]
+    not_converged = [f"{f['kind']} {f['detail']} at {f['at']}: {f['error']}" for f in s["faults"]
+                     if f["converged_s"] is None]
     assert not not_converged, not_converged
     assert all(not b["departures"] for b in s["blind"]), f"a worker was stopped while blind: {s['blind']}"
     assert not s["settled"]["error"] and not s["settled"]["pods_without_worker"], s["settled"]

@@ -1,8 +1,9 @@
 """Spark workers as Kubernetes pods: the production backend.
 
 Reading the pool costs no API request: a watch keeps a cache of this scaler's
-pods (`pod_cache.py`). Starting creates pods, retiring marks a pod with an
-annotation (so a restarted scaler resumes the drain) and the reconciler then
+pods (`pod_cache.py`; a list only while a deleted pod is overdue to go). Starting
+creates pods, retiring marks a pod with an annotation (so a restarted scaler
+resumes the drain) and the reconciler then
 decommissions it through the master (`/workers/kill/?host=<pod IP>`), stopping
 deletes the pod with a grace period, and only the pod it listed (a uid
 precondition). Pods carry labels that tell this scaler's pool apart from
@@ -374,6 +375,7 @@ class KubernetesBackend(Backend):
     _listed_uids: dict[str, str]
 
     async def list(self) -> list[BackendWorker]:
+        await self.cache.forget_overdue()
         workers = self.cache.values()
         self._listed_uids = dict(self.cache.uids)
         return workers
