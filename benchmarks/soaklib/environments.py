@@ -151,14 +151,16 @@ class KubeEnv:
 
     async def _apply_rbac(self) -> None:
         """helm-values/rbac.yaml as is, a Role and binding of the soak's own for its pools'
-        Leases (the file names one pool's, as an admin changes it for theirs), and the master
-        Deployment that owns the worker pods (what exists already is kept)."""
+        Leases and pre-warm history ConfigMaps (the file names one pool's, as an admin changes
+        it for theirs), those ConfigMaps, and the master Deployment that owns the worker pods
+        (what exists already is kept)."""
         import copy
 
         import yaml
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        from jhub_spark_scaler.backends.kube_history import history_name
         from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
         from jhub_spark_scaler.backends.lease import lease_name
         from jhub_spark_scaler.backends.master_manifests import master_deployment
@@ -167,10 +169,15 @@ class KubeEnv:
 
         async with await self.cluster.api_client("admin") as admin:
             rbac = client.RbacAuthorizationV1Api(admin)
-            role, binding = yaml.safe_load_all((ROOT / "helm-values" / "rbac.yaml").read_text())
+            rbac_yaml = (ROOT / "helm-values" / "rbac.yaml").read_text()
+            docs = {doc["kind"]: doc for doc in yaml.safe_load_all(rbac_yaml)}
+            role, binding, history = docs["Role"], docs["RoleBinding"], docs["ConfigMap"]
+            pools = [f"soak-{strategy}" for strategy in STRATEGIES]
             soak_role = {**copy.deepcopy(role), "rules": [{
                 "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
-                "resourceNames": [lease_name(f"soak-{strategy}") for strategy in STRATEGIES]}]}
+                "resourceNames": [lease_name(pool) for pool in pools]}, {
+                "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"],
+                "resourceNames": [history_name(pool) for pool in pools]}]}
             soak_binding = copy.deepcopy(binding)
             soak_role["metadata"]["name"] = soak_binding["metadata"]["name"] = SOAK_RBAC
             soak_binding["roleRef"]["name"] = SOAK_RBAC
@@ -180,6 +187,11 @@ class KubeEnv:
                                            image="apache/spark:4.3.0",
                                            run_as_user=KubernetesBackend.run_as_user.default_value)
             creates.append((client.AppsV1Api(admin).create_namespaced_deployment, deployment))
+            # each soak pool's pre-warm history, made as the admin makes the file's for theirs
+            for pool in pools:
+                made = copy.deepcopy(history)
+                made["metadata"]["name"] = history_name(pool)
+                creates.append((client.CoreV1Api(admin).create_namespaced_config_map, made))
             for create, doc in creates:
                 try:
                     await create(self.namespace, doc)
@@ -191,11 +203,20 @@ class KubeEnv:
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        from jhub_spark_scaler.backends.kube_history import history_name
+
+        from .run import STRATEGIES
+
         async with await self.cluster.api_client("admin") as admin:
-            rbac = client.RbacAuthorizationV1Api(admin)
-            for delete in (rbac.delete_namespaced_role_binding, rbac.delete_namespaced_role):
+            rbac, core = client.RbacAuthorizationV1Api(admin), client.CoreV1Api(admin)
+            # the histories too: a later soak in the same cluster starts from none, as this one did
+            deletes = [(rbac.delete_namespaced_role_binding, SOAK_RBAC),
+                       (rbac.delete_namespaced_role, SOAK_RBAC)]
+            deletes += [(core.delete_namespaced_config_map, history_name(f"soak-{strategy}"))
+                        for strategy in STRATEGIES]
+            for delete, name in deletes:
                 try:
-                    await delete(SOAK_RBAC, self.namespace)
+                    await delete(name, self.namespace)
                 except ApiException as e:
                     if e.status != 404:
                         raise
