@@ -107,8 +107,8 @@ async def soak(args, workdir: Path) -> list[dict]:
     summaries = []
     for env_name in args.environments.split(","):
         env = ENVIRONMENTS[env_name](workdir, start_delay=args.start_delay, seed=args.seed)
-        await env.start()
         try:
+            await env.start()  # inside: a start that fails half way still stops what it started
             for strategy in args.strategies.split(","):
                 config = RunConfig(strategy=strategy, minutes=args.minutes, users=args.users, seed=args.seed,
                                    behaviour=Behaviour(think=args.think,
