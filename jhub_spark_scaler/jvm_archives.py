@@ -260,7 +260,11 @@ def install(c: Config, directory: str) -> None:
         app_log.info("%s: no Spark (pyspark or SPARK_HOME) in the hub's environment; notebook Spark "
                      "JVMs keep Spark's defaults (configure(fast_jvm=False) silences this)", SUBMIT_ARGS)
         return
-    conf = spark_conf(directory, java=java, spark_home=spark_home)
+    try:
+        conf = spark_conf(directory, java=java, spark_home=spark_home)
+    except ValueError as e:
+        app_log.warning("%s (configure()'s jvm_archives_dir); notebook Spark JVMs keep Spark's defaults", e)
+        return
     missing = [value.split()[0].partition("=")[2] for name, value in conf.items()
                if name.endswith("defaultJavaOptions")]
     if not all(os.path.isfile(path) for path in missing):
