@@ -18,7 +18,7 @@ stopped and its temporary directory removed.
 With --tuned: notebook-like drivers against one ready worker, taking turns, with Spark's
 default JVMs and with the tuned ones of jhub_spark_scaler.jvm_archives (its settings as
 configure() hands them to a notebook, PYSPARK_SUBMIT_ARGS; archives built first into
-.cache/jvm-archives), on the local backend and/or on the Kubernetes backend (the tests'
+$JVM_ARCHIVES, default .cache/jvm-archives), on the local backend and/or on the Kubernetes backend (the tests'
 real kube-apiserver and stand-in kubelet, as the soak's KubeEnv runs them, against the
 same master). Each driver times getOrCreate() to its first executor and to the end of a
 first 1-task job; with --long also a CPU-bound job on the executor (code-generated SQL,
@@ -124,7 +124,7 @@ async def main(runs: int, leads: list[float]) -> None:
 
 TUNED_KINDS = ("defaults", "tuned")
 C2_KIND = "tuned, no C1"  # the archives and the executor's SerialGC, JIT left to Spark's JVM default
-JVM_ARCHIVES = os.path.join(HERE, "..", ".cache", "jvm-archives")
+JVM_ARCHIVES = os.environ.get("JVM_ARCHIVES", os.path.join(HERE, "..", ".cache", "jvm-archives"))
 CPU_JOB_ROWS = 400_000_000  # one task: about 10-20 s of code-generated SQL with C2 here
 PLANNING_ROUNDS = 6
 
@@ -251,7 +251,8 @@ def tuned_table(all_results: dict[str, dict[str, list[dict]]], long: bool) -> li
 
 async def tuned_main(runs: int, backends: list[str], long: bool) -> None:
     java, spark_home = jvm_archives.default_java(), jvm_archives.default_spark_home()
-    built = await asyncio.to_thread(jvm_archives.build, os.path.abspath(JVM_ARCHIVES), java=java, spark_home=spark_home)
+    built = await asyncio.to_thread(jvm_archives.build, os.path.abspath(JVM_ARCHIVES), java=java,
+                                    spark_home=spark_home)
     print("archives:", *built)
     kinds = [*TUNED_KINDS, *([C2_KIND] if long else [])]
     all_results = {name: await tuned_backend(name, runs, kinds, long) for name in backends}

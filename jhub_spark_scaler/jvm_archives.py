@@ -64,6 +64,10 @@ QUIET = "-Xlog:cds*=off"
 #: Seconds the throwaway app of `build` may take (two JVMs dumping ~100 MB each).
 BUILD_TIMEOUT = 900
 
+#: Throwaway apps `build` runs at most: a worker gives an executor 10 s to exit once its app
+#: ends, which a loaded machine's dump can outlast (the next app dumps only what is missing).
+BUILD_ATTEMPTS = 3
+
 # The throwaway app: SQL with a shuffle and an RDD job, so that each archive holds the
 # classes of planning, code generation, shuffle and Python workers.
 _WORKLOAD = """
@@ -133,33 +137,46 @@ def spark_conf(directory: str, *, java: str, spark_home: str, executor_spark_hom
 
 
 def build(directory: str, *, java: str, spark_home: str, python: str = sys.executable,
-          stable_names: bool = False, timeout: float = BUILD_TIMEOUT) -> list[str]:
-    """Write the driver's and the executor's archives into `directory` unless both exist;
+          stable_names: bool = False, attempts: int = BUILD_ATTEMPTS) -> list[str]:
+    """Write the driver's and the executor's archives into `directory` unless they exist;
     returns their paths. RuntimeError, naming what failed, if an archive cannot be written."""
     targets = {role: archive(directory, role, java=java, spark_home=spark_home, stable_names=stable_names)
                for role in ROLES}
-    if all(os.path.isfile(path) for path in targets.values()):
-        return list(targets.values())
     os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=directory) as tmp:
-        conf_dir = os.path.join(tmp, "conf")
-        os.mkdir(conf_dir)
-        dumps = {role: os.path.join(tmp, f"{role}.jsa") for role in ROLES}
-        with open(os.path.join(conf_dir, "spark-defaults.conf"), "w") as f:
-            for role in ROLES:
-                options = [f"-XX:ArchiveClassesAtExit={dumps[role]}", QUIET, *TUNED_OPTIONS[role]]
-                f.write(f"spark.{role}.defaultJavaOptions {' '.join(options)}\n")
-                f.write(f"spark.{role}.extraClassPath {jars(spark_home)}\n")
-        java_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which(java) or java)))
-        env = {**os.environ, "SPARK_CONF_DIR": conf_dir, "SPARK_HOME": spark_home, "JAVA_HOME": java_home}
-        run = subprocess.run([python, "-c", _WORKLOAD], env=env, capture_output=True, text=True,
-                             timeout=timeout)
-        if run.returncode != 0:
-            raise RuntimeError(f"jvm_archives: the throwaway Spark app failed: {run.stderr.strip()[-2000:]}")
-        for role in ROLES:
-            check(dumps[role], java=java, spark_home=spark_home)
-            os.replace(dumps[role], targets[role])
+    for attempt in range(1, attempts + 1):
+        missing = [role for role in ROLES if not os.path.isfile(targets[role])]
+        if not missing:
+            break
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=directory) as tmp:
+            dumps = _dump(tmp, missing, java=java, spark_home=spark_home, python=python)
+            for role in missing:
+                try:
+                    check(dumps[role], java=java, spark_home=spark_home)
+                except RuntimeError:
+                    if attempt == attempts:
+                        raise
+                    continue  # a loaded machine: the worker killed the executor before its dump ended
+                os.replace(dumps[role], targets[role])
     return list(targets.values())
+
+
+def _dump(tmp: str, roles: list[str], *, java: str, spark_home: str, python: str) -> dict[str, str]:
+    """Run the throwaway app, its JVMs of `roles` dumping their classes into `tmp`; the dumps."""
+    conf_dir = os.path.join(tmp, "conf")
+    os.mkdir(conf_dir)
+    dumps = {role: os.path.join(tmp, f"{role}.jsa") for role in roles}
+    with open(os.path.join(conf_dir, "spark-defaults.conf"), "w") as f:
+        for role in ROLES:
+            dump = [f"-XX:ArchiveClassesAtExit={dumps[role]}"] if role in roles else []
+            f.write(f"spark.{role}.defaultJavaOptions {' '.join([*dump, QUIET, *TUNED_OPTIONS[role]])}\n")
+            f.write(f"spark.{role}.extraClassPath {jars(spark_home)}\n")
+    java_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which(java) or java)))
+    env = {**os.environ, "SPARK_CONF_DIR": conf_dir, "SPARK_HOME": spark_home, "JAVA_HOME": java_home}
+    run = subprocess.run([python, "-c", _WORKLOAD], env=env, capture_output=True, text=True,
+                         timeout=BUILD_TIMEOUT)
+    if run.returncode != 0:
+        raise RuntimeError(f"jvm_archives: the throwaway Spark app failed: {run.stderr.strip()[-2000:]}")
+    return dumps
 
 
 def check(path: str, *, java: str, spark_home: str) -> None:
