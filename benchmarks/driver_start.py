@@ -24,7 +24,7 @@ same master). Each driver times getOrCreate() to its first executor and to the e
 first 1-task job; with --long also a CPU-bound job on the executor (code-generated SQL,
 one task) and a query-planning-heavy driver step, and a third kind, the archives without
 -XX:TieredStopAtLevel=1, shows what C1-only compilation costs there. Writes the table
-to benchmarks/RESULTS.md ("Tuned driver and executor JVMs").
+to benchmarks/RESULTS.md ("Tuned driver and executor JVMs", with --long its own section).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ async def tuned_main(runs: int, backends: list[str], long: bool) -> None:
     print("\n".join(table))
     command = f"--tuned --runs {runs} --backend {'both' if len(backends) > 1 else backends[0]}" + \
         (" --long" if long else "")
-    write_section("Tuned driver and executor JVMs", [
+    write_section("Tuned driver and executor JVMs" + (": long jobs, C1 only or not" if long else ""), [
         f"`nice -n 19 python benchmarks/driver_start.py {command}` on {machine()}, while a soak ran on the "
         "same 2 CPUs (so absolute times are loaded ones; the kinds take turns and the ratios are "
         "taken turn by turn). One notebook-like driver at a time against one ready worker: seconds "
