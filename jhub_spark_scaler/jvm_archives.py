@@ -282,6 +282,11 @@ def install(c: Config, directory: str) -> None:
     except ValueError as e:
         app_log.warning("%s (configure()'s jvm_archives_dir); notebook Spark JVMs keep Spark's defaults", e)
         return
+    if os.path.isdir(directory) and os.stat(directory).st_mode & 0o022:
+        # whoever can put an archive there puts class data into every notebook's Spark JVMs
+        app_log.warning("%s: %s is writable by others than its owner: not used (make it writable by the "
+                        "admin only, configure()'s jvm_archives_dir)", SUBMIT_ARGS, directory)
+        return
     missing = [value.split()[0].partition("=")[2] for name, value in conf.items()
                if name.endswith("defaultJavaOptions")]
     if not all(os.path.isfile(path) for path in missing):

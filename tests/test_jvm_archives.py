@@ -118,3 +118,14 @@ def test_the_helm_notebooks_spark_defaults_carry_the_tuned_jvms():
     assert "jvm_archives build --out /opt/jvm-archives --stable-names" in dockerfile
     assert "--spark-home /opt/spark" in dockerfile
     assert SCALER["fast_jvm"] is False  # the pods' settings come from the ConfigMap, not the hub's paths
+
+
+def test_an_archive_directory_others_can_write_is_not_used(tmp_path):
+    """Class data from an archive is code in every notebook's driver and executor: a directory
+    a user could put one into is refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    c = Config()
+    configure(c, max_workers=2, jvm_archives_dir=str(shared))
+    assert jvm_archives.SUBMIT_ARGS not in c.Spawner.environment
