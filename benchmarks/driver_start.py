@@ -22,8 +22,8 @@ $JVM_ARCHIVES, default .cache/jvm-archives), on the local backend and/or on the 
 real kube-apiserver and stand-in kubelet, as the soak's KubeEnv runs them, against the
 same master). Each driver times getOrCreate() to its first executor and to the end of a
 first 1-task job; with --long also a CPU-bound job on the executor (code-generated SQL,
-one task) and a query-planning-heavy driver step, and a third kind, the archives without
--XX:TieredStopAtLevel=1, shows what C1-only compilation costs there. Writes the table
+one task) and a query-planning-heavy driver step, and a third kind, the archives with
+-XX:TieredStopAtLevel=1 (C1 only), shows what C1-only compilation costs there. Writes the table
 to benchmarks/RESULTS.md ("Tuned driver and executor JVMs", with --long its own section).
 """
 
@@ -123,7 +123,9 @@ async def main(runs: int, leads: list[float]) -> None:
 
 
 TUNED_KINDS = ("defaults", "tuned")
-C2_KIND = "tuned, no C1"  # the archives and the executor's SerialGC, JIT left to Spark's JVM default
+C1_KIND = "tuned + C1 only"  # the archives, -XX:TieredStopAtLevel=1 on both, SerialGC on the executor
+C1_OPTIONS = {"driver": ["-XX:TieredStopAtLevel=1"],
+              "executor": ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]}
 JVM_ARCHIVES = os.environ.get("JVM_ARCHIVES", os.path.join(HERE, "..", ".cache", "jvm-archives"))
 CPU_JOB_ROWS = 400_000_000  # one task: about 10-20 s of code-generated SQL with C2 here
 PLANNING_ROUNDS = 6
@@ -135,10 +137,10 @@ def kind_conf(kind: str) -> dict[str, str]:
         return {}
     conf = jvm_archives.spark_conf(os.path.abspath(JVM_ARCHIVES), java=jvm_archives.default_java(),
                                    spark_home=jvm_archives.default_spark_home())
-    if kind == C2_KIND:
+    if kind == C1_KIND:
         for role in jvm_archives.ROLES:
             name = f"spark.{role}.defaultJavaOptions"
-            conf[name] = " ".join(o for o in conf[name].split() if not o.startswith("-XX:TieredStopAtLevel"))
+            conf[name] = " ".join([conf[name], *C1_OPTIONS[role]])
     return conf
 
 
@@ -254,21 +256,23 @@ async def tuned_main(runs: int, backends: list[str], long: bool) -> None:
     built = await asyncio.to_thread(jvm_archives.build, os.path.abspath(JVM_ARCHIVES), java=java,
                                     spark_home=spark_home)
     print("archives:", *built)
-    kinds = [*TUNED_KINDS, *([C2_KIND] if long else [])]
+    kinds = [*TUNED_KINDS, *([C1_KIND] if long else [])]
     all_results = {name: await tuned_backend(name, runs, kinds, long) for name in backends}
     table = tuned_table(all_results, long)
     print("\n".join(table))
     command = f"--tuned --runs {runs} --backend {'both' if len(backends) > 1 else backends[0]}" + \
         (" --long" if long else "")
     write_section("Tuned driver and executor JVMs" + (": long jobs, C1 only or not" if long else ""), [
-        f"`nice -n 19 python benchmarks/driver_start.py {command}` on {machine()}, while a soak ran on the "
-        "same 2 CPUs (so absolute times are loaded ones; the kinds take turns and the ratios are "
-        "taken turn by turn). One notebook-like driver at a time against one ready worker: seconds "
+        f"`nice -n 19 python benchmarks/driver_start.py {command}` on {machine()}, while a soak and other "
+        "test runs loaded the same 2 CPUs (load average about 15: absolute times are loaded ones and "
+        "vary run to run; the kinds take turns and the ratios are taken turn by turn). One "
+        "notebook-like driver at a time against one ready worker: seconds "
         "from just before getOrCreate() to its first executor and to the end of a first 1-task "
         "job, median (min-max). \"defaults\": Spark's JVMs; \"tuned\": jhub_spark_scaler.jvm_archives' "
-        "settings (class data archives for the driver and the executor, C1 only, SerialGC on the "
-        "executor) as configure() hands them to a notebook"
-        + (f"; \"{C2_KIND}\": the same without -XX:TieredStopAtLevel=1. \"cpu job\": one task of "
+        "settings (class data archives for the driver and the executor, built by its build "
+        "command) as configure() hands them to a notebook"
+        + (f"; \"{C1_KIND}\": the same plus -XX:TieredStopAtLevel=1 on both and SerialGC on the "
+           "executor. \"cpu job\": one task of "
            f"code-generated SQL over {CPU_JOB_ROWS:,} rows on the executor; \"planning\": "
            f"{PLANNING_ROUNDS} rounds of planning a 200-column aggregate and join on the driver."
            if long else "."), "", *table,

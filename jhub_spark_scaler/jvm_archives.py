@@ -51,12 +51,11 @@ ROLES = ("driver", "executor")
 #: Where `build` writes and `configure()` looks by default.
 DEFAULT_DIR = os.path.join(sys.prefix, "share", "jhub-spark-scaler", "jvm-archives")
 
-#: Past the archive, per role: C1 only on both (see benchmarks/RESULTS.md, "Tuned JVMs"),
-#: and on the executor the serial collector, which starts sooner in a small heap.
-TUNED_OPTIONS = {
-    "driver": ("-XX:TieredStopAtLevel=1",),
-    "executor": ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
-}
+#: Past the archive, per role: none. C1-only compilation (-XX:TieredStopAtLevel=1) starts a
+#: JVM a little sooner but made a long code-generated job on the executor several times
+#: slower, and query planning on the driver slower too (benchmarks/RESULTS.md, "Tuned
+#: driver and executor JVMs: long jobs"): notebooks and executors live long.
+TUNED_OPTIONS: dict[str, tuple[str, ...]] = {"driver": (), "executor": ()}
 
 #: The JVM's notes about an archive it cannot use: off, so that a stale archive is silent.
 QUIET = "-Xlog:cds*=off"
