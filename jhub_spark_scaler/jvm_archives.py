@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,20 +64,54 @@ QUIET = "-Xlog:cds*=off"
 #: Seconds the throwaway app of `build` may take (two JVMs dumping ~100 MB each).
 BUILD_TIMEOUT = 900
 
-#: Throwaway apps `build` runs at most: a worker gives an executor 10 s to exit once its app
-#: ends, which a loaded machine's dump can outlast (the next app dumps only what is missing).
+#: Throwaway apps `build` runs at most (the next one dumps only what is missing).
 BUILD_ATTEMPTS = 3
 
 # The throwaway app: SQL with a shuffle and an RDD job, so that each archive holds the
-# classes of planning, code generation, shuffle and Python workers.
+# classes of planning, code generation, shuffle and Python workers. A JVM dumps its classes
+# as it exits, which takes seconds on a loaded machine: the executor is sent SIGTERM and
+# waited for (its worker would SIGKILL it 10 s after the app ends) and its dump moved aside
+# before the app ends (the executor started in its place would write the same file when
+# killed); the driver JVM's PID is printed last, for `build` to wait for it.
 _WORKLOAD = """
+import os, signal, sys, time
 from pyspark.sql import SparkSession
+
+def gone(pid):
+    end = time.monotonic() + float(os.environ["JVM_ARCHIVES_WAIT"])
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    sys.exit(f"process {pid} did not exit")
+
+def executor_jvm(_rows):
+    pid = os.getpid()
+    while pid > 1:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                yield pid
+                return
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rpartition(")")[2].split()[1])
+
 spark = (SparkSession.builder.master("local-cluster[1,1,1024]").appName("jvm-archives")
          .config("spark.executor.memory", "512m").config("spark.ui.enabled", "false").getOrCreate())
+sc = spark.sparkContext
 spark.range(100000).selectExpr("id % 7 AS k", "id").groupBy("k").sum("id").collect()
-rdd = spark.sparkContext.parallelize(range(100), 2).map(lambda x: (x % 3, x))
-rdd.reduceByKey(lambda a, b: a + b).collect()
+sc.parallelize(range(100), 2).map(lambda x: (x % 3, x)).reduceByKey(lambda a, b: a + b).collect()
+dump = os.environ["JVM_ARCHIVES_EXECUTOR_DUMP"]
+if dump:
+    [executor] = sc.parallelize([0], 1).mapPartitions(executor_jvm).collect()
+    os.kill(executor, signal.SIGTERM)
+    gone(executor)
+    if os.path.isfile(dump):
+        os.replace(dump, dump + ".done")
+driver = sc._jvm.java.lang.ProcessHandle.current().pid()
 spark.stop()
+print(driver)
 """
 
 
@@ -154,7 +189,7 @@ def build(directory: str, *, java: str, spark_home: str, python: str = sys.execu
                 except RuntimeError:
                     if attempt == attempts:
                         raise
-                    continue  # a loaded machine: the worker killed the executor before its dump ended
+                    continue  # a JVM that died before its dump ended: the next app dumps what is missing
                 os.replace(dumps[role], targets[role])
     return list(targets.values())
 
@@ -171,11 +206,27 @@ def _dump(tmp: str, roles: list[str], *, java: str, spark_home: str, python: str
             f.write(f"spark.{role}.extraClassPath {jars(spark_home)}\n")
     java_home = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which(java) or java)))
     env = {**os.environ, "SPARK_CONF_DIR": conf_dir, "SPARK_HOME": spark_home, "JAVA_HOME": java_home}
+    env["JVM_ARCHIVES_EXECUTOR_DUMP"] = dumps.get("executor", "")
+    env["JVM_ARCHIVES_WAIT"] = str(BUILD_TIMEOUT / 3)
     run = subprocess.run([python, "-c", _WORKLOAD], env=env, capture_output=True, text=True,
                          timeout=BUILD_TIMEOUT)
     if run.returncode != 0:
         raise RuntimeError(f"jvm_archives: the throwaway Spark app failed: {run.stderr.strip()[-2000:]}")
+    _wait_gone(int(run.stdout.split()[-1]), timeout=BUILD_TIMEOUT / 3)  # the driver JVM, dumping
+    if "executor" in dumps:
+        dumps["executor"] += ".done"
     return dumps
+
+
+def _wait_gone(pid: int, *, timeout: float) -> None:
+    """Until process `pid` has exited (at most `timeout` s: its dump is then checked anyway)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
 
 
 def check(path: str, *, java: str, spark_home: str) -> None:
