@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,6 +55,7 @@ from tests.settings import AS_ROOT  # noqa: E402
 from soaklib.environments import WORKER_CORES, KubeEnv  # noqa: E402
 from soaklib.run import STRATEGIES  # noqa: E402
 from soaklib.users import DRIVER  # noqa: E402
+from tests.waiting import until  # noqa: E402
 from worker_start import wait_alive  # noqa: E402
 
 READY_AFTER = 5.0  # s a "ready" fresh worker gets past ALIVE before the driver starts
@@ -206,7 +208,13 @@ async def ready_worker(backend_name: str, b: LocalBackend, tmp: str, stack: cont
         stack.push_async_callback(kb.shutdown)
         [w] = await kb.start(1)
         stack.push_async_callback(kb.stop, w)
-    await wait_alive(b.master_ui_url, w.host, w.port, time.perf_counter(), timeout=300)
+    # a pod's address and port are unknown when it is made: the master's only worker is it
+    await until(lambda: any_alive(b.master_ui_url), timeout=300, interval=0.2, what="the worker to be ALIVE")
+
+
+def any_alive(master_ui_url: str) -> bool:
+    with urllib.request.urlopen(f"{master_ui_url}/json/", timeout=5) as r:
+        return any(w["state"] == "ALIVE" for w in json.load(r)["workers"])
 
 
 async def tuned_backend(backend_name: str, runs: int, kinds: list[str],
