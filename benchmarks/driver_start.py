@@ -272,7 +272,7 @@ async def tuned_main(runs: int, backends: list[str], long: bool) -> None:
         (" --long" if long else "")
     write_section("Tuned driver and executor JVMs" + (": long jobs, C1 only or not" if long else ""), [
         f"`nice -n 19 python benchmarks/driver_start.py {command}` on {machine()}, while a soak and other "
-        "test runs loaded the same 2 CPUs (load average about 15: absolute times are loaded ones and "
+        "test runs loaded the same 2 CPUs (load average 6 to 27: absolute times are loaded ones and "
         "vary run to run; the kinds take turns and the ratios are taken turn by turn). One "
         "notebook-like driver at a time against one ready worker: seconds "
         "from just before getOrCreate() to its first executor and to the end of a first 1-task "
