@@ -52,11 +52,11 @@ ROLES = ("driver", "executor")
 #: Where `build` writes and `configure()` looks by default.
 DEFAULT_DIR = os.path.join(sys.prefix, "share", "jhub-spark-scaler", "jvm-archives")
 
-#: Past the archive, per role: none. C1-only compilation (-XX:TieredStopAtLevel=1) starts a
-#: JVM a little sooner but made a long code-generated job on the executor several times
-#: slower, and query planning on the driver slower too (benchmarks/RESULTS.md, "Tuned
-#: driver and executor JVMs: long jobs"): notebooks and executors live long.
-TUNED_OPTIONS: dict[str, tuple[str, ...]] = {"driver": (), "executor": ()}
+#: Past the archive, per role: C1-only compilation (-XX:TieredStopAtLevel=1) on the driver,
+#: whose work is short bursts (planning a query took 3.0 s with it, 5.1 s without), never
+#: on the executor, where a long code-generated job ran about 7 times slower with it
+#: (benchmarks/RESULTS.md, "Tuned driver and executor JVMs: long jobs").
+TUNED_OPTIONS: dict[str, tuple[str, ...]] = {"driver": ("-XX:TieredStopAtLevel=1",), "executor": ()}
 
 #: The JVM's notes about an archive it cannot use: off, so that a stale archive is silent.
 QUIET = "-Xlog:cds*=off"

@@ -56,9 +56,9 @@ def test_configure_hands_local_notebooks_the_tuned_jvms(tmp_path):
     assert rest == ["pyspark-shell"]
     key = jvm_archives.key(java=JAVA, spark_home=SPARK_HOME)
     assert conf["spark.driver.defaultJavaOptions"].split() == [
-        f"-XX:SharedArchiveFile={tmp_path}/driver-{key}.jsa", "-Xlog:cds*=off"]
+        f"-XX:SharedArchiveFile={tmp_path}/driver-{key}.jsa", "-Xlog:cds*=off", "-XX:TieredStopAtLevel=1"]
     executor = conf["spark.executor.defaultJavaOptions"].split()
-    assert executor[0] == f"-XX:SharedArchiveFile={tmp_path}/executor-{key}.jsa"
+    assert executor == [f"-XX:SharedArchiveFile={tmp_path}/executor-{key}.jsa", "-Xlog:cds*=off"]
     assert conf["spark.executor.extraClassPath"] == os.path.join(SPARK_HOME, "jars", "*")
 
 
