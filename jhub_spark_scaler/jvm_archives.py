@@ -53,9 +53,10 @@ ROLES = ("driver", "executor")
 DEFAULT_DIR = os.path.join(sys.prefix, "share", "jhub-spark-scaler", "jvm-archives")
 
 #: Past the archive, per role: C1-only compilation (-XX:TieredStopAtLevel=1) on the driver,
-#: whose work is short bursts (planning a query took 3.0 s with it, 5.1 s without), never
-#: on the executor, where a long code-generated job ran about 7 times slower with it
-#: (benchmarks/RESULTS.md, "Tuned driver and executor JVMs: long jobs").
+#: whose work is short bursts (it starts sooner; planning showed no consistent cost: 1.8-3.5 s
+#: with it, 2.2-7.3 s without, on a loaded machine), never on the executor, where a long
+#: code-generated job ran 6-10 times slower with it (benchmarks/RESULTS.md, "Tuned driver
+#: and executor JVMs: long jobs").
 TUNED_OPTIONS: dict[str, tuple[str, ...]] = {"driver": ("-XX:TieredStopAtLevel=1",), "executor": ()}
 
 #: The JVM's notes about an archive it cannot use: off, so that a stale archive is silent.
