@@ -20,6 +20,10 @@ test-setup: setup
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup
 	$(VENV)/bin/pip install -q -e ".[demo]"
+	@# class data archives for the notebooks' Spark JVMs: about a minute once, then kept
+	@# until Spark or java changes; the demo runs without them if this fails
+	$(PY) -m jhub_spark_scaler.jvm_archives build --out .cache/jvm-archives || \
+		echo "make demo: no class data archives; notebook Spark JVMs start slower" >&2
 	VENV=$(VENV) ./scripts/demo.sh
 
 ## The scaler alone on the embedded default: a local Spark master and worker processes.

@@ -11,7 +11,9 @@ The notebook's Spark driver gets SPARK_LOCAL_IP, so that Spark neither looks for
 non-loopback address nor warns that the hostname resolves to a loopback one;
 spark-conf/log4j2.properties keeps the native-hadoop notice (Spark runs without
 Hadoop's native library) out of the notebook. configure() adds SPARK_SUBMIT_OPTS to
-the same environment.
+the same environment, and PYSPARK_SUBMIT_ARGS: the driver and executor JVMs start from the
+class data archives that `make demo` builds once into .cache/jvm-archives
+(`jhub_spark_scaler.jvm_archives`; DEMO_JVM_ARCHIVES names another directory).
 """
 
 import os
@@ -60,6 +62,9 @@ c.Spawner.environment = {
 #: for more than one worker offers would run on part of what it asked for.
 WORKER_CORES = 1
 
+#: Where `make demo` builds the class data archives of the notebooks' Spark JVMs.
+JVM_ARCHIVES = os.path.abspath(os.path.join(here, "..", ".cache", "jvm-archives"))
+
 configure(
     c,
     **({"port": random_port(), "LocalBackend__master_port": 0, "LocalBackend__master_webui_port": 0}
@@ -75,4 +80,5 @@ configure(
     LocalBackend__allow_root=os.geteuid() == 0,
     # Ctrl-C ends the whole demo; a deployed hub leaves the pool to the next scaler (the default)
     LocalBackend__stop_on_exit=True,
+    jvm_archives_dir=os.environ.get("DEMO_JVM_ARCHIVES", JVM_ARCHIVES),
 )

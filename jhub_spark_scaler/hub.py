@@ -42,6 +42,10 @@ For admins who prefer to write it out, the call is equivalent to:
     # drivers named after the hub user (driver_user=False leaves this out); an admin's own
     # SPARK_SUBMIT_OPTS goes in DriverUser(theirs)
     c.Spawner.environment["SPARK_SUBMIT_OPTS"] = DriverUser()
+    # notebook Spark JVMs that start from class data archives (fast_jvm=False leaves this out)
+    from jhub_spark_scaler.jvm_archives import DEFAULT_DIR, SubmitArgs, spark_conf
+    conf = spark_conf(DEFAULT_DIR, java="java", spark_home="<the hub's pyspark>")
+    c.Spawner.environment["PYSPARK_SUBMIT_ARGS"] = SubmitArgs(conf)
 
 A spawner class's own section (`c.KubeSpawner.pre_spawn_hook = ...`) takes precedence over
 `c.Spawner`'s for that class: `configure()` wraps the hooks of every section set before the
@@ -93,7 +97,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
 from traitlets.config import Config, LazyConfigValue
 
-# Only `constants` and `driver_user` of this package: this module is imported by the hub's
+# Only `constants`, `driver_user` and `jvm_archives` of this package: this module is imported by the hub's
 # own process.
 from .constants import (
     ADMIN_SCOPE,
@@ -110,6 +114,8 @@ from .constants import (
     SERVICE_SCOPES,
 )
 from .driver_user import install as install_driver_user
+from .jvm_archives import DEFAULT_DIR as JVM_ARCHIVES_DIR
+from .jvm_archives import install as install_fast_jvm
 
 #: Seconds a hook's POST to the service may take: the service runs beside the hub, and a
 #: lost event only delays a reaction until the service's next poll of the hub.
@@ -212,6 +218,8 @@ def configure(
     pass_env: Iterable[str] = (),
     user: str | None = None,
     driver_user: bool = True,
+    fast_jvm: bool = True,
+    jvm_archives_dir: str = JVM_ARCHIVES_DIR,
     **settings: Any,
 ) -> dict:
     """Add the scaler to a hub's config `c`: managed service, its role, the admin and read
@@ -239,6 +247,10 @@ def configure(
     `driver_user`: give each notebook server a `SPARK_SUBMIT_OPTS` that names its Spark
     drivers after the hub user (`jhub_spark_scaler.driver_user`), so that the master reports
     their apps under that name and each app uses up its own user's pre-warm credit.
+
+    `fast_jvm`: give each local notebook server a `PYSPARK_SUBMIT_ARGS` whose Spark drivers and
+    executors start from the class data archives in `jvm_archives_dir`, written by
+    `python -m jhub_spark_scaler.jvm_archives build` (`jhub_spark_scaler.jvm_archives`).
     """
     if _current(c.JupyterHub, "internal_ssl", False):
         raise ValueError(
@@ -269,6 +281,8 @@ def configure(
     _install_hooks(c, Notifier(name=name, url=_notify_url(listen, port), token=_events_secret(service)))
     if driver_user:
         install_driver_user(c)
+    if fast_jvm:
+        install_fast_jvm(c, jvm_archives_dir)
     return service
 
 

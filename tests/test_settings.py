@@ -165,4 +165,5 @@ def test_the_hub_side_imports_no_service_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=ROOT, timeout=60)
     assert done.stdout.split() == ["jhub_spark_scaler", "jhub_spark_scaler.constants",
-                                   "jhub_spark_scaler.driver_user", "jhub_spark_scaler.hub"]
+                                   "jhub_spark_scaler.driver_user", "jhub_spark_scaler.hub",
+                                   "jhub_spark_scaler.jvm_archives"]
