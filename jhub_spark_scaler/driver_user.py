@@ -29,7 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tornado.log import app_log
-from traitlets.config import Config, LazyConfigValue
+from traitlets.config import Config
+
+from .spawner_env import add_to_every_environment
 
 #: The environment variable the launcher puts first among the driver JVM's options.
 SUBMIT_OPTS = "SPARK_SUBMIT_OPTS"
@@ -84,30 +86,8 @@ class DriverUser:
 
 
 def install(c: Config) -> None:
-    """Put SPARK_SUBMIT_OPTS in `c.Spawner.environment` and in every other section that sets
-    `environment` (a spawner class's own section, e.g. z2jh's `c.KubeSpawner` from
-    `singleuser.extraEnv`, replaces `c.Spawner`'s for that class), keeping each section's value."""
-    sections = ["Spawner", *(key for key in c if key != "Spawner" and isinstance(c[key], Config)
-                             and "environment" in c[key])]
-    for section in sections:
-        environment = dict(_current(c[section], "environment"))
-        theirs = environment.get(SUBMIT_OPTS)
-        if isinstance(theirs, DriverUser):
-            continue
-        if theirs is not None and not isinstance(theirs, str) and not callable(theirs):
-            app_log.warning(
-                "c.%s.environment[%r] is %s, not a string or callable: Spark drivers started there "
-                "keep their OS user's name (set it as a string to get the hub user's)",
-                section, SUBMIT_OPTS, type(theirs).__name__,
-            )
-            continue
-        environment[SUBMIT_OPTS] = DriverUser(theirs)
-        c[section].environment = environment
-
-
-def _current(section: Config, key: str) -> dict:
-    """The dict `section` holds for `key` ({} if unset; a lazy `.update()` resolved)."""
-    if key not in section:
-        return {}
-    value = section[key]
-    return value.get_value({}) if isinstance(value, LazyConfigValue) else value
+    """Put SPARK_SUBMIT_OPTS in every spawner section's `environment`, keeping each
+    section's value (`spawner_env.add_to_every_environment`)."""
+    add_to_every_environment(c, SUBMIT_OPTS, DriverUser, kind=DriverUser,
+                             left_alone="Spark drivers started there keep their OS user's name "
+                             "(set it as a string to get the hub user's)")

@@ -95,10 +95,10 @@ from urllib.parse import urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.log import app_log  # the hub wires tornado's loggers into its own
-from traitlets.config import Config, LazyConfigValue
+from traitlets.config import Config
 
-# Only `constants`, `driver_user` and `jvm_archives` of this package: this module is imported by the hub's
-# own process.
+# Only `constants`, `driver_user`, `jvm_archives` and `spawner_env` of this package: this
+# module is imported by the hub's own process.
 from .constants import (
     ADMIN_SCOPE,
     ADMIN_SCOPE_DESCRIPTION,
@@ -116,6 +116,7 @@ from .constants import (
 from .driver_user import install as install_driver_user
 from .jvm_archives import DEFAULT_DIR as JVM_ARCHIVES_DIR
 from .jvm_archives import install as install_fast_jvm
+from .spawner_env import current
 
 #: Seconds a hook's POST to the service may take: the service runs beside the hub, and a
 #: lost event only delays a reaction until the service's next poll of the hub.
@@ -252,12 +253,12 @@ def configure(
     executors start from the class data archives in `jvm_archives_dir`, written by
     `python -m jhub_spark_scaler.jvm_archives build` (`jhub_spark_scaler.jvm_archives`).
     """
-    if _current(c.JupyterHub, "internal_ssl", False):
+    if current(c.JupyterHub, "internal_ssl", False):
         raise ValueError(
             "configure: c.JupyterHub.internal_ssl is True, which the Spark scaler does not support "
             "(its service serves plain HTTP): set it to False"
         )
-    services = _current(c.JupyterHub, "services", [])
+    services = current(c.JupyterHub, "services", [])
     existing = _existing_entry(services, name, existing_service=existing_service)
     service = _service_entry(
         existing or {"name": name}, url=url, port=port, listen=listen,
@@ -272,7 +273,7 @@ def configure(
         c.JupyterHub.services = [*services, service]
     _add_service_role(c, name, existing_service=existing_service)
     if admin_scope:
-        custom_scopes = _current(c.JupyterHub, "custom_scopes", {})
+        custom_scopes = current(c.JupyterHub, "custom_scopes", {})
         c.JupyterHub.custom_scopes = {
             ADMIN_SCOPE: {"description": ADMIN_SCOPE_DESCRIPTION, "subscopes": [READ_SCOPE]},
             READ_SCOPE: {"description": READ_SCOPE_DESCRIPTION},
@@ -295,7 +296,7 @@ def _events_secret(service: dict) -> str:
 
 def _add_service_role(c: Config, name: str, *, existing_service: bool) -> None:
     """The role granting service `name` its scopes, unless an existing service's roles do."""
-    roles = _current(c.JupyterHub, "load_roles", [])
+    roles = current(c.JupyterHub, "load_roles", [])
     if not (existing_service and _has_service_role(roles, name)):
         role = {"name": f"{name}-service", "services": [name], "scopes": list(SERVICE_SCOPES)}
         c.JupyterHub.load_roles = [*roles, role]
@@ -332,10 +333,10 @@ def _install_hooks(c: Config, notifier: Notifier) -> None:
     any other section (a spawner class's, e.g. `c.KubeSpawner`) that sets one, since a class's
     own section takes precedence over `c.Spawner` for that class and would drop the scaler's."""
     for trait, action in HOOKS:
-        c.Spawner[trait] = SpawnerHook(notifier, action, _current(c.Spawner, trait, None))
+        c.Spawner[trait] = SpawnerHook(notifier, action, current(c.Spawner, trait, None))
     for section in [key for key in c if key != "Spawner" and isinstance(c[key], Config)]:
         for trait, action in HOOKS:
-            theirs = _current(c[section], trait, None)
+            theirs = current(c[section], trait, None)
             if theirs is not None and not isinstance(theirs, SpawnerHook):
                 c[section][trait] = SpawnerHook(notifier, action, theirs)
                 app_log.warning(
@@ -407,15 +408,3 @@ def _flag(key: str, value: Any) -> str:
     """`idle_workers=2` -> `--SparkScalerApp.idle_workers=2`; `LocalBackend__x=1` -> `--LocalBackend.x=1`."""
     cls, _, trait = key.rpartition("__")
     return f"--{cls or 'SparkScalerApp'}.{trait}={value}"
-
-
-def _current(section: Config, key: str, empty: Any) -> Any:
-    """What `section` already holds for `key`, or `empty`; reading a missing key
-    would create a LazyConfigValue, and one built by `.append()`/`.update()` on
-    an unset key is resolved against `empty`."""
-    if key not in section:
-        return empty
-    value = section[key]
-    if isinstance(value, LazyConfigValue):
-        return value.get_value(empty)
-    return value

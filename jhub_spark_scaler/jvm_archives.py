@@ -35,6 +35,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -45,7 +46,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tornado.log import app_log
-from traitlets.config import Config, LazyConfigValue
+from traitlets.config import Config
+
+from .spawner_env import add_to_every_environment
 
 ROLES = ("driver", "executor")
 
@@ -284,32 +287,60 @@ def _makes_pods(spawner: Any) -> bool:
     return any(cls.__module__.partition(".")[0] == "kubespawner" for cls in type(spawner).__mro__)
 
 
-def _current(section: Config, key: str) -> dict:
-    """The dict `section` holds for `key` ({} if unset; a lazy `.update()` resolved)."""
-    if key not in section:
-        return {}
-    value = section[key]
-    return value.get_value({}) if isinstance(value, LazyConfigValue) else value
-
-
 #: The environment variable pyspark reads spark-submit's arguments from.
 SUBMIT_ARGS = "PYSPARK_SUBMIT_ARGS"
 
 
+#: how each tuned setting is joined with an admin's own value of it, which comes after
+#: (the JVM keeps the last of a repeated option; a class path is searched in order)
+JOINS = {"defaultJavaOptions": " ", "extraClassPath": os.pathsep}
+
+
+def notebook_defaults(spawner: Any, spark_home: str) -> dict[str, str]:
+    """The settings of the notebook's spark-defaults.conf: in the SPARK_CONF_DIR of the
+    spawner's environment, else of the hub's, else Spark's `conf/`; {} if there is none."""
+    conf_dir = (getattr(spawner, "environment", None) or {}).get("SPARK_CONF_DIR")
+    if callable(conf_dir):
+        conf_dir = conf_dir(spawner)
+    conf_dir = conf_dir or os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_home, "conf")
+    try:
+        with open(os.path.join(str(conf_dir), "spark-defaults.conf"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    # Java properties as Spark writes them: "key value", "key=value" or "key: value"
+    pairs = (re.match(r"([^\s=:]+)\s*[\s=:]\s*(.*)$", line.strip()) for line in lines
+             if line.strip() and line.strip()[0] not in "#!")
+    return {m[1]: m[2].strip() for m in pairs if m}
+
+
+def joined(conf: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
+    """`conf` with an admin's own value of each of its settings kept after ours."""
+    return {name: f"{value}{JOINS[name.rpartition('.')[2]]}{theirs[name]}" if theirs.get(name) else value
+            for name, value in conf.items()}
+
+
 class SubmitArgs:
     """A `Spawner.environment` value for PYSPARK_SUBMIT_ARGS (JupyterHub calls it with the
-    spawner): the tuned JVMs' settings, then `theirs` (the admin's value, a string or a
+    spawner): the tuned JVMs' settings, each joined with the admin's own value of it from
+    the notebook's spark-defaults.conf (`notebook_defaults`: a `--conf` replaces the file's
+    value, so the file's is carried over), then `theirs` (the admin's value, a string or a
     callable of the spawner; pyspark's default "pyspark-shell" if none), whose own `--conf`
     of the same name wins. Spawners that make pods get `theirs` only: a pod's image is not
     the hub's, and helm-values/ ships the settings in the notebooks' spark-defaults.conf."""
 
-    def __init__(self, conf: dict[str, str], theirs: str | Callable[[Any], str] | None = None):
+    def __init__(self, conf: dict[str, str], theirs: str | Callable[[Any], str] | None = None,
+                 spark_home: str = ""):
         self.conf = conf
         self.theirs = theirs
+        self.spark_home = spark_home
 
     def __call__(self, spawner: Any) -> str:
         theirs = (self.theirs(spawner) if callable(self.theirs) else self.theirs) or "pyspark-shell"
-        return theirs if _makes_pods(spawner) else f"{submit_args(self.conf)} {theirs}"
+        if _makes_pods(spawner):
+            return theirs
+        conf = joined(self.conf, notebook_defaults(spawner, self.spark_home))
+        return f"{submit_args(conf)} {theirs}"
 
     def __deepcopy__(self, memo: dict) -> SubmitArgs:
         return self  # traitlets copies config values into every Spawner: immutable, share it
@@ -344,20 +375,9 @@ def install(c: Config, directory: str) -> None:
         app_log.warning("%s: no class data archives in %s yet: notebook Spark JVMs start slower until "
                         "`%s -m jhub_spark_scaler.jvm_archives build --out %s` writes them",
                         SUBMIT_ARGS, directory, sys.executable, directory)
-    sections = ["Spawner", *(name for name in c if name != "Spawner" and isinstance(c[name], Config)
-                             and "environment" in c[name])]
-    for section in sections:
-        environment = dict(_current(c[section], "environment"))
-        theirs = environment.get(SUBMIT_ARGS)
-        if isinstance(theirs, SubmitArgs):
-            continue
-        if theirs is not None and not isinstance(theirs, str) and not callable(theirs):
-            app_log.warning("c.%s.environment[%r] is %s, not a string or callable: left as it is, and "
-                            "notebook Spark JVMs there keep Spark's defaults", section, SUBMIT_ARGS,
-                            type(theirs).__name__)
-            continue
-        environment[SUBMIT_ARGS] = SubmitArgs(conf, theirs)
-        c[section].environment = environment
+    add_to_every_environment(c, SUBMIT_ARGS, lambda theirs: SubmitArgs(conf, theirs, spark_home),
+                             kind=SubmitArgs,
+                             left_alone="notebook Spark JVMs there keep Spark's defaults")
 
 
 if __name__ == "__main__":

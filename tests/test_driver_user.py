@@ -123,7 +123,9 @@ def test_configure_adds_the_option_and_keeps_the_admins(caplog):
 def test_without_driver_user_no_environment_is_set():
     c = Config()
     configure(c, port=random_port(), max_workers=2, driver_user=False)
-    assert "environment" not in c.Spawner
+    assert SUBMIT_OPTS not in c.Spawner.get("environment", {})
+    configure(c, name="second", port=random_port(), max_workers=2, driver_user=False, fast_jvm=False)
+    assert SUBMIT_OPTS not in c.Spawner.get("environment", {})
 
 
 # --- a real hub, a real master, real drivers ---
@@ -139,7 +141,9 @@ async def start_hub(hub_app, spark_master, tmp_path: Path):
     (pre-warm 1 worker per server, no idle workers) and a service "monitor" that may read
     the admin page's API."""
     c = hub_config(tmp_path)
-    c.Spawner.environment = {SUBMIT_OPTS: "-Dadmin.submit=kept"}
+    # the notebooks' Spark defaults, where the admin put options of their own (ADMIN_DEFAULTS)
+    c.Spawner.environment = {SUBMIT_OPTS: "-Dadmin.submit=kept",
+                             "SPARK_CONF_DIR": str(tmp_path / "spark-conf")}
     monitor = "monitor-" + "2" * 32
     c.JupyterHub.services = [{"name": "test-admin", "api_token": ADMIN_TOKEN},
                              {"name": "monitor", "api_token": monitor}]

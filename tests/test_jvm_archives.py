@@ -75,6 +75,30 @@ def test_configure_keeps_the_admins_submit_args_last_and_leaves_pods_alone(tmp_p
     assert c.KubeSpawner.environment[jvm_archives.SUBMIT_ARGS](spawner(KubeSpawner)) == "pyspark-shell"
 
 
+def test_the_admins_own_spark_defaults_of_the_same_settings_are_kept_after_ours(tmp_path):
+    """A --conf replaces the file's value of a setting: the admin's is carried over, last."""
+    conf_dir = tmp_path / "spark-conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        "# the admin's\nspark.driver.defaultJavaOptions  -Dadmin=kept -Xmx2g\n"
+        "spark.executor.extraClassPath=/opt/theirs.jar\nspark.master spark://m:7077\n")
+    c = Config()
+    c.Spawner.environment = {"SPARK_CONF_DIR": str(conf_dir)}
+    configure(c, max_workers=2, jvm_archives_dir=str(tmp_path / "archives"))
+    made = spawner()
+    made.environment = c.Spawner.environment
+    conf, _ = submitted(c.Spawner.environment[jvm_archives.SUBMIT_ARGS](made))
+    ours = jvm_archives.spark_conf(str(tmp_path / "archives"), java=JAVA, spark_home=SPARK_HOME)
+    driver = ours["spark.driver.defaultJavaOptions"]
+    assert conf["spark.driver.defaultJavaOptions"] == driver + " -Dadmin=kept -Xmx2g"
+    assert conf["spark.executor.extraClassPath"] == ours["spark.executor.extraClassPath"] + ":/opt/theirs.jar"
+    assert conf["spark.executor.defaultJavaOptions"] == ours["spark.executor.defaultJavaOptions"]
+    assert "spark.master" not in conf, "only the tuned settings are passed on"
+    # an unreadable file is no file: our settings alone
+    (conf_dir / "spark-defaults.conf").write_bytes(b"\xff\xfe")
+    assert submitted(c.Spawner.environment[jvm_archives.SUBMIT_ARGS](made))[0] == ours
+
+
 def test_fast_jvm_false_leaves_the_environment_alone(tmp_path):
     c = Config()
     configure(c, max_workers=2, fast_jvm=False)

@@ -43,7 +43,7 @@ def test_the_forbidden_lists_name_every_other_module_of_the_package():
     package = {p.stem if p.is_file() else p.name for p in (ROOT / "jhub_spark_scaler").iterdir()
                if (p.suffix == ".py" or (p / "__init__.py").exists()) and not p.name.startswith("__")}
     allowed = {("jhub_spark_scaler.policy", "jhub_spark_scaler.observe"): {"model", "shuffle"},
-               ("jhub_spark_scaler.hub",): {"constants", "driver_user", "jvm_archives"}}
+               ("jhub_spark_scaler.hub",): {"constants", "driver_user", "jvm_archives", "spawner_env"}}
     for contract in (c for c in contracts if c["type"] == "forbidden"):
         sources = tuple(contract["source_modules"])
         internal = {m.split(".", 1)[1] for m in contract["forbidden_modules"]

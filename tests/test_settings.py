@@ -166,4 +166,4 @@ def test_the_hub_side_imports_no_service_module():
                           cwd=ROOT, timeout=60)
     assert done.stdout.split() == ["jhub_spark_scaler", "jhub_spark_scaler.constants",
                                    "jhub_spark_scaler.driver_user", "jhub_spark_scaler.hub",
-                                   "jhub_spark_scaler.jvm_archives"]
+                                   "jhub_spark_scaler.jvm_archives", "jhub_spark_scaler.spawner_env"]
