@@ -191,6 +191,8 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("SparkScalerApp", "prewarm_profiles"): "any string may be a profile slug or a server name; one no "
                                             "server has lets none through, which the page shows",
     ("LocalBackend", "class_data_sharing"): "a Bool: both values are meaningful",
+    ("LocalBackend", "external_shuffle_service"): "a Bool: both values are meaningful",
+    ("KubernetesBackend", "external_shuffle_service"): "a Bool: both values are meaningful",
     ("LocalBackend", "allow_root"): "a Bool: both values are meaningful",
     ("LocalBackend", "start_master"): "a Bool: both values are meaningful",
     ("LocalBackend", "stop_on_exit"): "a Bool: both values are meaningful",
