@@ -63,19 +63,31 @@ def banner_password(out: Path) -> str | None:
     return found[1] if found else None
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(16):
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
 def server_environment(demo_pid: int) -> dict[str, str] | None:
-    """The environment of the notebook server the demo's hub started (its session's)."""
+    """The environment of the notebook server the demo's hub started (a process below it;
+    the spawner gives the server a session of its own)."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not descends_from(int(entry.name), demo_pid):
             continue
         try:
-            if os.getsid(int(entry.name)) != demo_pid:
-                continue
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             if not any(b"singleuser" in a or b"labhub" in a for a in argv):
                 continue
             pairs = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
+        except OSError:
             continue
         return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
     return None
