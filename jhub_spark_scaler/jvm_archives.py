@@ -80,16 +80,11 @@ BUILD_ATTEMPTS = 3
 _WORKLOAD = """
 import os, signal, sys, time
 from pyspark.sql import SparkSession
+from jhub_spark_scaler.jvm_archives import wait_gone
 
 def gone(pid):
-    end = time.monotonic() + float(os.environ["JVM_ARCHIVES_WAIT"])
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    sys.exit(f"process {pid} did not exit")
+    if not wait_gone(pid, timeout=float(os.environ["JVM_ARCHIVES_WAIT"])):
+        sys.exit(f"process {pid} did not exit")
 
 def executor_jvm(_rows):
     pid = os.getpid()
@@ -216,21 +211,24 @@ def _dump(tmp: str, roles: list[str], *, java: str, spark_home: str, python: str
                          timeout=BUILD_TIMEOUT)
     if run.returncode != 0:
         raise RuntimeError(f"jvm_archives: the throwaway Spark app failed: {run.stderr.strip()[-2000:]}")
-    _wait_gone(int(run.stdout.split()[-1]), timeout=BUILD_TIMEOUT / 3)  # the driver JVM, dumping
+    # the driver JVM, dumping (its dump is checked whether or not it is gone by then)
+    wait_gone(int(run.stdout.split()[-1]), timeout=BUILD_TIMEOUT / 3)
     if "executor" in dumps:
         dumps["executor"] += ".done"
     return dumps
 
 
-def _wait_gone(pid: int, *, timeout: float) -> None:
-    """Until process `pid` has exited (at most `timeout` s: its dump is then checked anyway)."""
+def wait_gone(pid: int, *, timeout: float) -> bool:
+    """Until process `pid` has exited, at most `timeout` s; whether it did. Also the
+    throwaway app's, which imports it."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.2)
+    return False
 
 
 def check(path: str, *, java: str, spark_home: str) -> None:
