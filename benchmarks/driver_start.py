@@ -270,9 +270,9 @@ async def tuned_main(runs: int, backends: list[str], long: bool) -> None:
     command = f"--tuned --runs {runs} --backend {'both' if len(backends) > 1 else backends[0]}" + \
         (" --long" if long else "")
     write_section("Tuned driver and executor JVMs" + (": long jobs, C1 only or not" if long else ""), [
-        f"`nice -n 19 python benchmarks/driver_start.py {command}` on {machine()}, while a soak and other "
-        "test runs loaded the same 2 CPUs (load average 6 to 27: absolute times are loaded ones and "
-        "vary run to run; the kinds take turns and the ratios are taken turn by turn). One "
+        f"`python benchmarks/driver_start.py {command}` on {machine()}; the kinds take turns and the "
+        "ratios are taken turn by turn. Kubernetes: the tests' real kube-apiserver with the stand-in "
+        "kubelet (tests/kubelet.py: each worker pod runs as a local process). One "
         "notebook-like driver at a time against one ready worker: seconds "
         "from just before getOrCreate() to its first executor and to the end of a first 1-task "
         "job, median (min-max). \"defaults\": Spark's JVMs; \"tuned\": jhub_spark_scaler.jvm_archives' "
