@@ -173,6 +173,9 @@ def build(directory: str, *, java: str, spark_home: str, python: str = sys.execu
           stable_names: bool = False, attempts: int = BUILD_ATTEMPTS) -> list[str]:
     """Write the driver's and the executor's archives into `directory` unless they exist;
     returns their paths. RuntimeError, naming what failed, if an archive cannot be written."""
+    # absolute: the throwaway app's JVMs dump from directories of their own (an executor
+    # runs in its worker's), where a relative path would name another file
+    directory = os.path.abspath(directory)
     targets = {role: archive(directory, role, java=java, spark_home=spark_home, stable_names=stable_names)
                for role in ROLES}
     os.makedirs(directory, exist_ok=True)

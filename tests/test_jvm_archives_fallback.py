@@ -31,17 +31,19 @@ CASES = ["archives", "missing", "stale", "garbage"]
 pytestmark = pytest.mark.spark
 
 
-def build_command(out: str) -> subprocess.CompletedProcess:
+def build_command(out: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jhub_spark_scaler.jvm_archives", "build", "--out", out],
-                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=900)
+                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=900,
+                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("jvm-archives"))
-    run = build_command(out)
+    """Built as `make demo` builds them: --out relative to the current directory."""
+    parent = tmp_path_factory.mktemp("demo-checkout")
+    run = build_command(".cache/jvm-archives", cwd=str(parent))
     assert run.returncode == 0, run.stderr
-    return out
+    return str(parent / ".cache" / "jvm-archives")
 
 
 @pytest.fixture(scope="module")
