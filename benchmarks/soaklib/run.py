@@ -18,7 +18,7 @@ from .cluster import SoakMaster, alive_hosts, sweep, worker_processes
 from .hub import Hub
 from .pool import PoolSampler
 from .strategies import OriginalAutoscaler, StaticPool
-from .users import Behaviour, SimulatedUser
+from .users import Behaviour, SimulatedUser, notebook_driver_env
 from .environments import WORKER_CORES
 
 log = logging.getLogger("soak")
@@ -98,7 +98,8 @@ async def run_strategy(env, config: RunConfig, workdir: Path) -> RunResult:
             await until(lambda: asyncio.to_thread(at_rest), timeout=_ready_within(config), interval=0.5,
                         what="the idle workers at rest")
         users = [SimulatedUser(f"user{i}", hub=hub, master_url=master.url, workdir=workdir / "users",
-                               seed=config.seed * 1000 + i, behaviour=config.behaviour)
+                               seed=config.seed * 1000 + i, behaviour=config.behaviour,
+                               driver_env=notebook_driver_env(f"user{i}"))
                  for i in range(1, config.users + 1)]
         sampler_task = asyncio.create_task(sampler.run(stop))
         started, t0, cpu_at_start = time.monotonic(), time.time(), _cpu_times()

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jhub_spark_scaler.driver_user import SUBMIT_OPTS, user_option
 from tests.waiting import until
 
 from .hub import Hub
@@ -65,6 +66,12 @@ def planned_sessions(rng: random.Random, behaviour: Behaviour) -> Iterator[tuple
         yield offset, {"open": rng.uniform(*b.open_delay), "jobs": rng.randint(*b.jobs),
                        "seed": rng.randrange(1 << 30), "linger": rng.uniform(*b.linger)}
         offset += b.session_allowance
+
+
+def notebook_driver_env(user: str) -> dict[str, str]:
+    """What `configure()` gives a notebook server of `user` for its Spark drivers, so the
+    master reports each soak app under its hub user, as in a deployment."""
+    return {SUBMIT_OPTS: user_option(user)}
 
 
 class SimulatedUser:
