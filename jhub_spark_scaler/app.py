@@ -323,6 +323,7 @@ class SparkScalerApp(Application):
         self.metrics = ScalerMetrics()
         self.pool_history = PoolHistory(interval=self.poll_interval)
         self.hub = self.make_hub_service(backend) if self.hub_api_url else None
+        self.leader.on_regain += [self.hub.keeper.reread] if self.hub else []
         self.reconciler: Reconciler | None = None  # events may arrive before it exists
         self._cycles: set[asyncio.Future] = set()  # the cycle in flight, if any
         try:
@@ -340,8 +341,7 @@ class SparkScalerApp(Application):
                 observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after),
                 log=self.log,
                 prewarm_credit=self.hub.credit if self.hub else lambda app_starts: 0,
-                decision_log_size=self.decision_log_size,
-                on_cycle=self.observe_cycle,
+                decision_log_size=self.decision_log_size, on_cycle=self.observe_cycle,
             )
             if self.hub:
                 self.hub.pool.attach(self.reconciler)
@@ -356,7 +356,8 @@ class SparkScalerApp(Application):
         finally:
             if self.hub:
                 self.hub.stop()
-                await self.hub.keeper.flush()  # the last change, while the backend's client is open
+                if self.leader.leading:  # standing by, the store is the active scaler's to write
+                    await self.hub.keeper.flush()  # the last change, while the backend's client is open
             await backend.shutdown()
             await self.leader.resign()
 
@@ -386,8 +387,7 @@ class SparkScalerApp(Application):
         """After each pass: metrics and the pool history for the admin page's chart."""
         self.metrics.observe_cycle(
             snapshot=report.snapshot, plan=report.plan, duration=report.duration,
-            started=len(report.started),
-            retired=len(report.retired),
+            started=len(report.started), retired=len(report.retired),
             stopped=report.stopped,
             action_errors=len(report.errors),
             hub_healthy=self.hub.activity.healthy if self.hub else None,

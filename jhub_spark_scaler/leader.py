@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .backends import Leadership
 from .errors import first_line
@@ -22,6 +23,14 @@ class Leader:
         self.leadership = leadership
         self.log = log
         self._standing_by: asyncio.Future | None = None
+        #: called when the pool is held again after a loss: what another scaler may have
+        #: changed meanwhile (the pre-warm history's store) must be read again
+        self.on_regain: list[Callable[[], None]] = []
+
+    @property
+    def leading(self) -> bool:
+        """Not standing by: the pool was held at the last renewal."""
+        return self._standing_by is None
 
     async def lead(self, *, wait: bool, stopping: asyncio.Event) -> bool:
         """Become the pool's active scaler (standing by first if `wait`); False if
@@ -55,6 +64,8 @@ class Leader:
                 self.log.error("cannot take over %s again: %s", self.leadership.what, first_line(error))
                 return False
             self.log.info("the active scaler of %s again", self.leadership.what)
+            for regained in self.on_regain:
+                regained()
         if await self.leadership.still_held():
             return True
         self.log.warning("no longer the active scaler of %s: standing by, acting on nothing",

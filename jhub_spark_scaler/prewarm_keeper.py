@@ -53,6 +53,12 @@ class PrewarmKeeper:
         if self.active:
             await self._guarded(self._load())
 
+    def reread(self) -> None:
+        """Another scaler may have written the store while this one stood by: read it
+        again (merged with what is in memory) before anything is written."""
+        self.loaded = False
+        self._last_try = -math.inf
+
     def tick(self, now: float) -> None:
         """Start a read (the store could not be read yet) or a write (the record changed) in
         the background, at most one per the store's `write_interval`; never waits."""

@@ -280,3 +280,21 @@ async def test_off_or_without_a_store_nothing_is_read_or_written():
         keeper.tick(1000.0)
         await keeper.flush()
     assert (store.reads, store.writes) == (0, 0)
+
+
+async def test_after_standing_by_the_store_is_read_again_before_it_is_written():
+    """Another scaler held the pool meanwhile and wrote its history: merged, not replaced."""
+    store = MemoryStore({"users": {"a": [[50.0, False]]}}, interval=30.0)
+    keeper = PrewarmKeeper(PrewarmHistory(keep=2), store=store, log=LOG)
+    await keeper.load()
+    store.doc = {"users": {"a": [[50.0, False]], "b": [[90.0, True]]}}  # the other scaler's write
+    ended(keeper.history, "a", started=100.0, at=110.0)
+    keeper.reread()  # the pool is held again
+    keeper.tick(120.0)
+    await settle(keeper)
+    assert (store.reads, store.writes) == (2, 0)  # read first, nothing written yet
+    assert keeper.history.users == {"a": [[50.0, False], [110.0, False]], "b": [[90.0, True]]}
+    keeper.tick(150.0)  # the next write has both
+    await settle(keeper)
+    assert store.writes == 1 and store.doc == {"users": {"a": [[50.0, False], [110.0, False]],
+                                                         "b": [[90.0, True]]}}
