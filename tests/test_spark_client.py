@@ -211,8 +211,8 @@ class KillHandler(RequestHandler):
             self.set_status(200)
         elif mode == "redirect":
             self.redirect("/", status=302)
-        elif mode == "refuse":
-            self.send_error(405)
+        elif mode == "refuse":  # Spark 4 without allow.mode=ALLOW (3.5 answers 405)
+            self.send_error(403)
         elif mode == "nohost":
             self.send_error(404)
 
@@ -314,7 +314,7 @@ async def test_decommission_refused_names_allow_mode(server):
         await SparkClient(server.url("refuse"), timeout=TIMEOUT).decommission_host("10.1.2.3")
     message = str(e.value)
     assert server.posts == [("refuse", ["10.1.2.3"])]
-    assert "405" in message and "10.1.2.3" in message
+    assert "403" in message and "10.1.2.3" in message
     assert "spark.master.ui.decommission.allow.mode" in message and "\n" not in message
 
 
