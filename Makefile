@@ -16,6 +16,7 @@ setup:
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
 	./scripts/install-promtool.sh
+	$(PY) scripts/build_spark_image.py
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup
