@@ -273,15 +273,20 @@ def add_user(rootfs: Path) -> None:
     os.chown(home, SPARK_UID, SPARK_UID)
 
 
+#: Files left out of the image: ca-certificates-java writes Java's TLS trust store with the
+#: time of the build in it (the one file two builds differed in); Spark standalone uses no TLS.
+LEFT_OUT = ("etc/ssl/certs/java/cacerts",)
+
+
 def customize(rootfs: Path) -> None:
     """/opt/spark, the user, and no trace of the building machine (its resolver, name and
-    apt mirrors: the manifest says what the image holds)."""
+    apt mirrors: the manifest says what the image holds) or of the time of the build."""
     pyspark = f"/usr/local/lib/python{python_version()}/dist-packages/pyspark"
     if not (rootfs / pyspark.lstrip("/") / "bin" / "spark-class").is_file():
         raise BuildError(f"pip left no {pyspark}/bin/spark-class in the image")
     (rootfs / SPARK_HOME.lstrip("/")).symlink_to(pyspark)
     add_user(rootfs)
-    for name in ("etc/resolv.conf", "etc/hostname"):
+    for name in ("etc/resolv.conf", "etc/hostname", *LEFT_OUT):
         (rootfs / name).unlink(missing_ok=True)
     for path in (rootfs / "etc" / "apt" / "sources.list.d").glob("*"):
         path.unlink()
@@ -303,7 +308,7 @@ def manifest(rootfs: Path, *, wheels: list[Path], epoch: int) -> dict:
                 digest.update(block)
         digests[wheel.name] = digest.hexdigest()
     return {"image": image_name(), "key": key(), "inputs": inputs(), "source_date_epoch": epoch,
-            "debian_packages": debian, "wheels_sha256": digests}
+            "debian_packages": debian, "wheels_sha256": digests, "left_out": ["/" + f for f in LEFT_OUT]}
 
 
 TAR_OPTIONS = ["--sort=name", "--numeric-owner", "--format=pax",
@@ -330,7 +335,8 @@ def oci_archive(layer: Path, archive: Path, *, epoch: int, work: Path) -> None:
     layout = work / "oci"
     ref = f"{layout}:{image_tag()}"
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-    what = f"built by scripts/build_spark_image.py from Debian {SUITE} and pyspark {image_tag()}"
+    what = (f"scripts/build_spark_image.py: Debian {SUITE} ({', '.join(PACKAGES)}), "
+            f"pyspark {importlib.metadata.version('pyspark')}")
     for args in (["init", "--layout", str(layout)], ["new", "--image", ref],
                  ["raw", "add-layer", "--image", ref, "--history.created", created,
                   "--history.created_by", what, str(layer)],

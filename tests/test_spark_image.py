@@ -104,9 +104,12 @@ def test_the_manifest_lists_every_debian_package_and_the_wheels(image, rootfs):
                               f"pyspark-{PYSPARK}-py2.py3-none-any.whl"]
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in wheels.values())
     assert image.manifest["inputs"] == build_spark_image.inputs()
-    # nothing of the building machine: no apt mirror, resolver or host name
+    # nothing of the building machine: no apt mirror, resolver or host name; nor of the time
+    # of the build: Java's trust store, which carries it, is left out (and said so)
     assert list((rootfs / "etc" / "apt" / "sources.list.d").iterdir()) == []
     assert not (rootfs / "etc" / "resolv.conf").exists() and not (rootfs / "etc" / "hostname").exists()
+    assert image.manifest["left_out"] == ["/etc/ssl/certs/java/cacerts"]
+    assert not (rootfs / "etc" / "ssl" / "certs" / "java" / "cacerts").exists()
 
 
 def test_its_python_pyspark_java_tini_and_user_are_what_the_pods_need(image, rootfs):
