@@ -17,11 +17,12 @@ jhub-spark-scaler/spark:<pyspark>-py<major.minor>; containerd's `ctr images impo
 docker.io/jhub-spark-scaler/spark:<tag> (the archive's io.containerd.image.name).
 
 Reproducible: every file time is clamped to SOURCE_DATE_EPOCH (by default the Date of the
-Debian archive's Release file), files are stored sorted with numeric owners, and a manifest
-of every Debian package's version and each wheel's sha256 is in the image
-(/usr/share/jhub-spark-scaler/image-manifest.json) and beside the archive. The archive is
-named by a digest of the inputs (this script, the package list, the pyspark, py4j and Python
-versions, the apt sources): with the archive there, a second run does nothing.
+Debian archive's Release file), files are stored sorted with numeric owners, and what carries
+the time of the build is left out (LEFT_OUT): two builds from the same archive state give
+byte-identical archives. A manifest of every Debian package's version and each wheel's sha256
+is in the image (/usr/share/jhub-spark-scaler/image-manifest.json) and beside the archive.
+The archive is named by a digest of the inputs (this script, the package list, the pyspark,
+py4j and Python versions, the apt sources): with the archive there, a second run does nothing.
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ def check_python(apt: PrivateApt) -> str:
 
 
 def fetch_wheels(directory: Path) -> list[Path]:
-    """pyspark and py4j wheels at the virtualenv's versions (pip builds pyspark's wheel from its
-    sdist once and keeps it in its cache)."""
+    """pyspark and py4j wheels at the virtualenv's versions, into `directory` (pip builds
+    pyspark's wheel from its sdist once and keeps it in its own cache)."""
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("pyspark", "py4j")]
     directory.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
@@ -384,7 +385,7 @@ def build(archive: Path) -> dict:
         check_python(apt)
         fetch_tools(apt)
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or apt.release_date())
-        wheels = fetch_wheels(cache_dir() / "wheels")
+        wheels = fetch_wheels(work / "wheels")
         rootfs = work / "rootfs"
         debootstrap(apt, rootfs, epoch=epoch, work=work)
         install_wheels(rootfs, wheels)
