@@ -246,3 +246,17 @@ def test_a_second_build_from_a_warm_cache_does_nothing(image):
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert seconds < 1, f"{seconds:.2f} s"
     assert {p: p.stat().st_mtime_ns for p in image.archive.parent.iterdir()} == before
+
+
+def test_a_debian_python_other_than_the_suites_stops_the_build_with_one_line():
+    class Apt:
+        def candidate(self, package):
+            return {"python3": "3.12.6-1"}[package]
+
+    with pytest.raises(build_spark_image.BuildError) as caught:
+        build_spark_image.check_python(Apt())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"python3 is 3.12 (3.12.6-1), the suite's interpreter {sys.executable} is {SUITE_PYTHON}" \
+        in message
+    assert message.endswith("run the suite on Python 3.12")
