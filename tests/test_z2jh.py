@@ -6,7 +6,9 @@ JupyterHub config (tests/data/z2jh-4.4.0/hub/, a stand-in for z2jh.py and the ch
 jupyterhub_config.py) runs hub.extraConfig's configure() and yields one service, its roles
 and the hooks; every manifest passes kubernetes-validate --strict (1.30); the network
 policies admit exactly what they say, for the labels the code and the values give the
-pods; the hub image recipe builds the package; the guide's commands name what these tests use.
+pods; the hub image recipe builds the package; the notebooks and the Spark pods run one image,
+whose recipe pins the suite's pyspark on the Debian suite of the tests' image; the guide's
+commands name what these tests use.
 
 On the real kube-apiserver: server-side dry run of every manifest the guide applies. On a
 real JupyterHub (MockHub): the values start the scaler as the hub's service, which works
