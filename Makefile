@@ -12,10 +12,13 @@ setup:
 
 ## What only the tests need: a kube-apiserver + etcd built from Debian's sources
 ## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes), and
-## promtool unpacked from Debian's prometheus package (about 1 s).
+## promtool unpacked from Debian's prometheus package (about 1 s), and the Spark image
+## of the Kubernetes tests from Debian packages and the suite's pyspark (once per machine
+## and pyspark/Python version: about 4 minutes; scripts/build_spark_image.py).
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
 	./scripts/install-promtool.sh
+	$(PY) scripts/build_spark_image.py
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup

@@ -6,7 +6,9 @@ JupyterHub config (tests/data/z2jh-4.4.0/hub/, a stand-in for z2jh.py and the ch
 jupyterhub_config.py) runs hub.extraConfig's configure() and yields one service, its roles
 and the hooks; every manifest passes kubernetes-validate --strict (1.30); the network
 policies admit exactly what they say, for the labels the code and the values give the
-pods; the hub image recipe builds the package; the guide's commands name what these tests use.
+pods; the hub image recipe builds the package; the notebooks and the Spark pods run one image,
+whose recipe pins the suite's pyspark on the Debian suite of the tests' image; the guide's
+commands name what these tests use.
 
 On the real kube-apiserver: server-side dry run of every manifest the guide applies. On a
 real JupyterHub (MockHub): the values start the scaler as the hub's service, which works
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.metadata
 import json
 import os
 import re
@@ -53,6 +56,7 @@ from jhub_spark_scaler.spark import SparkClient
 
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config, start_server
 from .settings import HTTP_TIMEOUT
+from .spark_image import build_spark_image
 from .waiting import always, until
 
 HERE = Path(__file__).resolve().parent
@@ -594,6 +598,45 @@ def test_hub_image_recipe_builds_from_the_charts_hub_image(tmp_path):
     assert ignored[ignored.index("*"):] == ["*", "!pyproject.toml", "!README.md", "!jhub_spark_scaler",
                                             "**/__pycache__"]
     assert VALUES["hub"]["image"]["tag"].startswith(f"{Z2JH_VERSION}-")
+
+
+# ---- the notebook and Spark image -----------------------------------------------------------
+
+
+def dockerfile_args(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+
+
+def test_the_notebooks_and_the_spark_pods_run_one_image_with_the_suites_spark_and_python():
+    """helm-values/spark-image/Dockerfile is the production twin of the tests' image
+    (scripts/build_spark_image.py, run by tests/test_spark_image.py): the same Debian suite and
+    packages (whose python3 that build checks against the suite's) and the suite's pyspark."""
+    singleuser = VALUES["singleuser"]["image"]
+    image = f"{singleuser['name']}:{singleuser['tag']}"
+    assert SCALER["KubernetesBackend__image"] == image, "the workers run the notebooks' image"
+    (master,) = [d for d in load_all(HELM / "spark-master.yaml") if d["kind"] == "Deployment"]
+    assert [c["image"] for c in master["spec"]["template"]["spec"]["containers"]] == [image]
+    text = (HELM / "spark-image" / "Dockerfile").read_text()
+    args = dockerfile_args(text)
+    pyspark = importlib.metadata.version("pyspark")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert args["PYSPARK_VERSION"] == pyspark
+    assert singleuser["tag"] == f"{pyspark}-py{python}", "tagged <pyspark>-py<major.minor>"
+    assert args["DEBIAN_SUITE"] == build_spark_image.SUITE
+    assert re.search(r"^FROM debian:\$\{DEBIAN_SUITE\}-slim$", text, re.M), "a Debian base, no registry named"
+    (install,) = re.findall(r"apt-get install (.+?) \\?$", text, re.M)
+    assert set(build_spark_image.PACKAGES) <= set(install.split())
+    for name in ("PYSPARK", "JUPYTERHUB", "JUPYTERLAB"):
+        assert re.fullmatch(r"\d+\.\d+\.\d+", args[f"{name}_VERSION"]), f"{name} pinned"
+        assert f'"{name.lower()}==${{{name}_VERSION}}"' in text, f"{name} installed at its pin"
+    # the users: the chart's notebook uid and group, the workers' and the master's uid
+    assert f"useradd --uid {VALUES['singleuser']['uid']} --gid {VALUES['singleuser']['fsGid']} " in text
+    assert f"useradd --uid {RUN_AS_USER} --gid {RUN_AS_USER} " in text
+    assert master["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
+    assert text.strip().splitlines()[-1] == f"USER {VALUES['singleuser']['uid']}"
+    ignored = (HELM / "spark-image" / "Dockerfile.dockerignore").read_text().split()
+    assert ignored[ignored.index("*"):] == ["*", "!pyproject.toml", "!README.md", "!jhub_spark_scaler",
+                                            "**/__pycache__"]
 
 
 def build_package(source: Path, out: Path) -> subprocess.CompletedProcess:
