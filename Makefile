@@ -10,11 +10,14 @@ setup:
 	./scripts/install-proxy.sh
 	./scripts/install-browser.sh
 
-## What only the tests need: a kube-apiserver + etcd built from Debian's sources
-## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes), and
+## What only the tests need, once per machine, cached in ~/.cache/jhub-spark-scaler:
+## kube-apiserver, kubelet, kube-scheduler, kube-controller-manager and kube-proxy built
+## from Debian's sources, and etcd (about 8 minutes on 2 idle cores); containerd, runc,
+## the CNI plugins and the real node's two test images from Debian packages (about 15 s);
 ## promtool unpacked from Debian's prometheus package (about 1 s).
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
+	./scripts/install-kube-node.sh
 	./scripts/install-promtool.sh
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.

@@ -1,0 +1,230 @@
+"""What the stand-in kubelet (tests/kubelet.py) cannot show, on the real node
+(tests/kube_node.py): memory limits in real cgroups, OOM kills by the real runtime, pod IPs
+from the CNI bridge, the real scheduler's reasons, the real controllers' Deployments and
+garbage collection, and signals to PID 1 of a container."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jhub_spark_scaler.backends.worker_pod import owner_reference, pod_problem
+
+from .kube_node import BUSYBOX_IMAGE
+from .waiting import always, until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def busybox_pod(name: str, script: str, *, memory: str | None = None, grace: int = 30,
+                labels: dict | None = None) -> dict:
+    """A pod that runs `script` with busybox's sh as the container's PID 1."""
+    container = {"name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", script]}
+    if memory:
+        container["resources"] = {"limits": {"memory": memory}}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {"test": name}},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace,
+                     "containers": [container]}}
+
+
+class Inbox:
+    """A TCP server on the node's host address: every connection's data, as one line each."""
+
+    def __init__(self):
+        self.lines: asyncio.Queue[str] = asyncio.Queue()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str) -> int:
+        async def handle(reader, writer):
+            data = await reader.read(4096)
+            await self.lines.put(data.decode(errors="replace").strip())
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, host, 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def next(self, timeout: float) -> str:
+        return await asyncio.wait_for(self.lines.get(), timeout)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+async def inbox(real_node):
+    box = Inbox()
+    box.port = await box.start(real_node.host_address)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+@pytest.fixture
+async def core(real_node):
+    async with await real_node.api_client("admin") as api:
+        yield client.CoreV1Api(api)
+
+
+async def pod_dict(core, name: str, namespace: str) -> dict | None:
+    try:
+        pod = await core.read_namespaced_pod(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return core.api_client.sanitize_for_serialization(pod)
+
+
+async def running(core, name: str, namespace: str, timeout: float = 90) -> dict:
+    async def check():
+        pod = await pod_dict(core, name, namespace)
+        phase = (pod or {}).get("status", {}).get("phase")
+        assert phase not in ("Failed", "Succeeded"), f"pod {name} ended: {pod['status']}"
+        return pod if phase == "Running" else None
+
+    return await until(check, timeout=timeout, what=f"pod {name} to run", interval=0.3)
+
+
+async def gone(core, name: str, namespace: str, timeout: float) -> None:
+    async def check():
+        return await pod_dict(core, name, namespace) is None
+
+    await until(check, timeout=timeout, what=f"pod {name} to be deleted", interval=0.2)
+
+
+async def test_memory_limit_in_cgroup_and_pod_network(real_node, core, inbox):
+    ns = real_node.namespace
+    script = (f"echo hello-from-$$ | nc -w 5 {real_node.host_address} {inbox.port}; "
+              "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 8080 -h /www")
+    await core.create_namespaced_pod(ns, busybox_pod("limited", script, memory="64Mi"))
+    pod = await running(core, "limited", ns)
+
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in real_node.subnet
+    assert await inbox.next(timeout=30) == "hello-from-1"  # the pod reached the host; sh was PID 1
+
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://")[1]
+    memory = next(d for d in real_node.cgroups.dirs if d.parent.name == "memory")
+    limits = list(memory.rglob(f"pod{pod['metadata']['uid']}/{container_id}/memory.limit_in_bytes"))
+    assert len(limits) == 1, limits
+    assert int(limits[0].read_text()) == 64 * 1024 * 1024
+
+    async with aiohttp.ClientSession() as http:  # the host reaches the pod
+        async def page():
+            async with http.get(f"http://{pod['status']['podIP']}:8080/index.html") as r:
+                return await r.text()
+
+        assert (await until(page, timeout=20, what="the pod's httpd", ignore=(aiohttp.ClientError,))
+                ).strip() == "page"
+    await core.delete_namespaced_pod("limited", ns, grace_period_seconds=0)
+
+
+async def test_over_its_memory_limit_the_container_is_oom_killed(real_node, core):
+    ns = real_node.namespace
+    # dd fills a 64 MiB buffer inside a 32 MiB limit
+    await core.create_namespaced_pod(ns, busybox_pod(
+        "hungry", "exec dd if=/dev/zero of=/dev/null bs=64M count=1", memory="32Mi"))
+
+    async def terminated():
+        pod = await pod_dict(core, "hungry", ns)
+        statuses = pod["status"].get("containerStatuses") or ()
+        return statuses and (statuses[0]["state"].get("terminated") or None)
+
+    state = await until(terminated, timeout=90, what="the hungry container to end", interval=0.3)
+    assert state["reason"] == "OOMKilled", state
+    assert state["exitCode"] == 137, state
+    assert (await pod_dict(core, "hungry", ns))["status"]["phase"] == "Failed"
+    await core.delete_namespaced_pod("hungry", ns, grace_period_seconds=0)
+
+
+async def test_deployment_comes_up_and_its_dependents_are_garbage_collected(real_node, core):
+    ns = real_node.namespace
+    apps = client.AppsV1Api(core.api_client)
+    labels = {"app": "owner"}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "owner", "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "touch /tmp/ready; exec sleep 600"],
+                "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+            }]}}},
+    }
+    created = await apps.create_namespaced_deployment(ns, deployment)
+
+    async def available():
+        d = await apps.read_namespaced_deployment("owner", ns)
+        return (d.status.available_replicas or 0) == 1
+
+    await until(available, timeout=120, what="the Deployment to be available", interval=0.5)
+    sets = (await apps.list_namespaced_replica_set(ns, label_selector="app=owner")).items
+    assert len(sets) == 1 and sets[0].metadata.owner_references[0].uid == created.metadata.uid
+
+    # a pod owned by the Deployment as the scaler's workers are owned by the master's
+    owner = core.api_client.sanitize_for_serialization(created)
+    owned = busybox_pod("owned", "exec sleep 600", grace=1)
+    owned["metadata"]["ownerReferences"] = [owner_reference({**owner, "apiVersion": "apps/v1",
+                                                             "kind": "Deployment"})]
+    await core.create_namespaced_pod(ns, owned)
+    await running(core, "owned", ns)
+
+    await apps.delete_namespaced_deployment("owner", ns, propagation_policy="Background")
+
+    async def collected():
+        sets = (await apps.list_namespaced_replica_set(ns, label_selector="app=owner")).items
+        pods = (await core.list_namespaced_pod(ns, label_selector="app=owner")).items
+        return not sets and not pods and await pod_dict(core, "owned", ns) is None
+
+    await until(collected, timeout=90, what="the ReplicaSet and both pods to be collected", interval=0.5)
+
+
+async def test_unschedulable_pod_carries_the_schedulers_reason(real_node, core):
+    ns = real_node.namespace
+    pod = busybox_pod("too-big", "exec sleep 600")
+    pod["spec"]["containers"][0]["resources"] = {"requests": {"memory": "1000Gi"}}
+    await core.create_namespaced_pod(ns, pod)
+
+    async def unschedulable():
+        problem = pod_problem(await pod_dict(core, "too-big", ns))
+        return problem or None
+
+    problem = await until(unschedulable, timeout=60, what="the scheduler's verdict", interval=0.3)
+    assert problem == "Unschedulable: 0/1 nodes are available: 1 Insufficient memory.", problem
+    assert (await pod_dict(core, "too-big", ns))["status"]["phase"] == "Pending"
+    await core.delete_namespaced_pod("too-big", ns, grace_period_seconds=0)
+
+
+async def test_graceful_delete_sends_sigterm_to_pid_1_then_kills_after_the_grace_period(
+        real_node, core, inbox):
+    ns, host, port = real_node.namespace, real_node.host_address, inbox.port
+    report = f"nc -w 5 {host} {port}"
+    handles = (f"trap 'echo term-$$ | {report}; exit 0' TERM; echo up-$$ | {report}; "
+               "while true; do sleep 0.2; done")
+    ignores = f"trap '' TERM; echo deaf-$$ | {report}; while true; do sleep 0.2; done"
+    await core.create_namespaced_pod(ns, busybox_pod("polite", handles, grace=60))
+    await core.create_namespaced_pod(ns, busybox_pod("deaf", ignores, grace=4))
+    await running(core, "polite", ns)
+    await running(core, "deaf", ns)
+    assert sorted([await inbox.next(30), await inbox.next(30)]) == ["deaf-1", "up-1"]
+
+    started = time.monotonic()
+    await core.delete_namespaced_pod("polite", ns, grace_period_seconds=60)
+    assert await inbox.next(timeout=30) == "term-1"  # PID 1 itself got SIGTERM
+    await gone(core, "polite", ns, timeout=30)
+    assert time.monotonic() - started < 30, "the pod that exited on SIGTERM waited for its grace period"
+
+    started = time.monotonic()
+    await core.delete_namespaced_pod("deaf", ns, grace_period_seconds=4)
+    await always(lambda: inbox.lines.empty(), seconds=2, what="the deaf pod reported a signal")
+    await gone(core, "deaf", ns, timeout=60)
+    took = time.monotonic() - started
+    assert 4 <= took < 40, f"the pod that ignores SIGTERM was gone after {took:.1f} s (grace 4 s)"
