@@ -345,10 +345,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
 
 async def _run(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 120)
+    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed with {process.returncode}: {err.decode(errors='replace')}")
+        error = err.decode(errors="replace")
+        raise RuntimeError(f"{' '.join(args)} failed with {process.returncode}: {error}")
     return out.decode()
 
 
