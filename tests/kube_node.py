@@ -11,7 +11,7 @@ NodeRestriction and ServiceAccount admission plugins, and token users for the no
 --use-service-account-credentials: one service account per controller).
 
 The controller-manager runs only the service account, token, garbage collector,
-ReplicaSet and Deployment controllers. No kube-proxy runs (Services get no traffic) and
+ReplicaSet, Deployment and node lifecycle controllers. No kube-proxy runs (Services get no traffic) and
 there is no DNS: pods reach the host at `host_address`, and the host reaches pod IPs.
 
 What runs where (names carry the test process's PID, so two sessions never share one):
@@ -48,6 +48,7 @@ mount in it) ends, the cgroups and the bridge are removed, and the control plane
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -69,7 +70,10 @@ NODE_NAME = "real-node"
 #: the images scripts/install-kube-node.sh builds: name -> OCI archive
 PAUSE_IMAGE = "localhost/jss/pause:test"
 BUSYBOX_IMAGE = "localhost/jss/busybox:test"
-CONTROLLERS = "serviceaccount,serviceaccount-token,garbagecollector,replicaset,deployment"
+#: nodelifecycle takes off the not-ready taint the kubelet registers the node with
+CONTROLLERS = "serviceaccount,serviceaccount-token,garbagecollector,replicaset,deployment,nodelifecycle"
+
+_serial = itertools.count()
 
 USERS = {
     "node": (f"system:node:{NODE_NAME}", ["system:nodes", "system:authenticated"]),
@@ -105,8 +109,8 @@ class RealNode:
         self.workdir = Path(workdir)
         self.namespace = namespace
         self.start_timeout = start_timeout
-        tag = os.getpid()
-        self.bridge = Bridge(f"jss{tag}", free_subnet())
+        tag = f"{os.getpid()}n{next(_serial)}"  # two nodes of one session: two names
+        self.bridge = Bridge(f"jss{tag}", free_subnet())  # at most 15 characters
         self.cgroups = CgroupTree(f"jss-node-{tag}")
         self.mounts = MountNamespace(self.workdir / "mountns")
         self.cluster = KubeCluster(self.workdir / "control-plane", namespace=namespace, users=USERS,
@@ -314,7 +318,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         """Stop and remove everything, whatever state start() got to."""
         try:
             if self.processes.get("kubelet") and self.processes["kubelet"].poll() is None:
-                await self._delete_workloads()
+                await self.delete_workloads()
+        except (ApiException, OSError, AssertionError) as e:
+            # the kills below still end every container; say why they had to
+            print(f"real node teardown: pods not stopped through the API: {e}")
         finally:
             for name in ("kubelet", "kube-controller-manager", "kube-scheduler", "containerd"):
                 stop_process(self.processes.pop(name, None), 10)
@@ -323,25 +330,47 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             self.bridge.delete()
             self.cluster.stop()
 
-    async def _delete_workloads(self, timeout: float = 60) -> None:
+    async def delete_workloads(self, timeout: float = 60) -> None:
         """Delete Deployments, ReplicaSets and pods in every namespace and wait until the
         kubelet has stopped the pods' containers (it then deletes the pods for good)."""
-        try:
-            async with await self.api_client() as api:
-                apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-                for ns in (await core.list_namespace()).items:
-                    name = ns.metadata.name
-                    await apps.delete_collection_namespaced_deployment(name)
-                    await apps.delete_collection_namespaced_replica_set(name)
-                    await core.delete_collection_namespaced_pod(name, grace_period_seconds=1)
+        async with await self.api_client() as api:
+            apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+            for ns in (await core.list_namespace()).items:
+                name = ns.metadata.name
+                await apps.delete_collection_namespaced_deployment(name)
+                await apps.delete_collection_namespaced_replica_set(name)
+                await core.delete_collection_namespaced_pod(name, grace_period_seconds=1)
 
-                async def none_left():
-                    return not (await core.list_pod_for_all_namespaces()).items
+            async def none_left():
+                return not (await core.list_pod_for_all_namespaces()).items
 
-                await until(none_left, timeout=timeout, what="the node's pods to be gone", interval=0.5)
-        except (ApiException, OSError, AssertionError) as e:
-            # the kill below still ends every container; say why it had to
-            print(f"real node teardown: pods not stopped through the API: {e}")
+            await until(none_left, timeout=timeout, what="the node's pods to be gone", interval=0.5)
+
+    def leftovers(self) -> list[str]:
+        """What of this node still exists on the machine (nothing, after stop())."""
+        left = [f"process {pid}: {' '.join(args)}" for pid, args in _processes_under(self.workdir)]
+        if self.mounts.holder is not None:
+            left.append(f"mount namespace of process {self.mounts.holder.pid}")
+        left += [f"cgroup {d}" for d in self.cgroups.dirs if d.exists()]
+        if Path("/sys/class/net", self.bridge.name).exists():
+            left.append(f"bridge {self.bridge.name}")
+        with open("/proc/self/mountinfo") as f:
+            left += [f"mount {line.split()[4]}" for line in f if str(self.workdir) in line]
+        return left
+
+
+def _processes_under(workdir: Path) -> list[tuple[int, list[str]]]:
+    """The processes whose command line names a path under `workdir`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if any(str(workdir) in a for a in args):
+                found.append((int(proc.name), args))
+    return found
 
 
 async def _run(*args: str) -> str:

@@ -6,7 +6,7 @@ removed again; nothing else on the machine is changed.
   (the range reserved for benchmarking) that no interface of the machine uses. The bridge
   holds the .1 address, so the test process reaches pod IPs through it and pods reach the
   host there; nothing routes or masquerades, so no packet leaves the machine.
-- `CgroupTree`: one directory of the node's own in every cgroup v1 hierarchy, the kubelet's
+- `CgroupTree`: one directory of the node's own in every cgroup hierarchy, the kubelet's
   --cgroup-root: every pod's cgroups are below it, so its processes can be found and killed.
 - `MountNamespace`: a private mount namespace for containerd and the kubelet. /run,
   /var/lib and /var/log are bind mounts of the node's own directories there (containerd
@@ -67,13 +67,12 @@ class Bridge:
 
 
 class CgroupTree:
-    """Directory `name` in every cgroup v1 hierarchy (the unified one of a hybrid host is
-    left alone: with the cgroupfs driver neither the kubelet nor runc use it)."""
+    """Directory `name` in every cgroup hierarchy (runc also makes the containers' cgroups in
+    the unified hierarchy of a hybrid host like this one)."""
 
     def __init__(self, name: str):
         self.name = name.strip("/")
-        self.dirs = [h / self.name for h in sorted(CGROUP_FS.iterdir())
-                     if h.name != "unified" and (h / "cgroup.procs").exists()]
+        self.dirs = [h / self.name for h in sorted(CGROUP_FS.iterdir()) if (h / "cgroup.procs").exists()]
 
     @property
     def path(self) -> str:

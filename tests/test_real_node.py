@@ -16,7 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_spark_scaler.backends.worker_pod import owner_reference, pod_problem
 
-from .kube_node import BUSYBOX_IMAGE
+from .kube_node import BUSYBOX_IMAGE, RealNode, install, node_installed
 from .waiting import always, until
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,9 +24,10 @@ pytestmark = pytest.mark.timeout(300)
 
 def busybox_pod(name: str, script: str, *, memory: str | None = None, grace: int = 30,
                 labels: dict | None = None) -> dict:
-    """A pod that runs `script` with busybox's sh as the container's PID 1."""
+    """A pod that runs `script` with busybox's sh as the container's PID 1 (every $ escaped
+    from Kubernetes' $(VAR) expansion, so $$ is the shell's PID)."""
     container = {"name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                 "command": ["sh", "-c", script]}
+                 "command": ["sh", "-c", script.replace("$", "$$")]}
     if memory:
         container["resources"] = {"limits": {"memory": memory}}
     return {"apiVersion": "v1", "kind": "Pod",
@@ -70,8 +71,11 @@ async def inbox(real_node):
 
 @pytest.fixture
 async def core(real_node):
+    """The real node's CoreV1Api as "admin". What a test leaves on the node, even failing,
+    is deleted after it: every test starts on an empty node."""
     async with await real_node.api_client("admin") as api:
         yield client.CoreV1Api(api)
+    await real_node.delete_workloads()
 
 
 async def pod_dict(core, name: str, namespace: str) -> dict | None:
@@ -91,7 +95,11 @@ async def running(core, name: str, namespace: str, timeout: float = 90) -> dict:
         assert phase not in ("Failed", "Succeeded"), f"pod {name} ended: {pod['status']}"
         return pod if phase == "Running" else None
 
-    return await until(check, timeout=timeout, what=f"pod {name} to run", interval=0.3)
+    try:
+        return await until(check, timeout=timeout, what=f"pod {name} to run", interval=0.3)
+    except AssertionError as e:
+        status = (await pod_dict(core, name, namespace) or {}).get("status")
+        raise AssertionError(f"{e}; its status: {status}") from None
 
 
 async def gone(core, name: str, namespace: str, timeout: float) -> None:
@@ -228,3 +236,21 @@ async def test_graceful_delete_sends_sigterm_to_pid_1_then_kills_after_the_grace
     await gone(core, "deaf", ns, timeout=60)
     took = time.monotonic() - started
     assert 4 <= took < 40, f"the pod that ignores SIGTERM was gone after {took:.1f} s (grace 4 s)"
+
+
+async def test_a_start_that_fails_halfway_leaves_nothing_behind(tmp_path):
+    if not node_installed():
+        install()
+
+    class BrokenKubelet(RealNode):  # everything else starts; the kubelet refuses its config
+        def _kubelet_config(self, root):
+            return {**super()._kubelet_config(root), "imageGCHighThresholdPercent": 101}
+
+    node = BrokenKubelet(tmp_path / "node", start_timeout=60)
+    try:
+        with pytest.raises(RuntimeError, match="kubelet exited"):
+            await node.start()
+        left = node.leftovers()
+    finally:
+        await node.stop()  # nothing to do, unless start() did not fail
+    assert left == []
