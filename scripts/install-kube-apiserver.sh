@@ -24,7 +24,11 @@ fi
 mkdir -p "$bin"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-echo "install-kube-apiserver: building ${missing[*]:-etcd} (v1.20.2) from Debian source into $bin" >&2
+if [ "${#missing[@]}" != 0 ]; then
+    echo "install-kube-apiserver: building ${missing[*]} (v1.20.2) from Debian source into $bin" >&2
+else
+    echo "install-kube-apiserver: unpacking etcd from Debian's etcd-server into $bin" >&2
+fi
 started=$SECONDS
 
 . "$(dirname "$0")/lib/private-apt.sh"

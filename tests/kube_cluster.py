@@ -1,6 +1,7 @@
 """A real, minimal Kubernetes control plane for tests: etcd and kube-apiserver on loopback.
 
-No scheduler, no controller-manager, no kubelet (see tests/kubelet.py for a stand-in),
+No scheduler, no controller-manager, no kubelet (see tests/kubelet.py for a stand-in,
+tests/kube_node.py for a real node on a KubeCluster of its own),
 so no pod ever runs, no service account token is ever created, and nothing
 garbage-collects. What there is: the real API with RBAC, admission, validation,
 resourceVersions, watches, graceful deletion and static-token users.

@@ -23,6 +23,12 @@ run in a mount namespace of their own (tests/node_host.py); the bridge, a /24 fr
 198.18.0.0/15, has `ipMasq: false` and no gateway, so nothing is forwarded or routed.
 
 What had to be turned off in this VM, and why:
+- Lowering OOM scores. Root here has every capability but CAP_SYS_RESOURCE, so no process
+  may lower an oom_score_adj. containerd gives a pod sandbox an oom_score_adj below its own
+  unless `restrict_oom_score_adj` is set, and runc then fails every sandbox with "can't get
+  final child's PID from pipe: EOF". With it set, a container's score is never below
+  containerd's. The kubelet's own -999 ("write /proc/self/oom_score_adj: permission
+  denied") and its file-handle rlimit fail for the same reason; it logs that and goes on.
 - Kernel sysctls. At start the kubelet v1.20 sets vm.overcommit_memory=1, kernel.panic=10
   and kernel.panic_on_oops=1 on the whole machine (or, with --protect-kernel-defaults,
   refuses to start). In its mount namespace those three /proc/sys files are bind mounts of
@@ -34,9 +40,24 @@ What had to be turned off in this VM, and why:
 - Eviction thresholds near zero (memory 1Mi, disk 1 %) and image garbage collection at
   100 % disk: the disk is shared with other work and the node must not evict test pods
   because of it.
-- The kubelet's own API (port of its own on the bridge address) accepts no one: anonymous
-  and webhook authentication are off, so `kubectl logs/exec` do not work; read container
-  output from `log_dir` instead.
+- The kubelet's own API (`kubelet_port` on the bridge address) accepts no one: anonymous
+  and webhook authentication are off and it has no client CA, so `kubectl logs/exec` do
+  not work (tests/test_real_node.py tries); read container output from `log_dir`.
+
+Using it from a test (the fixture's API):
+
+    async def test_x(real_node):
+        image = await real_node.import_image(Path("spark.tar"), "localhost/jss/spark")
+        async with await real_node.api_client("admin") as api:  # or "spark-scaler", "hub"
+            ...  # pods with image=image, imagePullPolicy Never, in real_node.namespace
+        real_node.kubeconfig("spark-scaler")  # a kubeconfig file, e.g. for KubernetesBackend
+        real_node.host_address  # where pods reach the test process (bind servers there)
+
+The token users are tests/kube_cluster.py's (the "spark-scaler" and "hub" service account
+users have no permissions until a test binds a Role to them) plus the node's components.
+BUSYBOX_IMAGE (sh, sleep, head, dd, nc, httpd, cat, echo, kill, ps, ls, mkdir, wc) is
+imported at start. Container logs are under `log_dir`. A pod's cgroups are below
+`cgroups.dirs` (one per hierarchy): <dir>/kubepods/<qos class>/pod<uid>/<container id>.
 
 Teardown, also after a start that failed halfway: every Deployment, ReplicaSet and pod is
 deleted through the API (the kubelet stops the containers), then the kubelet, the
@@ -50,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -62,6 +84,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .kube_cluster import BIN, INSTALL_SCRIPT, KubeCluster, stop_process
 from .node_host import Bridge, CgroupTree, MountNamespace, free_subnet
 from .waiting import until
+
+log = logging.getLogger(__name__)
 
 NODE_DIR = BIN.parent / "node"
 NODE_INSTALL_SCRIPT = INSTALL_SCRIPT.parent / "install-kube-node.sh"
@@ -118,6 +142,7 @@ class RealNode:
                                    service_accounts=True, start_timeout=start_timeout)
         self.socket = self.workdir / "containerd" / "containerd.sock"
         self.log_dir = self.mounts.workdir / "var-log" / "pods"
+        self.kubelet_port = random_port()
         self.processes: dict[str, subprocess.Popen] = {}
 
     @property
@@ -227,11 +252,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   max_conf_num = 1
 """
 
-    async def import_image(self, archive: Path, name: str) -> str:
-        """Import an OCI archive (an OCI layout as tar, its manifest tagged "test", as
-        scripts/install-kube-node.sh builds them) into the node's containerd as
-        `name:test`, which pods then run with imagePullPolicy IfNotPresent or Never.
-        Returns that reference."""
+    async def import_image(self, archive: Path, name: str, *, tag: str = "test") -> str:
+        """Import an OCI archive (an OCI image layout as a tar file whose manifest is
+        tagged `tag`, as `umoci --image DIR:TAG` makes it) into the node's containerd as
+        `name:tag`, which pods then run with imagePullPolicy Never. Returns that reference."""
         ctr = [str(NODE_DIR / "bin" / "ctr"), "--address", str(self.socket), "-n", "k8s.io", "images"]
         await _run(*ctr, "import", "--base-name", name, str(archive))
         # ctr also names the archive's index "import-<date>...", which the CRI plugin
@@ -240,7 +264,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         extra = [line for line in listed.splitlines() if line.startswith("import-")]
         if extra:
             await _run(*ctr, "rm", *extra)
-        return f"{name}:test"
+        return f"{name}:{tag}"
 
     def _start_scheduler(self) -> None:
         self._spawn("kube-scheduler", [
@@ -262,7 +286,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     def _kubelet_config(self, root: Path) -> dict:
         return {
             "kind": "KubeletConfiguration", "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "address": self.host_address, "port": random_port(), "readOnlyPort": 0,
+            "address": self.host_address, "port": self.kubelet_port, "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1", "healthzPort": random_port(),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},  # no one authenticates (see the docstring)
@@ -330,9 +354,12 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             self.bridge.delete()
             self.cluster.stop()
 
-    async def delete_workloads(self, timeout: float = 60) -> None:
-        """Delete Deployments, ReplicaSets and pods in every namespace and wait until the
-        kubelet has stopped the pods' containers (it then deletes the pods for good)."""
+    async def delete_workloads(self, timeout: float = 30) -> None:
+        """Delete Deployments, ReplicaSets and pods in every namespace, and wait until the
+        kubelet has stopped the pods' containers and deleted the pods for good. Pods still
+        there after `timeout` seconds are force-deleted (the kubelet then kills whatever of
+        them still runs): the kubelet v1.20 now and then never finishes deleting a pod whose
+        containers are gone (kubernetes/kubernetes#106734, fixed in 1.22)."""
         async with await self.api_client() as api:
             apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
             for ns in (await core.list_namespace()).items:
@@ -344,7 +371,21 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             async def none_left():
                 return not (await core.list_pod_for_all_namespaces()).items
 
-            await until(none_left, timeout=timeout, what="the node's pods to be gone", interval=0.5)
+            try:
+                await until(none_left, timeout=timeout, what="the node's pods to be gone", interval=0.5)
+                return
+            except AssertionError:
+                stuck = (await core.list_pod_for_all_namespaces()).items
+            log.warning("real node: force-deleting pods the kubelet did not finish deleting: %s",
+                        ", ".join(p.metadata.name for p in stuck))
+            for pod in stuck:
+                try:
+                    await core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                                                     grace_period_seconds=0)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+            await until(none_left, timeout=10, what="the force-deleted pods to be gone", interval=0.2)
 
     def leftovers(self) -> list[str]:
         """What of this node still exists on the machine (nothing, after stop())."""
