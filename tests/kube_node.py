@@ -11,8 +11,9 @@ NodeRestriction and ServiceAccount admission plugins, and token users for the no
 --use-service-account-credentials: one service account per controller).
 
 The controller-manager runs only the service account, token, garbage collector,
-ReplicaSet, Deployment and node lifecycle controllers. No kube-proxy runs (Services get no traffic) and
-there is no DNS: pods reach the host at `host_address`, and the host reaches pod IPs.
+ReplicaSet, Deployment and node lifecycle controllers (the last takes off the not-ready
+taint the kubelet registers the node with). No kube-proxy runs (Services get no traffic)
+and there is no DNS: pods reach the host at `host_address`, the host reaches pod IPs.
 
 What runs where (names carry the test process's PID, so two sessions never share one):
 containerd (private root, state and socket; CRI with cgroupfs, the local sandbox image,
@@ -57,10 +58,17 @@ The token users are tests/kube_cluster.py's (the "spark-scaler" and "hub" servic
 users have no permissions until a test binds a Role to them) plus the node's components.
 BUSYBOX_IMAGE (sh, sleep, head, dd, nc, httpd, cat, echo, kill, ps, ls, mkdir, wc) is
 imported at start. Container logs are under `log_dir`. A pod's cgroups are below
-`cgroups.dirs` (one per hierarchy): <dir>/kubepods/<qos class>/pod<uid>/<container id>.
+`cgroups.dirs` (one per hierarchy): <dir>/kubepods[/burstable|/besteffort]/pod<uid>/<id>.
+
+The kubelet v1.20's own limits, which tests must allow for: a deleted pod's API object goes
+8 to 17 s after its containers ended (kubernetes/kubernetes#97288), and now and then never
+(kubernetes/kubernetes#106734, fixed in 1.22). Tests watch the containers' processes
+(`cgroups`) or the deletion request, not the object's final removal; cleanup force-deletes
+what is left after 30 s.
 
 Teardown, also after a start that failed halfway: every Deployment, ReplicaSet and pod is
-deleted through the API (the kubelet stops the containers), then the kubelet, the
+deleted through the API (the kubelet stops the containers; see above for the pods it does
+not finish), then the kubelet, the
 scheduler, the controller-manager and containerd are stopped by PID, every process left in
 the node's mount namespace or its cgroup tree is killed by PID, the namespace (and every
 mount in it) ends, the cgroups and the bridge are removed, and the control plane stops.

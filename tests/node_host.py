@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -145,12 +146,13 @@ class MountNamespace:
         for target in ("/run", "/var/lib", "/var/log"):
             own = self.workdir / target.strip("/").replace("/", "-")
             own.mkdir(parents=True, exist_ok=True)
-            binds.append(f"mount --bind {own} {target}")
+            binds.append(f"mount --bind {shlex.quote(str(own))} {target}")
         for name, value in KUBELET_SYSCTLS.items():
             own = self.workdir / ("sysctl-" + name.replace("/", "-"))
             own.write_text(value + "\n")
-            binds.append(f"mount --bind {own} /proc/sys/{name}")
-        script = "set -e; " + "; ".join(binds) + f"; touch {self.ready}; exec sleep infinity"
+            binds.append(f"mount --bind {shlex.quote(str(own))} /proc/sys/{name}")
+        binds.append(f"touch {shlex.quote(str(self.ready))}")
+        script = "set -e; " + "; ".join(binds) + "; exec sleep infinity"
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
