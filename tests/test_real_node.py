@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from jhub_spark_scaler.backends.worker_pod import owner_reference, pod_problem
 
 from .kube_node import BUSYBOX_IMAGE, RealNode, install, node_installed
+from .node_host import KUBELET_SYSCTLS
 from .waiting import always, until
 
 pytestmark = pytest.mark.timeout(300)
@@ -250,6 +251,29 @@ async def test_graceful_delete_sends_sigterm_to_pid_1_then_kills_after_the_grace
     await until(lambda: not alive(deaf), timeout=30, what="the deaf container to be killed")
     took = time.monotonic() - started
     assert 4 <= took < 30, f"the container that ignores SIGTERM was killed after {took:.1f} s (grace 4 s)"
+
+
+def machine_sysctls() -> dict[str, str]:
+    return {name: Path("/proc/sys", name).read_text() for name in KUBELET_SYSCTLS}
+
+
+async def test_a_node_that_ran_pods_leaves_nothing_behind_and_changes_no_sysctl(tmp_path):
+    if not node_installed():
+        install()
+    before = machine_sysctls()
+    node = RealNode(tmp_path / "node", start_timeout=90)
+    try:
+        await node.start()
+        assert machine_sysctls() == before  # the kubelet found its values in its namespace
+        async with await node.api_client() as api:
+            core = client.CoreV1Api(api)
+            await core.create_namespaced_pod(node.namespace, busybox_pod("p", "exec sleep 600", grace=1))
+            assert container_processes(node, await running(core, "p", node.namespace))
+        assert node.leftovers()  # what is looked for is there while the node runs
+    finally:
+        await node.stop()
+    assert node.leftovers() == []
+    assert machine_sysctls() == before
 
 
 async def test_a_start_that_fails_halfway_leaves_nothing_behind(tmp_path):
