@@ -61,8 +61,8 @@ imported at start. Container logs are under `log_dir`. A pod's cgroups are below
 `cgroups.dirs` (one per hierarchy): <dir>/kubepods[/burstable|/besteffort]/pod<uid>/<id>.
 
 The kubelet v1.20's own limits, which tests must allow for: a deleted pod's API object goes
-8 to 17 s after its containers ended (kubernetes/kubernetes#97288), and now and then never
-(kubernetes/kubernetes#106734, fixed in 1.22). Tests watch the containers' processes
+8 to 17 s after its containers ended (a 1.20 regression), and now and then never (a race
+in the 1.20 pod workers, gone with the pod lifecycle rewrite of 1.22). Tests watch the containers' processes
 (`cgroups`) or the deletion request, not the object's final removal; cleanup force-deletes
 what is left after 30 s.
 
@@ -367,7 +367,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         kubelet has stopped the pods' containers and deleted the pods for good. Pods still
         there after `timeout` seconds are force-deleted (the kubelet then kills whatever of
         them still runs): the kubelet v1.20 now and then never finishes deleting a pod whose
-        containers are gone (kubernetes/kubernetes#106734, fixed in 1.22)."""
+        containers are gone (a race in its pod workers, gone in 1.22)."""
         async with await self.api_client() as api:
             apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
             for ns in (await core.list_namespace()).items:
