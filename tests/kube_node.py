@@ -62,9 +62,9 @@ imported at start. Container logs are under `log_dir`. A pod's cgroups are below
 
 The kubelet v1.20's own limits, which tests must allow for: a deleted pod's API object goes
 8 to 17 s after its containers ended (a 1.20 regression), and now and then never (a race
-in the 1.20 pod workers, gone with the pod lifecycle rewrite of 1.22). Tests watch the containers' processes
-(`cgroups`) or the deletion request, not the object's final removal; cleanup force-deletes
-what is left after 30 s.
+in the 1.20 pod workers, gone with the pod lifecycle rewrite of 1.22). Tests watch the
+containers' processes (`cgroups`) or the deletion request, not the object's final
+removal; cleanup force-deletes what is left after 30 s.
 
 Teardown, also after a start that failed halfway: every Deployment, ReplicaSet and pod is
 deleted through the API (the kubelet stops the containers; see above for the pods it does
