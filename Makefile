@@ -12,7 +12,8 @@ setup:
 
 ## What only the tests need, once per machine, cached in ~/.cache/jhub-spark-scaler:
 ## kube-apiserver, kubelet, kube-scheduler, kube-controller-manager and kube-proxy built
-## from Debian's sources, and etcd (about 8 minutes on 2 idle cores); containerd, runc,
+## from Debian's sources in one pass, and etcd (estimated 10 minutes on 2 idle cores; the four
+## node ones alone took 12.5 minutes under nice on a busy machine); containerd, runc,
 ## the CNI plugins and the real node's two test images from Debian packages (about 15 s);
 ## promtool unpacked from Debian's prometheus package (about 1 s).
 test-setup: setup

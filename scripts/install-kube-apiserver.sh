@@ -3,8 +3,9 @@
 # package and unpack etcd from Debian's `etcd-server`, into a per-machine cache outside the
 # checkout: kube-apiserver for every Kubernetes test, and kubelet, kube-scheduler,
 # kube-controller-manager and kube-proxy for the real node (tests/kube_node.py). One
-# `make` builds whichever are missing: all five on a fresh machine (about 8 minutes on 2
-# idle cores), the four node ones where only the apiserver was cached. Then reused.
+# `make` builds whichever are missing: all five on a fresh machine (estimated 10 minutes on 2
+# idle cores), the four node ones where only the apiserver was cached (746 s measured
+# under nice -n 19 on 2 cores busy with other work). Then reused.
 #
 # No system changes: a private apt configuration (scripts/lib/private-apt.sh) fetches the
 # source with `apt-get source --download-only` and the build tools with `apt-get download`;
