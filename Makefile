@@ -10,13 +10,17 @@ setup:
 	./scripts/install-proxy.sh
 	./scripts/install-browser.sh
 
-## What only the tests need: a kube-apiserver + etcd built from Debian's sources
-## (once per machine, cached in ~/.cache/jhub-spark-scaler; about 4 minutes), and
-## promtool unpacked from Debian's prometheus package (about 1 s), and the Spark image
-## of the Kubernetes tests from Debian packages and the suite's pyspark (once per machine
-## and pyspark/Python version: about 4 minutes; scripts/build_spark_image.py).
+## What only the tests need, once per machine, cached in ~/.cache/jhub-spark-scaler:
+## kube-apiserver, kubelet, kube-scheduler, kube-controller-manager and kube-proxy built
+## from Debian's sources in one pass, and etcd (estimated 10 minutes on 2 idle cores; the four
+## node ones alone took 12.5 minutes under nice on a busy machine); containerd, runc,
+## the CNI plugins and the real node's two test images from Debian packages (about 15 s);
+## promtool unpacked from Debian's prometheus package (about 1 s); the Spark image of the
+## Kubernetes tests from Debian packages and the suite's pyspark (once per pyspark/Python
+## version: 1-3 minutes; scripts/build_spark_image.py).
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
+	./scripts/install-kube-node.sh
 	./scripts/install-promtool.sh
 	$(PY) scripts/build_spark_image.py
 

@@ -173,6 +173,7 @@ from kubernetes_asyncio import client as kube_client  # noqa: E402
 
 from .kube_cluster import INSTALL_SCRIPT, KubeCluster, binaries_installed  # noqa: E402
 from .kubelet import TestKubelet  # noqa: E402
+from .kube_node import real_node  # noqa: E402,F401  (the real node: tests/kube_node.py)
 
 
 @pytest.fixture(scope="session")

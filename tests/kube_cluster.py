@@ -1,6 +1,7 @@
 """A real, minimal Kubernetes control plane for tests: etcd and kube-apiserver on loopback.
 
-No scheduler, no controller-manager, no kubelet (see tests/kubelet.py for a stand-in),
+No scheduler, no controller-manager, no kubelet (see tests/kubelet.py for a stand-in,
+tests/kube_node.py for a real node on a KubeCluster of its own),
 so no pod ever runs, no service account token is ever created, and nothing
 garbage-collects. What there is: the real API with RBAC, admission, validation,
 resourceVersions, watches, graceful deletion and static-token users.
@@ -77,12 +78,18 @@ class KubeCluster:
     etcd); `compact_etcd()` makes every older resourceVersion answer 410 Gone.
     `admission_plugins` are enabled beside the default ones (a second cluster of its own,
     for example with PodSecurityPolicy, which would refuse the other tests' pods).
+    `authorization` is the apiserver's --authorization-mode; `service_accounts` turns the
+    ServiceAccount admission on, for a control plane whose controller-manager makes the
+    accounts and their tokens (tests/kube_node.py).
     """
 
     def __init__(self, workdir: Path, *, namespace: str = "spark",
                  users: dict[str, tuple[str, list[str]]] | None = None, start_timeout: float = 60,
-                 admission_plugins: tuple[str, ...] = ()):
+                 admission_plugins: tuple[str, ...] = (), authorization: str = "RBAC",
+                 service_accounts: bool = False):
         self.workdir = Path(workdir)
+        self.authorization = authorization
+        self.service_accounts = service_accounts
         self.admission_plugins = admission_plugins
         self.namespace = namespace
         self.users = {**USERS, **(users or {})}
@@ -159,13 +166,13 @@ class KubeCluster:
             # invalid, so nobody reconciles it
             "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
             f"--cert-dir={self.cert_dir}",  # serving cert self-signed for 127.0.0.1 at first start
-            "--authorization-mode=RBAC", f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            f"--authorization-mode={self.authorization}", f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-signing-key-file={sa_key}", f"--service-account-key-file={sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24",  # addresses are only numbers here
-            # no controller-manager creates service accounts or their tokens, so the admission
-            # plugin that requires them would reject every pod
-            "--disable-admission-plugins=ServiceAccount",
+            # without a controller-manager nobody creates service accounts or their tokens,
+            # so the admission plugin that requires them would reject every pod
+            *([] if self.service_accounts else ["--disable-admission-plugins=ServiceAccount"]),
             *([f"--enable-admission-plugins={','.join(self.admission_plugins)}"]
               if self.admission_plugins else []),
             # watches read etcd directly: after compact_etcd() an old resourceVersion is

@@ -19,6 +19,15 @@ Supported: exactly one container with an explicit `command`, `env` with `value` 
 ignored: the processes run as the test's user, with its capabilities and no seccomp
 filter (tests/test_kube_security.py checks the pods' securityContext against the
 apiserver's admission instead).
+
+It is fast (a worker pod runs in well under a second) and stays where speed matters (the
+soak, the backend's tests), but it models none of these, which the real node
+(tests/kube_node.py, tests/test_real_node.py) has: a container runtime (no images, no
+namespaces, no rootfs), cgroups and resource limits (nothing is enforced, so nothing is
+ever OOMKilled), pod networking (loopback addresses instead of CNI-assigned pod IPs), the
+scheduler (every pod is bound at once, with no resource fit and no Pending reasons of its
+own), controllers (no ReplicaSets, Deployments or garbage collection of owned pods) and
+PID 1 semantics (it signals the whole process group, not a container's PID 1).
 """
 
 from __future__ import annotations
