@@ -276,7 +276,7 @@ async def test_manifests_pass_server_side_dry_run(make_kube_scaler, kube_cluster
     async with await kube_cluster.api_client("admin") as admin:
         api = KubeApi(admin, NAMESPACE)
         for manifest in [master_deployment(name="dry", namespace=NAMESPACE, image="apache/spark:4.3.0",
-                                           run_as_user=185),
+                                           run_as_user=185, default_cores=2),
                          *master_services(name="dry", namespace=NAMESPACE)]:
             assert (await api.create(manifest, dry_run=True))["kind"] == manifest["kind"]
 

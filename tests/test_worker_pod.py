@@ -135,7 +135,7 @@ def manifests():
     yield worker_pod(template(owner=owner, service_account="spark", image_pull_secrets=("regcred",),
                               tolerations=({"key": "spark", "operator": "Exists"},)))
     yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0",
-                            run_as_user=185)
+                            run_as_user=185, default_cores=2)
     yield from master_services(name="spark-master", namespace="spark")
 
 

@@ -42,6 +42,7 @@ CHECKS = {
     "worker_cores": Check(lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
     "jvm_overhead": Check(lambda v: v >= 0, "must not be negative"),
     "stop_grace_period": Check(lambda v: v >= 0, "must not be negative"),
+    "pod_drain_timeout": Check(lambda v: v >= 0, "must not be negative"),
     "run_as_user": Check(lambda v: v > 0, "must be a user id other than root's 0"),
     "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": Check(lambda v: v > 0, "must be positive"),
@@ -51,4 +52,9 @@ CHECKS = {
     "lease_retry_period": Check(lambda v: v > 0, "must be positive"),
     "master_url": master_url_check(empty_ok=False),
     "master_ui_url": master_ui_url_check(empty_ok=False),
+}
+#: settings whose default is computed from others when first read: checked when configured only
+#: (revalidating them would compute the default, and its errors, as the backend is made)
+COMPUTED_CHECKS = {
+    "default_cores": Check(lambda v: v >= 1, "must be at least 1"),
 }

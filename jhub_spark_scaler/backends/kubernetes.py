@@ -10,12 +10,14 @@ precondition). Pods carry labels that tell this scaler's pool apart from
 everything else, and an owner reference (by default to the master Deployment) so
 that uninstalling garbage-collects them: a pod with the pool's labels but another
 owner (a second hub's pool of the same name) is never adopted, listed or deleted.
+Cluster-autoscaler's events say whether a node comes for a pod not placed (`node_events.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import socket
 
@@ -28,9 +30,11 @@ from . import Backend, BackendError
 from .checks import revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
 from .kube_checks import CHECKS as _CHECKS
+from .kube_checks import COMPUTED_CHECKS as _COMPUTED_CHECKS
 from .kube_history import ConfigMapStore, history_name
 from .lease import Lease, LeaseTimings, lease_name
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
+from .node_events import NodeEvents
 from .pod_cache import PodCache
 from .worker_pod import (
     ANNOTATION_RETIRING,
@@ -52,6 +56,7 @@ from .worker_pod import (
 WORKER_PERMISSIONS = [
     ("list", "", "pods", ""), ("watch", "", "pods", ""), ("create", "", "pods", ""),
     ("patch", "", "pods", ""), ("delete", "", "pods", ""),
+    ("list", "", "events", ""),  # cluster-autoscaler's word on the pods it cannot place
 ]
 #: with manage_master; see helm-values/rbac-manage-master.yaml
 MASTER_PERMISSIONS = [("get", "apps", "deployments", ""), ("create", "apps", "deployments", ""),
@@ -64,6 +69,8 @@ class KubernetesBackend(Backend):
     """Workers as pods in one namespace, found again by their labels after a restart."""
 
     decommission_via_master = True
+    #: a cold pull of a 2 GB Spark image at 10 MB/s on a node that lacks it, then the JVM's start
+    default_start_timeout = 300.0
 
     namespace = Unicode(help="Namespace of the worker pods. Default: the scaler's own, else 'default'.").tag(
         config=True)
@@ -131,6 +138,18 @@ class KubernetesBackend(Backend):
     stop_grace_period = Int(
         30, help="Seconds a stopped worker pod gets to exit (deletion grace period)."
     ).tag(config=True)
+    pod_drain_timeout = Int(
+        help="Seconds a worker pod deleted by someone else (a node drain, `kubectl delete pod`, a node's "
+        "shutdown) waits, once its preStop hook has decommissioned it, for its executors to leave before "
+        "the worker stops; its terminationGracePeriodSeconds is this plus stop_grace_period. Default: "
+        "SparkScalerApp.drain_timeout when set, else 600, the most cluster-autoscaler gives the pods of "
+        "a node it removes (--max-graceful-termination-sec).").tag(config=True)
+    default_cores = Int(
+        help="spark.deploy.defaultCores of the managed master: the most cores an app that sets no "
+        "spark.cores.max gets (else one getOrCreate() takes every worker, each new one too, up to "
+        "max_workers). Default: two workers' cores (worker_cores x 2), room for a notebook's parallel "
+        "work while the idle worker stays for the next user; the notebooks' spark.cores.max "
+        "(helm-values/values.yaml) is the same number.").tag(config=True)
 
     master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(
         config=True)
@@ -166,6 +185,14 @@ class KubernetesBackend(Backend):
     def _default_owner(self) -> str:
         return f"Deployment/{self.master_name}"
 
+    @default("pod_drain_timeout")
+    def _default_pod_drain_timeout(self) -> int:
+        return math.ceil(getattr(self.parent, "drain_timeout", 0) or 600)
+
+    @default("default_cores")
+    def _default_default_cores(self) -> int:
+        return 2 * self.resources().cores
+
     @default("master_url")
     def _default_master_url(self) -> str:
         return master_url(self.master_name, self.namespace)
@@ -180,6 +207,7 @@ class KubernetesBackend(Backend):
         self._logged, self._listed_uids = set(), {}
 
     _check = validator(_CHECKS, owner="KubernetesBackend")
+    _check_computed = validator(_COMPUTED_CHECKS, owner="KubernetesBackend")
 
     @validate("pool")
     def _valid_pool(self, proposal):
@@ -226,6 +254,7 @@ class KubernetesBackend(Backend):
             self.cache = PodCache(self.api, pool_selector(self.pool), self._worker, self.log,
                                   watch_timeout=self.watch_timeout, keep=self._ours)
             self.cache.start()
+            self.node_events = NodeEvents(self.api, self.log)
             await self.cache.wait_listed(self.setup_timeout)
         except BaseException:
             await self.shutdown()
@@ -279,7 +308,7 @@ class KubernetesBackend(Backend):
         manifests = [
             master_deployment(name=self.master_name, namespace=self.namespace, image=self.image,
                               run_as_user=self.run_as_user, image_pull_policy=self.image_pull_policy,
-                              memory=self.master_memory),
+                              memory=self.master_memory, default_cores=self.default_cores),
             *master_services(name=self.master_name, namespace=self.namespace),
         ]
         for manifest in manifests:
@@ -354,7 +383,7 @@ class KubernetesBackend(Backend):
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),
             volume_mounts=tuple(self.volume_mounts), service_account=self.service_account,
-            termination_grace_period=self.stop_grace_period, owner=self._owner,
+            drain_seconds=self.pod_drain_timeout, stop_grace_period=self.stop_grace_period, owner=self._owner,
         )
 
     async def new_pod(self) -> dict:
@@ -378,7 +407,7 @@ class KubernetesBackend(Backend):
         await self.cache.forget_overdue()
         workers = self.cache.values()
         self._listed_uids = dict(self.cache.uids)
-        return workers
+        return await self.node_events.read(workers, self._listed_uids)
 
     def _uid(self, name: str) -> str:
         return self._listed_uids.get(name) or self.cache.uids.get(name, "")
