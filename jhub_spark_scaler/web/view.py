@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..activity import Gate, Server, warm_servers
-from ..model import MasterApp, Snapshot, Worker, WorkerState
+from ..model import MasterApp, NodeWait, Snapshot, Worker, WorkerState
 from ..policy import Plan, explain
 from ..reconciler import Decision
 from ..shuffle import KeepForShuffle, kept_words
@@ -42,7 +42,7 @@ STATE_BADGES: Mapping[str, str] = {
     "draining": "warning", "drained": "warning",
     "starting": "info", "busy": "success", "idle": "secondary",
     "blind": "danger", "saturated": "danger", "hub": "danger", "paused": "warning",
-    "drain-timeout": "warning",
+    "drain-timeout": "warning", "waiting-for-node": "info",
 }
 
 
@@ -61,6 +61,11 @@ def _status(snapshot: Snapshot | None, paused: bool) -> tuple[str, str]:
     return ("paused", "") if paused else ("healthy", "")
 
 
+def waiting_for_node(w: Worker) -> bool:
+    """A starting worker whose pod waits for the node a node autoscaler is adding for it."""
+    return w.state is WorkerState.STARTING and w.backend is not None and w.backend.node is NodeWait.COMING
+
+
 def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterApp],
             idle_since: Mapping[str, float], kept: Mapping[str, KeepForShuffle],
             now: float) -> dict[str, Any]:
@@ -74,6 +79,7 @@ def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterA
         "host": w.host,
         "state": w.state.value,
         "why": kept_words(keep) if keep else w.why,
+        "waiting_for_node": waiting_for_node(w),
         # the running apps whose shuffle files keep it from retiring, though idle
         "keeps_shuffle_of": list(keep.apps) if keep else [],
         "ours": w.ours,
@@ -217,7 +223,8 @@ def pool_view(
         "plan": _plan(plan),
         "problems": problems(blind=error if status == "blind" else None, paused=paused,
                              paused_by=paused_by, counts=counts, target=target, apps=apps,
-                             hub_error=None if hub_healthy else hub_error, decisions=decisions, now=now),
+                             hub_error=None if hub_healthy else hub_error, decisions=decisions, now=now,
+                             waiting_for_node=sum(1 for w in workers if w["waiting_for_node"])),
         "workers": workers,
         "apps": apps,
         "servers": server_rows,
