@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .checks import Check, master_ui_url_check, master_url_check
+from .master_manifests import MASTER_MEMORY_MIN_MIB
 from .worker_pod import parse_quantity, spark_size_mib
 
 
@@ -34,7 +35,9 @@ CHECKS = {
                                "is not Always, IfNotPresent or Never"),
     "cpu_limit": _QUANTITY,
     "memory_limit": _QUANTITY,
-    "master_memory": _QUANTITY,
+    "master_memory": Check(lambda v: _QUANTITY.ok(v) and parse_quantity(v) >= MASTER_MEMORY_MIN_MIB * 2**20,
+                           f"is not a Kubernetes quantity of at least {MASTER_MEMORY_MIN_MIB}Mi (a 256 MiB "
+                           "heap for the master JVM and as much for its other memory)"),
     "cpu_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
     "memory_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
     "daemon_memory": Check(lambda v: _parses(spark_size_mib, v), _SPARK_SIZE),

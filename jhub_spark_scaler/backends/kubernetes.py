@@ -10,7 +10,6 @@ precondition). Pods carry labels that tell this scaler's pool apart from
 everything else, and an owner reference (by default to the master Deployment) so
 that uninstalling garbage-collects them: a pod with the pool's labels but another
 owner (a second hub's pool of the same name) is never adopted, listed or deleted.
-Cluster-autoscaler's events say whether a node comes for a pod not placed (`node_events.py`).
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ from ..model import BackendWorker
 from . import Backend, BackendError
 from .checks import revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
-from .kube_checks import CHECKS as _CHECKS
-from .kube_checks import COMPUTED_CHECKS as _COMPUTED_CHECKS
+from .kube_checks import CHECKS as _CHECKS, COMPUTED_CHECKS as _COMPUTED_CHECKS
 from .kube_history import ConfigMapStore, history_name
 from .lease import Lease, LeaseTimings, lease_name
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
@@ -204,6 +202,8 @@ class KubernetesBackend(Backend):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         revalidate(self, _CHECKS)
+        if self.trait_has_value("default_cores"):  # configured: a computed one is not checked
+            self.default_cores = self.default_cores
         self._logged, self._listed_uids = set(), {}
 
     _check = validator(_CHECKS, owner="KubernetesBackend")
