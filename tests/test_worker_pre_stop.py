@@ -129,10 +129,10 @@ async def test_the_pre_stop_hook_drains_the_worker_before_it_stops(namespaced_wo
     await until(lambda: leaving.unshare.poll() is not None, timeout=30, what="the worker to exit")
 
     await app.jobs_done(app.jobs() + 2, timeout=120)  # the app goes on, on the other worker
+    assert staying.state()["executors"]
     result = await app.result()
     assert not lost_executors(result), result
     assert result["tasks_failed"] == 0 and result["jobs_failed"] == 0, result
-    assert staying.state()["executors"]
     print(f"preStop hook returned {took:.1f} s after it began")
 
 
