@@ -205,7 +205,8 @@ async def test_missing_rbac_is_one_clear_error(kube_cluster, kube_rbac, spark_ma
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("missing RBAC permissions in namespace 'spark': list pods, watch pods, "
-                              "create pods, patch pods, delete pods, get deployments/spark-master")
+                              "create pods, patch pods, delete pods, list events, "
+                              "get deployments/spark-master")
     # the command line says the same in one line and exits 2
     done = subprocess.run(
         [sys.executable, "-m", "jhub_spark_scaler", "--backend=kubernetes", "--max-workers=2",
