@@ -206,11 +206,12 @@ def pool_selector(pool: str) -> str:
 SHUFFLE_SERVICE_ON = {"spark.shuffle.service.enabled": "true"}
 
 
-#: what the worker always runs with: decommission (SIGPWR, the master's /workers/kill/), and
-#: reconnecting to the configured master URL (the Service) rather than the address the master
-#: announced (the IP of a pod that may have been replaced)
+#: what a worker runs with unless KubernetesBackend.spark_conf says otherwise: decommission
+#: (SIGPWR, the master's /workers/kill/), and reconnecting to the configured master URL (the
+#: Service) rather than the address the master announced (a replaced pod's IP); Spark before
+#: 2.2.1 ignores the second, and its workers retry the old IP until the scaler removes them
 WORKER_CONF = {"spark.decommission.enabled": "true", "spark.worker.preferConfiguredMasterAddress": "true"}
-#: a word of every executor JVM's command line (and not of the hook's: the brackets)
+#: matches every executor JVM's command line, and not the hook's own (the brackets)
 _EXECUTOR_PATTERN = "CoarseGrainedExecutorBacken[d]"
 
 
