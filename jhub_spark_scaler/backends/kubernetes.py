@@ -143,18 +143,18 @@ class KubernetesBackend(Backend):
         "SparkScalerApp.drain_timeout when set, else 600, the most cluster-autoscaler gives the pods of "
         "a node it removes (--max-graceful-termination-sec).").tag(config=True)
     default_cores = Int(
-        help="spark.deploy.defaultCores of the managed master: the most cores an app that sets no "
-        "spark.cores.max gets (else one getOrCreate() takes every worker, each new one too, up to "
-        "max_workers). Default: two workers' cores (worker_cores x 2), room for a notebook's parallel "
-        "work while the idle worker stays for the next user; the notebooks' spark.cores.max "
-        "(helm-values/values.yaml) is the same number.").tag(config=True)
+        help="spark.deploy.defaultCores of the managed master: the most cores an app without "
+        "spark.cores.max gets (else one getOrCreate() takes every worker, up to max_workers). Default: two "
+        "workers' cores (worker_cores x 2): room for a notebook's parallel work, and the idle worker is "
+        "left for the next user. The notebooks' spark.cores.max in values.yaml is the same.").tag(config=True)
 
     master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(
         config=True)
     manage_master = Bool(
         False, help="Create the Spark master Deployment and Services if missing (existing ones are adopted)."
     ).tag(config=True)
-    master_memory = Unicode("1Gi", help="Memory of the managed master's pod.").tag(config=True)
+    master_memory = Unicode("1Gi", help="Memory of the managed master's pod (at least 512Mi); its JVM "
+                            "heap (SPARK_DAEMON_MEMORY): 3/4 of it, 256 MiB or more left.").tag(config=True)
     master_url = Unicode(
         help="The master workers register with. Default: the master Service's DNS name."
     ).tag(config=True)
