@@ -43,6 +43,7 @@ class NodeWait(str, enum.Enum):
     NONE = ""  # placed, or nothing known
     UNPLACED = "unplaced"  # the scheduler cannot place it; no autoscaler said anything (yet)
     COMING = "coming"  # a node is being added for it (cluster-autoscaler: TriggeredScaleUp)
+    ADDED = "added"  # placed on the node that was added for it (its image may still be pulled)
     NEVER = "never"  # still unplaced, and no node will be added for it (NotTriggerScaleUp)
 
 
@@ -165,6 +166,12 @@ class Worker(NamedTuple):
     @property
     def ours(self) -> bool:
         return self.backend is not None
+
+    @property
+    def waiting_for_node(self) -> bool:
+        """Starting, its pod waiting for the node a node autoscaler is adding for it."""
+        return self.state is WorkerState.STARTING and self.backend is not None and \
+            self.backend.node is NodeWait.COMING
 
     @property
     def created_at(self) -> float:

@@ -188,14 +188,16 @@ def _retiring_state(
 def unregistered(b: BackendWorker, age: float, settings: ObserveSettings) -> tuple[WorkerState, str]:
     """The state of a running worker of ours the master does not list, `age` seconds after it
     was started. Starting (its backend's problem, if any, as why) for start_timeout; for
-    node_wait_timeout instead while a node is being added for it (its problem then says
-    "waiting for a node"). Unschedulable past that, or at once when the scheduler cannot place
-    it and the node autoscaler said it adds no node for it: removed, and scale-up pauses."""
+    node_wait_timeout instead when a node was added for it (COMING: its problem then says
+    "waiting for a node"; ADDED: placed on that node, its image being pulled). Unschedulable
+    past that, or at once when the scheduler cannot place it and the node autoscaler said it
+    adds no node for it: removed, and scale-up pauses."""
     if b.node is NodeWait.NEVER:
         return WorkerState.UNSCHEDULABLE, b.problem or "no node will be added for it"
-    name = "node_wait_timeout" if b.node is NodeWait.COMING else "start_timeout"
-    bound = settings.node_wait_timeout if b.node is NodeWait.COMING else settings.start_timeout
-    if age >= bound and b.node is NodeWait.COMING:
+    scaled_up = b.node is NodeWait.COMING or b.node is NodeWait.ADDED
+    name = "node_wait_timeout" if scaled_up else "start_timeout"
+    bound = settings.node_wait_timeout if scaled_up else settings.start_timeout
+    if age >= bound and scaled_up:
         why = f"not registered within {name}"
         return WorkerState.UNSCHEDULABLE, f"{why} ({b.problem})" if b.problem else why
     if age >= bound:

@@ -129,9 +129,8 @@ async def test_a_pod_a_node_is_added_for_waits_and_one_no_node_comes_for_is_unsc
         assert decided.start == 0 and not decided.stop
     assert {w.handle: w.state for w in r.last_snapshot.workers} == {coming: S.STARTING, silent: S.STARTING}
 
-    # the admin page and api/pool say so
-    from jhub_spark_scaler.web.view import waiting_for_node
-    assert [w.handle for w in r.last_snapshot.workers if waiting_for_node(w)] == [coming]
+    # the admin page, api/pool and the metrics say so (tests/test_node_wait.py)
+    assert [w.handle for w in r.last_snapshot.workers if w.waiting_for_node] == [coming]
 
 
 async def test_reading_the_events_costs_one_list_per_interval_whatever_the_pool(

@@ -12,10 +12,13 @@ import pytest
 
 from jhub_spark_scaler.backends.node_events import FIELD_SELECTOR, Verdict, judged, verdicts
 from jhub_spark_scaler.backends.worker_pod import pod_worker
+from jhub_spark_scaler.metrics import ScalerMetrics
 from jhub_spark_scaler.model import BackendWorker, NodeWait, WorkerState
 from jhub_spark_scaler.observe import ObserveSettings, classify, unregistered
+from jhub_spark_scaler.policy import History, plan
 from jhub_spark_scaler.web.view import STATE_BADGES
 
+from .settings import make_policy
 from .test_policy import snap, worker
 from .test_web_view import view
 
@@ -51,7 +54,9 @@ def event(uid: str, reason: str, message: str, at: str, **extra) -> dict:
     # a node is coming: starting past start_timeout, up to node_wait_timeout
     (N.COMING, f"waiting for a node: {TRIGGERED}", 300.0, S.STARTING, f"waiting for a node: {TRIGGERED}"),
     (N.COMING, f"waiting for a node: {TRIGGERED}", 1199.0, S.STARTING, f"waiting for a node: {TRIGGERED}"),
-    (N.COMING, "", 1000.0, S.STARTING, ""),  # placed on its new node, pulling its image
+    (N.ADDED, "", 1000.0, S.STARTING, ""),  # placed on its new node, pulling its image
+    (N.ADDED, "ErrImagePull: x", 1200.0, S.UNSCHEDULABLE, "not registered within node_wait_timeout "
+                                                          "(ErrImagePull: x)"),
     (N.COMING, f"waiting for a node: {TRIGGERED}", 1200.0, S.UNSCHEDULABLE,
      f"not registered within node_wait_timeout (waiting for a node: {TRIGGERED})"),
     (N.COMING, "", 1200.0, S.UNSCHEDULABLE, "not registered within node_wait_timeout"),
@@ -118,7 +123,7 @@ def test_judged():
         node=N.NEVER, problem=f"{UNSCHEDULABLE}; no node will be added: {NOT_TRIGGERED}")
     # placed on the node added for it: the longer bound stays while its image is pulled
     placed = bw(N.NONE, "ErrImagePull: x")
-    assert judged(placed, coming) == placed._replace(node=N.COMING)
+    assert judged(placed, coming) == placed._replace(node=N.ADDED)
     # placed after a "no node" (another pod freed room): nothing against it
     assert judged(placed, never) == placed
 
@@ -140,3 +145,14 @@ def test_the_page_shows_the_workers_waiting_for_a_node():
     assert problem["filter"] == {"state": "starting"}
     assert problem["text"].startswith("1 worker waiting for a node that cluster-autoscaler is adding")
     assert problem["kind"] in STATE_BADGES
+
+
+def test_the_metrics_count_the_workers_waiting_for_a_node():
+    waiting = worker("w", S.STARTING)._replace(backend=bw(N.COMING, f"waiting for a node: {TRIGGERED}"))
+    placed = worker("p", S.STARTING)._replace(backend=bw(N.ADDED))  # on its new node, not registered
+    pool = snap(waiting, placed, worker("i", S.IDLE))
+    m = ScalerMetrics()
+    m.observe_cycle(snapshot=pool, plan=plan(pool, make_policy(), History()), duration=0.01)
+    assert m.registry.get_sample_value("spark_scaler_workers_waiting_for_node") == 1
+    assert m.registry.get_sample_value("spark_scaler_workers", {"state": "starting"}) == 2
+    assert not placed.waiting_for_node

@@ -64,14 +64,15 @@ def verdicts(events: Iterable[dict]) -> dict[str, Verdict]:
 
 def judged(worker: BackendWorker, verdict: Verdict | None) -> BackendWorker:
     """`worker` (as read from its pod: UNPLACED while the scheduler cannot place it) with what
-    the autoscaler said. A node coming is kept once the pod is placed (the longer bound covers
-    the image pull on the new node); "no node" counts only while the pod is still unplaced."""
+    the autoscaler said: COMING while a node is added for it, ADDED once it is placed there (the
+    longer bound still covers the image pull on the new node); "no node" (NEVER) counts only
+    while the pod is still unplaced."""
     if verdict is None or (verdict.node is NodeWait.NEVER and worker.node is not NodeWait.UNPLACED):
         return worker
+    if verdict.node is NodeWait.COMING and worker.node is NodeWait.UNPLACED:
+        return worker._replace(node=NodeWait.COMING, problem=f"waiting for a node: {verdict.message}")
     if verdict.node is NodeWait.COMING:
-        unplaced = worker.node is NodeWait.UNPLACED
-        problem = f"waiting for a node: {verdict.message}" if unplaced else worker.problem
-        return worker._replace(node=NodeWait.COMING, problem=problem)
+        return worker._replace(node=NodeWait.ADDED)
     return worker._replace(node=NodeWait.NEVER, problem=f"{worker.problem}; no node will be added: "
                                                         f"{verdict.message}".lstrip("; "))
 

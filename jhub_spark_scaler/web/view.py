@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..activity import Gate, Server, warm_servers
-from ..model import MasterApp, NodeWait, Snapshot, Worker, WorkerState
+from ..model import MasterApp, Snapshot, Worker, WorkerState
 from ..policy import Plan, explain
 from ..reconciler import Decision
 from ..shuffle import KeepForShuffle, kept_words
@@ -61,11 +61,6 @@ def _status(snapshot: Snapshot | None, paused: bool) -> tuple[str, str]:
     return ("paused", "") if paused else ("healthy", "")
 
 
-def waiting_for_node(w: Worker) -> bool:
-    """A starting worker whose pod waits for the node a node autoscaler is adding for it."""
-    return w.state is WorkerState.STARTING and w.backend is not None and w.backend.node is NodeWait.COMING
-
-
 def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterApp],
             idle_since: Mapping[str, float], kept: Mapping[str, KeepForShuffle],
             now: float) -> dict[str, Any]:
@@ -79,7 +74,7 @@ def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterA
         "host": w.host,
         "state": w.state.value,
         "why": kept_words(keep) if keep else w.why,
-        "waiting_for_node": waiting_for_node(w),
+        "waiting_for_node": w.waiting_for_node,
         # the running apps whose shuffle files keep it from retiring, though idle
         "keeps_shuffle_of": list(keep.apps) if keep else [],
         "ours": w.ours,
