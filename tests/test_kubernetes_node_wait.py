@@ -132,6 +132,21 @@ async def test_a_pod_a_node_is_added_for_waits_and_one_no_node_comes_for_is_unsc
     # the admin page, api/pool and the metrics say so (tests/test_node_wait.py)
     assert [w.handle for w in r.last_snapshot.workers if w.waiting_for_node] == [coming]
 
+    # the node is there and the scheduler places the pod on it: its image is pulled, no longer
+    # waiting for a node, still bounded by node_wait_timeout
+    async with await kube_cluster.api_client("admin") as admin:
+        scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+        await client.CoreV1Api(admin).patch_namespaced_pod_status(
+            coming, NAMESPACE, {"status": {"conditions": [scheduled]}})
+
+    async def placed():
+        await r.cycle()
+        return next(w for w in r.last_snapshot.workers if w.handle == coming).backend.node is NodeWait.ADDED
+
+    await until(placed, timeout=30, what="the placed pod to be seen on its added node")
+    (w,) = [w for w in r.last_snapshot.workers if w.handle == coming]
+    assert (w.state, w.why, w.waiting_for_node) == (S.STARTING, "", False)
+
 
 async def test_reading_the_events_costs_one_list_per_interval_whatever_the_pool(
         kube_backend, kube_cluster, spark_master):
