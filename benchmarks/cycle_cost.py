@@ -116,7 +116,7 @@ def measure(n: int) -> dict:
     policy = PolicySettings(max_workers=2 * n, min_workers=0, idle_workers=1, max_surge=10,
                             scale_down_delay=60, unschedulable_backoff=120, count_foreign_workers=False,
                             drain_timeout=0)
-    settings, history = ObserveSettings(start_timeout=120, held_after=120), History()
+    settings, history = ObserveSettings(start_timeout=120, node_wait_timeout=1200, held_after=120), History()
     samples = []
     for _ in range(REPEATS):
         decided, reads, phases = one_cycle(body, backend, statuses, reads, policy, settings, history)

@@ -92,34 +92,36 @@ class SparkScalerApp(Application):
     scale_down_delay = Float(
         60.0, help="Seconds a surplus must last before workers are retired (stops flapping)."
     ).tag(config=True)
-    start_timeout = Float(
-        120.0,
-        help="Seconds a new worker may take to register with the master before it is removed "
-        "as unschedulable; scale-up then pauses for as long.",
-    ).tag(config=True)
+    start_timeout = Float(help=(
+        "Seconds a new worker may take to register with the master before it is removed as unschedulable; "
+        "scale-up then pauses for as long. Default: the backend's, %.0f for LocalBackend (a JVM start, on a "
+        "loaded machine too), %.0f for KubernetesBackend (a 2 GB image pulled at 10 MB/s, then the JVM). "
+        "A pod a node is being added for has node_wait_timeout instead.") % (
+        LocalBackend.default_start_timeout, KubernetesBackend.default_start_timeout)).tag(config=True)
+    node_wait_timeout = Float(1200.0, help=(
+        "Seconds a new worker pod may take to register while cluster-autoscaler adds a node for it (its "
+        "TriggeredScaleUp event on the pod; shown as 'waiting for a node'). 1200: the autoscaler's bound on "
+        "a new node (--max-node-provision-time, 15 min) and 5 min for the image and the JVM. A pod it adds "
+        "no node for (NotTriggerScaleUp) is unschedulable at once.")).tag(config=True)
     held_after = Float(
-        120.0,
-        help="Seconds after decommission that a worker still running executors is shown as held "
+        120.0, help="Seconds after decommission that a worker still running executors is shown as held "
         "(its app does not release them; the scaler keeps waiting, up to drain_timeout if set).",
     ).tag(config=True)
     drain_timeout = Float(
-        0.0,
-        help="Seconds after decommission that a draining or held worker is stopped anyway, its apps' "
+        0.0, help="Seconds after decommission that a draining or held worker is stopped anyway, its apps' "
         "executors on it lost (like Dataproc's gracefulDecommissionTimeout): the one exception to never "
         "taking a worker from a running app (docs/reliability.md). 0 (the default): off, wait for as long "
         "as the executors stay.",
     ).tag(config=True)
     count_foreign_workers = Bool(
-        False,
-        help="Count workers registered at the master that this scaler did not start as demand (busy) "
+        False, help="Count workers registered at the master that this scaler did not start as demand (busy) "
         "and capacity (busy or idle), so fewer of its own are kept. Off by default: anyone who reaches "
         "the master's port can register a worker (Spark's RPC has no authentication), and fake idle "
         "ones would shrink the pool. Foreign workers are shown either way.",
     ).tag(config=True)
     poll_interval = Float(2.0, help="Seconds between reconcile cycles.").tag(config=True)
     exit_timeout = Float(
-        8.0,
-        help="Seconds the command waits on SIGTERM or SIGINT for the cycle in flight to end (a worker "
+        8.0, help="Seconds the command waits on SIGTERM or SIGINT for the cycle in flight to end (a worker "
         "being stopped, say) before cancelling it; keep it below the hub's 10 s between its SIGINT "
         "and SIGTERM to a managed service. A cancelled stop is finished by the next scaler.",
     ).tag(config=True)
@@ -187,6 +189,10 @@ class SparkScalerApp(Application):
     def _hub_api_token_default(self):
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        return self.backend_class.default_start_timeout
+
     @default("service_url")
     def _service_url_default(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", SERVICE_URL)
@@ -198,7 +204,7 @@ class SparkScalerApp(Application):
     _validate_min_workers = validate("min_workers", "idle_workers",
                                      "prewarm_workers_per_server", "prewarm_history")(at_least(0))
     _validate_max_surge = validate("max_surge")(at_least(1))
-    _validate_delays = validate("scale_down_delay", "start_timeout", "held_after",
+    _validate_delays = validate("scale_down_delay", "start_timeout", "node_wait_timeout", "held_after",
                                 "drain_timeout")(at_least(0))
     _validate_intervals = validate("poll_interval", "http_timeout", "hub_poll_interval")(at_least(0.05))
     _validate_exit_timeout = validate("exit_timeout")(at_least(0))
@@ -338,7 +344,8 @@ class SparkScalerApp(Application):
                 backend=backend,
                 spark=SparkClient(self.master_ui_url or backend.master_ui_url, timeout=self.http_timeout),
                 policy=self.policy_settings(),
-                observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after),
+                observe=ObserveSettings(start_timeout=self.start_timeout, held_after=self.held_after,
+                                        node_wait_timeout=self.node_wait_timeout),
                 log=self.log,
                 prewarm_credit=self.hub.credit if self.hub else lambda app_starts: 0,
                 decision_log_size=self.decision_log_size, on_cycle=self.observe_cycle,
@@ -367,19 +374,13 @@ class SparkScalerApp(Application):
             api_token=self.hub_api_token,
             # a secret (environment only: never on a command line) that configure() sets
             events_secret=os.environ.get(EVENTS_SECRET_ENV) or self.hub_api_token,
-            service_url=self.service_url,
-            prefix=self.service_prefix,
-            poll_interval=self.hub_poll_interval,
-            stale_after=self.hub_stale_after,
-            prewarm_window=self.prewarm_window,
-            prewarm_per_server=self.prewarm_workers_per_server,
+            service_url=self.service_url, prefix=self.service_prefix,
+            poll_interval=self.hub_poll_interval, stale_after=self.hub_stale_after,
+            prewarm_window=self.prewarm_window, prewarm_per_server=self.prewarm_workers_per_server,
             prewarm_profiles=self.prewarm_profiles, prewarm_history=self.prewarm_history,
             history_store=backend.history_store() if backend else None,  # the history survives restarts
-            on_change=self.reconcile_soon,
-            log=self.log,
-            cycle_interval=self.poll_interval,
-            metrics=self.metrics,
-            pool_history=self.pool_history,
+            on_change=self.reconcile_soon, log=self.log, cycle_interval=self.poll_interval,
+            metrics=self.metrics, pool_history=self.pool_history,
             authenticate_prometheus=self.authenticate_prometheus,
         )
 
@@ -387,8 +388,7 @@ class SparkScalerApp(Application):
         """After each pass: metrics and the pool history for the admin page's chart."""
         self.metrics.observe_cycle(
             snapshot=report.snapshot, plan=report.plan, duration=report.duration,
-            started=len(report.started), retired=len(report.retired),
-            stopped=report.stopped,
+            started=len(report.started), retired=len(report.retired), stopped=report.stopped,
             action_errors=len(report.errors),
             hub_healthy=self.hub.activity.healthy if self.hub else None,
             paused=self.reconciler.paused,

@@ -9,6 +9,7 @@ feeds it and the admin page serves it, never the other way round.
 Exported (with the default namespace `spark_scaler`):
 
     spark_scaler_workers{state}                      gauge, our workers by state (every state, 0 included)
+    spark_scaler_workers_waiting_for_node            gauge, starting workers whose pods wait for a new node
     spark_scaler_target_workers                      gauge, workers of ours the policy wants
     spark_scaler_wanted_workers                      gauge, the same before clamping to [min, max]
     spark_scaler_max_workers                         gauge, the configured max_workers
@@ -69,6 +70,9 @@ class ScalerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         common = {"namespace": namespace, "registry": self.registry}
         self.workers = Gauge("workers", "Workers of this scaler by state.", ["state"], **common)
+        self.waiting_for_node = Gauge(
+            "workers_waiting_for_node", "Starting workers whose pods wait for the node cluster-autoscaler "
+            "is adding for them (counted as starting too).", **common)
         self.target = Gauge("target_workers", "Workers of ours the policy wants.", **common)
         self.wanted = Gauge(
             "wanted_workers",
@@ -178,6 +182,7 @@ class ScalerMetrics:
         if not snapshot.blind:  # a pool seen in part would read as workers gone: keep the last counts
             for state, n in counts.items():
                 self.workers.labels(state.value).set(n)
+            self.waiting_for_node.set(sum(1 for w in snapshot.workers if w.waiting_for_node))
             self._observe_demand(snapshot, plan)
         self.target.set(plan.demand.target)
         self.prewarm_credit.set(snapshot.prewarm_credit)

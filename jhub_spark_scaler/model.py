@@ -33,7 +33,18 @@ class WorkerState(str, enum.Enum):
     HELD = "held"  # decommissioned, executors not leaving (app without decommission)
     DRAINED = "drained"  # decommissioned and its own /json/ lists no executors: stop it
     LOST = "lost"  # process/pod gone, or the master declared it DEAD
-    UNSCHEDULABLE = "unschedulable"  # never registered within start_timeout
+    UNSCHEDULABLE = "unschedulable"  # never registered within start_timeout, or no node for it
+
+
+class NodeWait(str, enum.Enum):
+    """Whether a worker waits for a node (`BackendWorker.node`): what the scheduler and a node
+    autoscaler said of it."""
+
+    NONE = ""  # placed, or nothing known
+    UNPLACED = "unplaced"  # the scheduler cannot place it; no autoscaler said anything (yet)
+    COMING = "coming"  # a node is being added for it (cluster-autoscaler: TriggeredScaleUp)
+    ADDED = "added"  # placed on the node that was added for it (its image may still be pulled)
+    NEVER = "never"  # still unplaced, and no node will be added for it (NotTriggerScaleUp)
 
 
 #: States that give capacity to Spark apps now or soon.
@@ -126,6 +137,7 @@ class BackendWorker(NamedTuple):
     retiring_since: float | None = None  # when the scaler decommissioned it (persisted)
     problem: str = ""  # a backend-known reason it cannot start (image pull error, ...)
     stopping: bool = False  # already being stopped (a terminating pod): nothing more to do
+    node: NodeWait = NodeWait.NONE  # what a node autoscaler said of it
 
 
 class ShuffleRead(NamedTuple):
@@ -154,6 +166,12 @@ class Worker(NamedTuple):
     @property
     def ours(self) -> bool:
         return self.backend is not None
+
+    @property
+    def waiting_for_node(self) -> bool:
+        """Starting, its pod waiting for the node a node autoscaler is adding for it."""
+        return self.state is WorkerState.STARTING and self.backend is not None and \
+            self.backend.node is NodeWait.COMING
 
     @property
     def created_at(self) -> float:

@@ -22,6 +22,7 @@ from .model import (
     Executor,
     MasterStatus,
     MasterWorker,
+    NodeWait,
     Snapshot,
     Worker,
     WorkerState,
@@ -37,6 +38,8 @@ class ObserveSettings:
 
     #: a worker not registered this long after it was started is unschedulable
     start_timeout: float
+    #: instead of start_timeout, for a worker a node is being added for (`NodeWait.COMING`)
+    node_wait_timeout: float
     #: a decommissioned worker whose executors stay this long is "held"
     held_after: float
 
@@ -182,6 +185,26 @@ def _retiring_state(
     return WorkerState.DRAINED, ""
 
 
+def unregistered(b: BackendWorker, age: float, settings: ObserveSettings) -> tuple[WorkerState, str]:
+    """The state of a running worker of ours the master does not list, `age` seconds after it
+    was started. Starting (its backend's problem, if any, as why) for start_timeout; for
+    node_wait_timeout instead when a node was added for it (COMING: its problem then says
+    "waiting for a node"; ADDED: placed on that node, its image being pulled). Unschedulable
+    past that, or at once when the scheduler cannot place it and the node autoscaler said it
+    adds no node for it: removed, and scale-up pauses."""
+    if b.node is NodeWait.NEVER:
+        return WorkerState.UNSCHEDULABLE, b.problem or "no node will be added for it"
+    scaled_up = b.node is NodeWait.COMING or b.node is NodeWait.ADDED
+    name = "node_wait_timeout" if scaled_up else "start_timeout"
+    bound = settings.node_wait_timeout if scaled_up else settings.start_timeout
+    if age >= bound and scaled_up:
+        why = f"not registered within {name}"
+        return WorkerState.UNSCHEDULABLE, f"{why} ({b.problem})" if b.problem else why
+    if age >= bound:
+        return WorkerState.UNSCHEDULABLE, b.problem or f"not registered within {name}"
+    return WorkerState.STARTING, b.problem
+
+
 def classify(
     b: BackendWorker, m: MasterWorker | None, status: WorkerStatus | str | None,
     now: float, settings: ObserveSettings, busy_reads: Mapping[str, ExecutorRead] = NO_READS,
@@ -198,10 +221,8 @@ def classify(
         state, why = WorkerState.LOST, "the master declared it DEAD"
     elif is_retiring(b, m):
         state, why = _retiring_state(b, m, status, now, settings)
-    elif m is None and now - b.created_at >= settings.start_timeout:
-        state, why = WorkerState.UNSCHEDULABLE, b.problem or "not registered within start_timeout"
     elif m is None:
-        state, why = WorkerState.STARTING, b.problem
+        state, why = unregistered(b, now - b.created_at, settings)
     else:  # RECOVERING/UNKNOWN after a master failover: we cannot tell, so protect it
         state, why = WorkerState.BUSY, f"the master reports {m.state}"
     if isinstance(status, WorkerStatus):

@@ -215,7 +215,8 @@ async def kube_rbac(kube_cluster):
             else:  # the pool's pre-warm history, which the admin makes
                 await kube_client.CoreV1Api(admin).create_namespaced_config_map(namespace, doc)
         deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0",
-                                       run_as_user=KubernetesBackend.run_as_user.default_value)
+                                       run_as_user=KubernetesBackend.run_as_user.default_value,
+                                       default_cores=2)
         return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)
 
 

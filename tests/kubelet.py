@@ -15,7 +15,9 @@ pod's process behind everyone's back.
 
 Supported: exactly one container with an explicit `command`, `env` with `value` and
 `valueFrom.fieldRef`, emptyDir volumes. Anything else is reported like a kubelet would
-(CreateContainerConfigError, StartError) rather than emulated. `securityContext` is
+(CreateContainerConfigError, StartError) rather than emulated. Lifecycle hooks are not run:
+a deleted worker pod gets SIGTERM at once, without its preStop decommission
+(tests/test_worker_pre_stop.py runs that hook in a real worker's PID namespace). `securityContext` is
 ignored: the processes run as the test's user, with its capabilities and no seccomp
 filter (tests/test_kube_security.py checks the pods' securityContext against the
 apiserver's admission instead).

@@ -24,7 +24,10 @@ def make_policy(*, max_workers: int = 10, **changes) -> PolicySettings:
 
 
 def make_observe(**changes) -> ObserveSettings:
-    values = {"start_timeout": default("start_timeout"), "held_after": default("held_after")}
+    """The command's ObserveSettings (with the local backend's start_timeout), with `changes`."""
+    app = SparkScalerApp(max_workers=10)
+    values = {"start_timeout": app.start_timeout, "node_wait_timeout": app.node_wait_timeout,
+              "held_after": app.held_after}
     return ObserveSettings(**(values | changes))
 
 

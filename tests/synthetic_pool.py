@@ -46,7 +46,7 @@ MIX = {
 }
 CORES = 4
 MEMORY = 8192  # MiB
-OBSERVE = ObserveSettings(start_timeout=300.0, held_after=600.0)
+OBSERVE = ObserveSettings(start_timeout=300.0, node_wait_timeout=1200.0, held_after=600.0)
 WAITING_APPS = 0.03  # of the apps, granted no cores yet
 
 

@@ -71,7 +71,8 @@ def pod_manifests() -> dict[str, dict]:
         "worker": worker_pod(backend().template()),
         "worker-with-settings": worker_pod(backend(**settings).template()),
         "managed-master": as_pod(master_deployment(name="spark-master", namespace=NAMESPACE,
-                                                   image="apache/spark:4.3.0", run_as_user=185), "m"),
+                                                   image="apache/spark:4.3.0", run_as_user=185,
+                                                   default_cores=2), "m"),
         "helm-master": as_pod(helm_master, "spark-master-0"),
     }
 

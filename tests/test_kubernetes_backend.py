@@ -205,7 +205,8 @@ async def test_missing_rbac_is_one_clear_error(kube_cluster, kube_rbac, spark_ma
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("missing RBAC permissions in namespace 'spark': list pods, watch pods, "
-                              "create pods, patch pods, delete pods, get deployments/spark-master")
+                              "create pods, patch pods, delete pods, list events, "
+                              "get deployments/spark-master")
     # the command line says the same in one line and exits 2
     done = subprocess.run(
         [sys.executable, "-m", "jhub_spark_scaler", "--backend=kubernetes", "--max-workers=2",
@@ -276,7 +277,7 @@ async def test_manifests_pass_server_side_dry_run(make_kube_scaler, kube_cluster
     async with await kube_cluster.api_client("admin") as admin:
         api = KubeApi(admin, NAMESPACE)
         for manifest in [master_deployment(name="dry", namespace=NAMESPACE, image="apache/spark:4.3.0",
-                                           run_as_user=185),
+                                           run_as_user=185, default_cores=2),
                          *master_services(name="dry", namespace=NAMESPACE)]:
             assert (await api.create(manifest, dry_run=True))["kind"] == manifest["kind"]
 

@@ -31,7 +31,7 @@ from .settings import make_policy
 
 S = WorkerState
 DATA = Path(__file__).parent / "data" / "spark-4.3.0"
-SETTINGS = ObserveSettings(start_timeout=120.0, held_after=30.0)
+SETTINGS = ObserveSettings(start_timeout=120.0, node_wait_timeout=600.0, held_after=30.0)
 
 
 def master(name: str):

@@ -135,7 +135,7 @@ def manifests():
     yield worker_pod(template(owner=owner, service_account="spark", image_pull_secrets=("regcred",),
                               tolerations=({"key": "spark", "operator": "Exists"},)))
     yield master_deployment(name="spark-master", namespace="spark", image="apache/spark:4.3.0",
-                            run_as_user=185)
+                            run_as_user=185, default_cores=2)
     yield from master_services(name="spark-master", namespace="spark")
 
 
@@ -237,3 +237,92 @@ def test_hook_result_error_names_what_the_hook_broke():
     named = copy.deepcopy(good)
     named["metadata"]["name"] = "w"
     assert "fixed name 'w'" in check(named)
+
+
+def test_workers_find_a_replaced_master_through_its_service():
+    """The worker registers at the Service's DNS name and goes back to it on reconnect, not to
+    the IP the master announced (a pod that may be gone)."""
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+
+    backend = KubernetesBackend(namespace="spark", master_name="spark-master")
+    container = worker_pod(template(master_url=backend.master_url))["spec"]["containers"][0]
+    assert container["command"][-1] == "spark://spark-master.spark.svc:7077"
+    opts = next(e["value"] for e in container["env"] if e["name"] == "SPARK_WORKER_OPTS").split()
+    assert "-Dspark.worker.preferConfiguredMasterAddress=true" in opts
+    assert "-Dspark.decommission.enabled=true" in opts
+
+
+def test_a_deleted_worker_pod_decommissions_and_waits_for_its_executors():
+    pod = worker_pod(template(drain_seconds=600, stop_grace_period=30))
+    (container,) = pod["spec"]["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    script = command[2]
+    assert script.startswith("kill -PWR 1;"), "SIGPWR to the worker JVM, the container's PID 1"
+    assert "[ $i -lt 600 ]" in script and "sleep 1" in script, "waits at most 600 s"
+    assert "CoarseGrainedExecutorBacken[d]" in script, "until no executor JVM is left"
+    # the kubelet counts the hook in the grace period: the wait, then the JVM's exit
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 630
+
+
+def test_the_backend_derives_the_hook_and_the_grace_period_from_the_drain_settings():
+    from traitlets.config import Config
+
+    from jhub_spark_scaler.app import SparkScalerApp
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+
+    def backend(**app_settings):
+        app = SparkScalerApp(config=Config({"SparkScalerApp": app_settings}), max_workers=2)
+        return KubernetesBackend(parent=app, namespace="spark", stop_grace_period=20)
+
+    assert backend().pod_drain_timeout == 600, "drain_timeout off: cluster-autoscaler's 600 s"
+    assert backend(drain_timeout=900.5).pod_drain_timeout == 901
+    assert worker_pod(backend(drain_timeout=120).template())["spec"]["terminationGracePeriodSeconds"] == 140
+    configured = KubernetesBackend(namespace="spark", pod_drain_timeout=60, stop_grace_period=20)
+    assert worker_pod(configured.template())["spec"]["terminationGracePeriodSeconds"] == 80
+
+
+def test_start_timeout_defaults_to_the_backends():
+    from jhub_spark_scaler.app import SparkScalerApp
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+    from jhub_spark_scaler.backends.local import LocalBackend
+
+    assert SparkScalerApp(max_workers=2).start_timeout == LocalBackend.default_start_timeout == 120
+    app = SparkScalerApp(max_workers=2, backend_class=KubernetesBackend)
+    assert app.start_timeout == KubernetesBackend.default_start_timeout == 300
+    assert SparkScalerApp(max_workers=2, backend_class=KubernetesBackend,
+                          start_timeout=60).start_timeout == 60
+
+
+def test_default_cores_are_two_workers():
+    from traitlets import TraitError
+
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+
+    assert KubernetesBackend(namespace="spark").default_cores == 2  # cpu_limit 1
+    assert KubernetesBackend(namespace="spark", cpu_limit="3").default_cores == 6
+    assert KubernetesBackend(namespace="spark", cpu_limit="4", worker_cores=2).default_cores == 4
+    assert KubernetesBackend(namespace="spark", default_cores=1).default_cores == 1
+    with pytest.raises(TraitError, match=r"KubernetesBackend.default_cores: 0 must be at least 1"):
+        KubernetesBackend(namespace="spark", default_cores=0)
+
+
+@pytest.mark.parametrize("memory, heap", [("512Mi", 256), ("1Gi", 768), ("1536Mi", 1152), ("4Gi", 3072)])
+def test_the_masters_heap_fits_its_memory_limit(memory, heap):
+    from jhub_spark_scaler.backends.master_manifests import master_heap_mib
+
+    assert master_heap_mib(memory) == heap
+    deployment = master_deployment(name="m", namespace="spark", image="i", run_as_user=185, default_cores=4,
+                                   memory=memory)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SPARK_DAEMON_MEMORY"] == f"{heap}m"
+    assert container["resources"]["limits"]["memory"] == memory
+    assert "-Dspark.deploy.defaultCores=4" in env["SPARK_MASTER_OPTS"].split()
+
+
+def test_a_master_limit_too_small_for_a_jvm_names_the_setting():
+    from jhub_spark_scaler.backends.master_manifests import master_heap_mib
+
+    with pytest.raises(ValueError, match=r"^KubernetesBackend.master_memory 500Mi is below 512Mi"):
+        master_heap_mib("500Mi")

@@ -536,12 +536,36 @@ def test_every_manifest_passes_kubernetes_validate_strict():
         kubernetes_validate.validate(policy, "1.30", strict=True)
 
 
+def values_backend() -> KubernetesBackend:
+    """The backend as custom.sparkScaler configures it."""
+    prefix = "KubernetesBackend__"
+    return KubernetesBackend(**{k[len(prefix):]: v for k, v in SCALER.items() if k.startswith(prefix)})
+
+
 def test_the_master_manifest_is_what_the_backend_would_create():
+    backend = values_backend()
     assert load_all(HELM / "spark-master.yaml") == [
-        master_deployment(name="spark-master", namespace=SPARK_NAMESPACE,
-                          image=SCALER["KubernetesBackend__image"], run_as_user=RUN_AS_USER),
+        master_deployment(name="spark-master", namespace=SPARK_NAMESPACE, image=backend.image,
+                          run_as_user=RUN_AS_USER, default_cores=backend.default_cores,
+                          memory=backend.master_memory),
         *master_services(name="spark-master", namespace=SPARK_NAMESPACE),
     ]
+
+
+def test_an_apps_cores_are_bounded_alike_by_the_master_and_the_notebooks():
+    """One getOrCreate() without spark.cores.max must not take the whole pool: the master's
+    spark.deploy.defaultCores and the notebooks' spark.cores.max are the backend's default_cores,
+    two workers' cores."""
+    backend = values_backend()
+    assert backend.default_cores == 2 * backend.resources().cores == 4
+    assert spark_defaults()["spark.cores.max"] == str(backend.default_cores)
+    (master,) = [d for d in load_all(HELM / "spark-master.yaml") if d["kind"] == "Deployment"]
+    (container,) = master["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert f"-Dspark.deploy.defaultCores={backend.default_cores}" in env["SPARK_MASTER_OPTS"].split()
+    # the master's heap fits its memory limit with room for the JVM's other memory
+    limit = container["resources"]["limits"]["memory"]
+    assert (limit, env["SPARK_DAEMON_MEMORY"]) == ("1Gi", "768m")
 
 
 def test_rbac_grants_what_the_backend_checks_and_nothing_more():

@@ -79,6 +79,9 @@ class Backend(LoggingConfigurable):
     master_ui_url: str = ""
     #: True: the reconciler also asks the master to decommission (POST /workers/kill/?host=)
     decommission_via_master: bool = False
+    #: SparkScalerApp.start_timeout's default with this backend: seconds a worker takes to start
+    #: and register at most (a JVM start on one machine, with room for a loaded one)
+    default_start_timeout: float = 120.0
     external_shuffle_service = Bool(
         False, help="The apps use Spark's external shuffle service on the workers "
         "(spark.shuffle.service.enabled=true, the companion of dynamic allocation): a worker whose "

@@ -176,6 +176,11 @@ class KubeApi:
         return await self._call("delete", "pods", self.core.delete_namespaced_pod, name, self.namespace,
                                 body=body)
 
+    async def list_events(self, field_selector: str, limit: int) -> dict:
+        """The namespace's Events that `field_selector` selects, the first `limit` of them."""
+        return await self._call("list", "events", self.core.list_namespaced_event, self.namespace,
+                                field_selector=field_selector, limit=limit)
+
     # -- other objects ---------------------------------------------------------
 
     async def read(self, kind: str, name: str) -> dict:

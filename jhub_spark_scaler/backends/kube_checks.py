@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .checks import Check, master_ui_url_check, master_url_check
+from .master_manifests import MASTER_MEMORY_MIN_MIB
 from .worker_pod import parse_quantity, spark_size_mib
 
 
@@ -34,7 +35,9 @@ CHECKS = {
                                "is not Always, IfNotPresent or Never"),
     "cpu_limit": _QUANTITY,
     "memory_limit": _QUANTITY,
-    "master_memory": _QUANTITY,
+    "master_memory": Check(lambda v: _QUANTITY.ok(v) and parse_quantity(v) >= MASTER_MEMORY_MIN_MIB * 2**20,
+                           f"is not a Kubernetes quantity of at least {MASTER_MEMORY_MIN_MIB}Mi (a 256 MiB "
+                           "heap for the master JVM and as much for its other memory)"),
     "cpu_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
     "memory_guarantee": Check(lambda v: not v or _QUANTITY.ok(v), _QUANTITY.problem),
     "daemon_memory": Check(lambda v: _parses(spark_size_mib, v), _SPARK_SIZE),
@@ -42,6 +45,7 @@ CHECKS = {
     "worker_cores": Check(lambda v: v >= 0, "must not be negative (0: derived from cpu_limit)"),
     "jvm_overhead": Check(lambda v: v >= 0, "must not be negative"),
     "stop_grace_period": Check(lambda v: v >= 0, "must not be negative"),
+    "pod_drain_timeout": Check(lambda v: v >= 0, "must not be negative"),
     "run_as_user": Check(lambda v: v > 0, "must be a user id other than root's 0"),
     "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": Check(lambda v: v > 0, "must be positive"),
@@ -51,4 +55,9 @@ CHECKS = {
     "lease_retry_period": Check(lambda v: v > 0, "must be positive"),
     "master_url": master_url_check(empty_ok=False),
     "master_ui_url": master_ui_url_check(empty_ok=False),
+}
+#: settings whose default is computed from others when first read: checked when configured only
+#: (revalidating them would compute the default, and its errors, as the backend is made)
+COMPUTED_CHECKS = {
+    "default_cores": Check(lambda v: v >= 1, "must be at least 1"),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import socket
 
@@ -27,10 +28,11 @@ from ..model import BackendWorker
 from . import Backend, BackendError
 from .checks import revalidate, validator
 from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_client
-from .kube_checks import CHECKS as _CHECKS
+from .kube_checks import CHECKS as _CHECKS, COMPUTED_CHECKS as _COMPUTED_CHECKS
 from .kube_history import ConfigMapStore, history_name
 from .lease import Lease, LeaseTimings, lease_name
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
+from .node_events import NodeEvents
 from .pod_cache import PodCache
 from .worker_pod import (
     ANNOTATION_RETIRING,
@@ -52,6 +54,7 @@ from .worker_pod import (
 WORKER_PERMISSIONS = [
     ("list", "", "pods", ""), ("watch", "", "pods", ""), ("create", "", "pods", ""),
     ("patch", "", "pods", ""), ("delete", "", "pods", ""),
+    ("list", "", "events", ""),  # cluster-autoscaler's word on the pods it cannot place
 ]
 #: with manage_master; see helm-values/rbac-manage-master.yaml
 MASTER_PERMISSIONS = [("get", "apps", "deployments", ""), ("create", "apps", "deployments", ""),
@@ -64,6 +67,8 @@ class KubernetesBackend(Backend):
     """Workers as pods in one namespace, found again by their labels after a restart."""
 
     decommission_via_master = True
+    #: a cold pull of a 2 GB Spark image at 10 MB/s on a node that lacks it, then the JVM's start
+    default_start_timeout = 300.0
 
     namespace = Unicode(help="Namespace of the worker pods. Default: the scaler's own, else 'default'.").tag(
         config=True)
@@ -131,13 +136,25 @@ class KubernetesBackend(Backend):
     stop_grace_period = Int(
         30, help="Seconds a stopped worker pod gets to exit (deletion grace period)."
     ).tag(config=True)
+    pod_drain_timeout = Int(
+        help="Seconds a worker pod deleted by someone else (a node drain, `kubectl delete pod`, a node's "
+        "shutdown) waits, once its preStop hook has decommissioned it, for its executors to leave before "
+        "the worker stops; its terminationGracePeriodSeconds is this plus stop_grace_period. Default: "
+        "SparkScalerApp.drain_timeout when set, else 600, the most cluster-autoscaler gives the pods of "
+        "a node it removes (--max-graceful-termination-sec).").tag(config=True)
+    default_cores = Int(
+        help="spark.deploy.defaultCores of the managed master: the most cores an app without "
+        "spark.cores.max gets (else one getOrCreate() takes every worker, up to max_workers). Default: two "
+        "workers' cores (worker_cores x 2): room for a notebook's parallel work, and the idle worker is "
+        "left for the next user. The notebooks' spark.cores.max in values.yaml is the same.").tag(config=True)
 
     master_name = Unicode("spark-master", help="Name of the master Deployment and its Services.").tag(
         config=True)
     manage_master = Bool(
         False, help="Create the Spark master Deployment and Services if missing (existing ones are adopted)."
     ).tag(config=True)
-    master_memory = Unicode("1Gi", help="Memory of the managed master's pod.").tag(config=True)
+    master_memory = Unicode("1Gi", help="Memory of the managed master's pod (at least 512Mi); its JVM "
+                            "heap (SPARK_DAEMON_MEMORY): 3/4 of it, 256 MiB or more left.").tag(config=True)
     master_url = Unicode(
         help="The master workers register with. Default: the master Service's DNS name."
     ).tag(config=True)
@@ -166,6 +183,14 @@ class KubernetesBackend(Backend):
     def _default_owner(self) -> str:
         return f"Deployment/{self.master_name}"
 
+    @default("pod_drain_timeout")
+    def _default_pod_drain_timeout(self) -> int:
+        return math.ceil(getattr(self.parent, "drain_timeout", 0) or 600)
+
+    @default("default_cores")
+    def _default_default_cores(self) -> int:
+        return 2 * self.resources().cores
+
     @default("master_url")
     def _default_master_url(self) -> str:
         return master_url(self.master_name, self.namespace)
@@ -177,9 +202,12 @@ class KubernetesBackend(Backend):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         revalidate(self, _CHECKS)
+        if self.trait_has_value("default_cores"):  # configured: a computed one is not checked
+            self.default_cores = self.default_cores
         self._logged, self._listed_uids = set(), {}
 
     _check = validator(_CHECKS, owner="KubernetesBackend")
+    _check_computed = validator(_COMPUTED_CHECKS, owner="KubernetesBackend")
 
     @validate("pool")
     def _valid_pool(self, proposal):
@@ -226,6 +254,7 @@ class KubernetesBackend(Backend):
             self.cache = PodCache(self.api, pool_selector(self.pool), self._worker, self.log,
                                   watch_timeout=self.watch_timeout, keep=self._ours)
             self.cache.start()
+            self.node_events = NodeEvents(self.api, self.log)
             await self.cache.wait_listed(self.setup_timeout)
         except BaseException:
             await self.shutdown()
@@ -279,7 +308,7 @@ class KubernetesBackend(Backend):
         manifests = [
             master_deployment(name=self.master_name, namespace=self.namespace, image=self.image,
                               run_as_user=self.run_as_user, image_pull_policy=self.image_pull_policy,
-                              memory=self.master_memory),
+                              memory=self.master_memory, default_cores=self.default_cores),
             *master_services(name=self.master_name, namespace=self.namespace),
         ]
         for manifest in manifests:
@@ -354,7 +383,7 @@ class KubernetesBackend(Backend):
             annotations=dict(self.extra_annotations), node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations), affinity=dict(self.affinity), volumes=tuple(self.volumes),
             volume_mounts=tuple(self.volume_mounts), service_account=self.service_account,
-            termination_grace_period=self.stop_grace_period, owner=self._owner,
+            drain_seconds=self.pod_drain_timeout, stop_grace_period=self.stop_grace_period, owner=self._owner,
         )
 
     async def new_pod(self) -> dict:
@@ -378,7 +407,7 @@ class KubernetesBackend(Backend):
         await self.cache.forget_overdue()
         workers = self.cache.values()
         self._listed_uids = dict(self.cache.uids)
-        return workers
+        return await self.node_events.read(workers, self._listed_uids)
 
     def _uid(self, name: str) -> str:
         return self._listed_uids.get(name) or self.cache.uids.get(name, "")

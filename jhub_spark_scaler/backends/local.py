@@ -93,8 +93,7 @@ _CHECKS = {
     "master_url": master_url_check(empty_ok=True),
     "master_ui_url": master_ui_url_check(empty_ok=True),
     # anything else would be taken for the JVM's main class
-    "extra_java_options": Check(lambda v: all(o.startswith("-") for o in v),
-                                "are not all JVM options (-X...)"),
+    "extra_java_options": Check(lambda v: all(o.startswith("-") for o in v), "are not all JVM options"),
     "state_dir": Check(lambda v: v.strip(), "must not be empty"),
 }
 
@@ -114,13 +113,10 @@ class LocalBackend(Backend):
         "", help="Unix user the Spark master and workers, and so every executor, run as when the scaler "
         "runs as root. Not as root: empty or the scaler's own user.",
     ).tag(config=True)
-    allow_root = Bool(
-        False, help="Let a scaler running as root, with no run_as, run Spark as root: only where every "
-        "notebook user may be root anyway (a single-user machine)."
-    ).tag(config=True)
-    start_master = Bool(
-        True, help="Start a Spark master as a child process; if False, workers join LocalBackend.master_url."
-    ).tag(config=True)
+    allow_root = Bool(False, help="Let a scaler running as root, with no run_as, run Spark as root: only "
+                      "where every notebook user may be root anyway (one user's machine).").tag(config=True)
+    start_master = Bool(True, help="Start a Spark master as a child process; if False, workers join "
+                        "LocalBackend.master_url.").tag(config=True)
     master_url = Unicode("", help="spark://host:port of a master started elsewhere.").tag(config=True)
     master_ui_url = Unicode("", help="http://host:port of that master's web UI.").tag(config=True)
     master_host = Unicode("127.0.0.1", help="Address the started master binds to.").tag(config=True)
@@ -143,9 +139,10 @@ class LocalBackend(Backend):
         "and the master. False leaves them running, and the next scaler adopts them, jobs intact."
     ).tag(config=True)
     extra_java_options = List(Unicode(), help="More JVM options for the worker daemons.").tag(config=True)
-    spark_conf = Dict(
-        value_trait=Unicode(), key_trait=Unicode(), help="Spark properties: -Dkey=value to master, workers."
-    ).tag(config=True)
+    spark_conf = Dict(value_trait=Unicode(), key_trait=Unicode(), help=(
+        "Spark properties: -Dkey=value to master, workers. Unless set here, a started master has "
+        "spark.deploy.defaultCores = 2 x worker_cores: an app without spark.cores.max takes two workers, "
+        "not all.")).tag(config=True)
     decommission_method = Enum(
         ["signal", "master"], "signal",
         help="How a worker is decommissioned: 'signal' sends SIGPWR to its JVM; 'master' asks the "
@@ -283,8 +280,10 @@ class LocalBackend(Backend):
             if error := bind_error(host, port):
                 raise ConfigError(f"LocalBackend.{name}: cannot listen on {host}:{port}: {error}")
             ports.append(port or free_port(host, avoid=ports))
+        default_cores = [] if "spark.deploy.defaultCores" in self.spark_conf else [
+            f"-Dspark.deploy.defaultCores={2 * self.worker_cores}"]  # spark_conf's help says why
         args = ["-Xmx256m", "-Dspark.master.rest.enabled=false", *self._master_daemon().marker,
-                "-cp", self._classpath(), MASTER_CLASS,
+                *default_cores, "-cp", self._classpath(), MASTER_CLASS,
                 "--host", host, "--port", str(ports[0]), "--webui-port", str(ports[1])]
         rec = {**self._spawn(args, host=host, log_name="master.log"), "port": ports[0]}
         rec["webui_port"] = ports[1]

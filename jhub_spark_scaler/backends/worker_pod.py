@@ -3,6 +3,17 @@
 The pod runs the worker JVM as the container's process (`spark-class` execs
 java, no shell wrapper left to swallow SIGTERM) with `--host` = the pod IP from
 the downward API, so the master's `host` for a worker is its pod's IP.
+
+A worker registers at the master URL it is given (by default the master Service's
+DNS name) and prefers it when it reconnects (`spark.worker.preferConfiguredMasterAddress`,
+Spark 2.2.1 and later): when the master's pod is replaced the worker finds the new
+one through the Service instead of retrying the old pod's IP until it is removed
+as unregistered.
+
+A pod deleted by anyone (a node drain, `kubectl delete pod`, the scaler) first runs
+its preStop hook, which decommissions the worker and waits, for at most
+`drain_seconds`, until its executors have left; terminationGracePeriodSeconds covers
+that wait plus the JVM's exit, so executors move instead of being lost.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..model import BackendWorker
+from ..model import BackendWorker, NodeWait
 
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 CONTAINER = "spark-worker"
@@ -26,6 +37,9 @@ LABEL_POOL = "jhub-spark-scaler/pool"
 MANAGED_BY = "jhub-spark-scaler"
 #: set when the scaler decommissions the worker: the drain survives a restart of the scaler
 ANNOTATION_RETIRING = "jhub-spark-scaler/retiring-since"
+
+#: memory a Spark daemon JVM uses beside its heap (metaspace, thread stacks, code cache, GC)
+DAEMON_OVERHEAD_MIB = 256
 
 _SUFFIXES = {
     "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -73,7 +87,7 @@ def worker_resources(
 ) -> WorkerResources:
     """Derive Spark's `--cores`/`--memory` from the container resources, or check
     the configured ones against them, so that the worker and its executors fit the
-    memory limit: limit >= daemon heap + 256 MiB daemon overhead + memory * (1 + jvm_overhead).
+    memory limit: limit >= daemon heap + DAEMON_OVERHEAD_MIB + memory * (1 + jvm_overhead).
 
     Raises ValueError naming the KubernetesBackend setting to change.
     """
@@ -88,11 +102,11 @@ def worker_resources(
         daemon_mib = spark_size_mib(daemon_memory)
     except ValueError as e:
         raise ValueError(f"KubernetesBackend.daemon_memory: {e}") from None
-    fits_mib = math.floor((limit_mib - daemon_mib - 256) / (1 + jvm_overhead))
+    fits_mib = math.floor((limit_mib - daemon_mib - DAEMON_OVERHEAD_MIB) / (1 + jvm_overhead))
     if fits_mib < 256:
         raise ValueError(
             f"KubernetesBackend.memory_limit {memory_limit} leaves {max(fits_mib, 0)} MiB for executors "
-            f"after the worker daemon ({daemon_memory} heap + 256 MiB): raise memory_limit"
+            f"after the worker daemon ({daemon_memory} heap + {DAEMON_OVERHEAD_MIB} MiB): raise memory_limit"
         )
     if memory:
         try:
@@ -145,8 +159,16 @@ class WorkerPodTemplate:
     volumes: tuple = ()
     volume_mounts: tuple = ()
     service_account: str = ""
-    termination_grace_period: int = 30
+    #: the longest the preStop hook waits for the executors to leave a deleted pod
+    drain_seconds: int = 0
+    #: seconds the worker JVM gets to exit after the hook (SIGTERM, then SIGKILL)
+    stop_grace_period: int = 30
     owner: dict | None = None  # an ownerReference
+
+    @property
+    def termination_grace_period(self) -> int:
+        """The pod's terminationGracePeriodSeconds: the kubelet counts the preStop hook in it."""
+        return self.drain_seconds + self.stop_grace_period
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -184,9 +206,30 @@ def pool_selector(pool: str) -> str:
 SHUFFLE_SERVICE_ON = {"spark.shuffle.service.enabled": "true"}
 
 
+#: what a worker runs with unless KubernetesBackend.spark_conf says otherwise: decommission
+#: (SIGPWR, the master's /workers/kill/), and reconnecting to the configured master URL (the
+#: Service) rather than the address the master announced (a replaced pod's IP); Spark before
+#: 2.2.1 ignores the second, and its workers retry the old IP until the scaler removes them
+WORKER_CONF = {"spark.decommission.enabled": "true", "spark.worker.preferConfiguredMasterAddress": "true"}
+#: matches every executor JVM's command line, and not the hook's own (the brackets)
+_EXECUTOR_PATTERN = "CoarseGrainedExecutorBacken[d]"
+
+
 def _java_options(conf: dict) -> str:
-    options = {"spark.decommission.enabled": "true", **conf}
+    options = {**WORKER_CONF, **conf}
     return " ".join(f"-D{key}={value}" for key, value in options.items())
+
+
+def pre_stop_command(drain_seconds: int) -> list[str]:
+    """The worker container's preStop hook, a plain sh command the Spark images can run.
+    PID 1 is the worker JVM (the container's command is spark-class, which execs java; an
+    image whose entrypoint is tini forwards the signal to its child): SIGPWR decommissions
+    it, as the master's /workers/kill/ does. It then waits, a second at a time and at most
+    `drain_seconds`, until no executor JVM (a child of the worker) is left in the
+    container. The kubelet sends SIGTERM when the hook returns."""
+    script = (f"kill -PWR 1; i=0; while [ $i -lt {drain_seconds} ] && "
+              f"grep -qs '{_EXECUTOR_PATTERN}' /proc/[0-9]*/cmdline; do sleep 1; i=$((i+1)); done")
+    return ["/bin/sh", "-c", script]
 
 
 def worker_pod(t: WorkerPodTemplate) -> dict:
@@ -222,6 +265,7 @@ def worker_pod(t: WorkerPodTemplate) -> dict:
         },
         "volumeMounts": [{"name": "spark-work", "mountPath": WORK_DIR}, *t.volume_mounts],
         "securityContext": container_security_context(),
+        "lifecycle": {"preStop": {"exec": {"command": pre_stop_command(t.drain_seconds)}}},
     }
     spec = {
         "restartPolicy": "Never",
@@ -334,6 +378,12 @@ def pod_problem(pod: dict) -> str:
     return ""
 
 
+def _unplaced(pod: dict) -> bool:
+    """Whether the scheduler has said it cannot place the pod (PodScheduled False)."""
+    return any(c.get("type") == "PodScheduled" and c.get("status") == "False"
+               for c in (pod.get("status") or {}).get("conditions") or ())
+
+
 def pod_worker(pod: dict) -> BackendWorker:
     """One of our pods as the reconciler sees it. Terminating and finished pods are
     not running; the retiring mark comes from the pod's annotation (one that is not a
@@ -354,4 +404,5 @@ def pod_worker(pod: dict) -> BackendWorker:
         retiring_since=_retiring_since(retiring, created_at),
         problem=pod_problem(pod),
         stopping=deleting,
+        node=NodeWait.UNPLACED if _unplaced(pod) else NodeWait.NONE,
     )

@@ -21,7 +21,8 @@ NAMED = 5
 WORKER_PROBLEMS = (
     ("held", "decommissioned, but their executors do not leave (an app without decommission)"),
     ("lost", "process or pod gone, or the master declared them dead"),
-    ("unschedulable", "never registered within start_timeout"),
+    ("unschedulable", "never registered within start_timeout (node_wait_timeout while a node was being "
+                      "added for them), or no node will be added for them"),
 )
 
 
@@ -65,9 +66,11 @@ def drain_timeouts(decisions: Iterable[Decision], now: float) -> dict[str, Any] 
 
 def problems(*, blind: str | None, paused: bool, paused_by: str | None, counts: Mapping[str, int],
              target: Mapping[str, Any], apps: Sequence[Mapping[str, Any]],
-             hub_error: str | None, decisions: Iterable[Decision], now: float) -> list[dict[str, Any]]:
+             hub_error: str | None, decisions: Iterable[Decision], now: float,
+             waiting_for_node: int = 0) -> list[dict[str, Any]]:
     """`blind`: why the pool cannot be seen (None: it can); `hub_error`: None while the hub is read;
-    `decisions`: the decision log, read at `now` for the workers stopped by drain_timeout."""
+    `decisions`: the decision log, read at `now` for the workers stopped by drain_timeout;
+    `waiting_for_node`: starting workers whose pods wait for a node being added for them."""
     found = []
     if blind is not None:
         found.append(_problem("blind", 1, f"blind, changing nothing: {blind}"))
@@ -82,6 +85,10 @@ def problems(*, blind: str | None, paused: bool, paused_by: str | None, counts: 
         if counts.get(state):
             n = counts[state]
             found.append(_problem(state, n, f"{_workers(n)} {state}: {meaning}", state))
+    if waiting_for_node:
+        found.append(_problem("waiting-for-node", waiting_for_node, (
+            f"{_workers(waiting_for_node)} waiting for a node that cluster-autoscaler is adding: counted as "
+            "starting, removed only after node_wait_timeout"), "starting"))
     stopped = drain_timeouts(decisions, now)
     if stopped:
         found.append(stopped)

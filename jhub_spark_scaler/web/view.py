@@ -42,7 +42,7 @@ STATE_BADGES: Mapping[str, str] = {
     "draining": "warning", "drained": "warning",
     "starting": "info", "busy": "success", "idle": "secondary",
     "blind": "danger", "saturated": "danger", "hub": "danger", "paused": "warning",
-    "drain-timeout": "warning",
+    "drain-timeout": "warning", "waiting-for-node": "info",
 }
 
 
@@ -74,6 +74,7 @@ def _worker(w: Worker, *, listed: Mapping[str, MasterApp], holding: list[MasterA
         "host": w.host,
         "state": w.state.value,
         "why": kept_words(keep) if keep else w.why,
+        "waiting_for_node": w.waiting_for_node,
         # the running apps whose shuffle files keep it from retiring, though idle
         "keeps_shuffle_of": list(keep.apps) if keep else [],
         "ours": w.ours,
@@ -217,7 +218,8 @@ def pool_view(
         "plan": _plan(plan),
         "problems": problems(blind=error if status == "blind" else None, paused=paused,
                              paused_by=paused_by, counts=counts, target=target, apps=apps,
-                             hub_error=None if hub_healthy else hub_error, decisions=decisions, now=now),
+                             hub_error=None if hub_healthy else hub_error, decisions=decisions, now=now,
+                             waiting_for_node=sum(1 for w in workers if w["waiting_for_node"])),
         "workers": workers,
         "apps": apps,
         "servers": server_rows,
