@@ -242,7 +242,7 @@ def runs_lines(summaries: list[dict]) -> list[str]:
 
 
 def targets_lines(summaries: list[dict]) -> list[str]:
-    """Issue 7's targets for the scaler, per environment, against that environment's static pool."""
+    """The soak's first targets for the scaler, per environment, against that environment's static pool."""
     lines = []
     for scaler in (s for s in summaries if s["strategy"] == "scaler"):
         static = next((s for s in summaries if s["strategy"] == "static"

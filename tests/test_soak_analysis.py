@@ -519,10 +519,13 @@ def test_the_four_strategies_are_compared_with_paired_intervals_and_the_cold_sta
     assert "within 10% of the static pool's (0.98x (0.96 to 1.04, 100 paired)): met" in targets, targets
     assert "static pool's (25%): met." in targets
     assert ">= 1.5x the scaler's (" in targets and "**missed**" not in targets, targets
-    # without a delay: the same table, no cold-start targets
+    # without a delay: the same table, the fast-start targets against the original policy
     plain = comparison_lines([{**row, "worker_start_delay": ""} for row in cold_start_rows()])
     assert plain[0].startswith("local, worker start delay none: ")
     assert not any(line.startswith("- cold-start targets") for line in plain)
+    [fast] = [line for line in plain if line.startswith("- fast-start targets: ")]
+    assert "idle worker-s <= 1.5x the original policy's (3.00x): **missed**" in fast, fast
+    assert "no later than the original policy's (0.27x (0.25 to 0.29, 100 paired)): met." in fast, fast
 
 
 def test_rows_of_a_worker_start_delay_are_kept_apart_from_rows_without():

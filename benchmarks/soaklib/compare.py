@@ -1,7 +1,8 @@
 """The strategies of one environment and worker start delay side by side: first-executor
 median and p90, idle worker-seconds, each strategy's median against the static pool's
 (and the original policy's against the scaler's) with the paired 90% interval, and, for
-a run with a worker start delay, the cold-start targets."""
+a run with a worker start delay, the cold-start targets, and for one without, the
+fast-start targets of the user-aware pre-warm against the original policy."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def comparison_lines(summaries: list[dict]) -> list[str]:
         lines.append("")
         if delay:
             lines += [cold_start_targets(rows), ""]
+        elif "scaler" in rows and "original" in rows:
+            lines += [fast_start_targets(rows), ""]
     return lines
 
 
@@ -84,4 +87,19 @@ def cold_start_targets(rows: dict[str, dict]) -> str:
     if not checks:
         return "- cold-start targets: not enough strategies in this run to check them."
     return "- cold-start targets: " + "; ".join(
+        f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + "."
+
+
+def fast_start_targets(rows: dict[str, dict]) -> str:
+    """The targets with workers that start at once: the scaler's idle worker-seconds at most
+    1.5x the original policy's, its first-executor median no worse than the original's."""
+    scaler, original = rows["scaler"], rows["original"]
+    checks = []
+    if original.get("idle_worker_seconds"):
+        idle = scaler["idle_worker_seconds"] / original["idle_worker_seconds"]
+        checks.append((f"scaler's idle worker-s <= 1.5x the original policy's ({idle:.2f}x)", idle <= 1.5))
+    if (r := ratio(scaler, original)) is not None:
+        checks.append((f"scaler's first executor no later than the original policy's ({_ratio_text(r)})",
+                       r[0] <= 1.0))
+    return "- fast-start targets: " + "; ".join(
         f"{what}: {'met' if ok else '**missed**'}" for what, ok in checks) + "."
