@@ -213,8 +213,6 @@ async def kube_rbac(kube_cluster):
     """helm-values/rbac.yaml applied as is in namespace "spark" (its Role, RoleBinding and the
     pre-warm history's ConfigMap), and the master Deployment that owns the worker pods;
     returns the Deployment."""
-    import yaml
-
     from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
     from jhub_spark_scaler.backends.master_manifests import master_deployment
 
