@@ -32,6 +32,7 @@ from .waiting import until
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
 MASTER = "spark-master"  # the Deployment rbac.yaml lets the scaler read: the workers' owner
+MASTER_PODS = f"{LABEL_COMPONENT}=spark-master"
 SCALER_USER = "hub"
 _pools = itertools.count(1)
 
@@ -56,7 +57,7 @@ async def node_image(real_node):
 async def master_pod(core, namespace: str, timeout: float = 180) -> dict:
     """The master Deployment's pod once it is ready (its readiness probe answered)."""
     async def ready():
-        pods = (await core.list_namespaced_pod(namespace, label_selector=f"{LABEL_COMPONENT}=spark-master")).items
+        pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
         for pod in pods:
             conditions = pod.status.conditions or ()
             if not pod.metadata.deletion_timestamp and any(
@@ -77,7 +78,7 @@ async def delete_master(apps, core, namespace: str) -> None:
             raise
 
     async def gone():
-        pods = (await core.list_namespaced_pod(namespace, label_selector=f"{LABEL_COMPONENT}=spark-master")).items
+        pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
         return all(p.metadata.deletion_timestamp for p in pods)
 
     await until(gone, timeout=60, what="the master's pods to be deleted", interval=0.5)
@@ -194,7 +195,8 @@ async def test_a_worker_over_its_memory_limit_is_oom_killed_reported_and_replace
         words = {d.handles: f"{d.detail} {' '.join(d.reasons)}" for d in r.decisions if d.action == "stop"}
         return {handles: text for handles, text in words.items() if "OOMKilled" in text}
 
-    await cycles_until(r, lambda s: len(oom_stops()) >= 2, timeout=240, what="two worker pods lost to OOMKilled")
+    await cycles_until(r, lambda s: len(oom_stops()) >= 2, timeout=240,
+                       what="two worker pods lost to OOMKilled")
     print("stopped:", oom_stops())
     assert all("lost (OOMKilled: exit code 137)" in text for text in oom_stops().values()), oom_stops()
     assert [d.action for d in r.decisions].count("start") >= 2, "the lost worker was replaced"
@@ -224,7 +226,8 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
             backend.master_url = f"spark://{ip}:{MASTER_PORT}"
             master = SimpleNamespace(master_ui_url=f"http://{ip}:{MASTER_UI_PORT}")
             r = make_reconciler(backend, master, idle_workers=1)
-            await cycles_until(r, idle_and_busy(1, 0), timeout=180, what="a worker ALIVE at the managed master")
+            await cycles_until(r, idle_and_busy(1, 0), timeout=180,
+                               what="a worker ALIVE at the managed master")
             (pod,) = (await core.list_namespaced_pod(ns, label_selector=pool_selector(backend.pool))).items
             assert pod.metadata.owner_references[0].kind == "Deployment"
             assert pod.metadata.owner_references[0].name == MASTER
