@@ -112,13 +112,12 @@ async def node_scaler(real_node, node_image, tmp_path):
     backends = []
 
     async def make(master, *, backend_settings: dict | None = None, **policy):
+        settings = {"cpu_limit": "1", "cpu_guarantee": "100m", "memory_limit": "1280Mi",
+                    "stop_grace_period": 30, **(backend_settings or {})}
         backend = KubernetesBackend(
             kubeconfig=str(real_node.kubeconfig(SCALER_USER)), namespace=real_node.namespace,
             pool=f"n{next(_pools)}", image=node_image, image_pull_policy="Never",
-            master_url=master.master_url, master_ui_url=master.master_ui_url,
-            cpu_limit="1", cpu_guarantee="100m", memory_limit="1280Mi", stop_grace_period=30,
-            **(backend_settings or {}),
-        )
+            master_url=master.master_url, master_ui_url=master.master_ui_url, **settings)
         await backend.setup()
         backends.append(backend)
         return make_reconciler(backend, master, **policy)
