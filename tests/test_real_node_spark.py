@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import LABEL_COMPONENT, MASTER_PORT, MASTER_UI_PORT, \
-    master_deployment
+    master_deployment, master_services
 from jhub_spark_scaler.backends.worker_pod import pool_selector
 
 from .conftest import Driver, apply_rbac, lost_executors
@@ -54,8 +54,15 @@ async def node_image(real_node):
     return ref
 
 
-async def master_pod(core, namespace: str, timeout: float = 180) -> dict:
-    """The master Deployment's pod once it is ready (its readiness probe answered)."""
+def container_logs(real_node, pod_prefix: str) -> str:
+    """The end of the container logs (tests/kube_node.py's `log_dir`) of pods named `pod_prefix`*."""
+    logs = sorted(real_node.log_dir.glob(f"{real_node.namespace}_{pod_prefix}*/*/*.log"))
+    return "".join(f"\n== {f}:\n{f.read_text(errors='replace')[-2000:]}" for f in logs[-3:])
+
+
+async def master_pod(core, namespace: str, timeout: float = 180, real_node=None) -> dict:
+    """The master Deployment's pod once it is ready (its readiness probe answered); on a
+    timeout the master's container logs are shown."""
     async def ready():
         pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
         for pod in pods:
@@ -65,7 +72,10 @@ async def master_pod(core, namespace: str, timeout: float = 180) -> dict:
                 return core.api_client.sanitize_for_serialization(pod)
         return None
 
-    return await until(ready, timeout=timeout, what="the master pod to be ready", interval=0.5)
+    try:
+        return await until(ready, timeout=timeout, what="the master pod to be ready", interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}{container_logs(real_node, MASTER) if real_node else ''}") from None
 
 
 async def delete_master(apps, core, namespace: str) -> None:
@@ -94,14 +104,20 @@ async def node_master(real_node, node_image):
         apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
         manifest = master_deployment(name=MASTER, namespace=ns, image=node_image, image_pull_policy="Never",
                                      run_as_user=KubernetesBackend.run_as_user.default_value, cpu="500m")
+        # the Services first, as when a master pod is replaced: the kubelet gives a new pod
+        # the link variables of every Service in its namespace (unless enableServiceLinks is off)
+        for service in master_services(name=MASTER, namespace=ns):
+            await core.create_namespaced_service(ns, service)
         deployment = await apps.create_namespaced_deployment(ns, manifest)
         try:
-            ip = (await master_pod(core, ns))["status"]["podIP"]
+            ip = (await master_pod(core, ns, real_node=real_node))["status"]["podIP"]
             timed("master up", started)
             yield SimpleNamespace(url=f"spark://{ip}:{MASTER_PORT}", master_url=f"spark://{ip}:{MASTER_PORT}",
                                   master_ui_url=f"http://{ip}:{MASTER_UI_PORT}", ip=ip, deployment=deployment)
         finally:
             await delete_master(apps, core, ns)
+            for service in master_services(name=MASTER, namespace=ns):
+                await core.delete_namespaced_service(service["metadata"]["name"], ns)
 
 
 @pytest.fixture
@@ -219,7 +235,7 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
             cpu_limit="1", cpu_guarantee="100m", memory_limit="1280Mi", stop_grace_period=30)
         try:
             await backend.setup()
-            ip = (await master_pod(core, ns))["status"]["podIP"]
+            ip = (await master_pod(core, ns, real_node=real_node))["status"]["podIP"]
             timed("managed master ready", started)
             # no DNS on the node: the workers are told the pod IP, not the Service's name
             backend.master_url = f"spark://{ip}:{MASTER_PORT}"
@@ -242,6 +258,12 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
         finally:
             await backend.shutdown()
             await delete_master(apps, core, ns)
+            for service in master_services(name=MASTER, namespace=ns):
+                try:
+                    await core.delete_namespaced_service(service["metadata"]["name"], ns)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
             await core.delete_collection_namespaced_pod(ns, label_selector=pool_selector(backend.pool),
                                                         grace_period_seconds=1)
     timed("managed master", started)

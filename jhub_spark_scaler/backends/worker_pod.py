@@ -228,6 +228,7 @@ def worker_pod(t: WorkerPodTemplate) -> dict:
         "securityContext": pod_security_context(t.run_as_user),
         "terminationGracePeriodSeconds": t.termination_grace_period,
         "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # no SPARK_MASTER_* variables from the master's Services
         "containers": [container],
         "volumes": [{"name": "spark-work", "emptyDir": {}}, *t.volumes],
     }
