@@ -81,8 +81,9 @@ async def master_pod(core, namespace: str, timeout: float = 180, real_node=None)
 
 
 async def delete_master(apps, core, namespace: str) -> None:
-    """Delete the master Deployment (its ReplicaSet and pods go with it) and wait for its pods'
-    deletion to be requested (their final removal is the kubelet's: tests/kube_node.py)."""
+    """Delete the master Deployment (its ReplicaSet and pods go with it) and its Services; wait
+    until the Deployment is gone and its pods' deletion requested (their final removal is the
+    kubelet's: tests/kube_node.py)."""
     try:
         await apps.delete_namespaced_deployment(MASTER, namespace, propagation_policy="Foreground")
     except ApiException as e:
@@ -91,9 +92,17 @@ async def delete_master(apps, core, namespace: str) -> None:
 
     async def gone():
         pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
-        return all(p.metadata.deletion_timestamp for p in pods)
+        deployments = (await apps.list_namespaced_deployment(namespace, label_selector=MASTER_PODS)).items
+        return not deployments and all(p.metadata.deletion_timestamp for p in pods)
 
-    await until(gone, timeout=60, what="the master's pods to be deleted", interval=0.5)
+    # the Deployment itself too: one still being deleted would be adopted by manage_master
+    await until(gone, timeout=60, what="the master Deployment and its pods to be deleted", interval=0.5)
+    for service in master_services(name=MASTER, namespace=namespace):
+        try:
+            await core.delete_namespaced_service(service["metadata"]["name"], namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +127,6 @@ async def node_master(real_node, node_image):
                                   master_ui_url=f"http://{ip}:{MASTER_UI_PORT}", ip=ip, deployment=deployment)
         finally:
             await delete_master(apps, core, ns)
-            for service in master_services(name=MASTER, namespace=ns):
-                await core.delete_namespaced_service(service["metadata"]["name"], ns)
 
 
 @pytest.fixture
@@ -279,12 +286,6 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
         finally:
             await backend.shutdown()
             await delete_master(apps, core, ns)
-            for service in master_services(name=MASTER, namespace=ns):
-                try:
-                    await core.delete_namespaced_service(service["metadata"]["name"], ns)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
             await core.delete_collection_namespaced_pod(ns, label_selector=pool_selector(backend.pool),
                                                         grace_period_seconds=1)
     timed("managed master", started)
