@@ -216,7 +216,8 @@ def classify(
         # the common case, kept short: it runs for every worker every cycle
         return _busy(b, m, busy_reads) if m.cores_used else Worker(b.handle, b.host, WorkerState.IDLE, b, m)
     if not b.running:
-        state, why = WorkerState.LOST, "stopping" if b.stopping else "its process or pod is gone"
+        gone = b.problem or "its process or pod is gone"  # the runtime's reason (OOMKilled), if it gave one
+        state, why = WorkerState.LOST, "stopping" if b.stopping else gone
     elif m is not None and m.state == DEAD:
         state, why = WorkerState.LOST, "the master declared it DEAD"
     elif is_retiring(b, m):

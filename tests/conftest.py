@@ -194,26 +194,31 @@ async def kube_cluster(tmp_path_factory):
         cluster.stop()
 
 
+async def apply_rbac(admin, namespace: str, name: str = "rbac.yaml") -> None:
+    """helm-values/`name` applied as is in `namespace` with the admin's ApiClient `admin`."""
+    import yaml
+
+    rbac = kube_client.RbacAuthorizationV1Api(admin)
+    for doc in yaml.safe_load_all((HERE.parent / "helm-values" / name).read_text()):
+        if doc["kind"] == "Role":
+            await rbac.create_namespaced_role(namespace, doc)
+        elif doc["kind"] == "RoleBinding":
+            await rbac.create_namespaced_role_binding(namespace, doc)
+        else:  # the pool's pre-warm history, which the admin makes
+            await kube_client.CoreV1Api(admin).create_namespaced_config_map(namespace, doc)
+
+
 @pytest.fixture(scope="session")
 async def kube_rbac(kube_cluster):
     """helm-values/rbac.yaml applied as is in namespace "spark" (its Role, RoleBinding and the
     pre-warm history's ConfigMap), and the master Deployment that owns the worker pods;
     returns the Deployment."""
-    import yaml
-
     from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
     from jhub_spark_scaler.backends.master_manifests import master_deployment
 
     namespace = kube_cluster.namespace
     async with await kube_cluster.api_client("admin") as admin:
-        rbac = kube_client.RbacAuthorizationV1Api(admin)
-        for doc in yaml.safe_load_all((HERE.parent / "helm-values" / "rbac.yaml").read_text()):
-            if doc["kind"] == "Role":
-                await rbac.create_namespaced_role(namespace, doc)
-            elif doc["kind"] == "RoleBinding":
-                await rbac.create_namespaced_role_binding(namespace, doc)
-            else:  # the pool's pre-warm history, which the admin makes
-                await kube_client.CoreV1Api(admin).create_namespaced_config_map(namespace, doc)
+        await apply_rbac(admin, namespace)
         deployment = master_deployment(name="spark-master", namespace=namespace, image="apache/spark:4.3.0",
                                        run_as_user=KubernetesBackend.run_as_user.default_value,
                                        default_cores=2)

@@ -242,6 +242,12 @@ def test_lost_when_the_process_or_pod_is_gone(m):
     assert w.state is S.LOST and "gone" in w.why
 
 
+def test_lost_says_the_runtimes_reason_when_it_gave_one():
+    b = bw("l1", "10.0.0.1", running=False, problem="OOMKilled: exit code 137")
+    w = classify(b, mw("10.0.0.1", cores_used=1), None, 1010.0, SETTINGS)
+    assert (w.state, w.why) == (S.LOST, "OOMKilled: exit code 137")
+
+
 def test_lost_when_the_master_declared_it_dead_from_the_sample():
     m = master("08_master_after_sigterm_decommissioned_worker1.json")
     e = entry(m, "127.0.0.1", 27078)

@@ -189,6 +189,19 @@ def test_pending_pods_carry_their_reason():
     assert pod_worker(creating).problem == ""
 
 
+def test_ended_containers_carry_the_runtimes_reason():
+    oom = {"reason": "OOMKilled", "exitCode": 137}
+    killed = pod(status={"phase": "Failed", "containerStatuses": [
+        {"name": "spark-worker", "state": {"terminated": oom}}]})
+    assert pod_worker(killed).problem == "OOMKilled: exit code 137"
+    restarted = pod(status={"phase": "Running", "containerStatuses": [
+        {"name": "spark-worker", "state": {"running": {}}, "lastState": {"terminated": oom}}]})
+    assert pod_worker(restarted).problem == "OOMKilled: exit code 137"
+    done = pod(status={"phase": "Succeeded", "containerStatuses": [
+        {"name": "spark-worker", "state": {"terminated": {"reason": "Completed", "exitCode": 0}}}]})
+    assert pod_worker(done).problem == ""
+
+
 def test_standby_masters_are_a_valid_master_url():
     from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
     from traitlets import TraitError

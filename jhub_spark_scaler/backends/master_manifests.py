@@ -87,6 +87,9 @@ def master_deployment(*, name: str, namespace: str, image: str, run_as_user: int
                 "metadata": {"labels": _labels(name)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    # the Service <name>'s link variables would set SPARK_MASTER_PORT=tcp://...:7077,
+                    # which the master reads as its port and exits on
+                    "enableServiceLinks": False,
                     "securityContext": pod_security_context(run_as_user),
                     "containers": [{
                         "name": "spark-master",

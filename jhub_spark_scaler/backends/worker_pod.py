@@ -272,6 +272,7 @@ def worker_pod(t: WorkerPodTemplate) -> dict:
         "securityContext": pod_security_context(t.run_as_user),
         "terminationGracePeriodSeconds": t.termination_grace_period,
         "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # no SPARK_MASTER_* variables from the master's Services
         "containers": [container],
         "volumes": [{"name": "spark-work", "emptyDir": {}}, *t.volumes],
     }
@@ -364,12 +365,18 @@ def _timestamp(text: str | None) -> float:
 
 
 def pod_problem(pod: dict) -> str:
-    """Why a pending pod does not run, in the pod's own words ("" when nothing is wrong)."""
+    """Why a pod does not run, or its container ended, in the pod's own words ("" when
+    nothing is wrong)."""
     status = pod.get("status") or {}
     for c in status.get("containerStatuses") or ():
-        waiting = (c.get("state") or {}).get("waiting")
+        state = c.get("state") or {}
+        waiting = state.get("waiting")
         if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
             return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        # the runtime's reason (OOMKilled, Error) for a container that ended, or ended before a restart
+        ended = state.get("terminated") or (c.get("lastState") or {}).get("terminated")
+        if ended and ended.get("reason") not in (None, "Completed"):
+            return f"{ended['reason']}: exit code {ended.get('exitCode')}"
     for cond in status.get("conditions") or ():
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")

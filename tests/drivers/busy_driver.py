@@ -5,7 +5,8 @@ from its own REST API what it saw (executors removed and why, tasks and jobs fai
 
 Writes DIR/app.json once the SparkSession is up, stops when DIR/stop exists,
 then writes DIR/result.json. With --bursts it runs one job each time a file
-DIR/burst-N appears (N = 1, 2, ...) and writes DIR/done-N after it.
+DIR/burst-N appears (N = 1, 2, ...) and writes DIR/done-N after it. With --udf each job
+also runs a Python UDF; "wrong_results" counts jobs whose result was not the expected one.
 """
 
 import argparse
@@ -16,6 +17,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from pyspark.sql.functions import udf  # noqa: E402
 
 from tests.drivers.spark_session import session_builder  # noqa: E402
 
@@ -33,6 +36,8 @@ def parse_args():
     p.add_argument("--min-executors", type=int, default=0, help="with --dynamic")
     p.add_argument("--bursts", action="store_true", help="run a job per DIR/burst-N file")
     p.add_argument("--max-seconds", type=float, default=900)
+    p.add_argument("--driver-host", default="127.0.0.1", help="the address executors reach the driver at")
+    p.add_argument("--udf", action="store_true", help="each job also runs a Python UDF on the executors")
     return p.parse_args()
 
 
@@ -41,6 +46,8 @@ def session(args):
         # Spark waits this long between block migration rounds before a drained
         # executor may exit (default 30 s); tests want drains of about a second.
         "spark.storage.decommission.replicationReattemptInterval": "1s",
+        "spark.driver.host": args.driver_host,
+        "spark.driver.bindAddress": args.driver_host,
     }
     if args.dynamic:
         conf.update({
@@ -74,7 +81,8 @@ def main():
     app_id, ui = sc.applicationId, sc.uiWebUrl
     write(os.path.join(args.control, "app.json"), {"app_id": app_id, "ui": ui, "pid": os.getpid()})
     seconds = args.task_seconds
-    jobs, deadline = 0, time.monotonic() + args.max_seconds
+    jobs, wrong, deadline = 0, 0, time.monotonic() + args.max_seconds
+    plus_one = udf(lambda x: x + 1, "long")
 
     def control(name):
         return os.path.join(args.control, name)
@@ -83,7 +91,11 @@ def main():
         if args.bursts and not os.path.exists(control(f"burst-{jobs + 1}")):
             time.sleep(0.05)  # a file-based control channel has nothing to wait on
             continue
-        sc.parallelize(range(args.tasks), args.tasks).map(lambda x: time.sleep(seconds) or x).sum()
+        total = sc.parallelize(range(args.tasks), args.tasks).map(lambda x: time.sleep(seconds) or x).sum()
+        wrong += total != sum(range(args.tasks))
+        if args.udf:
+            rows = spark.range(args.tasks).repartition(args.tasks).select(plus_one("id")).collect()
+            wrong += sorted(r[0] for r in rows) != list(range(1, args.tasks + 1))
         jobs += 1
         write(control("progress.json"), {"jobs": jobs})
         if args.bursts:
@@ -93,6 +105,7 @@ def main():
     job_list = rest(ui, f"applications/{app_id}/jobs")
     result = {
         "jobs": jobs,
+        "wrong_results": wrong,
         "jobs_failed": sum(1 for j in job_list if j.get("status") == "FAILED"),
         "tasks_failed": sum(s.get("numFailedTasks", 0) for s in stages),
         "tasks_done": sum(s.get("numCompleteTasks", 0) for s in stages),

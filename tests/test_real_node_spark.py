@@ -1,0 +1,291 @@
+"""The scaler and real Spark on the real node (tests/kube_node.py): the master and the
+workers are pods of the tests' Spark image (tests/spark_image.py) run by containerd, with
+pod IPs from the CNI bridge and memory limits in real cgroups; drivers run on the host,
+bound to the node's host address, where the executors in the worker pods reach them.
+
+The scaler is a Reconciler on a KubernetesBackend, as in tests/test_kubernetes_backend.py,
+authenticated as z2jh's hub service account holding only helm-values/rbac.yaml's Role.
+The node has no DNS and no kube-proxy, so the workers are given the master's pod IP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import time
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+from jhub_spark_scaler.backends.master_manifests import LABEL_COMPONENT, MASTER_PORT, MASTER_UI_PORT, \
+    master_deployment, master_services
+from jhub_spark_scaler.backends.worker_pod import pool_selector
+
+from .conftest import Driver, apply_rbac, lost_executors
+from .spark_image import spark_image
+from .test_scaling import BURSTY, cycles_until, idle_and_busy, make_reconciler, race_rounds, with_policy
+from .waiting import until
+
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
+
+MASTER = "spark-master"  # the Deployment rbac.yaml lets the scaler read: the workers' owner
+MASTER_PODS = f"{LABEL_COMPONENT}=spark-master"
+SCALER_USER = "hub"
+_pools = itertools.count(1)
+
+
+def timed(name: str, started: float) -> None:
+    print(f"{name}: {time.monotonic() - started:.1f} s")  # shown with pytest -s
+
+
+@pytest.fixture(scope="session")
+async def node_image(real_node):
+    """The Spark image imported into the node's containerd once per session; its reference."""
+    image = spark_image()
+    name, _, tag = image.containerd_name.rpartition(":")
+    started = time.monotonic()
+    ref = await real_node.import_image(image.archive, name, tag=tag)
+    timed("Spark image import", started)
+    async with await real_node.api_client("admin") as admin:
+        await apply_rbac(admin, real_node.namespace)
+    return ref
+
+
+def container_logs(real_node, pod_prefix: str) -> str:
+    """The end of the container logs (tests/kube_node.py's `log_dir`) of pods named `pod_prefix`*."""
+    logs = sorted(real_node.log_dir.glob(f"{real_node.namespace}_{pod_prefix}*/*/*.log"))
+    return "".join(f"\n== {f}:\n{f.read_text(errors='replace')[-2000:]}" for f in logs[-3:])
+
+
+async def master_pod(core, namespace: str, timeout: float = 180, real_node=None) -> dict:
+    """The master Deployment's pod once it is ready (its readiness probe answered); on a
+    timeout the master's container logs are shown."""
+    async def ready():
+        pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
+        for pod in pods:
+            conditions = pod.status.conditions or ()
+            if not pod.metadata.deletion_timestamp and any(
+                    c.type == "Ready" and c.status == "True" for c in conditions):
+                return core.api_client.sanitize_for_serialization(pod)
+        return None
+
+    try:
+        return await until(ready, timeout=timeout, what="the master pod to be ready", interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}{container_logs(real_node, MASTER) if real_node else ''}") from None
+
+
+async def delete_master(apps, core, namespace: str) -> None:
+    """Delete the master Deployment (its ReplicaSet and pods go with it) and its Services; wait
+    until the Deployment is gone and its pods' deletion requested (their final removal is the
+    kubelet's: tests/kube_node.py)."""
+    try:
+        await apps.delete_namespaced_deployment(MASTER, namespace, propagation_policy="Foreground")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+    async def gone():
+        pods = (await core.list_namespaced_pod(namespace, label_selector=MASTER_PODS)).items
+        deployments = (await apps.list_namespaced_deployment(namespace, label_selector=MASTER_PODS)).items
+        return not deployments and all(p.metadata.deletion_timestamp for p in pods)
+
+    # the Deployment itself too: one still being deleted would be adopted by manage_master
+    await until(gone, timeout=60, what="the master Deployment and its pods to be deleted", interval=0.5)
+    for service in master_services(name=MASTER, namespace=namespace):
+        try:
+            await core.delete_namespaced_service(service["metadata"]["name"], namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.fixture(scope="module")
+async def node_master(real_node, node_image):
+    """The master applied as the deployment guide does (helm-values/spark-master.yaml's
+    Deployment), from the Spark image; `url`, `ui` at its pod IP, `deployment`."""
+    ns = real_node.namespace
+    started = time.monotonic()
+    async with await real_node.api_client("admin") as admin:
+        apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+        manifest = master_deployment(name=MASTER, namespace=ns, image=node_image, image_pull_policy="Never",
+                                     run_as_user=KubernetesBackend.run_as_user.default_value, cpu="500m")
+        # the Services first, as when a master pod is replaced: the kubelet gives a new pod
+        # the link variables of every Service in its namespace (unless enableServiceLinks is off)
+        for service in master_services(name=MASTER, namespace=ns):
+            await core.create_namespaced_service(ns, service)
+        deployment = await apps.create_namespaced_deployment(ns, manifest)
+        try:
+            ip = (await master_pod(core, ns, real_node=real_node))["status"]["podIP"]
+            timed("master up", started)
+            yield SimpleNamespace(url=f"spark://{ip}:{MASTER_PORT}", master_url=f"spark://{ip}:{MASTER_PORT}",
+                                  master_ui_url=f"http://{ip}:{MASTER_UI_PORT}", ip=ip, deployment=deployment)
+        finally:
+            await delete_master(apps, core, ns)
+
+
+@pytest.fixture
+async def node_scaler(real_node, node_image, tmp_path):
+    """`await node_scaler(master, idle_workers=1, ...)`: a Reconciler on a KubernetesBackend
+    whose worker pods run the Spark image on the real node; at teardown its pods are deleted
+    through the API."""
+    backends = []
+
+    async def make(master, *, backend_settings: dict | None = None, **policy):
+        settings = {"cpu_limit": "1", "cpu_guarantee": "100m", "memory_limit": "1280Mi",
+                    "stop_grace_period": 30, **(backend_settings or {})}
+        backend = KubernetesBackend(
+            kubeconfig=str(real_node.kubeconfig(SCALER_USER)), namespace=real_node.namespace,
+            pool=f"n{next(_pools)}", image=node_image, image_pull_policy="Never",
+            master_url=master.master_url, master_ui_url=master.master_ui_url, **settings)
+        await backend.setup()
+        backends.append(backend)
+        return make_reconciler(backend, master, **policy)
+
+    yield make
+    async with await real_node.api_client("admin") as admin:
+        core = client.CoreV1Api(admin)
+        for backend in backends:
+            await backend.shutdown()
+            await core.delete_collection_namespaced_pod(real_node.namespace,
+                                                        label_selector=pool_selector(backend.pool),
+                                                        grace_period_seconds=1)
+
+
+@pytest.fixture
+def node_drivers(real_node, tmp_path):
+    """`node_drivers(master, name, *args)`: busy drivers on the host, bound to the node's host
+    address; every one is killed at teardown."""
+    started: list[Driver] = []
+
+    def start(master, name: str, *args: str) -> Driver:
+        driver = Driver(tmp_path / f"driver-{name}", ["--master", master.url, "--name", name,
+                                                      "--driver-host", real_node.host_address, *args])
+        started.append(driver)
+        return driver
+
+    yield start
+    for driver in started:
+        driver.kill()
+
+
+async def registered_on(app: dict, hosts: set[str]) -> bool:
+    """Whether the driver (`app`: its app.json) has an active executor on each of `hosts`."""
+    url = f"{app['ui']}/api/v1/applications/{app['app_id']}/executors"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(url) as response:
+                executors = await response.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False  # a busy driver's UI can be slow to answer: ask again
+    return hosts <= {e["hostPort"].rpartition(":")[0] for e in executors if e["id"] != "driver"}
+
+
+async def test_workers_retired_under_a_running_driver_lose_no_executor(
+        real_node, node_master, node_scaler, node_drivers):
+    """The guarantee on the real node: a driver running an RDD lambda and a Python UDF on
+    executors in worker pods; workers it took after the plan to retire them was made are
+    decommissioned: no executor lost, no task failed, every result right."""
+    started = time.monotonic()
+    r = await node_scaler(node_master, idle_workers=1)
+    steady = node_drivers(node_master, "node-steady", "--cores-max", "1", "--task-seconds", "1", "--udf")
+    bursty = node_drivers(node_master, "node-bursty", *BURSTY, "--udf")
+    await steady.started()
+    app = await bursty.started()
+
+    async def carry_out(r, decided, snapshot):
+        """Retire once the burst's executors on the chosen workers have registered with their
+        driver. Retired sooner, while an executor still starts (its JVM takes seconds in a pod
+        on a busy node), the master tells the driver of an executor it does not know yet, the
+        driver drops that, and the executor is never drained: Spark's gap, not tested here."""
+        chosen = {w.backend.host for w in snapshot.workers if w.handle in decided.retire}
+        await until(lambda: registered_on(app, chosen), timeout=90, interval=0.5,
+                    what="the burst's executors on the chosen workers to register with the driver")
+        await r.act(decided, snapshot)
+
+    retired = await race_rounds(r, bursty, rounds=2, kill=carry_out)
+    assert len(retired) == 4
+    steady_result, bursty_result = await steady.result(), await bursty.result()
+    drained = [e for e in bursty_result["executors"] if "decommission" in e["reason"].lower()]
+    assert len(drained) >= 4, "every retired worker was running the burst's executor"
+    for result in (steady_result, bursty_result):
+        assert result["jobs"] > 0 and result["wrong_results"] == 0, result
+        assert lost_executors(result) == [], result
+        assert result["tasks_failed"] == 0 and result["jobs_failed"] == 0, result
+        for executor in result["executors"]:  # executors ran in the worker pods, at their pod IPs
+            host = ipaddress.ip_address(executor["host"].rpartition(":")[0])
+            assert host in real_node.subnet and str(host) not in (real_node.host_address, node_master.ip)
+    timed("guarantee", started)
+
+
+async def test_a_worker_over_its_memory_limit_is_oom_killed_reported_and_replaced(
+        real_node, node_master, node_scaler):
+    """The worker JVM told to touch a heap larger than its pod's limit (an admin's
+    SPARK_DAEMON_MEMORY above memory_limit): the kernel kills it in the pod's cgroup, the
+    runtime reports OOMKilled, and the scaler says so and starts another pod."""
+    started = time.monotonic()
+    r = await node_scaler(node_master, idle_workers=1, backend_settings={
+        "memory_limit": "900Mi",
+        "extra_env": {"SPARK_DAEMON_MEMORY": "2g", "SPARK_DAEMON_JAVA_OPTS": "-Xms2g -XX:+AlwaysPreTouch"}})
+
+    def oom_stops() -> dict[tuple[str, ...], str]:
+        """The stop decisions that name OOMKilled: their workers -> their words."""
+        words = {d.handles: f"{d.detail} {' '.join(d.reasons)}" for d in r.decisions if d.action == "stop"}
+        return {handles: text for handles, text in words.items() if "OOMKilled" in text}
+
+    await cycles_until(r, lambda s: len(oom_stops()) >= 2, timeout=240,
+                       what="two worker pods lost to OOMKilled")
+    print("stopped:", oom_stops())
+    assert all("lost (OOMKilled: exit code 137)" in text for text in oom_stops().values()), oom_stops()
+    assert [d.action for d in r.decisions].count("start") >= 2, "the lost worker was replaced"
+    timed("OOMKilled", started)
+
+
+async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers(
+        real_node, node_image):
+    """manage_master: the scaler creates the master Deployment, the real controller and
+    scheduler bring it up (its readiness probe answers), a worker joins it, and deleting the
+    Deployment garbage-collects the worker pods it owns."""
+    ns = real_node.namespace
+    started = time.monotonic()
+    async with await real_node.api_client("admin") as admin:
+        apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+        await delete_master(apps, core, ns)  # the applied one: the managed master has its name
+        await apply_rbac(admin, ns, "rbac-manage-master.yaml")
+        backend = KubernetesBackend(
+            kubeconfig=str(real_node.kubeconfig(SCALER_USER)), namespace=ns, pool=f"n{next(_pools)}",
+            image=node_image, image_pull_policy="Never", manage_master=True, master_memory="1Gi",
+            cpu_limit="1", cpu_guarantee="100m", memory_limit="1280Mi", stop_grace_period=30)
+        try:
+            await backend.setup()
+            ip = (await master_pod(core, ns, real_node=real_node))["status"]["podIP"]
+            timed("managed master ready", started)
+            # no DNS on the node: the workers are told the pod IP, not the Service's name
+            backend.master_url = f"spark://{ip}:{MASTER_PORT}"
+            master = SimpleNamespace(master_ui_url=f"http://{ip}:{MASTER_UI_PORT}")
+            r = make_reconciler(backend, master, idle_workers=1)
+            await cycles_until(r, idle_and_busy(1, 0), timeout=180,
+                               what="a worker ALIVE at the managed master")
+            (pod,) = (await core.list_namespaced_pod(ns, label_selector=pool_selector(backend.pool))).items
+            assert pod.metadata.owner_references[0].kind == "Deployment"
+            assert pod.metadata.owner_references[0].name == MASTER
+
+            await apps.delete_namespaced_deployment(MASTER, ns, propagation_policy="Background")
+
+            async def collected():
+                pods = (await core.list_namespaced_pod(ns, label_selector=pool_selector(backend.pool))).items
+                return all(p.metadata.deletion_timestamp for p in pods)
+
+            await until(collected, timeout=90, what="the worker pod to be garbage-collected", interval=0.5)
+            with_policy(r, idle_workers=0)
+        finally:
+            await backend.shutdown()
+            await delete_master(apps, core, ns)
+            await core.delete_collection_namespaced_pod(ns, label_selector=pool_selector(backend.pool),
+                                                        grace_period_seconds=1)
+    timed("managed master", started)
