@@ -201,7 +201,7 @@ def worker_container(image_name: str, master: str) -> dict:
 async def test_the_master_and_a_worker_pods_commands_run_a_python_job_in_the_image(image, rootfs, tmp_path):
     master_port, master_ui, worker_port, worker_ui = (random_port() for _ in range(4))
     deployment = master_deployment(name="spark-master", namespace="spark", image=image.name,
-                                   run_as_user=SPARK_UID)
+                                   run_as_user=SPARK_UID, default_cores=2)
     (master,) = deployment["spec"]["template"]["spec"]["containers"]
     command, env = container_argv(master, pod_ip="127.0.0.1",
                                   ports={"--port": master_port, "--webui-port": master_ui})
