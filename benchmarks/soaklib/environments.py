@@ -185,7 +185,8 @@ class KubeEnv:
             creates += [(rbac.create_namespaced_role_binding, doc) for doc in (binding, soak_binding)]
             deployment = master_deployment(name="spark-master", namespace=self.namespace,
                                            image="apache/spark:4.3.0",
-                                           run_as_user=KubernetesBackend.run_as_user.default_value)
+                                           run_as_user=KubernetesBackend.run_as_user.default_value,
+                                           default_cores=2 * WORKER_CORES)  # the backend's default
             creates.append((client.AppsV1Api(admin).create_namespaced_deployment, deployment))
             # each soak pool's pre-warm history, made as the admin makes the file's for theirs
             for pool in pools:
