@@ -247,6 +247,51 @@ async def test_a_worker_over_its_memory_limit_is_oom_killed_reported_and_replace
     timed("OOMKilled", started)
 
 
+async def test_an_admins_delete_of_a_busy_worker_pod_drains_it_before_sigterm(
+        real_node, node_master, node_scaler, node_drivers):
+    """`kubectl delete pod` of a worker an app runs on (as a node drain does): the real
+    kubelet runs the pod's preStop hook, which decommissions the worker (SIGPWR to its PID 1)
+    and waits until the executor has left; only then does PID 1 get SIGTERM. The app loses
+    no executor and no task."""
+    started = time.monotonic()
+    r = await node_scaler(node_master, idle_workers=1, backend_settings={"pod_drain_timeout": 60})
+    # two executors: the one that leaves moves its shuffle blocks to the other (an app's only
+    # executor has no peer to take them, and waits out the hook's bound: reliability.md)
+    driver = node_drivers(node_master, "node-deleted", "--cores-max", "2", "--task-seconds", "1", "--udf")
+    app = await driver.started()
+    await cycles_until(r, idle_and_busy(1, 2), timeout=240, what="two busy workers and an idle one")
+    busy = next(w for w in r.last_snapshot.workers if w.state.value == "busy")
+    # an executor still starting misses its worker's decommission (Spark's gap: reliability.md)
+    await until(lambda: registered_on(app, {busy.backend.host}), timeout=90, interval=0.5,
+                what="the executor to register with its driver")
+    async with await real_node.api_client("admin") as admin:
+        core = client.CoreV1Api(admin)
+        pod = await core.read_namespaced_pod(busy.handle, real_node.namespace)
+        assert pod.spec.termination_grace_period_seconds == 60 + 30
+        await core.delete_namespaced_pod(busy.handle, real_node.namespace)  # the pod's own grace period
+
+        async def ended():
+            await r.cycle()  # the scaler goes on meanwhile (and replaces the worker)
+            log = "".join(f.read_text(errors="replace")  # gone with the pod: read it now
+                          for f in real_node.log_dir.glob(f"{real_node.namespace}_{busy.handle}_*/*/*.log"))
+            return log if "RECEIVED SIGNAL TERM" in log else None
+
+        log = await until(ended, timeout=85, interval=1, what="the worker's PID 1 to get SIGTERM")
+    done = driver.jobs()
+    await driver.jobs_done(done + 2, timeout=120)  # it goes on, on the other worker
+    result = await driver.result()
+    # the hook's SIGPWR decommissioned the busy worker (the scaler does not retire a busy
+    # one), its executor finished, and only then came SIGTERM
+    assert -1 < log.find("Decommission worker") < log.find("finished with state EXITED") \
+        < log.find("RECEIVED SIGNAL TERM"), log[-3000:]
+    on_deleted = [e for e in result["executors"] if e["host"].rpartition(":")[0] == busy.backend.host]
+    assert on_deleted and all("decommission" in e["reason"].lower() for e in on_deleted), on_deleted
+    assert lost_executors(result) == [], result
+    assert result["tasks_failed"] == 0 and result["wrong_results"] == 0, result
+    timed("deleted busy worker", started)
+
+
+# last in the module: it deletes the applied master (node_master), whose name the managed one takes
 async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers(
         real_node, node_image):
     """manage_master: the scaler creates the master Deployment, the real controller and
@@ -290,47 +335,3 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
             await core.delete_collection_namespaced_pod(ns, label_selector=pool_selector(backend.pool),
                                                         grace_period_seconds=1)
     timed("managed master", started)
-
-
-async def test_an_admins_delete_of_a_busy_worker_pod_drains_it_before_sigterm(
-        real_node, node_master, node_scaler, node_drivers):
-    """`kubectl delete pod` of a worker an app runs on (as a node drain does): the real
-    kubelet runs the pod's preStop hook, which decommissions the worker (SIGPWR to its PID 1)
-    and waits until the executor has left; only then does PID 1 get SIGTERM. The app loses
-    no executor and no task."""
-    started = time.monotonic()
-    r = await node_scaler(node_master, idle_workers=1, backend_settings={"pod_drain_timeout": 60})
-    # two executors: the one that leaves moves its shuffle blocks to the other (an app's only
-    # executor has no peer to take them, and waits out the hook's bound: reliability.md)
-    driver = node_drivers(node_master, "node-deleted", "--cores-max", "2", "--task-seconds", "1", "--udf")
-    app = await driver.started()
-    await cycles_until(r, idle_and_busy(1, 2), timeout=240, what="two busy workers and an idle one")
-    busy = next(w for w in r.last_snapshot.workers if w.state.value == "busy")
-    # an executor still starting misses its worker's decommission (Spark's gap: reliability.md)
-    await until(lambda: registered_on(app, {busy.backend.host}), timeout=90, interval=0.5,
-                what="the executor to register with its driver")
-    async with await real_node.api_client("admin") as admin:
-        core = client.CoreV1Api(admin)
-        pod = await core.read_namespaced_pod(busy.handle, real_node.namespace)
-        assert pod.spec.termination_grace_period_seconds == 60 + 30
-        await core.delete_namespaced_pod(busy.handle, real_node.namespace)  # the pod's own grace period
-
-        async def ended():
-            await r.cycle()  # the scaler goes on meanwhile (and replaces the worker)
-            log = "".join(f.read_text(errors="replace")  # gone with the pod: read it now
-                          for f in real_node.log_dir.glob(f"{real_node.namespace}_{busy.handle}_*/*/*.log"))
-            return log if "RECEIVED SIGNAL TERM" in log else None
-
-        log = await until(ended, timeout=85, interval=1, what="the worker's PID 1 to get SIGTERM")
-    done = driver.jobs()
-    await driver.jobs_done(done + 2, timeout=120)  # it goes on, on the other worker
-    result = await driver.result()
-    # the hook's SIGPWR decommissioned the busy worker (the scaler does not retire a busy
-    # one), its executor finished, and only then came SIGTERM
-    assert -1 < log.find("Decommission worker") < log.find("finished with state EXITED") \
-        < log.find("RECEIVED SIGNAL TERM"), log[-3000:]
-    on_deleted = [e for e in result["executors"] if e["host"].rpartition(":")[0] == busy.backend.host]
-    assert on_deleted and all("decommission" in e["reason"].lower() for e in on_deleted), on_deleted
-    assert lost_executors(result) == [], result
-    assert result["tasks_failed"] == 0 and result["wrong_results"] == 0, result
-    timed("deleted busy worker", started)
