@@ -141,11 +141,11 @@ async def test_a_late_pod_starts_its_worker_no_earlier_than_its_delay(tmp_path, 
     """The cold-start model on Kubernetes: the tests' kubelet binds the pod at once and
     starts its process the delay later; the master sees the worker no sooner."""
     master = SoakMaster(tmp_path / "master")
-    await asyncio.to_thread(master.start)
     env = KubeEnv(tmp_path, cluster=kube_cluster, kubelet=kubelet, start_delay=StartDelay.parse("3"), seed=3)
-    await env.start()
     backend = None
-    try:
+    try:  # the master is killed and the session's cluster put back even when a start fails
+        await asyncio.to_thread(master.start)
+        await env.start()
         backend = await env.backend(master, "scaler")
         asked = time.monotonic()
         [worker] = await backend.start(1)
