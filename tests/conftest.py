@@ -225,9 +225,11 @@ async def kube_rbac(kube_cluster):
         return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)
 
 
-@pytest.fixture
+# the one param names the stand-in in every test id that uses it: test_x[stand-in-kubelet]
+@pytest.fixture(params=["stand-in-kubelet"])
 async def kubelet(kube_cluster, tmp_path):
-    """A TestKubelet running the pods of the "spark" namespace, per test: each test starts in
+    """A TestKubelet (a stand-in: tests/kubelet.py says what it does not model) running the
+    pods of the "spark" namespace, per test: each test starts in
     mode "run" with no pods. At teardown it ends every process it started, restarts the
     apiserver if the test left it stopped, force-deletes all pods of the namespace, and fails
     the test if anything went wrong inside the kubelet (`kubelet.errors`)."""
