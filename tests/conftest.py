@@ -4,6 +4,7 @@ scaler, and the Kubernetes test infrastructure. The bounded waits are tests/wait
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -223,6 +224,37 @@ async def kube_rbac(kube_cluster):
                                        run_as_user=KubernetesBackend.run_as_user.default_value,
                                        default_cores=2)
         return await kube_client.AppsV1Api(admin).create_namespaced_deployment(namespace, deployment)
+
+
+_kube_pools = itertools.count(1)
+
+
+@pytest.fixture
+async def make_kube_backend(kube_cluster, kube_rbac):
+    """`await make_kube_backend(user="hub", pool="", **settings)`: a set-up KubernetesBackend in
+    namespace "spark" as that token user (by default z2jh's hub service account, holding only
+    helm-values/rbac.yaml's Role), on a pool of its own unless named; its pods are deleted at
+    teardown."""
+    from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+    from jhub_spark_scaler.backends.worker_pod import pool_selector
+
+    backends = []
+
+    async def make(*, user: str = "hub", pool: str = "", **settings) -> KubernetesBackend:
+        settings = {"master_url": "spark://spark-master.spark.svc:7077", "stop_grace_period": 0, **settings}
+        backend = KubernetesBackend(kubeconfig=str(kube_cluster.kubeconfig(user)),
+                                    namespace=kube_cluster.namespace, pool=pool or f"kb{next(_kube_pools)}",
+                                    **settings)
+        await backend.setup()
+        backends.append(backend)
+        return backend
+
+    yield make
+    async with await kube_cluster.api_client("admin") as admin:
+        for backend in backends:
+            await backend.shutdown()
+            await kube_client.CoreV1Api(admin).delete_collection_namespaced_pod(
+                kube_cluster.namespace, label_selector=pool_selector(backend.pool), grace_period_seconds=0)
 
 
 # the one param names the stand-in in every test id that uses it: test_x[stand-in-kubelet]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import itertools
-import logging
 import re
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.kube_api import KubeApi
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment
-from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_selector, worker_pod
+from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, worker_pod
 from jhub_spark_scaler.observe import is_retiring
 
 from .kube_cluster import KubeCluster
@@ -348,35 +346,11 @@ async def test_networkpolicy_yaml_is_accepted_by_the_apiserver(kube_cluster):
 
 # ---- 4. the backend acts on its own pods only -----------------------------------------------
 
-_pools = itertools.count(1)
-
-
-@pytest.fixture
-async def make_backend(kube_cluster, kube_rbac):
-    """`await make_backend(user=..., pool=..., **settings)`: a set-up KubernetesBackend (the
-    scaler's user and a pool of its own by default); its pods are deleted at teardown."""
-    backends = []
-
-    async def make(*, user: str = SCALER_USER, pool: str = "", **settings) -> KubernetesBackend:
-        b = backend(kubeconfig=str(kube_cluster.kubeconfig(user)), pool=pool or f"sec{next(_pools)}",
-                    stop_grace_period=0, log=logging.getLogger("test-kube-security"), **settings)
-        await b.setup()
-        backends.append(b)
-        return b
-
-    yield make
-    async with await kube_cluster.api_client("admin") as admin:
-        for b in backends:
-            await b.shutdown()
-            await client.CoreV1Api(admin).delete_collection_namespaced_pod(
-                NAMESPACE, label_selector=pool_selector(b.pool), grace_period_seconds=0)
-
-
-async def test_retire_and_stop_spare_a_pod_that_replaced_the_listed_one(make_backend, kube_cluster):
+async def test_retire_and_stop_spare_a_pod_that_replaced_the_listed_one(make_kube_backend, kube_cluster):
     """The attack: between the scaler's list and its retire and stop, the pod is deleted and
     another is created under the same name (with the pool's labels). Only the listed pod may
     be marked or deleted."""
-    b = await make_backend()
+    b = await make_kube_backend()
     await b.start(1)
     (worker,) = await b.list()
     async with await kube_cluster.api_client("admin") as admin:
@@ -407,14 +381,15 @@ async def test_retire_and_stop_spare_a_pod_that_replaced_the_listed_one(make_bac
         assert await pods_of(kube_cluster, b.pool) == []
 
 
-async def test_another_owners_pods_are_never_adopted_listed_or_stopped(make_backend, kube_cluster, caplog):
+async def test_another_owners_pods_are_never_adopted_listed_or_stopped(
+        make_kube_backend, kube_cluster, caplog):
     """Two hubs with pool `default` in one namespace, told apart by their pods' owners."""
     async with await kube_cluster.api_client("admin") as admin:
         await client.CoreV1Api(admin).create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "hub-b"}})
     try:
-        a = await make_backend(pool="default")  # owner: Deployment/spark-master
+        a = await make_kube_backend(pool="default")  # owner: Deployment/spark-master
         a_pods = {w.handle for w in await a.start(2)}
-        b = await make_backend(user="admin", pool="default", owner="ConfigMap/hub-b")
+        b = await make_kube_backend(user="admin", pool="default", owner="ConfigMap/hub-b")
         assert await b.list() == [], "a's pods are not b's"
         b_pods = {w.handle for w in await b.start(2)}
 
@@ -434,8 +409,9 @@ async def test_another_owners_pods_are_never_adopted_listed_or_stopped(make_back
             await client.CoreV1Api(admin).delete_namespaced_config_map("hub-b", NAMESPACE)
 
 
-async def test_a_bad_retiring_mark_means_retiring_since_the_pods_creation(make_backend, kube_cluster, caplog):
-    b = await make_backend()
+async def test_a_bad_retiring_mark_means_retiring_since_the_pods_creation(
+        make_kube_backend, kube_cluster, caplog):
+    b = await make_kube_backend()
     (worker,) = await b.start(1)
     async with await kube_cluster.api_client("admin") as admin:
         core = client.CoreV1Api(admin)
@@ -475,8 +451,8 @@ _ESCAPING_HOOKS = {
 
 
 @pytest.mark.parametrize("hook", list(_ESCAPING_HOOKS))
-async def test_modify_pod_hook_that_lets_a_pod_escape_creates_nothing(make_backend, kube_cluster, hook):
-    b = await make_backend(modify_pod_hook=_ESCAPING_HOOKS[hook])
+async def test_modify_pod_hook_that_lets_a_pod_escape_creates_nothing(make_kube_backend, kube_cluster, hook):
+    b = await make_kube_backend(modify_pod_hook=_ESCAPING_HOOKS[hook])
     with pytest.raises(BackendError) as refused:
         await b.start(2)
     message = str(refused.value)

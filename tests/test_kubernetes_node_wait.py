@@ -11,7 +11,6 @@ scaler reads them with the Role of helm-values/rbac.yaml (events: list, nothing 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -20,9 +19,7 @@ from datetime import datetime, timezone
 import pytest
 from kubernetes_asyncio import client
 
-from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.node_events import INTERVAL
-from jhub_spark_scaler.backends.worker_pod import pool_selector
 from jhub_spark_scaler.model import NodeWait, WorkerState
 
 from .test_kubernetes_backend import NAMESPACE, SCALER_USER, pods_of
@@ -32,7 +29,6 @@ from .waiting import until
 
 pytestmark = pytest.mark.spark
 
-_pools = itertools.count(1)
 S = WorkerState
 
 
@@ -62,28 +58,11 @@ async def autoscaler_event(core: client.CoreV1Api, pod: dict, reason: str, messa
 
 
 @pytest.fixture
-async def kube_backend(kube_cluster, kube_rbac):
-    """`await kube_backend(**settings)`: a set-up KubernetesBackend as the hub's service account
-    (helm-values/rbac.yaml), a pool of its own; its pods and events are deleted at teardown."""
-    backends = []
-
-    async def make(**settings) -> KubernetesBackend:
-        backend = KubernetesBackend(kubeconfig=str(kube_cluster.kubeconfig(SCALER_USER)),
-                                    namespace=NAMESPACE, pool=f"nw{next(_pools)}",
-                                    master_url="spark://spark-master.spark.svc:7077",
-                                    stop_grace_period=0, log=logging.getLogger("test-node-wait"), **settings)
-        await backend.setup()
-        backends.append(backend)
-        return backend
-
-    yield make
+async def kube_backend(make_kube_backend, kube_cluster):
+    """`make_kube_backend` (tests/conftest.py); the namespace's events are deleted at teardown too."""
+    yield make_kube_backend
     async with await kube_cluster.api_client("admin") as admin:
-        core = client.CoreV1Api(admin)
-        for backend in backends:
-            await backend.shutdown()
-            await core.delete_collection_namespaced_pod(NAMESPACE, label_selector=pool_selector(backend.pool),
-                                                        grace_period_seconds=0)
-        await core.delete_collection_namespaced_event(NAMESPACE)
+        await client.CoreV1Api(admin).delete_collection_namespaced_event(NAMESPACE)
 
 
 async def test_a_pod_a_node_is_added_for_waits_and_one_no_node_comes_for_is_unschedulable(
