@@ -8,7 +8,7 @@ does a Failed one (the soak's killed worker)."""
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
 
 import pytest
@@ -16,35 +16,19 @@ from kubernetes_asyncio import client
 
 from jhub_spark_scaler.backends import pod_cache
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
-from jhub_spark_scaler.backends.worker_pod import pool_selector
 
 from .waiting import always, until
 
 NAMESPACE = "spark"
-_pools = itertools.count(1)
 
 
 @pytest.fixture
-async def make_backend(kube_cluster, kube_rbac):
-    """`await make_backend(**settings)`: a KubernetesBackend as the hub's service account,
-    with a pool of its own; its pods are deleted at the end."""
-    backends = []
-
-    async def make(**settings) -> KubernetesBackend:
-        backend = KubernetesBackend(
-            kubeconfig=str(kube_cluster.kubeconfig("hub")), namespace=NAMESPACE,
-            pool=f"cache{next(_pools)}", master_url="spark://127.0.0.1:7077",
-            master_ui_url="http://127.0.0.1:8080", **settings)
-        await backend.setup()
-        backends.append(backend)
-        return backend
-
-    yield make
-    async with await kube_cluster.api_client("admin") as admin:
-        for backend in backends:
-            await backend.shutdown()
-            await client.CoreV1Api(admin).delete_collection_namespaced_pod(
-                NAMESPACE, label_selector=pool_selector(backend.pool), grace_period_seconds=0)
+def make_backend(make_kube_backend):
+    """`await make_backend(**settings)`: `make_kube_backend` (tests/conftest.py) with a master
+    on loopback and the default stop grace period (its pods terminate for a while)."""
+    return functools.partial(make_kube_backend, master_url="spark://127.0.0.1:7077",
+                             master_ui_url="http://127.0.0.1:8080",
+                             stop_grace_period=KubernetesBackend.stop_grace_period.default_value)
 
 
 async def handles(backend) -> set[str]:
