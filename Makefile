@@ -17,12 +17,15 @@ setup:
 ## the CNI plugins and the real node's two test images from Debian packages (about 15 s);
 ## promtool unpacked from Debian's prometheus package (about 1 s); the Spark image of the
 ## Kubernetes tests from Debian packages and the suite's pyspark (once per pyspark/Python
-## version: 1-3 minutes; scripts/build_spark_image.py).
+## version: 1-3 minutes; scripts/build_spark_image.py); the production notebook+Spark image
+## of helm-values/spark-image/Dockerfile, built with buildah from Debian (once per change of the
+## Dockerfile or the three modules it copies: MINUTES; scripts/build_notebook_image.py).
 test-setup: setup
 	./scripts/install-kube-apiserver.sh
 	./scripts/install-kube-node.sh
 	./scripts/install-promtool.sh
 	$(PY) scripts/build_spark_image.py
+	$(PY) scripts/build_notebook_image.py
 
 ## A real JupyterHub on 127.0.0.1 with the scaler as a managed service on local Spark.
 demo: setup

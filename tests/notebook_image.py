@@ -1,0 +1,78 @@
+"""The production notebook and Spark image (helm-values/spark-image/Dockerfile, built with
+buildah by scripts/build_notebook_image.py): where its archive is, its name, and a way to run
+its programs as any user without a container runtime.
+
+    image = notebook_image()       # built first if missing (once per machine: minutes)
+    image.archive, image.name      # ctr -n k8s.io images import <archive>; pods use <name>
+    rootfs = unpack(image, dir)    # its root filesystem, as root (tests/spark_image.py's)
+    as_user(rootfs, [...], env=image_env(image), uid=1000, gid=100)
+                                   # argv for: that command in it, as uid:gid, in its own
+                                   # mount and PID namespaces
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .spark_image import image_env, image_manifest, unpack  # noqa: F401  (for the tests)
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = ROOT / "scripts" / "build_notebook_image.py"
+BUILD_TIMEOUT = 3600  # a cold build: about 5 minutes on 2 busy cores (pyspark's sdist, the JVM archives)
+
+_spec = importlib.util.spec_from_file_location("build_notebook_image", BUILD_SCRIPT)
+build_notebook_image = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build_notebook_image)
+
+
+@dataclass(frozen=True)
+class NotebookImage:
+    archive: Path  # OCI image archive
+    name: str  # localhost/jhub-spark-scaler/notebook:<digest of the inputs>
+    manifest: dict  # the build's inputs, buildah's version, build time and size
+
+    @property
+    def tag(self) -> str:
+        return self.name.rpartition(":")[2]
+
+
+def build() -> subprocess.CompletedProcess:
+    """Run the build script as `make test-setup` does."""
+    return subprocess.run([sys.executable, str(BUILD_SCRIPT)], capture_output=True, text=True,
+                          timeout=BUILD_TIMEOUT)
+
+
+def notebook_image() -> NotebookImage:
+    """The image of the Dockerfile as it is now; built first if missing. RuntimeError with the
+    build's output if it cannot be built."""
+    archive, manifest = build_notebook_image.archive_path(), build_notebook_image.manifest_path()
+    if not (archive.exists() and manifest.exists()):
+        built = build()
+        if built.returncode != 0:
+            raise RuntimeError(f"{BUILD_SCRIPT} failed with {built.returncode}:\n{built.stderr[-4000:]}")
+    return NotebookImage(archive=archive, name=build_notebook_image.image_name(),
+                         manifest=json.loads(manifest.read_text()))
+
+
+def dockerfile_args() -> dict[str, str]:
+    """The Dockerfile's ARG defaults (the pinned versions)."""
+    text = build_notebook_image.DOCKERFILE.read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+
+
+def as_user(rootfs: Path, argv: list[str], *, env: dict[str, str], uid: int, gid: int) -> list[str]:
+    """argv that runs `argv` in `rootfs` as uid:gid (no supplementary groups) with exactly
+    `env`, in new mount and PID namespaces with /proc, the machine's /dev and /etc/hosts; the
+    mounts vanish with the namespace, and killing the returned process kills all it started."""
+    setup = (f'mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" '
+             f'&& touch "$0/etc/hosts" && mount --bind /etc/hosts "$0/etc/hosts" '
+             f'&& exec chroot --userspec={uid}:{gid} --groups={gid} "$0" env -i "$@"')
+    variables = [f"{k}={v}" for k, v in sorted(env.items())]
+    return ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", setup, str(rootfs),
+            *variables, *argv]

@@ -1,0 +1,179 @@
+"""The production image (helm-values/spark-image/Dockerfile) built with buildah
+(scripts/build_notebook_image.py, tests/notebook_image.py) is what the Dockerfile's comment
+says: jovyan 1000:100 and spark 185:185, Spark at /opt/spark, java 17, Debian's Python with
+pyspark, JupyterHub and JupyterLab at the pinned versions, the JVM archives, all root's and
+read-only for both users; and nothing of the building machine is left in it (its CA, pip
+settings, apt sources and lists). Its archive is named by the files the Dockerfile takes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .notebook_image import (
+    as_user, build, build_notebook_image, dockerfile_args, image_env, image_manifest, notebook_image, unpack,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building, unpacking and chroot need root")
+
+ARGS = dockerfile_args()
+JOVYAN, USERS_GID, SPARK = 1000, 100, 185
+PACKAGE = Path(build_notebook_image.ROOT) / "jhub_spark_scaler"
+
+
+@pytest.fixture(scope="module")
+def image():
+    try:
+        return notebook_image()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def rootfs(image, tmp_path_factory):
+    return unpack(image, tmp_path_factory.mktemp("notebook-image"))
+
+
+def run_as(image, rootfs: Path, *argv: str, uid: int = JOVYAN, gid: int = USERS_GID) -> str:
+    """`argv` in the image with its environment, as uid:gid; stdout and stderr together."""
+    done = subprocess.run(as_user(rootfs, list(argv), env=image_env(image), uid=uid, gid=gid),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+# ---- what the build takes ------------------------------------------------------------------
+
+
+def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_digests_only_those():
+    dockerfile = build_notebook_image.DOCKERFILE.read_text()
+    copies = re.findall(r"^COPY ((?:[^\n]*\\\n)*[^\n]*)$", dockerfile, re.M)
+    sources = [word for copy in copies for word in copy.replace("\\\n", " ").split()[:-1]]
+    assert sources == list(build_notebook_image.CONTEXT_FILES)
+    imported = subprocess.run(
+        [build_notebook_image.sys.executable, "-c",
+         "import sys, jhub_spark_scaler.jvm_archives; "
+         "print(' '.join(sorted(m for m in sys.modules if m.startswith('jhub_spark_scaler'))))"],
+        cwd=PACKAGE.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)},
+        capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    as_files = sorted(f"{m.replace('.', '/')}{'/__init__' if m == 'jhub_spark_scaler' else ''}.py"
+                      for m in imported)
+    assert as_files == sorted(build_notebook_image.CONTEXT_FILES), "the Dockerfile's COPY misses a module"
+    inputs = build_notebook_image.inputs()
+    assert sorted(inputs["context"]) == sorted(build_notebook_image.CONTEXT_FILES)
+    assert set(inputs) == {"script", "apt_code", "dockerfile", "context", "suite", "debian_sources",
+                           "pip_conf"}, "no commit, date or other file of the repository"
+
+
+def test_the_machines_debian_sources_and_pip_settings_for_the_build_name_no_local_path():
+    sources = build_notebook_image.debian_sources()
+    suites = re.findall(r"^Suites: (.*)$", sources, re.M)
+    assert suites and all(s == "bookworm" or s.startswith("bookworm-") for line in suites for s in line.split())
+    settings, cert = build_notebook_image.pip_settings()
+    conf = build_notebook_image.pip_conf(settings, cert=cert)
+    assert "file:" not in conf and "find-links" not in conf and "constraint" not in conf, conf
+    if cert is not None:
+        assert f"cert = /root/{build_notebook_image.PIP_CA}" in conf.splitlines()
+
+
+# ---- the image -------------------------------------------------------------------------------
+
+
+def test_the_archive_is_an_oci_image_of_the_dockerfiles_config(image):
+    assert image.archive.name == f"notebook-{build_notebook_image.key()}.tar"
+    assert image.manifest["inputs"] == build_notebook_image.inputs()
+    index, manifest, config = image_manifest(image)
+    (descriptor,) = index["manifests"]
+    assert descriptor["annotations"]["org.opencontainers.image.ref.name"] == image.tag
+    settings = config["config"]
+    assert settings["User"] == "1000" and settings["WorkingDir"] == "/home/jovyan"
+    assert settings["Entrypoint"] == ["tini", "--"] and settings["Cmd"] == ["jupyterhub-singleuser"]
+    env = image_env(image)
+    assert env["SPARK_HOME"] == "/opt/spark" and env["PYSPARK_PYTHON"] == "python3"
+    assert env["PATH"].split(":")[:2] == ["/opt/notebook/bin", "/opt/spark/bin"]
+    print(f"image: {image.manifest['size'] / 2**20:.0f} MB archive, built in {image.manifest['build_seconds']} s")
+
+
+def test_its_users_are_jovyan_1000_100_and_spark_185_with_their_homes(image, rootfs):
+    passwd = (rootfs / "etc" / "passwd").read_text().splitlines()
+    assert "jovyan:x:1000:100::/home/jovyan:/bin/bash" in passwd
+    assert "spark:x:185:185::/home/spark:/bin/bash" in passwd
+    assert re.search(r"^users:x:100:", (rootfs / "etc" / "group").read_text(), re.M)
+    for home, owner in (("home/jovyan", (JOVYAN, USERS_GID)), ("home/spark", (SPARK, SPARK))):
+        info = (rootfs / home).stat()
+        assert (info.st_uid, info.st_gid) == owner, home
+    assert run_as(image, rootfs, "id").split()[:2] == ["uid=1000(jovyan)", "gid=100(users)"]
+    assert run_as(image, rootfs, "id", uid=SPARK, gid=SPARK).split()[:2] == ["uid=185(spark)", "gid=185(spark)"]
+
+
+def test_spark_java_python_pyspark_and_jupyterhub_are_at_the_pinned_versions(image, rootfs):
+    assert os.access(rootfs / "opt" / "spark" / "bin" / "spark-class", os.X_OK)
+    assert re.search(r'version "17\.', run_as(image, rootfs, "java", "-version"))
+    versions = run_as(image, rootfs, "python3", "-c",
+                      "import sys, pyspark; print(sys.executable, '%d.%d' % sys.version_info[:2], pyspark.__version__)")
+    assert versions.split() == ["/opt/notebook/bin/python3", "3.11", ARGS["PYSPARK_VERSION"]]
+    assert run_as(image, rootfs, "jupyterhub-singleuser", "--version").split()[-1] == ARGS["JUPYTERHUB_VERSION"]
+    assert run_as(image, rootfs, "jupyter-lab", "--version").split()[-1] == ARGS["JUPYTERLAB_VERSION"]
+    assert "tini version" in run_as(image, rootfs, "tini", "--version")
+    assert "procps" in run_as(image, rootfs, "ps", "--version", uid=SPARK, gid=SPARK)
+
+
+def test_the_jvm_archives_and_the_code_are_roots_and_read_only_for_both_users(image, rootfs):
+    for name in ("driver.jsa", "executor.jsa"):
+        archive = rootfs / "opt" / "jvm-archives" / name
+        info = archive.stat()
+        assert (info.st_uid, info.st_gid) == (0, 0) and info.st_size > 10 * 2**20, (name, info)
+        assert stat.S_IMODE(info.st_mode) == 0o644, oct(info.st_mode)
+    attempts = ("touch /opt/jvm-archives/x", "echo x >> /opt/jvm-archives/driver.jsa",
+                "echo x >> /opt/jvm-archives/executor.jsa", "touch /opt/notebook/bin/x",
+                "touch /opt/spark/jars/x", "echo x >> /opt/spark/bin/spark-class")
+    script = "; ".join(f"{a} 2>&1 || true" for a in attempts)
+    for uid, gid in ((JOVYAN, USERS_GID), (SPARK, SPARK)):
+        out = run_as(image, rootfs, "sh", "-c", script, uid=uid, gid=gid)
+        assert out.count("Permission denied") == len(attempts), (uid, out)
+    # the JVM can start from them: the image's java with the archives' Spark class path
+    check = run_as(image, rootfs, "java", "-XX:SharedArchiveFile=/opt/jvm-archives/driver.jsa", "-Xshare:on",
+                   "-Xlog:cds=info", "-cp", "/opt/spark/jars/*", "-version")
+    assert "Opened archive /opt/jvm-archives/driver.jsa" in check or "driver.jsa" in check, check[-2000:]
+
+
+def pem_lines(text: str) -> set[str]:
+    """The first base64 line of each certificate in a PEM bundle."""
+    return set(re.findall(r"-----BEGIN CERTIFICATE-----\n(\S{64})\n", text))
+
+
+def test_nothing_of_the_building_machine_is_left_in_it(image, rootfs):
+    _, cert = build_notebook_image.pip_settings()
+    own = pem_lines((rootfs / "etc" / "ssl" / "certs" / "ca-certificates.crt").read_text())
+    machines = pem_lines(cert.read_text()) - own if cert else set()
+    if machines:  # the machine trusts a CA Debian does not (a TLS-intercepting egress's): not in the image
+        patterns = rootfs.parent / "patterns"
+        patterns.write_text("\n".join(sorted(machines)) + "\n")
+        found = subprocess.run(["grep", "-rlF", "-f", str(patterns), "--exclude-dir=proc", "--exclude-dir=sys",
+                                "--exclude-dir=dev", str(rootfs)], capture_output=True, text=True, timeout=600)
+        assert found.returncode == 1 and not found.stdout, found.stdout + found.stderr
+    for path in ("etc/pip.conf", "etc/xdg/pip", "root/.config", "root/.cache", "opt/notebook/pip.conf"):
+        assert not (rootfs / path).exists(), path
+    found = subprocess.run(["find", str(rootfs), "-name", "pip.conf"], capture_output=True, text=True, timeout=300)
+    assert found.stdout == "", found.stdout
+    assert not (rootfs / "etc" / "apt" / "sources.list").exists()
+    assert list((rootfs / "etc" / "apt" / "sources.list.d").iterdir()) == []
+    lists = rootfs / "var" / "lib" / "apt" / "lists"
+    assert sorted(p.name for p in lists.iterdir() if p.is_file() and p.name != "lock") == [], "apt lists"
+    for name in ("resolv.conf", "hostname", "hosts"):  # mount points: empty, as a runtime fills them
+        path = rootfs / "etc" / name
+        assert not path.exists() or path.stat().st_size == 0, name
+    assert not (rootfs / "tmp" / "jhub-spark-scaler").exists()
+
+
+def test_a_second_build_does_nothing(image):
+    before = image.archive.stat().st_mtime_ns
+    built = build()
+    assert built.returncode == 0, built.stderr
+    assert image.archive.stat().st_mtime_ns == before
