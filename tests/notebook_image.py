@@ -4,7 +4,7 @@ its programs as any user without a container runtime.
 
     image = notebook_image()       # built first if missing (once per machine: minutes)
     image.archive, image.name      # ctr -n k8s.io images import <archive>; pods use <name>
-    rootfs = unpack(image, dir)    # its root filesystem, as root (tests/spark_image.py's)
+    rootfs = unpack(image, dir)    # its root filesystem, as root, layer on layer
     as_user(rootfs, [...], env=image_env(image), uid=1000, gid=100)
                                    # argv for: that command in it, as uid:gid, in its own
                                    # mount and PID namespaces
@@ -12,15 +12,18 @@ its programs as any user without a container runtime.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .spark_image import image_env, image_manifest, unpack  # noqa: F401  (for the tests)
+from .spark_image import image_env, image_manifest  # noqa: F401  (for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "scripts" / "build_notebook_image.py"
@@ -76,3 +79,51 @@ def as_user(rootfs: Path, argv: list[str], *, env: dict[str, str], uid: int, gid
     variables = [f"{k}={v}" for k, v in sorted(env.items())]
     return ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", setup, str(rootfs),
             *variables, *argv]
+
+
+WHITEOUT, OPAQUE = ".wh.", ".wh..wh..opq"
+
+
+def apply_whiteouts(rootfs: Path, names: list[str]) -> None:
+    """What a layer's whiteouts delete of the layers below it (OCI image spec): `.wh.x` deletes
+    x, `.wh..wh..opq` everything the directory held."""
+    for name in names:
+        parent, _, base = name.rstrip("/").rpartition("/")
+        if not base.startswith(WHITEOUT):
+            continue
+        target = rootfs / parent
+        if base == OPAQUE:
+            victims = list(target.iterdir()) if target.is_dir() else []
+        else:
+            victims = [target / base[len(WHITEOUT):]]
+        for victim in victims:
+            if victim.is_dir() and not victim.is_symlink():
+                shutil.rmtree(victim)
+            else:
+                victim.unlink(missing_ok=True)
+
+
+def unpack(image: NotebookImage, directory: Path) -> Path:
+    """The image's root filesystem under `directory`: its layers in order, each checked
+    against its digest, whiteouts applied (owners kept)."""
+    _, manifest, _ = image_manifest(image)
+    rootfs = directory / "rootfs"
+    rootfs.mkdir()
+    blob = directory / "layer"
+    with tarfile.open(image.archive) as archive:
+        for layer in manifest["layers"]:
+            algorithm, _, hexdigest = layer["digest"].partition(":")
+            digest = hashlib.new(algorithm)
+            with archive.extractfile(f"blobs/{algorithm}/{hexdigest}") as source, open(blob, "wb") as f:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+                    f.write(block)
+            assert digest.hexdigest() == hexdigest, f"layer {layer['digest']} does not match its digest"
+            listed = subprocess.run(["tar", "-tzf", str(blob)], capture_output=True, text=True, timeout=600)
+            assert listed.returncode == 0, listed.stderr
+            apply_whiteouts(rootfs, [name.removeprefix("./") for name in listed.stdout.splitlines()])
+            untar = subprocess.run(["tar", "-xzf", str(blob), "--numeric-owner", f"--exclude={WHITEOUT}*",
+                                    "-C", str(rootfs)], capture_output=True, text=True, timeout=600)
+            assert untar.returncode == 0, f"tar -xz of layer {layer['digest']}: {untar.stderr[-2000:]}"
+            blob.unlink()
+    return rootfs

@@ -74,7 +74,8 @@ def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_dige
 def test_the_machines_debian_sources_and_pip_settings_for_the_build_name_no_local_path():
     sources = build_notebook_image.debian_sources()
     suites = re.findall(r"^Suites: (.*)$", sources, re.M)
-    assert suites and all(s == "bookworm" or s.startswith("bookworm-") for line in suites for s in line.split())
+    named = [suite for line in suites for suite in line.split()]
+    assert named and all(s == "bookworm" or s.startswith("bookworm-") for s in named), sources
     settings, cert = build_notebook_image.pip_settings()
     conf = build_notebook_image.pip_conf(settings, cert=cert)
     assert "file:" not in conf and "find-links" not in conf and "constraint" not in conf, conf
@@ -97,7 +98,8 @@ def test_the_archive_is_an_oci_image_of_the_dockerfiles_config(image):
     env = image_env(image)
     assert env["SPARK_HOME"] == "/opt/spark" and env["PYSPARK_PYTHON"] == "python3"
     assert env["PATH"].split(":")[:2] == ["/opt/notebook/bin", "/opt/spark/bin"]
-    print(f"image: {image.manifest['size'] / 2**20:.0f} MB archive, built in {image.manifest['build_seconds']} s")
+    built = image.manifest
+    print(f"image: {built['size'] / 2**20:.0f} MB archive, built in {built['build_seconds']} s")
 
 
 def test_its_users_are_jovyan_1000_100_and_spark_185_with_their_homes(image, rootfs):
@@ -109,16 +111,20 @@ def test_its_users_are_jovyan_1000_100_and_spark_185_with_their_homes(image, roo
         info = (rootfs / home).stat()
         assert (info.st_uid, info.st_gid) == owner, home
     assert run_as(image, rootfs, "id").split()[:2] == ["uid=1000(jovyan)", "gid=100(users)"]
-    assert run_as(image, rootfs, "id", uid=SPARK, gid=SPARK).split()[:2] == ["uid=185(spark)", "gid=185(spark)"]
+    spark = run_as(image, rootfs, "id", uid=SPARK, gid=SPARK)
+    assert spark.split()[:2] == ["uid=185(spark)", "gid=185(spark)"]
 
 
 def test_spark_java_python_pyspark_and_jupyterhub_are_at_the_pinned_versions(image, rootfs):
-    assert os.access(rootfs / "opt" / "spark" / "bin" / "spark-class", os.X_OK)
+    spark_home = os.readlink(rootfs / "opt" / "spark")  # pyspark's directory, an absolute link
+    assert spark_home == "/opt/notebook/lib/python3.11/site-packages/pyspark"
+    assert os.access(rootfs / spark_home.lstrip("/") / "bin" / "spark-class", os.X_OK)
     assert re.search(r'version "17\.', run_as(image, rootfs, "java", "-version"))
-    versions = run_as(image, rootfs, "python3", "-c",
-                      "import sys, pyspark; print(sys.executable, '%d.%d' % sys.version_info[:2], pyspark.__version__)")
+    versions = run_as(image, rootfs, "python3", "-c", "import sys, pyspark; "
+                      "print(sys.executable, '%d.%d' % sys.version_info[:2], pyspark.__version__)")
     assert versions.split() == ["/opt/notebook/bin/python3", "3.11", ARGS["PYSPARK_VERSION"]]
-    assert run_as(image, rootfs, "jupyterhub-singleuser", "--version").split()[-1] == ARGS["JUPYTERHUB_VERSION"]
+    singleuser = run_as(image, rootfs, "jupyterhub-singleuser", "--version")
+    assert singleuser.split()[-1] == ARGS["JUPYTERHUB_VERSION"]
     assert run_as(image, rootfs, "jupyter-lab", "--version").split()[-1] == ARGS["JUPYTERLAB_VERSION"]
     assert "tini version" in run_as(image, rootfs, "tini", "--version")
     assert "procps" in run_as(image, rootfs, "ps", "--version", uid=SPARK, gid=SPARK)
@@ -129,7 +135,7 @@ def test_the_jvm_archives_and_the_code_are_roots_and_read_only_for_both_users(im
         archive = rootfs / "opt" / "jvm-archives" / name
         info = archive.stat()
         assert (info.st_uid, info.st_gid) == (0, 0) and info.st_size > 10 * 2**20, (name, info)
-        assert stat.S_IMODE(info.st_mode) == 0o644, oct(info.st_mode)
+        assert stat.S_IMODE(info.st_mode) & 0o222 == 0 and info.st_mode & stat.S_IROTH, oct(info.st_mode)
     attempts = ("touch /opt/jvm-archives/x", "echo x >> /opt/jvm-archives/driver.jsa",
                 "echo x >> /opt/jvm-archives/executor.jsa", "touch /opt/notebook/bin/x",
                 "touch /opt/spark/jars/x", "echo x >> /opt/spark/bin/spark-class")
@@ -140,7 +146,7 @@ def test_the_jvm_archives_and_the_code_are_roots_and_read_only_for_both_users(im
     # the JVM can start from them: the image's java with the archives' Spark class path
     check = run_as(image, rootfs, "java", "-XX:SharedArchiveFile=/opt/jvm-archives/driver.jsa", "-Xshare:on",
                    "-Xlog:cds=info", "-cp", "/opt/spark/jars/*", "-version")
-    assert "Opened archive /opt/jvm-archives/driver.jsa" in check or "driver.jsa" in check, check[-2000:]
+    assert "Mapped dynamic region" in check, check[-2000:]  # driver.jsa, on the base archive
 
 
 def pem_lines(text: str) -> set[str]:
@@ -150,17 +156,21 @@ def pem_lines(text: str) -> set[str]:
 
 def test_nothing_of_the_building_machine_is_left_in_it(image, rootfs):
     _, cert = build_notebook_image.pip_settings()
-    own = pem_lines((rootfs / "etc" / "ssl" / "certs" / "ca-certificates.crt").read_text())
-    machines = pem_lines(cert.read_text()) - own if cert else set()
-    if machines:  # the machine trusts a CA Debian does not (a TLS-intercepting egress's): not in the image
+    debian = set()  # the public CAs Debian's ca-certificates holds on this machine
+    for path in Path("/usr/share/ca-certificates").rglob("*.crt"):
+        debian |= pem_lines(path.read_text())
+    machines = pem_lines(cert.read_text()) - debian if cert else set()
+    print(f"CAs of the machine's own: {len(machines)}")
+    if machines:  # the machine trusts CAs of its own (a TLS-intercepting egress's): not in the image
         patterns = rootfs.parent / "patterns"
         patterns.write_text("\n".join(sorted(machines)) + "\n")
-        found = subprocess.run(["grep", "-rlF", "-f", str(patterns), "--exclude-dir=proc", "--exclude-dir=sys",
-                                "--exclude-dir=dev", str(rootfs)], capture_output=True, text=True, timeout=600)
+        grep = ["grep", "-rlF", "-f", str(patterns), *(f"--exclude-dir={d}" for d in ("proc", "sys", "dev"))]
+        found = subprocess.run([*grep, str(rootfs)], capture_output=True, text=True, timeout=600)
         assert found.returncode == 1 and not found.stdout, found.stdout + found.stderr
     for path in ("etc/pip.conf", "etc/xdg/pip", "root/.config", "root/.cache", "opt/notebook/pip.conf"):
         assert not (rootfs / path).exists(), path
-    found = subprocess.run(["find", str(rootfs), "-name", "pip.conf"], capture_output=True, text=True, timeout=300)
+    found = subprocess.run(["find", str(rootfs), "-name", "pip.conf"], capture_output=True, text=True,
+                           timeout=300)
     assert found.stdout == "", found.stdout
     assert not (rootfs / "etc" / "apt" / "sources.list").exists()
     assert list((rootfs / "etc" / "apt" / "sources.list.d").iterdir()) == []
