@@ -10,9 +10,10 @@ Debian packages too, fetched with `apt-get download` and unpacked with `dpkg -x`
 per-machine cache (${JSS_CACHE:-~/.cache/jhub-spark-scaler}): nothing is installed on the
 machine. The apt sources are the machine's own (/etc/apt).
 
-The image: user `spark` (uid 185, home /home/spark), SPARK_HOME=/opt/spark (a link to
-pyspark's directory, so /opt/spark/bin/spark-class is what the worker and master pods run),
-Spark's bin on PATH, PYSPARK_PYTHON=python3, entrypoint tini. Its name is
+The image: user `spark` (uid 185, home /home/spark) for the master and workers, user `jovyan`
+(uid 1000, group users, home /home/jovyan) for a notebook's driver as z2jh runs it,
+SPARK_HOME=/opt/spark (a link to pyspark's directory, so /opt/spark/bin/spark-class is what
+the worker and master pods run), Spark's bin on PATH, PYSPARK_PYTHON=python3, entrypoint tini. Its name is
 jhub-spark-scaler/spark:<pyspark>-py<major.minor>; containerd's `ctr images import` names it
 docker.io/jhub-spark-scaler/spark:<tag> (the archive's io.containerd.image.name).
 
@@ -48,6 +49,8 @@ PACKAGES = ("openjdk-17-jre-headless", "python3", "tini", "procps", "bash")
 TOOLS = ("mmdebstrap", "umoci")
 REPOSITORY = "jhub-spark-scaler/spark"
 SPARK_USER, SPARK_UID, SPARK_HOME_DIR = "spark", 185, "/home/spark"
+#: z2jh's singleuser.uid and singleuser.fsGid (Debian's group `users`), as in helm-values/spark-image
+NOTEBOOK_USER, NOTEBOOK_UID, NOTEBOOK_GID, NOTEBOOK_HOME_DIR = "jovyan", 1000, 100, "/home/jovyan"
 SPARK_HOME = "/opt/spark"
 MANIFEST_IN_IMAGE = "usr/share/jhub-spark-scaler/image-manifest.json"
 SCRIPT = Path(__file__).resolve()
@@ -252,26 +255,33 @@ def install_wheels(rootfs: Path, wheels: list[Path]) -> None:
     shutil.rmtree(stage)
 
 
-def add_user(rootfs: Path) -> None:
-    """User and group `spark` (185), home /home/spark: Spark looks its user up by uid."""
+def add_users(rootfs: Path) -> None:
+    """User and group `spark` (185), home /home/spark, for the master and the workers (Spark
+    looks its user up by uid); user `jovyan` (1000, group users) for the notebook's
+    driver, as z2jh runs singleuser pods: without a passwd entry Java's user.home is "?"
+    and spark-submit fails ("basedir must be absolute: ?/.ivy2...")."""
+    _add_user(rootfs, SPARK_USER, SPARK_UID, SPARK_UID, SPARK_HOME_DIR, group=True)
+    _add_user(rootfs, NOTEBOOK_USER, NOTEBOOK_UID, NOTEBOOK_GID, NOTEBOOK_HOME_DIR, group=False)
+
+
+def _add_user(rootfs: Path, user: str, uid: int, gid: int, home_dir: str, *, group: bool) -> None:
     lines = {
-        "passwd": f"{SPARK_USER}:x:{SPARK_UID}:{SPARK_UID}:Spark:{SPARK_HOME_DIR}:/bin/bash\n",
-        "group": f"{SPARK_USER}:x:{SPARK_UID}:\n",
-        "shadow": f"{SPARK_USER}:*::0:99999:7:::\n",
-        "gshadow": f"{SPARK_USER}:!::\n",
+        "passwd": f"{user}:x:{uid}:{gid}::{home_dir}:/bin/bash\n",
+        "shadow": f"{user}:*::0:99999:7:::\n",
+        **({"group": f"{user}:x:{gid}:\n", "gshadow": f"{user}:!::\n"} if group else {}),
     }
     for name, line in lines.items():
         path = rootfs / "etc" / name
         if not path.exists() and name in ("shadow", "gshadow"):
             continue  # no shadow files without Debian's `passwd`
         text = path.read_text()
-        if any(entry.split(":")[0] == SPARK_USER or entry.split(":")[2:3] == [str(SPARK_UID)]
-               for entry in text.splitlines() if name in ("passwd", "group")):
-            raise BuildError(f"/etc/{name} of the Debian image already has {SPARK_USER} or id {SPARK_UID}")
+        if any(entry.split(":")[0] == user or entry.split(":")[2:3] == [str(uid)]
+               for entry in text.splitlines() if name == "passwd" or (name == "group" and group)):
+            raise BuildError(f"/etc/{name} of the Debian image already has {user} or id {uid}")
         path.write_text(text + line)
-    home = rootfs / SPARK_HOME_DIR.lstrip("/")
+    home = rootfs / home_dir.lstrip("/")
     home.mkdir(mode=0o755)
-    os.chown(home, SPARK_UID, SPARK_UID)
+    os.chown(home, uid, gid)
 
 
 #: Files left out of the image: ca-certificates-java writes Java's TLS trust store with the
@@ -286,7 +296,7 @@ def customize(rootfs: Path) -> None:
     if not (rootfs / pyspark.lstrip("/") / "bin" / "spark-class").is_file():
         raise BuildError(f"pip left no {pyspark}/bin/spark-class in the image")
     (rootfs / SPARK_HOME.lstrip("/")).symlink_to(pyspark)
-    add_user(rootfs)
+    add_users(rootfs)
     for name in ("etc/resolv.conf", "etc/hostname", *LEFT_OUT):
         (rootfs / name).unlink(missing_ok=True)
     for path in (rootfs / "etc" / "apt" / "sources.list.d").glob("*"):

@@ -157,6 +157,8 @@ OUT_OF_RANGE: dict[tuple[str, str], tuple[str | Py, str]] = {
     ("KubernetesBackend", "cpu_guarantee"): ("lots", "not a Kubernetes quantity"),
     ("KubernetesBackend", "cpu_limit"): ("0", "not a Kubernetes quantity"),
     ("KubernetesBackend", "daemon_memory"): ("256Mi", "not a Spark memory size"),
+    ("KubernetesBackend", "extra_env"): (Py({"SPARK_WORKER_OPTS": "-Dspark.decommission.enabled=false"}),
+                                         "names a variable the scaler sets"),
     ("KubernetesBackend", "image"): ("", "not an image reference"),
     ("KubernetesBackend", "image_pull_policy"): ("Sometimes", "Always, IfNotPresent or Never"),
     ("KubernetesBackend", "image_pull_secrets"): ("Registry_Key", "Secret names"),
@@ -205,7 +207,7 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("KubernetesBackend", "spark_conf"): "Spark properties are free-form; Spark ignores unknown ones",
     **{("KubernetesBackend", name): "copied into the pod manifest as it is; the apiserver validates it "
        "(tests/test_kubernetes_backend.py dry-runs the manifests) and refuses a bad pod in one line"
-       for name in ("affinity", "extra_annotations", "extra_env", "extra_labels", "node_selector",
+       for name in ("affinity", "extra_annotations", "extra_labels", "node_selector",
                     "tolerations", "volumes", "volume_mounts")},
     ("KubernetesBackend", "modify_pod_hook"):
         "any callable; the pod it returns is the apiserver's to validate",

@@ -9,6 +9,8 @@ tests never see each other's pods.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
+from jhub_spark_scaler.backends import BackendError
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import master_deployment, master_services
 from jhub_spark_scaler.backends.worker_pod import ANNOTATION_RETIRING, pool_labels, pool_selector
@@ -26,7 +30,7 @@ from jhub_spark_scaler.policy import explain
 from jhub_spark_scaler.reconciler import Reconciler
 
 from .conftest import lost_executors
-from .waiting import until
+from .waiting import always, until
 from .test_scaling import cycles_until, idle_and_busy, never_loses_an_executor, make_reconciler, with_policy
 
 pytestmark = pytest.mark.spark
@@ -306,6 +310,46 @@ async def test_manage_master_creates_once_then_adopts(kube_cluster, spark_master
         await apps.delete_namespaced_deployment("managed", NAMESPACE)
         for n in ("managed", "managed-ui"):
             await core.delete_namespaced_service(n, NAMESPACE)
+
+
+async def test_manage_master_waits_until_a_master_being_deleted_is_gone(kube_cluster):
+    """A master Deployment being deleted (held here by a finalizer, as a foreground deletion
+    holds it until its pods are gone) is not adopted: with its owner about to go, every new
+    worker pod would be garbage-collected with it. The scaler waits, then creates a new one;
+    if it is still there after setup_timeout, setup stops with one line naming the setting."""
+    name, hold = "managed-deleting", "jhub-spark-scaler.test/hold"
+
+    def backend(setup_timeout: float) -> KubernetesBackend:
+        return KubernetesBackend(kubeconfig=str(kube_cluster.kubeconfig("admin")), namespace=NAMESPACE,
+                                 manage_master=True, master_name=name, pool=name, setup_timeout=setup_timeout)
+
+    async with await kube_cluster.api_client("admin") as admin:
+        apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+        old = master_deployment(name=name, namespace=NAMESPACE, image="spark", run_as_user=185,
+                                default_cores=2)
+        old["metadata"]["finalizers"] = [hold]
+        old_uid = (await apps.create_namespaced_deployment(NAMESPACE, old)).metadata.uid
+        try:
+            await apps.delete_namespaced_deployment(name, NAMESPACE)
+            with pytest.raises(BackendError, match=r"Deployment managed-deleting is being deleted .*"
+                                                   r"raise KubernetesBackend.setup_timeout"):
+                await backend(setup_timeout=1).setup()
+
+            waiting = backend(setup_timeout=60)
+            setup = asyncio.ensure_future(waiting.setup())
+            await always(lambda: not setup.done(), seconds=2, what="setup waiting for the old master to go")
+            await apps.patch_namespaced_deployment(name, NAMESPACE, {"metadata": {"finalizers": None}})
+            await asyncio.wait_for(setup, timeout=30)
+            await waiting.shutdown()
+            new = await apps.read_namespaced_deployment(name, NAMESPACE)
+            assert new.metadata.uid != old_uid and not new.metadata.deletion_timestamp
+        finally:
+            with contextlib.suppress(ApiException):  # whichever Deployment is there, if any
+                await apps.patch_namespaced_deployment(name, NAMESPACE, {"metadata": {"finalizers": None}})
+                await apps.delete_namespaced_deployment(name, NAMESPACE)
+            for service in master_services(name=name, namespace=NAMESPACE):
+                with contextlib.suppress(ApiException):
+                    await core.delete_namespaced_service(service["metadata"]["name"], NAMESPACE)
 
 
 async def test_retiring_mark_is_an_annotation(make_kube_scaler, kube_cluster):

@@ -1,7 +1,8 @@
 """The scaler and real Spark on the real node (tests/kube_node.py): the master and the
 workers are pods of the tests' Spark image (tests/spark_image.py) run by containerd, with
-pod IPs from the CNI bridge and memory limits in real cgroups; drivers run on the host,
-bound to the node's host address, where the executors in the worker pods reach them.
+pod IPs from the CNI bridge and memory limits in real cgroups. Most drivers run on the host,
+bound to the node's host address, where the executors in the worker pods reach them; one runs
+in a notebook pod of the same image (tests/node_notebook.py).
 
 The scaler is a Reconciler on a KubernetesBackend, as in tests/test_kubernetes_backend.py,
 authenticated as z2jh's hub service account holding only helm-values/rbac.yaml's Role.
@@ -27,6 +28,7 @@ from jhub_spark_scaler.backends.master_manifests import LABEL_COMPONENT, MASTER_
 from jhub_spark_scaler.backends.worker_pod import pool_selector
 
 from .conftest import Driver, apply_rbac, lost_executors
+from .node_notebook import run_cell
 from .spark_image import spark_image
 from .test_scaling import BURSTY, cycles_until, idle_and_busy, make_reconciler, race_rounds, with_policy
 from .waiting import until
@@ -227,12 +229,21 @@ async def test_workers_retired_under_a_running_driver_lose_no_executor(
 async def test_a_worker_over_its_memory_limit_is_oom_killed_reported_and_replaced(
         real_node, node_master, node_scaler):
     """The worker JVM told to touch a heap larger than its pod's limit (an admin's
-    SPARK_DAEMON_MEMORY above memory_limit): the kernel kills it in the pod's cgroup, the
-    runtime reports OOMKilled, and the scaler says so and starts another pod."""
+    modify_pod_hook setting SPARK_DAEMON_MEMORY above memory_limit): the kernel kills it in
+    the pod's cgroup, the runtime reports OOMKilled, and the scaler says so and starts
+    another pod."""
     started = time.monotonic()
+
+    def heap_over_the_limit(backend, pod: dict) -> dict:
+        """past the daemon_memory check, as only a hook can (extra_env may not name it)"""
+        (container,) = pod["spec"]["containers"]
+        container["env"] = [v for v in container["env"] if v["name"] != "SPARK_DAEMON_MEMORY"] + [
+            {"name": "SPARK_DAEMON_MEMORY", "value": "2g"},
+            {"name": "SPARK_DAEMON_JAVA_OPTS", "value": "-Xms2g -XX:+AlwaysPreTouch"}]
+        return pod
+
     r = await node_scaler(node_master, idle_workers=1, backend_settings={
-        "memory_limit": "900Mi",
-        "extra_env": {"SPARK_DAEMON_MEMORY": "2g", "SPARK_DAEMON_JAVA_OPTS": "-Xms2g -XX:+AlwaysPreTouch"}})
+        "memory_limit": "900Mi", "modify_pod_hook": heap_over_the_limit})
 
     def oom_stops() -> dict[tuple[str, ...], str]:
         """The stop decisions that name OOMKilled: their workers -> their words."""
@@ -289,6 +300,55 @@ async def test_an_admins_delete_of_a_busy_worker_pod_drains_it_before_sigterm(
     assert lost_executors(result) == [], result
     assert result["tasks_failed"] == 0 and result["wrong_results"] == 0, result
     timed("deleted busy worker", started)
+
+
+NOTEBOOK_CELL = """
+import json, socket, sys
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import udf
+
+spark = SparkSession.builder.getOrCreate()  # everything else from the image and spark-defaults.conf
+sc = spark.sparkContext
+python = udf(lambda i: f"{i}:{sys.version_info[0]}.{sys.version_info[1]}:{socket.gethostname()}")
+rows = [r.v for r in spark.range(16).repartition(4).select(python("id").alias("v")).collect()]
+squares = sc.parallelize(range(1000), 4).map(lambda x: x * x).sum()
+print("RESULT " + json.dumps({
+    "udf": rows, "squares": squares, "user": sc.sparkUser(), "app_id": sc.applicationId,
+    "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    "conf": dict(sc.getConf().getAll())}), flush=True)
+spark.stop()
+"""
+
+
+async def test_a_notebook_pod_of_the_image_runs_udfs_and_rdd_lambdas_on_the_worker_pods(
+        real_node, node_master, node_image, node_scaler):
+    """The image as the notebook's Spark runtime: a driver in a pod set up as z2jh's singleuser
+    pod is by helm-values/values.yaml (uid 1000, the values' env and spark-defaults.conf, the hub
+    user's SPARK_SUBMIT_OPTS) runs a Python UDF and an RDD lambda on executors in worker pods of
+    the same image: the same Python on both sides (no PYTHON_VERSION_MISMATCH), the values'
+    cores cap, and the app under the hub user's name."""
+    started = time.monotonic()
+    # the backend's default limit: a worker holds an executor of Spark's default 1g (1280Mi gives 614 MiB)
+    r = await node_scaler(node_master, idle_workers=1, backend_settings={
+        "memory_limit": KubernetesBackend.memory_limit.default_value})
+    await cycles_until(r, idle_and_busy(1, 0), timeout=240, what="an idle worker ALIVE")
+    workers = {w.handle for w in r.last_snapshot.workers}
+    hub_user = "zoë.o'neil"
+    result = await run_cell(real_node, image=node_image, name="notebook-zoe", cell=NOTEBOOK_CELL,
+                            master_url=node_master.master_url, hub_user=hub_user)
+    assert result["squares"] == sum(x * x for x in range(1000))
+    ids, pythons, hosts = zip(*(v.split(":") for v in result["udf"]))
+    assert sorted(map(int, ids)) == list(range(16))
+    assert set(pythons) == {result["python"]}, "the workers' Python is the notebook's"
+    assert set(hosts) <= workers, hosts  # the worker pods' names
+    assert result["conf"]["spark.cores.max"] == "4" and result["conf"]["spark.decommission.enabled"] == "true"
+    assert ipaddress.ip_address(result["conf"]["spark.driver.host"]) in real_node.subnet  # its pod IP
+    assert result["user"] == "jovyan", "the driver runs as singleuser.uid, the image's jovyan"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(f"{node_master.master_ui_url}/json/") as response:
+            apps = (await response.json(content_type=None))["completedapps"]
+    assert [a["user"] for a in apps if a["id"] == result["app_id"]] == [hub_user], apps
+    timed("notebook pod", started)
 
 
 # last in the module: it deletes the applied master (node_master), whose name the managed one takes

@@ -123,7 +123,12 @@ def test_its_python_pyspark_java_tini_and_user_are_what_the_pods_need(image, roo
     home = rootfs / "home" / "spark"
     assert (home.stat().st_uid, home.stat().st_gid) == (SPARK_UID, SPARK_UID)
     passwd = (rootfs / "etc" / "passwd").read_text().splitlines()
-    assert "spark:x:185:185:Spark:/home/spark:/bin/bash" in passwd
+    assert "spark:x:185:185::/home/spark:/bin/bash" in passwd
+    # the notebook's user, as z2jh runs singleuser pods (uid 1000, group users)
+    assert "jovyan:x:1000:100::/home/jovyan:/bin/bash" in passwd
+    assert run_in(image, rootfs, "id", user=1000).split()[0] == "uid=1000(jovyan)"
+    home = rootfs / "home" / "jovyan"
+    assert (home.stat().st_uid, home.stat().st_gid) == (1000, 100)
     pyspark_dir = f"/usr/local/lib/python{SUITE_PYTHON}/dist-packages/pyspark"
     assert os.readlink(rootfs / "opt" / "spark") == pyspark_dir
     assert os.access(rootfs / pyspark_dir.lstrip("/") / "bin" / "spark-class", os.X_OK)

@@ -6,7 +6,7 @@ import re
 
 from .checks import Check, master_ui_url_check, master_url_check
 from .master_manifests import MASTER_MEMORY_MIN_MIB
-from .worker_pod import parse_quantity, spark_size_mib
+from .worker_pod import SCALER_ENV, parse_quantity, spark_size_mib
 
 
 def _parses(parse, text: str) -> bool:
@@ -46,6 +46,9 @@ CHECKS = {
     "jvm_overhead": Check(lambda v: v >= 0, "must not be negative"),
     "stop_grace_period": Check(lambda v: v >= 0, "must not be negative"),
     "pod_drain_timeout": Check(lambda v: v >= 0, "must not be negative"),
+    "extra_env": Check(lambda v: not set(v) & set(SCALER_ENV),
+                       f"names a variable the scaler sets ({', '.join(SCALER_ENV)}): use daemon_memory for "
+                       "SPARK_DAEMON_MEMORY and spark_conf for SPARK_WORKER_OPTS"),
     "run_as_user": Check(lambda v: v > 0, "must be a user id other than root's 0"),
     "watch_timeout": Check(lambda v: v >= 1, "must be at least 1"),
     "setup_timeout": Check(lambda v: v > 0, "must be positive"),

@@ -31,11 +31,13 @@ from .kube_api import Conflict, KubeApi, NotFound, default_namespace, make_api_c
 from .kube_checks import CHECKS as _CHECKS, COMPUTED_CHECKS as _COMPUTED_CHECKS
 from .kube_history import ConfigMapStore, history_name
 from .lease import Lease, LeaseTimings, lease_name
+from .managed_master import ensure_master
 from .master_manifests import master_deployment, master_services, master_ui_url, master_url
 from .node_events import NodeEvents
 from .pod_cache import PodCache
 from .worker_pod import (
     ANNOTATION_RETIRING,
+    SCALER_ENV,
     SHUFFLE_SERVICE_ON,
     WorkerPodTemplate,
     WorkerResources,
@@ -108,7 +110,8 @@ class KubernetesBackend(Backend):
     spark_conf = Dict(
         help="Extra Spark settings for the workers (SPARK_WORKER_OPTS); decommission is always enabled."
     ).tag(config=True)
-    extra_env = Dict(help="Extra environment variables of the worker container.").tag(config=True)
+    extra_env = Dict(help="Extra environment variables of the worker container; not those the scaler "
+                          f"sets ({', '.join(SCALER_ENV)}).").tag(config=True)
     extra_labels = Dict(help="Extra labels of the worker pods.").tag(config=True)
     extra_annotations = Dict(help="Extra annotations of the worker pods.").tag(config=True)
     node_selector = Dict(help="nodeSelector of the worker pods.").tag(config=True)
@@ -162,7 +165,8 @@ class KubernetesBackend(Backend):
         config=True)
 
     watch_timeout = Int(300, help="Seconds before a pod watch is renewed.").tag(config=True)
-    setup_timeout = Float(30.0, help="Seconds to wait at start for the first list of pods.").tag(config=True)
+    setup_timeout = Float(30.0, help="Seconds to wait at start for the first list of pods (and for a "
+                          "managed master's Deployment or Service being deleted to go).").tag(config=True)
     api_timeout = Float(30.0, help="Seconds before a Kubernetes API request gives up.").tag(config=True)
     # One active scaler per pool: the Lease jhub-spark-scaler-<pool> (backends/lease.py)
     lease_duration = Float(
@@ -304,20 +308,13 @@ class KubernetesBackend(Backend):
             )
 
     async def _ensure_master(self) -> None:
-        """Create what is missing of the master Deployment and Services; adopt what exists."""
         manifests = [
             master_deployment(name=self.master_name, namespace=self.namespace, image=self.image,
                               run_as_user=self.run_as_user, image_pull_policy=self.image_pull_policy,
                               memory=self.master_memory, default_cores=self.default_cores),
             *master_services(name=self.master_name, namespace=self.namespace),
         ]
-        for manifest in manifests:
-            kind, name = manifest["kind"], manifest["metadata"]["name"]
-            try:
-                await self.api.create(manifest)
-                self.log.info("created %s %s", kind, name)
-            except Conflict:
-                self.log.info("adopted the existing %s %s", kind, name)
+        await ensure_master(self.api, manifests, log=self.log, timeout=self.setup_timeout)
 
     async def _resolve_owner(self) -> dict | None:
         if not self.owner:

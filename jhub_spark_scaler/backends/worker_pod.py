@@ -232,16 +232,24 @@ def pre_stop_command(drain_seconds: int) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
+#: The worker container's variables the scaler sets, in order (SPARK_LOCAL_IP refers to
+#: SPARK_WORKER_HOST): the pod's address, its work directory, the checked daemon heap, and
+#: the options that enable decommissioning. Extra variables may not replace them.
+SCALER_ENV = ("SPARK_WORKER_HOST", "SPARK_LOCAL_IP", "SPARK_WORKER_DIR", "SPARK_DAEMON_MEMORY",
+              "SPARK_WORKER_OPTS")
+
+
 def worker_pod(t: WorkerPodTemplate) -> dict:
     """The manifest of one new worker pod (the apiserver names it: generateName)."""
-    env = [
-        {"name": "SPARK_WORKER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "SPARK_LOCAL_IP", "value": "$(SPARK_WORKER_HOST)"},
-        {"name": "SPARK_WORKER_DIR", "value": WORK_DIR},
-        {"name": "SPARK_DAEMON_MEMORY", "value": t.daemon_memory},
-        {"name": "SPARK_WORKER_OPTS", "value": _java_options(t.spark_conf)},
-        *({"name": k, "value": str(v)} for k, v in sorted(t.env.items())),
-    ]
+    ours = {
+        "SPARK_WORKER_HOST": {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        "SPARK_LOCAL_IP": {"value": "$(SPARK_WORKER_HOST)"},
+        "SPARK_WORKER_DIR": {"value": WORK_DIR},
+        "SPARK_DAEMON_MEMORY": {"value": t.daemon_memory},
+        "SPARK_WORKER_OPTS": {"value": _java_options(t.spark_conf)},
+    }
+    env = [*({"name": name, **ours[name]} for name in SCALER_ENV),
+           *({"name": k, "value": str(v)} for k, v in sorted(t.env.items()))]
     r = t.resources
     container = {
         "name": CONTAINER,
