@@ -23,9 +23,10 @@ and a home directory for root over /root holding a pip.conf with the machine's p
 (those that are not paths on this machine) and the machine's CA bundle (pip's `cert`). Both
 mount points exist in the base, so nothing of them is left in the image.
 
-The archive is named by a digest of its inputs (this script and build_spark_image.py, whose
-apt code it uses, the Dockerfile, the files its COPY takes, the Debian sources and pip
-settings): with the archive there, a second run does nothing.
+The archive is named by a digest of its inputs (this script, the Dockerfile, the files its
+COPY takes, the Debian sources and pip settings; not build_spark_image.py, whose apt code this
+script uses: it changes how packages are fetched, not what the image holds): with the archive
+there, a second run does nothing.
 """
 
 from __future__ import annotations
@@ -160,7 +161,6 @@ def inputs() -> dict:
     settings, cert = pip_settings()
     return {
         "script": file_digest(SCRIPT),
-        "apt_code": file_digest(Path(spark.__file__)),
         "dockerfile": file_digest(DOCKERFILE),
         "context": {name: file_digest(ROOT / name) for name in CONTEXT_FILES},
         "suite": SUITE,

@@ -4,6 +4,13 @@ says: jovyan 1000:100 and spark 185:185, Spark at /opt/spark, java 17, Debian's 
 pyspark, JupyterHub and JupyterLab at the pinned versions, the JVM archives, all root's and
 read-only for both users; and nothing of the building machine is left in it (its CA, pip
 settings, apt sources and lists). Its archive is named by the files the Dockerfile takes.
+
+On the real node (tests/kube_node.py), the image is all three parts of a deployment: the
+master (helm-values/spark-master.yaml's Deployment) and a worker of the scaler run from it as
+uid 185, and a notebook pod set up as z2jh sets up a singleuser pod from values.yaml
+(tests/node_notebook.py: uid 1000, fsGroup 100, the values' spark-defaults.conf) runs a
+Python UDF and an RDD lambda on that worker, both JVMs started from the image's class data
+archives.
 """
 
 from __future__ import annotations
@@ -12,13 +19,19 @@ import os
 import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
+
+from .node_notebook import run_cell
 from .notebook_image import (
     as_user, build, build_notebook_image, dockerfile_args, image_env, image_manifest, notebook_image, unpack,
 )
+from .test_real_node_spark import node_master, node_scaler  # noqa: F401  (on this module's node_image)
+from .test_scaling import cycles_until, idle_and_busy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building, unpacking and chroot need root")
 
@@ -67,8 +80,8 @@ def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_dige
     assert as_files == sorted(build_notebook_image.CONTEXT_FILES), "the Dockerfile's COPY misses a module"
     inputs = build_notebook_image.inputs()
     assert sorted(inputs["context"]) == sorted(build_notebook_image.CONTEXT_FILES)
-    assert set(inputs) == {"script", "apt_code", "dockerfile", "context", "suite", "debian_sources",
-                           "pip_conf"}, "no commit, date or other file of the repository"
+    assert set(inputs) == {"script", "dockerfile", "context", "suite", "debian_sources", "pip_conf"}, \
+        "no commit, date or other file of the repository"
 
 
 def test_the_machines_debian_sources_and_pip_settings_for_the_build_name_no_local_path():
@@ -187,3 +200,80 @@ def test_a_second_build_does_nothing(image):
     built = build()
     assert built.returncode == 0, built.stderr
     assert image.archive.stat().st_mtime_ns == before
+
+
+# ---- on the real node ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def node_image(real_node, image):
+    """The production image imported into the node's containerd; its reference (the masters
+    and workers of tests/test_real_node_spark.py's fixtures run it here)."""
+    from .conftest import apply_rbac
+
+    name = image.name.rpartition(":")[0]
+    started = time.monotonic()
+    ref = await real_node.import_image(image.archive, name, tag=image.tag)
+    print(f"production image import: {time.monotonic() - started:.1f} s")
+    async with await real_node.api_client("admin") as admin:
+        await apply_rbac(admin, real_node.namespace)
+    return ref
+
+
+#: The notebook's cell: a Python UDF and an RDD lambda on the executors, and where each JVM's
+#: classes come from (the archive a JVM maps is in its /proc/PID/maps).
+NOTEBOOK_CELL = """
+import json, os, socket, sys
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import udf
+
+def maps_archive(pid, name):
+    with open(f"/proc/{pid}/maps") as f:
+        return f"/opt/jvm-archives/{name}" in f.read()
+
+def executor(_rows):
+    pid = os.getpid()
+    while pid > 1:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                yield (os.getuid(), maps_archive(pid, "executor.jsa"))
+                return
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rpartition(")")[2].split()[1])
+
+spark = SparkSession.builder.getOrCreate()  # everything else from the image and spark-defaults.conf
+sc = spark.sparkContext
+python = udf(lambda i: f"{i}:{sys.version_info[0]}.{sys.version_info[1]}:{socket.gethostname()}")
+rows = [r.v for r in spark.range(16).repartition(4).select(python("id").alias("v")).collect()]
+squares = sc.parallelize(range(1000), 4).map(lambda x: x * x).sum()
+executors = sorted(set(sc.parallelize(range(4), 4).mapPartitions(executor).collect()))
+print("RESULT " + json.dumps({
+    "udf": rows, "squares": squares, "uid": os.getuid(), "groups": os.getgroups(),
+    "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "executors": executors,
+    "driver_archive": maps_archive(sc._jvm.java.lang.ProcessHandle.current().pid(), "driver.jsa"),
+    "conf": dict(sc.getConf().getAll())}), flush=True)
+spark.stop()
+"""
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(900)
+async def test_master_worker_and_a_notebook_pod_of_the_image_run_a_udf_and_an_rdd_lambda_on_the_node(
+        real_node, node_image, node_master, node_scaler):  # noqa: F811  (the imported fixtures)
+    started = time.monotonic()
+    r = await node_scaler(node_master, idle_workers=1, backend_settings={
+        "memory_limit": KubernetesBackend.memory_limit.default_value})
+    await cycles_until(r, idle_and_busy(1, 0), timeout=300, what="an idle worker of the image ALIVE")
+    workers = {w.handle for w in r.last_snapshot.workers}
+    result = await run_cell(real_node, image=node_image, name="notebook-prod", cell=NOTEBOOK_CELL,
+                            master_url=node_master.master_url, hub_user="alice", timeout=420)
+    assert result["squares"] == sum(x * x for x in range(1000))
+    ids, pythons, hosts = zip(*(v.split(":") for v in result["udf"]))
+    assert sorted(map(int, ids)) == list(range(16))
+    assert set(pythons) == {result["python"]} == {"3.11"}, "the worker's Python is the notebook's"
+    assert set(hosts) <= workers, hosts  # the worker pods' names
+    assert result["uid"] == JOVYAN and USERS_GID in result["groups"], result
+    assert result["conf"]["spark.cores.max"] == "4" and result["conf"]["spark.decommission.enabled"] == "true"
+    assert result["driver_archive"], "the driver JVM maps /opt/jvm-archives/driver.jsa"
+    assert result["executors"] == [[SPARK, True]], "executors run as spark and map executor.jsa"
+    print(f"master, worker and notebook pod of the production image: {time.monotonic() - started:.1f} s")
