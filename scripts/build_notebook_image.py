@@ -193,11 +193,17 @@ def manifest_path() -> Path:
 # ---- buildah ----------------------------------------------------------------------------------
 
 
+def missing_libraries() -> list[str]:
+    """The shared libraries buildah cannot find (after the cache moved, its RUNPATH's)."""
+    linked = spark.run(["ldd", str(buildah())], what="ldd buildah")
+    return [line.split()[0] for line in linked.splitlines() if "not found" in line]
+
+
 def fetch_buildah(apt: spark.PrivateApt) -> None:
     """buildah and libgpgme11 from Debian, unpacked into the cache; buildah's RUNPATH set to
     that library directory (its chroot runtime starts with a clean environment, so
     LD_LIBRARY_PATH would not reach it)."""
-    if buildah().exists():
+    if buildah().exists() and not missing_libraries():
         return
     work = Path(tempfile.mkdtemp(dir=spark.cache_dir(), prefix="buildah."))
     try:
@@ -214,8 +220,7 @@ def fetch_buildah(apt: spark.PrivateApt) -> None:
         shutil.rmtree(final, ignore_errors=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         (work / "root").rename(final)
-        linked = spark.run(["ldd", str(buildah())], what="ldd buildah")
-        missing = [line.split()[0] for line in linked.splitlines() if "not found" in line]
+        missing = missing_libraries()
         if missing:
             shutil.rmtree(final)
             raise BuildError(f"buildah needs {', '.join(missing)}: neither on this machine "
