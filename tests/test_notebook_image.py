@@ -208,6 +208,11 @@ def test_nothing_of_the_building_machine_is_left_in_it(image, rootfs):
         path = rootfs / "etc" / name
         assert not path.exists() or path.stat().st_size == 0, name
     assert not (rootfs / "tmp" / "jhub-spark-scaler").exists()
+    # nor in its config and history: the build's mounts and paths are not recorded
+    _, _, config = image_manifest(image)
+    recorded = json.dumps(config)
+    assert str(build_notebook_image.spark.cache_dir()) not in recorded, recorded
+    assert "/etc/apt/sources" not in recorded, recorded
 
 
 def test_a_second_build_does_nothing(image):
