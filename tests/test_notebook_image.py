@@ -70,6 +70,9 @@ def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_dige
     copies = re.findall(r"^COPY ((?:[^\n]*\\\n)*[^\n]*)$", dockerfile, re.M)
     sources = [word for copy in copies for word in copy.replace("\\\n", " ").split()[:-1]]
     assert sources == list(build_notebook_image.CONTEXT_FILES)
+    ignored = Path(f"{build_notebook_image.DOCKERFILE}.dockerignore").read_text().split()
+    assert ignored[ignored.index("*") + 1:] == [f"!{name}" for name in build_notebook_image.CONTEXT_FILES], \
+        "docker's build context is what COPY takes"
     imported = subprocess.run(
         [build_notebook_image.sys.executable, "-c",
          "import sys, jhub_spark_scaler.jvm_archives; "
