@@ -21,7 +21,11 @@ The RUN steps reach Debian and PyPI with the machine's settings, mounted for the
 the machine's Debian sources of the suite over /etc/apt/sources.list.d (empty in the base),
 and a home directory for root over /root holding a pip.conf with the machine's pip settings
 (those that are not paths on this machine) and the machine's CA bundle (pip's `cert`). Both
-mount points exist in the base, so nothing of them is left in the image.
+mount points exist in the base, so nothing of them is left in the image; what a step writes
+under /root stays in the build's directory and is deleted with it.
+
+Measured on 2 busy cores under nice: about 2.5 minutes cold (the base 30 s, apt 10 s, pip
+30 s, the JVM archives 30 s, commit and export 40 s); an 843 MB archive (1.6 GB unpacked).
 
 The archive is named by a digest of its inputs (this script, the Dockerfile, the files its
 COPY takes, the Debian sources and pip settings; not build_spark_image.py, whose apt code this
