@@ -18,6 +18,7 @@ Service's ready pod, and drivers are given the new pod's IP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -29,8 +30,7 @@ from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import MASTER_PORT, MASTER_UI_PORT, master_deployment, \
     master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector
-from jhub_spark_scaler.errors import SparkError
-from jhub_spark_scaler.spark import SparkClient
+from jhub_spark_scaler.spark import SparkClient, SparkError
 
 from .conftest import apply_rbac, lost_executors
 from .node_dns import cluster_dns, service_name  # noqa: F401 (a fixture)
@@ -185,6 +185,9 @@ async def test_a_replaced_master_is_followed_by_its_workers_through_the_service_
     stale = await node_scaler(m, idle_workers=1, backend_settings={"spark_conf": UNPREFERRED})
     await cycles_until(r, idle_and_busy(1, 0), timeout=300, what="the scaler's worker ALIVE at the master")
     await cycles_until(stale, idle_and_busy(1, 0), timeout=300, what="the unpreferring worker ALIVE")
+    # in production the workers have run for hours when their master is replaced, longer than
+    # any start_timeout: so here, or a worker not yet back would count as still starting
+    r.observe_settings = dataclasses.replace(r.observe_settings, start_timeout=5)
     async with await real_node.api_client("admin") as admin:
         core = client.CoreV1Api(admin)
         ours = await pods_of(core, ns, r.backend.pool)
@@ -203,8 +206,14 @@ async def test_a_replaced_master_is_followed_by_its_workers_through_the_service_
                 seen["master"] = time.monotonic() - started
             return alive is not None and hosts <= alive
 
-        await until(back, timeout=BACK_WITHIN, interval=1,
-                    what="the scaler's workers to register with the new master")
+        try:
+            await until(back, timeout=BACK_WITHIN, interval=1,
+                        what="the scaler's workers to register with the new master")
+        except AssertionError as e:
+            decided = [(d.action.value, d.detail, d.handles) for d in r.decisions if d.seq > seq]
+            workers = pool_log(real_node, r.backend.pool)[-3000:]
+            raise AssertionError(f"{e}\ndecisions: {decided}\nworkers:{workers}"
+                                 f"\nstand-in DNS:{cluster_dns.log_file.read_text()[-2000:]}") from None
         took = time.monotonic() - started
         print(f"new master readable after {seen['master']:.1f} s, workers back after {took:.1f} s")
         stale_retries = pool_log(real_node, stale.backend.pool).count("Retrying connection to master")
