@@ -26,6 +26,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from jhub_spark_scaler import clock
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import MASTER_PORT, MASTER_UI_PORT, master_deployment, \
     master_services, master_url
@@ -48,6 +49,9 @@ UNPREFERRED = {"spark.worker.preferConfiguredMasterAddress": "false"}
 #: its JVM starts (20-60 s on 2 busy cores), its readiness probe passes (period 10 s), then a
 #: worker's next retry (every 5-15 s) resolves the name again (a JVM keeps a missing name 10 s)
 BACK_WITHIN = 240
+#: the scaler's start_timeout here: how long after the new master answers the workers may take
+#: to register with it before the scaler stops them as never registered
+REJOIN_WITHIN = 60
 
 
 class ServiceForwarder:
@@ -186,8 +190,11 @@ async def test_a_replaced_master_is_followed_by_its_workers_through_the_service_
     await cycles_until(r, idle_and_busy(1, 0), timeout=300, what="the scaler's worker ALIVE at the master")
     await cycles_until(stale, idle_and_busy(1, 0), timeout=300, what="the unpreferring worker ALIVE")
     # in production the workers have run for hours when their master is replaced, longer than
-    # any start_timeout: so here, or a worker not yet back would count as still starting
-    r.observe_settings = dataclasses.replace(r.observe_settings, start_timeout=5)
+    # start_timeout (300 s on Kubernetes): here start_timeout is REJOIN_WITHIN, and they are older
+    r.observe_settings = dataclasses.replace(r.observe_settings, start_timeout=REJOIN_WITHIN)
+    await cycles_until(r, lambda s: all(clock.now() - w.backend.created_at > REJOIN_WITHIN
+                                        for w in s.workers if w.ours), timeout=REJOIN_WITHIN + 10,
+                       what=f"the workers to be older than {REJOIN_WITHIN} s")
     async with await real_node.api_client("admin") as admin:
         core = client.CoreV1Api(admin)
         ours = await pods_of(core, ns, r.backend.pool)
@@ -216,6 +223,8 @@ async def test_a_replaced_master_is_followed_by_its_workers_through_the_service_
                                  f"\nstand-in DNS:{cluster_dns.log_file.read_text()[-2000:]}") from None
         took = time.monotonic() - started
         print(f"new master readable after {seen['master']:.1f} s, workers back after {took:.1f} s")
+        print("".join(line for line in pool_log(real_node, r.backend.pool).splitlines(keepends=True)
+                      if "master" in line and " at " not in line)[-3000:])
         stale_retries = pool_log(real_node, stale.backend.pool).count("Retrying connection to master")
         new = await master_pod(core, ns, real_node=real_node)
         assert new["status"]["podIP"] != old_ip and new["metadata"]["uid"] != m.pod["metadata"]["uid"]
