@@ -50,8 +50,9 @@ UNPREFERRED = {"spark.worker.preferConfiguredMasterAddress": "false"}
 #: worker's next retry (every 5-15 s) resolves the name again (a JVM keeps a missing name 10 s)
 BACK_WITHIN = 240
 #: the scaler's start_timeout here: how long after the new master answers the workers may take
-#: to register with it before the scaler stops them as never registered
-REJOIN_WITHIN = 60
+#: to register with it before the scaler stops them as never registered. A worker retries 6
+#: times 5-15 s apart, then every 30-90 s: this covers one of the later retries too
+REJOIN_WITHIN = 100
 
 
 class ServiceForwarder:
