@@ -187,7 +187,8 @@ def _retiring_state(
 
 def unregistered(b: BackendWorker, age: float, settings: ObserveSettings) -> tuple[WorkerState, str]:
     """The state of a running worker of ours the master does not list, `age` seconds after it
-    was started. Starting (its backend's problem, if any, as why) for start_timeout; for
+    was started, or after the master came back or was replaced if that was later (`classify`'s
+    `master_since`). Starting (its backend's problem, if any, as why) for start_timeout; for
     node_wait_timeout instead when a node was added for it (COMING: its problem then says
     "waiting for a node"; ADDED: placed on that node, its image being pulled). Unschedulable
     past that, or at once when the scheduler cannot place it and the node autoscaler said it
@@ -208,10 +209,15 @@ def unregistered(b: BackendWorker, age: float, settings: ObserveSettings) -> tup
 def classify(
     b: BackendWorker, m: MasterWorker | None, status: WorkerStatus | str | None,
     now: float, settings: ObserveSettings, busy_reads: Mapping[str, ExecutorRead] = NO_READS,
+    master_since: float = 0.0,
 ) -> Worker:
     """The state of one of our workers. `status` is its own /json/ read at `now` (or the
     error reading it), needed only when `is_retiring(b, m)`; `busy_reads` the busy workers'
-    last reads (`next_reads`), shown only: the state is the master's."""
+    last reads (`next_reads`), shown only: the state is the master's. `master_since`: when
+    the master came back after it could not be read, or a new one (a replaced pod) answered:
+    a running worker it does not list has start_timeout from then to register (again) before
+    it counts as never registered, as the workers of a replaced master need to find its
+    successor."""
     if b.running and m is not None and m.state == ALIVE and b.retiring_since is None:
         # the common case, kept short: it runs for every worker every cycle
         return _busy(b, m, busy_reads) if m.cores_used else Worker(b.handle, b.host, WorkerState.IDLE, b, m)
@@ -223,7 +229,7 @@ def classify(
     elif is_retiring(b, m):
         state, why = _retiring_state(b, m, status, now, settings)
     elif m is None:
-        state, why = unregistered(b, now - b.created_at, settings)
+        state, why = unregistered(b, now - max(b.created_at, master_since), settings)
     else:  # RECOVERING/UNKNOWN after a master failover: we cannot tell, so protect it
         state, why = WorkerState.BUSY, f"the master reports {m.state}"
     if isinstance(status, WorkerStatus):
@@ -259,13 +265,16 @@ def build_snapshot(
     prewarm_credit: int = 0,
     master_error: str = "",
     backend_error: str = "",
+    master_since: float = 0.0,
 ) -> Snapshot:
     """One cycle's view from `join()`'s result. `worker_statuses` maps a handle
     to its worker's /json/ (or the error reading it) for the retiring workers, read
-    at `now`; `busy_reads` a handle to a busy worker's last read (`next_reads`)."""
+    at `now`; `busy_reads` a handle to a busy worker's last read (`next_reads`); `master_since`
+    as for `classify`."""
     paired, foreign = joined
     reads = busy_reads or NO_READS
-    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings, reads) for b, m in paired]
+    workers = [classify(b, m, worker_statuses.get(b.handle), now, settings, reads, master_since)
+               for b, m in paired]
     workers += [foreign_worker(m, reads) for m in foreign]
     return Snapshot(
         taken_at=now,

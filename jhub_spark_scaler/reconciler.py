@@ -23,6 +23,10 @@ recorded and a warning logged when it begins):
   `OSError` and `TimeoutError`). A backend turns its platform's own errors into
   `BackendError` (the pod cache does), so this module knows no platform.
 
+When the master answers again after it could not be read, or another master answers (a
+new URL: its pod was replaced), a running worker of ours it does not list has start_timeout
+from then to register with it before it counts as never registered and is stopped.
+
 A retiring worker whose own /json/ cannot be read (`SparkError`) stays
 draining: it is never stopped while its executors are unknown, unless drain_timeout
 is set and has passed.
@@ -155,6 +159,10 @@ class Reconciler:
         self._spared: dict[str, tuple[str, ...]] = {}  # the kept workers a "keep" decision named
         self._again = False
         self._blind_reason = ""
+        #: the master's URL when last read (None: never read, "": unreadable since), and since
+        #: when it has answered after an outage or a replacement (a new pod: a new URL)
+        self._master_url: str | None = None
+        self._master_since = 0.0
         self._saturated_since: float | None = None  # when the saturation seen now began
         self._longest_wait = 0.0  # the longest an app has waited since then, in seconds
         #: who paused the scaler (None: not paused): observe and plan go on, act does nothing
@@ -254,6 +262,7 @@ class Reconciler:
                                    timeout=BUSY_READ_TIMEOUT),
             )
         now = clock.now()
+        self._note_master(master.url if master else None, now)
         if busy is not None:
             self._busy_reads = next_reads(busy, self._busy_reads, results, now)
         snapshot = build_snapshot(
@@ -266,8 +275,20 @@ class Reconciler:
             prewarm_credit=self.prewarm_credit(master.app_starts if master else ()),
             master_error=master_error,
             backend_error=backend_error,
+            master_since=self._master_since,
         )
         return await self._read_shuffle(snapshot) if self.backend.external_shuffle_service else snapshot
+
+    def _note_master(self, url: str | None, now: float) -> None:
+        """Remember when the master came back or was replaced (`observe.classify`): its workers
+        reconnect then. The first read after a start is neither: a worker of ours the master has
+        never listed is judged from its own start."""
+        if url is None:
+            self._master_url = None if self._master_url is None else ""
+            return
+        if self._master_url is not None and url != self._master_url:
+            self._master_since = now
+        self._master_url = url
 
     async def _read_shuffle(self, snapshot: Snapshot) -> Snapshot:
         """With a shuffle service on the workers: read our idle workers' own /json/ for the

@@ -11,9 +11,10 @@ NodeRestriction and ServiceAccount admission plugins, and token users for the no
 --use-service-account-credentials: one service account per controller).
 
 The controller-manager runs only the service account, token, garbage collector,
-ReplicaSet, Deployment and node lifecycle controllers (the last takes off the not-ready
-taint the kubelet registers the node with). No kube-proxy runs (Services get no traffic)
-and there is no DNS: pods reach the host at `host_address`, the host reaches pod IPs.
+ReplicaSet, Deployment, endpoint and node lifecycle controllers (the last takes off the
+not-ready taint the kubelet registers the node with). No kube-proxy runs (Services get no
+traffic); a stand-in for cluster DNS (tests/node_dns.py) answers a Service's name in pods
+with its ready pods' IPs. Pods reach the host at `host_address`, the host reaches pod IPs.
 
 What runs where (names carry the test process's PID, so two sessions never share one):
 containerd (private root, state and socket; CRI with cgroupfs, the local sandbox image,
@@ -90,6 +91,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from .kube_cluster import BIN, INSTALL_SCRIPT, KubeCluster, stop_process
+from .node_dns import CLUSTER_DOMAIN, StandInDns, dns_installed
 from .node_host import Bridge, CgroupTree, MountNamespace, free_subnet
 from .waiting import until
 
@@ -103,7 +105,8 @@ NODE_NAME = "real-node"
 PAUSE_IMAGE = "localhost/jss/pause:test"
 BUSYBOX_IMAGE = "localhost/jss/busybox:test"
 #: nodelifecycle takes off the not-ready taint the kubelet registers the node with
-CONTROLLERS = "serviceaccount,serviceaccount-token,garbagecollector,replicaset,deployment,nodelifecycle"
+CONTROLLERS = ("serviceaccount,serviceaccount-token,garbagecollector,replicaset,deployment,endpoint,"
+               "nodelifecycle")
 
 _serial = itertools.count()
 
@@ -116,7 +119,7 @@ USERS = {
 
 def node_installed() -> bool:
     return (all(os.access(BIN / name, os.X_OK) for name in NODE_BINARIES)
-            and any(NODE_DIR.glob(".complete-*")))
+            and any(NODE_DIR.glob(".complete-*")) and dns_installed())
 
 
 def install() -> None:
@@ -151,6 +154,7 @@ class RealNode:
         self.socket = self.workdir / "containerd" / "containerd.sock"
         self.log_dir = self.mounts.workdir / "var-log" / "pods"
         self.kubelet_port = random_port()
+        self.dns = StandInDns(self.workdir / "dns", address=self.bridge.address)
         self.processes: dict[str, subprocess.Popen] = {}
 
     @property
@@ -182,6 +186,7 @@ class RealNode:
                 await self.import_image(NODE_DIR / "images" / f"{name}.tar", f"localhost/jss/{name}")
             self._start_scheduler()
             self._start_controller_manager()
+            await self.dns.start(await self.api_client("admin"))  # before any pod's resolv.conf names it
             self._start_kubelet()
             await self._wait_ready()
         except BaseException:
@@ -298,6 +303,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             "healthzBindAddress": "127.0.0.1", "healthzPort": random_port(),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},  # no one authenticates (see the docstring)
+            "clusterDNS": [self.host_address], "clusterDomain": CLUSTER_DOMAIN,
             "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroups.path, "cgroupsPerQOS": True,
             "failSwapOn": False, "makeIPTablesUtilChains": False, "hairpinMode": "none",
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
@@ -357,6 +363,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         finally:
             for name in ("kubelet", "kube-controller-manager", "kube-scheduler", "containerd"):
                 stop_process(self.processes.pop(name, None), 10)
+            await self.dns.stop()
             self.mounts.stop()
             self.cgroups.remove()
             self.bridge.delete()
@@ -400,7 +407,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         left = [f"process {pid}: {' '.join(args)}" for pid, args in _processes_under(self.workdir)]
         if self.mounts.holder is not None:
             left.append(f"mount namespace of process {self.mounts.holder.pid}")
-        left += [f"cgroup {d}" for d in self.cgroups.dirs if d.exists()]
+        left += [f"cgroup {d}" for d in self.cgroups.dirs if d.exists()] + self.dns.leftovers()
         if Path("/sys/class/net", self.bridge.name).exists():
             left.append(f"bridge {self.bridge.name}")
         with open("/proc/self/mountinfo") as f:

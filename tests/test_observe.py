@@ -170,6 +170,16 @@ def test_unschedulable_after_start_timeout(problem, why):
     assert (w.state, w.why) == (S.UNSCHEDULABLE, why)
 
 
+def test_start_timeout_runs_from_when_the_master_came_back_or_was_replaced_if_later():
+    b = bw("pod-1", "10.0.0.1", created_at=1000.0)
+    assert classify(b, None, None, 5000.0, SETTINGS, master_since=4900.0).state is S.STARTING
+    w = classify(b, None, None, 5000.0, SETTINGS, master_since=4880.0)
+    assert (w.state, w.why) == (S.UNSCHEDULABLE, "not registered within start_timeout")
+    young = bw("pod-2", "10.0.0.2", created_at=4950.0)  # started after the master returned
+    assert classify(young, None, None, 4950.0 + 119.0, SETTINGS, master_since=4900.0).state is S.STARTING
+    assert classify(young, None, None, 4950.0 + 120.0, SETTINGS, master_since=4900.0).state is S.UNSCHEDULABLE
+
+
 def test_idle_and_busy_from_the_master_sample():
     m = master("04_master_app1_running.json")
     now = 1795616200.0

@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from jhub_spark_scaler.backends.worker_pod import owner_reference, pod_problem
 
 from .kube_node import BUSYBOX_IMAGE, RealNode, install, node_installed
+from .node_dns import cluster_dns, service_name  # noqa: F401 (a fixture)
 from .node_host import KUBELET_SYSCTLS
 from .waiting import always, until
 
@@ -128,6 +129,31 @@ async def test_memory_limit_in_cgroup_and_pod_network(real_node, core, inbox):
         assert (await until(page, timeout=20, what="the pod's httpd", ignore=(aiohttp.ClientError,))
                 ).strip() == "page"
     await core.delete_namespaced_pod("limited", ns, grace_period_seconds=0)
+
+
+async def test_a_pod_reaches_a_service_by_its_short_name(real_node, core, inbox, cluster_dns):  # noqa: F811
+    """The stand-in DNS (tests/node_dns.py): in a pod, a Service's name, completed by the pod's
+    search path, resolves to its ready pod; a name outside the cluster domain answers NXDOMAIN."""
+    ns = real_node.namespace
+    await core.create_namespaced_pod(ns, busybox_pod(
+        "web", "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 8080 -h /www", grace=1))
+    web = await running(core, "web", ns)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"test": "web"}, "ports": [{"port": 8080}]}}
+    await core.create_namespaced_service(ns, service)
+    try:
+        async def resolved():
+            return await cluster_dns.lookup(service_name("web", ns)) == [web["status"]["podIP"]]
+
+        await until(resolved, timeout=30, what="the Service's name to answer its pod's IP")
+        print(f"stand-in DNS: answered {cluster_dns.started_in:.2f} s after its start")  # pytest -s
+        script = (r"echo -e 'GET /index.html HTTP/1.0\r\n\r' | nc -w 5 web 8080 > /tmp/answer; "
+                  f"nc -w 5 {real_node.host_address} {inbox.port} < /tmp/answer")
+        await core.create_namespaced_pod(ns, busybox_pod("client", script, grace=1))
+        assert (await inbox.next(timeout=60)).endswith("page")
+        assert await cluster_dns.lookup("example.org") == []
+    finally:
+        await core.delete_namespaced_service("web", ns)
 
 
 async def test_over_its_memory_limit_the_container_is_oom_killed(real_node, core):

@@ -54,11 +54,12 @@ class FakeSpark:
         self.delays: dict[str, float] = {}  # seconds before a worker answers, by web UI address
         self.reads: list[str] = []  # the web UI addresses read, in order
         self.apps: tuple[MasterApp, ...] = ()
+        self.url = "spark://master.invalid:7077"  # a replaced master pod announces another
 
     async def master(self) -> MasterStatus:
         if self.error is not None:
             raise self.error
-        return MasterStatus("spark://master.invalid:7077", "ALIVE", tuple(self.entries.values()), self.apps)
+        return MasterStatus(self.url, "ALIVE", tuple(self.entries.values()), self.apps)
 
     async def worker(self, webui_url: str) -> WorkerStatus:
         self.reads.append(webui_url)
@@ -107,7 +108,7 @@ class FakeBackend(Backend):
 
     async def stop(self, worker: BackendWorker) -> None:
         del self.workers[worker.handle]
-        del self.spark.entries[worker.handle]
+        self.spark.entries.pop(worker.handle, None)  # a worker the master does not list too
 
 
 @pytest.fixture
@@ -161,6 +162,52 @@ async def test_an_unreadable_master_makes_the_scaler_blind_quietly(scaler, caplo
     spark.error = None
     await r.cycle()
     assert actions(r) == [Action.BLIND, Action.SEEING, Action.RETIRE]
+
+
+@pytest.mark.parametrize("change", ["replaced", "back after an outage"])
+async def test_workers_a_new_or_returning_master_does_not_list_get_start_timeout_to_register_again(
+        scaler, monkeypatch, change):
+    """A worker running far longer than start_timeout, not yet listed by a master that was
+    replaced (another URL) or could not be read: starting, not stopped, for start_timeout
+    from when the master answered; back at the master, it is idle again. Not back in time,
+    it is stopped as never registered."""
+    r, backend, spark, reports = scaler
+    t = [10_000.0]
+    monkeypatch.setattr(reconciler.clock, "now", lambda: t[0])
+    timeout = r.observe_settings.start_timeout
+    w = backend.add()  # started at 0.0
+    await r.cycle()
+    for n, attempt in enumerate(("registers again", "does not")):
+        del spark.entries[w.handle]  # its master is gone; the one answering now has not heard of it
+        if change == "replaced":
+            spark.url = f"spark://10.0.1.{n}:7077"
+        else:
+            spark.error = SparkError("cannot reach Spark master at http://master.invalid:8080: refused")
+            await r.cycle()
+            spark.error = None
+        t[0] += 1
+        await r.cycle()
+        t[0] += timeout - 2
+        await r.cycle()
+        assert [(x.handle, x.state) for x in r.last_snapshot.workers] == [(w.handle, WorkerState.STARTING)]
+        assert not {Action.STOP, Action.START} & set(actions(r)), attempt
+        if attempt == "registers again":
+            spark.entries[w.handle] = master_entry(w)
+            await r.cycle()
+            assert r.last_snapshot.workers[0].state is WorkerState.IDLE
+    t[0] += 2
+    await r.cycle()
+    assert [d.handles for d in r.decisions if d.action is Action.STOP] == [(w.handle,)]
+
+
+async def test_a_worker_the_master_never_listed_is_judged_from_its_own_start_at_the_first_read(scaler):
+    """The scaler's first read of the master is no return: a worker of ours running longer
+    than start_timeout that the master does not list is stopped at once."""
+    r, backend, spark, reports = scaler
+    w = backend.add()  # started at 0.0
+    del spark.entries[w.handle]
+    await r.cycle()
+    assert [d.handles for d in r.decisions if d.action is Action.STOP] == [(w.handle,)]
 
 
 # -- bugs: loud, and still nothing retired ----------------------------------------------
