@@ -35,9 +35,7 @@ there, a second run does nothing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -361,43 +359,13 @@ def build(archive: Path) -> dict:
         spark.remove_work(work)
 
 
-def remove_stale(archive: Path) -> None:
-    """Archives of other inputs: nothing names them any more."""
-    for path in archive.parent.glob("notebook-*"):
-        if not path.name.startswith(archive.stem):
-            path.unlink()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--print", action="store_true", help="print the archive's path and the image's name")
-    args = parser.parse_args(argv)
-    archive = archive_path()
-    if args.print:
-        print(archive)
-        print(image_name())
-        return 0
-    if archive.exists() and manifest_path().exists():
-        return 0
-    if os.geteuid() != 0:
-        print("build_notebook_image: run as root (mmdebstrap --mode=root and buildah need it)",
-              file=sys.stderr)
-        return 1
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with open(archive.parent / ".notebook.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if archive.exists() and manifest_path().exists():
-            return 0
-        log("building %s into %s (several minutes)", image_name(), archive)
-        try:
-            built = build(archive)
-        except BuildError as e:
-            print(f"build_notebook_image: {e}", file=sys.stderr)
-            return 1
-        remove_stale(archive)
-        log("built %s: %d MB in %d s (base %d s)", archive.name, built["size"] // 2**20,
-            built["build_seconds"], built["base_seconds"])
-    return 0
+    def build_it(archive: Path) -> str:
+        built = build(archive)
+        return f"{built['size'] // 2**20} MB (base {built['base_seconds']} s)"
+
+    return spark.build_once(argv, prog="build_notebook_image", doc=__doc__, archive=archive_path(),
+                            name=image_name(), build=build_it, root_for="mmdebstrap --mode=root and buildah")
 
 
 if __name__ == "__main__":

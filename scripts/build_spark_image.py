@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -416,42 +417,55 @@ def build(archive: Path) -> dict:
 
 
 def remove_stale(archive: Path) -> None:
-    """Archives of other inputs: nothing names them any more."""
-    for path in archive.parent.glob("spark-*"):
+    """Archives of the same image from other inputs (`<kind>-<key>.*`): nothing names them any more."""
+    kind = archive.stem.rpartition("-")[0]
+    for path in archive.parent.glob(f"{kind}-*"):
         if not path.name.startswith(archive.stem):
             path.unlink()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_once(argv: list[str] | None, *, prog: str, doc: str, archive: Path, name: str,
+               build: Callable[[Path], str], root_for: str) -> int:
+    """The command of both image scripts: `--print` the archive's path and the image's name,
+    or build `archive` (with its .manifest.json beside it) unless it is there, one build at
+    a time per cache. `build(archive)` says what was built, for the log."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print the archive's path and the image's name")
     args = parser.parse_args(argv)
-    archive = archive_path()
     if args.print:
         print(archive)
-        print(image_name())
+        print(name)
         return 0
-    if archive.exists() and manifest_path().exists():
+    built = lambda: archive.exists() and archive.with_suffix(".manifest.json").exists()  # noqa: E731
+    if built():
         return 0
     if os.geteuid() != 0:
-        print("build_spark_image: run as root (mmdebstrap --mode=root and chroot need it)", file=sys.stderr)
+        print(f"{prog}: run as root ({root_for} need it)", file=sys.stderr)
         return 1
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with open(archive.parent / ".lock", "w") as lock:
+    with open(archive.parent / f".{archive.stem.rpartition('-')[0]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if archive.exists() and manifest_path().exists():
+        if built():
             return 0
         started = time.monotonic()
-        log("building %s into %s", image_name(), archive)
+        log("building %s into %s", name, archive)
         try:
-            build(archive)
+            what = build(archive)
         except BuildError as e:
-            print(f"build_spark_image: {e}", file=sys.stderr)
+            print(f"{prog}: {e}", file=sys.stderr)
             return 1
         remove_stale(archive)
-        log("built %s: %d MB in %.0f s", archive.name, archive.stat().st_size // 2**20,
-            time.monotonic() - started)
+        log("built %s: %s in %.0f s", archive.name, what, time.monotonic() - started)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def build_it(archive: Path) -> str:
+        build(archive)
+        return f"{archive.stat().st_size // 2**20} MB"
+
+    return build_once(argv, prog="build_spark_image", doc=__doc__, archive=archive_path(), name=image_name(),
+                      build=build_it, root_for="mmdebstrap --mode=root and chroot")
 
 
 if __name__ == "__main__":

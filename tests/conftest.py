@@ -196,17 +196,26 @@ async def kube_cluster(tmp_path_factory):
 
 
 async def apply_rbac(admin, namespace: str, name: str = "rbac.yaml") -> None:
-    """helm-values/`name` applied as is in `namespace` with the admin's ApiClient `admin`."""
+    """helm-values/`name` applied as is in `namespace` with the admin's ApiClient `admin`; as
+    `kubectl apply`, again as often as asked (a Role or RoleBinding that exists is replaced,
+    the pre-warm history's ConfigMap kept with what the scaler wrote into it)."""
     import yaml
+    from kubernetes_asyncio.client.exceptions import ApiException
 
-    rbac = kube_client.RbacAuthorizationV1Api(admin)
+    rbac, core = kube_client.RbacAuthorizationV1Api(admin), kube_client.CoreV1Api(admin)
     for doc in yaml.safe_load_all((HERE.parent / "helm-values" / name).read_text()):
-        if doc["kind"] == "Role":
-            await rbac.create_namespaced_role(namespace, doc)
-        elif doc["kind"] == "RoleBinding":
-            await rbac.create_namespaced_role_binding(namespace, doc)
-        else:  # the pool's pre-warm history, which the admin makes
-            await kube_client.CoreV1Api(admin).create_namespaced_config_map(namespace, doc)
+        create, replace = {
+            "Role": (rbac.create_namespaced_role, rbac.replace_namespaced_role),
+            "RoleBinding": (rbac.create_namespaced_role_binding, rbac.replace_namespaced_role_binding),
+            "ConfigMap": (core.create_namespaced_config_map, None),  # the pool's pre-warm history
+        }[doc["kind"]]
+        try:
+            await create(namespace, doc)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            if replace:
+                await replace(doc["metadata"]["name"], namespace, doc)
 
 
 @pytest.fixture(scope="session")

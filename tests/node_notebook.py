@@ -7,9 +7,9 @@ Secret with a subPath (as the chart does), and the hub user's SPARK_SUBMIT_OPTS 
 
 The notebook's code is a Python file (a "cell") from a ConfigMap, run with the image's
 `python3`, as a kernel would run it; what it prints comes back through the container's log
-file (the node's kubelet serves no logs: tests/kube_node.py). The only change to the values'
-Spark defaults is `spark.master`: the node has no cluster DNS, so the master is given by its
-pod IP instead of its Service's name.
+file (the node's kubelet serves no logs: tests/kube_node.py). The values' Spark defaults are used
+as they are: `spark.master` names the master's Service, which the node's STAND-IN for cluster
+DNS resolves (tests/node_dns.py), so tests using this carry `stand-in-dns` in their ids.
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ def singleuser_values() -> dict:
     return yaml.safe_load(VALUES.read_text())["singleuser"]
 
 
-def spark_defaults(master_url: str) -> tuple[str, str]:
-    """(mount path, text) of the values' spark-defaults.conf, its spark.master set to `master_url`."""
+def spark_defaults() -> tuple[str, str]:
+    """(mount path, text) of the values' spark-defaults.conf."""
     (entry,) = singleuser_values()["extraFiles"].values()
-    text, count = re.subn(r"(?m)^spark\.master\s+\S+$", f"spark.master {master_url}", entry["stringData"])
-    assert count == 1, "values.yaml's notebook spark-defaults.conf has one spark.master line"
-    return entry["mountPath"], text
+    return entry["mountPath"], entry["stringData"]
+
+
+def values_master_url() -> str:
+    """The master the values' spark-defaults.conf names (its Service)."""
+    (url,) = re.findall(r"(?m)^spark\.master\s+(\S+)$", spark_defaults()[1])
+    return url
 
 
 def notebook_env(hub_user: str) -> list[dict]:
@@ -85,12 +89,12 @@ def container_log(real_node, pod: str) -> str:
     return "\n".join(line.split(" ", 3)[-1] for line in lines)
 
 
-async def run_cell(real_node, *, image: str, name: str, cell: str, master_url: str, hub_user: str,
+async def run_cell(real_node, *, image: str, name: str, cell: str, hub_user: str,
                    timeout: float = 300) -> dict:
     """Run `cell` (Python source) as a notebook's code in a pod of `image` and return the JSON
     it printed after RESULT; a cell that fails or prints none fails with its output."""
     ns = real_node.namespace
-    conf_path, conf_text = spark_defaults(master_url)
+    conf_path, conf_text = spark_defaults()
     async with await real_node.api_client("admin") as admin:
         core = client.CoreV1Api(admin)
         await core.create_namespaced_config_map(ns, {"metadata": {"name": name}, "data": {"cell.py": cell}})

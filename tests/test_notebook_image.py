@@ -27,6 +27,7 @@ import pytest
 
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 
+from .node_dns import cluster_dns  # noqa: F401  (a fixture)
 from .node_notebook import run_cell
 from .notebook_image import (
     as_user, build, build_notebook_image, dockerfile_args, image_env, image_manifest, notebook_image, unpack,
@@ -286,14 +287,14 @@ spark.stop()
 @pytest.mark.spark
 @pytest.mark.timeout(900)
 async def test_master_worker_and_a_notebook_pod_of_the_image_run_a_udf_and_an_rdd_lambda_on_the_node(
-        real_node, node_image, node_master, node_scaler):  # noqa: F811  (the imported fixtures)
+        real_node, cluster_dns, node_image, node_master, node_scaler):  # noqa: F811  (the imported fixtures)
     started = time.monotonic()
     r = await node_scaler(node_master, idle_workers=1, backend_settings={
         "memory_limit": KubernetesBackend.memory_limit.default_value})
     await cycles_until(r, idle_and_busy(1, 0), timeout=300, what="an idle worker of the image ALIVE")
     workers = {w.handle for w in r.last_snapshot.workers}
     result = await run_cell(real_node, image=node_image, name="notebook-prod", cell=NOTEBOOK_CELL,
-                            master_url=node_master.master_url, hub_user="alice", timeout=420)
+                            hub_user="alice", timeout=420)
     assert result["squares"] == sum(x * x for x in range(1000))
     ids, pythons, hosts = zip(*(v.split(":") for v in result["udf"]))
     assert sorted(map(int, ids)) == list(range(16))

@@ -24,7 +24,6 @@ from types import SimpleNamespace
 
 import pytest
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_spark_scaler import clock
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
@@ -33,11 +32,10 @@ from jhub_spark_scaler.backends.master_manifests import MASTER_PORT, MASTER_UI_P
 from jhub_spark_scaler.backends.worker_pod import pool_selector
 from jhub_spark_scaler.spark import SparkClient, SparkError
 
-from .conftest import apply_rbac, lost_executors
+from .conftest import lost_executors
 from .node_dns import cluster_dns, service_name  # noqa: F401 (a fixture)
-from .spark_image import spark_image
-from .test_real_node_spark import MASTER, delete_master, master_pod, node_drivers, node_scaler, \
-    timed  # noqa: F401 (fixtures)
+from .test_real_node_spark import MASTER, delete_master, master_pod, node_drivers, node_image, \
+    node_scaler, timed  # noqa: F401 (fixtures)
 from .test_scaling import cycles_until, idle_and_busy
 from .waiting import until
 
@@ -95,33 +93,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except OSError:
         writer.close()
-
-
-@pytest.fixture(scope="module")
-async def node_image(real_node):
-    """What tests/test_real_node_spark.py's session fixture of this name does, for this module:
-    the Spark image imported into the node (again, if that fixture ran first: the import is
-    idempotent) and helm-values/rbac.yaml applied, unless that fixture applied it already; what
-    is applied here is removed at the module's end, so that fixture can apply it later."""
-    image = spark_image()
-    name, _, tag = image.containerd_name.rpartition(":")
-    ref = await real_node.import_image(image.archive, name, tag=tag)
-    ns = real_node.namespace
-    async with await real_node.api_client("admin") as admin:
-        try:
-            await apply_rbac(admin, ns)
-            applied = True
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            applied = False
-    yield ref
-    if applied:
-        async with await real_node.api_client("admin") as admin:
-            rbac, core = client.RbacAuthorizationV1Api(admin), client.CoreV1Api(admin)
-            await rbac.delete_namespaced_role_binding("jhub-spark-scaler", ns)
-            await rbac.delete_namespaced_role("jhub-spark-scaler", ns)
-            await core.delete_namespaced_config_map("jhub-spark-scaler-notebooks-prewarm-history", ns)
 
 
 @pytest.fixture

@@ -24,11 +24,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 from jhub_spark_scaler.backends.master_manifests import LABEL_COMPONENT, MASTER_PORT, MASTER_UI_PORT, \
-    master_deployment, master_services
+    master_deployment, master_services, master_url
 from jhub_spark_scaler.backends.worker_pod import pool_selector
 
 from .conftest import Driver, apply_rbac, lost_executors
-from .node_notebook import run_cell
+from .node_dns import cluster_dns  # noqa: F401  (a fixture)
+from .node_notebook import run_cell, values_master_url
 from .spark_image import spark_image
 from .test_scaling import BURSTY, cycles_until, idle_and_busy, make_reconciler, race_rounds, with_policy
 from .waiting import until
@@ -321,7 +322,7 @@ spark.stop()
 
 
 async def test_a_notebook_pod_of_the_image_runs_udfs_and_rdd_lambdas_on_the_worker_pods(
-        real_node, node_master, node_image, node_scaler):
+        real_node, cluster_dns, node_master, node_image, node_scaler):  # noqa: F811  (a fixture)
     """The image as the notebook's Spark runtime: a driver in a pod set up as z2jh's singleuser
     pod is by helm-values/values.yaml (uid 1000, the values' env and spark-defaults.conf, the hub
     user's SPARK_SUBMIT_OPTS) runs a Python UDF and an RDD lambda on executors in worker pods of
@@ -334,8 +335,10 @@ async def test_a_notebook_pod_of_the_image_runs_udfs_and_rdd_lambdas_on_the_work
     await cycles_until(r, idle_and_busy(1, 0), timeout=240, what="an idle worker ALIVE")
     workers = {w.handle for w in r.last_snapshot.workers}
     hub_user = "zoë.o'neil"
+    # the values' spark.master: the master's Service, by name
+    assert values_master_url() == master_url(MASTER, real_node.namespace)
     result = await run_cell(real_node, image=node_image, name="notebook-zoe", cell=NOTEBOOK_CELL,
-                            master_url=node_master.master_url, hub_user=hub_user)
+                            hub_user=hub_user)
     assert result["squares"] == sum(x * x for x in range(1000))
     ids, pythons, hosts = zip(*(v.split(":") for v in result["udf"]))
     assert sorted(map(int, ids)) == list(range(16))
