@@ -6,7 +6,8 @@ in a notebook pod of the same image (tests/node_notebook.py).
 
 The scaler is a Reconciler on a KubernetesBackend, as in tests/test_kubernetes_backend.py,
 authenticated as z2jh's hub service account holding only helm-values/rbac.yaml's Role.
-The node has no DNS and no kube-proxy, so the workers are given the master's pod IP.
+The node has no kube-proxy, and its DNS is a stand-in (tests/node_dns.py): the workers here
+are given the master's pod IP; tests/test_real_node_master_replaced.py gives them its Service.
 """
 
 from __future__ import annotations
@@ -374,7 +375,7 @@ async def test_the_managed_master_comes_up_and_its_deletion_collects_the_workers
             await backend.setup()
             ip = (await master_pod(core, ns, real_node=real_node))["status"]["podIP"]
             timed("managed master ready", started)
-            # no DNS on the node: the workers are told the pod IP, not the Service's name
+            # the pod IP, as the module's other workers (the Service's name: test_real_node_master_replaced)
             backend.master_url = f"spark://{ip}:{MASTER_PORT}"
             master = SimpleNamespace(master_ui_url=f"http://{ip}:{MASTER_UI_PORT}")
             r = make_reconciler(backend, master, idle_workers=1)
