@@ -186,7 +186,7 @@ class RealNode:
                 await self.import_image(NODE_DIR / "images" / f"{name}.tar", f"localhost/jss/{name}")
             self._start_scheduler()
             self._start_controller_manager()
-            await self.dns.start(await self.api_client("admin"))  # before any pod's resolv.conf names it
+            await self.dns.start(self.kubeconfig("admin"))  # before any pod's resolv.conf names it
             self._start_kubelet()
             await self._wait_ready()
         except BaseException:

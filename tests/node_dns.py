@@ -30,17 +30,19 @@ started before the kubelet and stopped after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import aiodns
 import pytest
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client, config, watch
 
 from .kube_cluster import BIN, stop_process
 from .waiting import until
@@ -53,6 +55,7 @@ CLUSTER_DOMAIN = "cluster.local"
 #: how long one watch request lasts before the apiserver ends it and it is opened again
 WATCH_SECONDS = 60
 BACKOFF_MAX = 5.0
+START_SECONDS = 30  # for the watch's first list, and for its thread to end
 
 
 def dns_installed() -> bool:
@@ -74,8 +77,8 @@ def hosts_file(endpoints: dict, domain: str = CLUSTER_DOMAIN) -> tuple[str, str]
 
 
 class StandInDns:
-    """dnsmasq on `address`:53 and its Endpoints watch. `await start(api)` (`api`: an admin
-    ApiClient, closed at stop) returns once it answers and holds every Endpoints object;
+    """dnsmasq on `address`:53 and its Endpoints watch. `await start(kubeconfig)` (an admin's)
+    returns once it answers and holds every Endpoints object;
     `await lookup(name)` asks it; `await stop()` ends both, also after a failed start."""
 
     def __init__(self, workdir: Path, *, address: str, domain: str = CLUSTER_DOMAIN):
@@ -87,11 +90,9 @@ class StandInDns:
         self.hosts_dir: Path | None = None
         self.process: subprocess.Popen | None = None
         self.watch: EndpointsWatch | None = None
-        self.api: client.ApiClient | None = None
         self.started_in = 0.0  # seconds from spawning dnsmasq to its first answer
 
-    async def start(self, api: client.ApiClient) -> None:
-        self.api = api
+    async def start(self, kubeconfig: Path) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hosts_dir = Path(tempfile.mkdtemp(prefix=f"jss-dns-{os.getpid()}-"))
         self.hosts_dir.chmod(0o755)
@@ -107,8 +108,8 @@ class StandInDns:
         await until(self._answers, timeout=30, interval=0.05, what="the stand-in DNS to answer",
                     process=self.process, log=self.log_file)
         self.started_in = time.monotonic() - started
-        self.watch = EndpointsWatch(api, self.hosts_dir, domain=self.domain)
-        await self.watch.start()
+        self.watch = EndpointsWatch(kubeconfig, self.hosts_dir, domain=self.domain)
+        await asyncio.get_running_loop().run_in_executor(None, self.watch.start)
 
     def _config(self) -> str:
         return "\n".join([
@@ -144,9 +145,7 @@ class StandInDns:
     async def stop(self) -> None:
         try:
             if self.watch is not None:
-                await self.watch.stop()
-            if self.api is not None:
-                await self.api.close()
+                self.watch.stop()
         finally:
             stop_process(self.process, 5)
             if self.hosts_dir is not None:
@@ -164,24 +163,58 @@ class EndpointsWatch:
     """Keeps one hosts file per Endpoints object in `hosts_dir`: lists every namespace's
     Endpoints, then watches from the list's resourceVersion; on any failure (a 410 Gone too)
     it lists again after a backoff of 0.1 s doubling to BACKOFF_MAX. `start()` returns after
-    the first list."""
+    the first list.
 
-    def __init__(self, api: client.ApiClient, hosts_dir: Path, *, domain: str):
-        self.api, self.core = api, client.CoreV1Api(api)
-        self.hosts_dir, self.domain = hosts_dir, domain
+    It runs in a thread of its own, on an event loop and an API client of its own: the
+    records must follow the API whatever the tests' event loop does meanwhile (a test that
+    blocks it for minutes, a module that runs in another loop)."""
+
+    def __init__(self, kubeconfig: Path, hosts_dir: Path, *, domain: str):
+        self.kubeconfig, self.hosts_dir, self.domain = kubeconfig, hosts_dir, domain
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
+        self.thread: threading.Thread | None = None
+        self._listed = threading.Event()
+        self._failed: BaseException | None = None
 
-    async def start(self) -> None:
-        version = await self._list()
-        self.task = asyncio.create_task(self._run(version), name="stand-in DNS endpoints watch")
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._thread, name="stand-in DNS endpoints watch", daemon=True)
+        self.thread.start()
+        if not self._listed.wait(START_SECONDS) or self._failed:
+            self.stop()
+            raise AssertionError(f"the stand-in DNS's Endpoints watch did not list within "
+                                 f"{START_SECONDS} s: {self._failed!r}")
 
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+    def stop(self) -> None:
+        if self.thread is None or not self.thread.is_alive():
+            return
+        if self.loop is not None and self.task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop ended meanwhile
+                self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(START_SECONDS)
+
+    def _thread(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.task = self.loop.create_task(self._main())
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as e:  # its start's failure, which start() reports
+            self._failed = e
+            self._listed.set()
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self.api = await config.new_client_from_config(str(self.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        try:
+            version = await self._list()
+            self._listed.set()
+            await self._run(version)
+        finally:
+            await self.api.close()
 
     async def _run(self, version: str) -> None:
         delay = 0.1
