@@ -20,12 +20,12 @@ RECHECK_SECONDS = 1.0
 async def ensure_master(api: KubeApi, manifests: list[dict], *, log: logging.Logger, timeout: float) -> None:
     """Create or adopt each of `manifests`; wait at most `timeout` s for each being deleted."""
     for manifest in manifests:
-        await _ensure(api, manifest, log=log, deadline=time.monotonic() + timeout, timeout=timeout)
+        await _ensure(api, manifest, log=log, timeout=timeout)
 
 
-async def _ensure(api: KubeApi, manifest: dict, *, log: logging.Logger, deadline: float,
-                  timeout: float) -> None:
+async def _ensure(api: KubeApi, manifest: dict, *, log: logging.Logger, timeout: float) -> None:
     kind, name = manifest["kind"], manifest["metadata"]["name"]
+    deadline = time.monotonic() + timeout
     waiting = False
     while True:
         try:
