@@ -30,10 +30,11 @@ from jhub_spark_scaler.backends.worker_pod import pool_selector
 
 from .conftest import Driver, apply_rbac, lost_executors
 from .node_dns import cluster_dns  # noqa: F401  (a fixture)
+from .node_logs import PodLogFollower
 from .node_notebook import run_cell, values_master_url
 from .spark_image import spark_image
 from .test_scaling import BURSTY, cycles_until, idle_and_busy, make_reconciler, race_rounds, with_policy
-from .waiting import until
+from .waiting import WaitTimeout, until
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
@@ -282,15 +283,19 @@ async def test_an_admins_delete_of_a_busy_worker_pod_drains_it_before_sigterm(
         core = client.CoreV1Api(admin)
         pod = await core.read_namespaced_pod(busy.handle, real_node.namespace)
         assert pod.spec.termination_grace_period_seconds == 120 + 30
-        await core.delete_namespaced_pod(busy.handle, real_node.namespace)  # the pod's own grace period
+        # the log files go with the pod, a second after its container ends: follow them
+        with PodLogFollower(real_node, busy.handle) as worker_log:
+            await core.delete_namespaced_pod(busy.handle, real_node.namespace)  # the pod's own grace period
 
-        async def ended():
-            await r.cycle()  # the scaler goes on meanwhile (and replaces the worker)
-            log = "".join(f.read_text(errors="replace")  # gone with the pod: read it now
-                          for f in real_node.log_dir.glob(f"{real_node.namespace}_{busy.handle}_*/*/*.log"))
-            return log if "RECEIVED SIGNAL TERM" in log else None
+            async def ended():
+                await r.cycle()  # the scaler goes on meanwhile (and replaces the worker)
+                log = worker_log.text()
+                return log if "RECEIVED SIGNAL TERM" in log else None
 
-        log = await until(ended, timeout=160, interval=1, what="the worker's PID 1 to get SIGTERM")
+            try:
+                log = await until(ended, timeout=160, interval=1, what="the worker's PID 1 to get SIGTERM")
+            except WaitTimeout as timeout:
+                raise WaitTimeout(f"{timeout}; its log:\n{worker_log.text()[-3000:]}") from None
     done = driver.jobs()
     await driver.jobs_done(done + 2, timeout=120)  # it goes on, on the other worker
     result = await driver.result()
