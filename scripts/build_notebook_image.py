@@ -57,8 +57,13 @@ SUITE = spark.SUITE
 DOCKERFILE = ROOT / "helm-values" / "spark-image" / "Dockerfile"
 #: What the Dockerfile's COPY takes: the JVM-archive step's module and what it imports
 #: (tests/test_notebook_image.py checks both); the digest is over exactly these.
-CONTEXT_FILES = ("jhub_spark_scaler/__init__.py", "jhub_spark_scaler/jvm_archives.py",
-                 "jhub_spark_scaler/spawner_env.py")
+#: the Python packages with their dependencies, each pinned with its hashes
+REQUIREMENTS = "helm-values/spark-image/requirements.txt"
+#: the modules the JVM-archive step runs
+ARCHIVE_MODULES = ("jhub_spark_scaler/__init__.py", "jhub_spark_scaler/jvm_archives.py",
+                   "jhub_spark_scaler/spawner_env.py")
+#: what the Dockerfile's COPY takes, in its order
+CONTEXT_FILES = (REQUIREMENTS, *ARCHIVE_MODULES)
 BASE_IMAGE = f"localhost/jhub-spark-scaler/debian-base:{SUITE}"
 REPOSITORY = "localhost/jhub-spark-scaler/notebook"
 #: buildah and the library it needs that Debian machines lack; patchelf to point it there

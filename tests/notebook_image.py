@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from .spark_image import image_env, image_manifest  # noqa: F401  (for the tests)
 
@@ -63,10 +65,23 @@ def notebook_image() -> NotebookImage:
                          manifest=json.loads(manifest.read_text()))
 
 
-def dockerfile_args() -> dict[str, str]:
-    """The Dockerfile's ARG defaults (the pinned versions)."""
-    text = build_notebook_image.DOCKERFILE.read_text()
-    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+def pinned_versions(path: Path) -> dict[str, str]:
+    """{canonical name: version} of a requirements file whose every requirement pins one
+    version: requirements.in, or pip-compile's requirements.txt (hashes on continued lines)."""
+    pins = {}
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        line = line.split("#", 1)[0].split(" --hash", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", f"{path.name}: {line} pins no single version"
+            pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+#: the versions the admin chose, and everything the image installs
+LOCKED_VERSIONS = ROOT / build_notebook_image.REQUIREMENTS
+CHOSEN_VERSIONS = LOCKED_VERSIONS.with_suffix(".in")
 
 
 def as_user(rootfs: Path, argv: list[str], *, env: dict[str, str], uid: int, gid: int) -> list[str]:

@@ -24,20 +24,22 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from jhub_spark_scaler.backends.kubernetes import KubernetesBackend
 
 from .node_dns import cluster_dns  # noqa: F401  (a fixture)
 from .node_notebook import run_cell
 from .notebook_image import (
-    as_user, build, build_notebook_image, dockerfile_args, image_env, image_manifest, notebook_image, unpack,
+    CHOSEN_VERSIONS, LOCKED_VERSIONS, as_user, build, build_notebook_image, image_env, image_manifest,
+    notebook_image, pinned_versions, unpack,
 )
 from .test_real_node_spark import node_master, node_scaler  # noqa: F401  (on this module's node_image)
 from .test_scaling import cycles_until, idle_and_busy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building, unpacking and chroot need root")
 
-ARGS = dockerfile_args()
+CHOSEN, LOCKED = pinned_versions(CHOSEN_VERSIONS), pinned_versions(LOCKED_VERSIONS)
 JOVYAN, USERS_GID, SPARK = 1000, 100, 185
 PACKAGE = Path(build_notebook_image.ROOT) / "jhub_spark_scaler"
 
@@ -82,7 +84,7 @@ def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_dige
         capture_output=True, text=True, check=True, timeout=60).stdout.split()
     as_files = sorted(f"{m.replace('.', '/')}{'/__init__' if m == 'jhub_spark_scaler' else ''}.py"
                       for m in imported)
-    assert as_files == sorted(build_notebook_image.CONTEXT_FILES), "the Dockerfile's COPY misses a module"
+    assert as_files == sorted(build_notebook_image.ARCHIVE_MODULES), "the Dockerfile's COPY misses a module"
     inputs = build_notebook_image.inputs()
     assert sorted(inputs["context"]) == sorted(build_notebook_image.CONTEXT_FILES)
     assert set(inputs) == {"script", "dockerfile", "context", "suite", "debian_sources", "pip_conf"}, \
@@ -154,12 +156,23 @@ def test_spark_java_python_pyspark_and_jupyterhub_are_at_the_pinned_versions(ima
     assert re.search(r'version "17\.', run_as(image, rootfs, "java", "-version"))
     versions = run_as(image, rootfs, "python3", "-c", "import sys, pyspark; "
                       "print(sys.executable, '%d.%d' % sys.version_info[:2], pyspark.__version__)")
-    assert versions.split() == ["/opt/notebook/bin/python3", "3.11", ARGS["PYSPARK_VERSION"]]
+    assert versions.split() == ["/opt/notebook/bin/python3", "3.11", CHOSEN["pyspark"]]
     singleuser = run_as(image, rootfs, "jupyterhub-singleuser", "--version")
-    assert singleuser.split()[-1] == ARGS["JUPYTERHUB_VERSION"]
-    assert run_as(image, rootfs, "jupyter-lab", "--version").split()[-1] == ARGS["JUPYTERLAB_VERSION"]
+    assert singleuser.split()[-1] == CHOSEN["jupyterhub"]
+    assert run_as(image, rootfs, "jupyter-lab", "--version").split()[-1] == CHOSEN["jupyterlab"]
     assert "tini version" in run_as(image, rootfs, "tini", "--version")
     assert "procps" in run_as(image, rootfs, "ps", "--version", uid=SPARK, gid=SPARK)
+
+
+def test_the_python_packages_are_the_locked_ones_and_no_others(image, rootfs):
+    """requirements.txt is the whole of the notebooks' Python: a package it does not pin, or at
+    another version, would be one a rebuild can change."""
+    listed = run_as(image, rootfs, "python3", "-c", "import importlib.metadata as m, json; print(json.dumps("
+                    "[(d.metadata['Name'], d.version) for d in m.distributions()]))")
+    installed = {canonicalize_name(name): version for name, version in json.loads(listed.splitlines()[-1])}
+    venv_seeds = {"pip", "setuptools"} - set(LOCKED)  # what `python3 -m venv` puts in
+    assert {name: v for name, v in installed.items() if name not in venv_seeds} == LOCKED
+    assert len(LOCKED) > 50, "pyspark, JupyterHub and JupyterLab with their dependencies"
 
 
 def test_the_jvm_archives_and_the_code_are_roots_and_read_only_for_both_users(image, rootfs):

@@ -54,6 +54,7 @@ from jhub_spark_scaler.driver_user import SUBMIT_OPTS, DriverUser
 from jhub_spark_scaler.hub import SpawnerHook, configure
 from jhub_spark_scaler.spark import SparkClient
 
+from .notebook_image import CHOSEN_VERSIONS, LOCKED_VERSIONS, pinned_versions
 from .real_hub import ADMIN_TOKEN, hub_api, hub_config, start_server
 from .settings import HTTP_TIMEOUT
 from .spark_image import build_spark_image
@@ -642,26 +643,31 @@ def test_the_notebooks_and_the_spark_pods_run_one_image_with_the_suites_spark_an
     assert [c["image"] for c in master["spec"]["template"]["spec"]["containers"]] == [image]
     text = (HELM / "spark-image" / "Dockerfile").read_text()
     args = dockerfile_args(text)
+    chosen, locked = pinned_versions(CHOSEN_VERSIONS), pinned_versions(LOCKED_VERSIONS)
     pyspark = importlib.metadata.version("pyspark")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert args["PYSPARK_VERSION"] == pyspark
+    assert chosen["pyspark"] == pyspark
     assert singleuser["tag"] == f"{pyspark}-py{python}", "tagged <pyspark>-py<major.minor>"
     assert args["BASE_IMAGE"] == f"debian:{build_spark_image.SUITE}-slim", "a Debian base, no registry named"
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
-    (install,) = re.findall(r"apt-get install (.+?) \\?$", text, re.M)
+    (install,) = re.findall(r"^ && apt-get install (.+?) \\?$", text, re.M)
     assert set(build_spark_image.PACKAGES) <= set(install.split())
-    for name in ("PYSPARK", "JUPYTERHUB", "JUPYTERLAB"):
-        assert re.fullmatch(r"\d+\.\d+\.\d+", args[f"{name}_VERSION"]), f"{name} pinned"
-        assert f'"{name.lower()}==${{{name}_VERSION}}"' in text, f"{name} installed at its pin"
+    # what the admin chose is in the lock at that version; every locked package has its hashes
+    assert sorted(chosen) == ["jupyterhub", "jupyterlab", "pyspark"]
+    assert {name: locked[name] for name in chosen} == chosen, "requirements.txt compiled from requirements.in"
+    hashed = re.findall(r"^\S+==\S+((?: \\\n +--hash=sha256:[0-9a-f]{64})+)$",
+                        LOCKED_VERSIONS.read_text(), re.M)
+    assert len(hashed) == len(locked), "every package in requirements.txt with its hashes"
+    assert "pip install --no-cache-dir --require-hashes --requirement /tmp/requirements.txt" in text
     # the users: the chart's notebook uid and group, the workers' and the master's uid
     assert f"useradd --uid {VALUES['singleuser']['uid']} --gid {VALUES['singleuser']['fsGid']} " in text
     assert f"useradd --uid {RUN_AS_USER} --gid {RUN_AS_USER} " in text
     assert master["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUN_AS_USER
     assert text.strip().splitlines()[-1] == f"USER {VALUES['singleuser']['uid']}"
     ignored = (HELM / "spark-image" / "Dockerfile.dockerignore").read_text().split()
-    # the three modules the JVM-archive step runs (scripts/build_notebook_image.py copies the same)
-    assert ignored[ignored.index("*"):] == ["*", *(f"!jhub_spark_scaler/{name}.py"
-                                                   for name in ("__init__", "jvm_archives", "spawner_env"))]
+    # the lock and the modules the JVM-archive step runs (scripts/build_notebook_image.py copies the same)
+    assert ignored[ignored.index("*"):] == ["*", "!helm-values/spark-image/requirements.txt", *(
+        f"!jhub_spark_scaler/{name}.py" for name in ("__init__", "jvm_archives", "spawner_env"))]
 
 
 def build_package(source: Path, out: Path) -> subprocess.CompletedProcess:
