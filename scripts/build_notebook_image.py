@@ -55,14 +55,13 @@ import build_spark_image as spark  # noqa: E402  (the apt code both builds share
 
 SUITE = spark.SUITE
 DOCKERFILE = ROOT / "helm-values" / "spark-image" / "Dockerfile"
-#: What the Dockerfile's COPY takes: the JVM-archive step's module and what it imports
-#: (tests/test_notebook_image.py checks both); the digest is over exactly these.
 #: the Python packages with their dependencies, each pinned with its hashes
 REQUIREMENTS = "helm-values/spark-image/requirements.txt"
-#: the modules the JVM-archive step runs
+#: the JVM-archive step's module and what it imports
 ARCHIVE_MODULES = ("jhub_spark_scaler/__init__.py", "jhub_spark_scaler/jvm_archives.py",
                    "jhub_spark_scaler/spawner_env.py")
-#: what the Dockerfile's COPY takes, in its order
+#: What the Dockerfile's COPY takes, in its order (tests/test_notebook_image.py checks it);
+#: the archive's name digests exactly these of the repository's files.
 CONTEXT_FILES = (REQUIREMENTS, *ARCHIVE_MODULES)
 BASE_IMAGE = f"localhost/jhub-spark-scaler/debian-base:{SUITE}"
 REPOSITORY = "localhost/jhub-spark-scaler/notebook"

@@ -68,7 +68,7 @@ def run_as(image, rootfs: Path, *argv: str, uid: int = JOVYAN, gid: int = USERS_
 # ---- what the build takes ------------------------------------------------------------------
 
 
-def test_copy_takes_the_jvm_archive_module_and_what_it_imports_and_the_name_digests_only_those():
+def test_copy_takes_the_lock_and_the_jvm_archive_modules_and_the_name_digests_only_those():
     dockerfile = build_notebook_image.DOCKERFILE.read_text()
     copies = re.findall(r"^COPY ((?:[^\n]*\\\n)*[^\n]*)$", dockerfile, re.M)
     sources = [word for copy in copies for word in copy.replace("\\\n", " ").split()[:-1]]
